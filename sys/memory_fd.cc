@@ -1,0 +1,77 @@
+#include "sys/memory_fd.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+namespace lazymig::sys {
+
+Result<UniqueFd> createMemfd(const std::string& name, Bytes size, bool huge) {
+  unsigned flags = MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0u);
+  UniqueFd fd(::memfd_create(name.c_str(), flags));
+  if (!fd) return failSys("memfd_create", name);
+  if (::ftruncate(fd.get(), static_cast<off_t>(size.value)) != 0) {
+    return failSys("ftruncate", name + " to " + std::to_string(size.value) + " bytes");
+  }
+  return fd;
+}
+
+Result<Bytes> fileSize(int fd) {
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) return failSys("fstat", "fd " + std::to_string(fd));
+  return Bytes{static_cast<std::uint64_t>(st.st_size)};
+}
+
+Result<UniqueFd> openFile(const std::string& path, int flags, unsigned mode) {
+  UniqueFd fd(::open(path.c_str(), flags | O_CLOEXEC, mode));
+  if (!fd) return failSys("open", path);
+  return fd;
+}
+
+Result<UniqueFd> pidfdOpen(pid_t pid) {
+  long fd = ::syscall(SYS_pidfd_open, pid, 0);
+  if (fd < 0) return failSys("pidfd_open", "pid " + std::to_string(pid));
+  return UniqueFd(static_cast<int>(fd));
+}
+
+Result<UniqueFd> pidfdGetFd(const UniqueFd& pidfd, int target_fd) {
+  long fd = ::syscall(SYS_pidfd_getfd, pidfd.get(), target_fd, 0);
+  if (fd < 0) return failSys("pidfd_getfd", "target fd " + std::to_string(target_fd));
+  return UniqueFd(static_cast<int>(fd));
+}
+
+Status preadAll(int fd, void* buf, std::size_t len, std::uint64_t offset) {
+  auto* p = static_cast<char*>(buf);
+  while (len > 0) {
+    ssize_t n = ::pread(fd, p, len, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return failSys("pread", "offset " + std::to_string(offset));
+    }
+    if (n == 0) return fail(Errc::kInvalidArgument, "pread", "file ends before offset " +
+                                                                 std::to_string(offset));
+    p += n;
+    len -= static_cast<std::size_t>(n);
+    offset += static_cast<std::uint64_t>(n);
+  }
+  return {};
+}
+
+Status pwriteAll(int fd, const void* buf, std::size_t len, std::uint64_t offset) {
+  const auto* p = static_cast<const char*>(buf);
+  while (len > 0) {
+    ssize_t n = ::pwrite(fd, p, len, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return failSys("pwrite", "offset " + std::to_string(offset));
+    }
+    p += n;
+    len -= static_cast<std::size_t>(n);
+    offset += static_cast<std::uint64_t>(n);
+  }
+  return {};
+}
+
+}  // namespace lazymig::sys

@@ -1,0 +1,26 @@
+// Creating and passing the file descriptors that hold guest memory: memfd, hugetlbfs memfd,
+// guest_memfd, and pidfds for taking a uffd back from a VMM.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+
+#include "base/error.h"
+#include "base/units.h"
+#include "sys/unique_fd.h"
+
+namespace lazymig::sys {
+
+// A memfd of `size` bytes (MFD_CLOEXEC; MFD_HUGETLB when huge).
+Result<UniqueFd> createMemfd(const std::string& name, Bytes size, bool huge = false);
+Result<Bytes> fileSize(int fd);
+Result<UniqueFd> openFile(const std::string& path, int flags, unsigned mode = 0600);
+// pidfd_open(2) and pidfd_getfd(2): take a copy of descriptor `target_fd` of process `pid`.
+Result<UniqueFd> pidfdOpen(pid_t pid);
+Result<UniqueFd> pidfdGetFd(const UniqueFd& pidfd, int target_fd);
+// Reads all of [offset, offset+len) or fails; short files are an error.
+Status preadAll(int fd, void* buf, std::size_t len, std::uint64_t offset);
+Status pwriteAll(int fd, const void* buf, std::size_t len, std::uint64_t offset);
+
+}  // namespace lazymig::sys
