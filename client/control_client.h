@@ -1,0 +1,38 @@
+// A small blocking HTTP/1.1 client for the agent's control API (docs/control-api.md), used
+// by the `lazymig` CLI, lazymig-testvm and the end-to-end tests. Endpoints are
+// "unix:/path/to/control.sock" or "http://host:port" (or plain "host:port").
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include "base/error.h"
+
+namespace lazymig::client {
+
+struct HttpResponse {
+  int status = 0;
+  std::string body;
+};
+
+class ControlClient {
+ public:
+  explicit ControlClient(std::string endpoint,
+                         std::chrono::milliseconds timeout = std::chrono::seconds(10))
+      : endpoint_(std::move(endpoint)), timeout_(timeout) {}
+  // Sets "Authorization: Bearer <token>" on every request when non-empty.
+  void setBearerToken(std::string token) { bearer_ = std::move(token); }
+
+  Result<HttpResponse> get(const std::string& path) const;
+  Result<HttpResponse> post(const std::string& path, const std::string& json_body) const;
+  Result<HttpResponse> del(const std::string& path) const;
+  Result<HttpResponse> request(const std::string& method, const std::string& path,
+                               const std::string& body) const;
+
+ private:
+  std::string endpoint_;
+  std::chrono::milliseconds timeout_;
+  std::string bearer_;
+};
+
+}  // namespace lazymig::client

@@ -1,0 +1,59 @@
+// The agent's Prometheus metrics (prometheus-cpp). Names follow Prometheus conventions:
+// lazymig_ prefix, base units, _total counters, _seconds histograms. Labels are bounded:
+// never a migration id or a page number (per-migration detail is the control API's job).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "base/error.h"
+
+namespace prometheus {
+class Registry;
+class Counter;
+class Gauge;
+class Histogram;
+}  // namespace prometheus
+
+namespace lazymig::metrics {
+
+// How a demand fault was served.
+enum class FaultPath {
+  kNetwork,  // fetched from the source on the urgent channel
+  kLocal,    // already installed (or staged) when the fault was read: woken only
+  kRaced,    // fetched, but the bulk stream installed it first (EEXIST) -- woken
+};
+// How a page arrived.
+enum class PagePath { kDemand, kBulk, kZero };
+enum class Channel { kUrgent, kBulk };
+enum class Direction { kSent, kReceived };
+
+class AgentMetrics {
+ public:
+  // `node` becomes a constant label on every series.
+  static std::unique_ptr<AgentMetrics> create(const std::string& node);
+  virtual ~AgentMetrics() = default;
+
+  // Serves /metrics on host:port (port 0 picks one); returns the bound port.
+  virtual Result<std::uint16_t> startExposer(const std::string& address) = 0;
+  virtual std::shared_ptr<prometheus::Registry> registry() const = 0;
+  // The exposition text (as /metrics serves it), for tests and `lazymig` diagnostics.
+  virtual std::string scrapeText() const = 0;
+
+  virtual void observeFault(FaultPath path, std::chrono::nanoseconds latency) = 0;
+  virtual void addPages(PagePath path, std::uint64_t pages) = 0;
+  virtual void addWireBytes(Channel channel, Direction direction, std::uint64_t bytes) = 0;
+  virtual void addPagesRemaining(std::int64_t delta) = 0;  // gauge, summed over migrations
+  // Moves one migration between states (from "" when created, to "" when forgotten).
+  virtual void migrationState(std::string_view from, std::string_view to) = 0;
+  virtual void observeMigrationDuration(std::string_view outcome, std::chrono::nanoseconds d) = 0;
+  virtual void addReconnect(Channel channel) = 0;
+  virtual void addRefusal(std::string_view reason) = 0;  // TLS/auth/handshake refusals
+  virtual void observeStoreWrite(std::chrono::nanoseconds latency) = 0;
+  virtual void addUffdExists(std::uint64_t n) = 0;  // EEXIST races on install
+  virtual void addVcpuBlocked(std::chrono::nanoseconds blocked) = 0;
+};
+
+}  // namespace lazymig::metrics

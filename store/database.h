@@ -1,0 +1,61 @@
+// The agent's durable state in one RocksDB database (state_dir/db):
+//   - migration records: what the control API returns, and what a restarted agent resumes;
+//   - page map checkpoints: which pages of each migration are installed, as bitmap chunks.
+// RocksDB is the checkpoint, never the hot path: the in-memory PageMap (page_map.h) is.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/error.h"
+
+namespace lazymig::store {
+
+// One migration as persisted. `spec_json` is the create request (opaque here) so that a
+// restarted agent can rebuild the migration; counters are free-form named totals.
+struct MigrationRecord {
+  std::string id;
+  std::string role;   // "source" | "destination"
+  std::string state;  // agent-defined state name
+  std::string peer;
+  std::string reason;  // why it failed or was cancelled; empty otherwise
+  std::string spec_json;
+  std::map<std::string, std::uint64_t> counters;
+  std::int64_t created_unix_ms = 0;
+  std::int64_t updated_unix_ms = 0;
+};
+
+// A chunk of a page bitmap: bit i of words[j] is page chunk_index*kPagesPerChunk + 64*j + i.
+constexpr std::uint64_t kPagesPerChunk = 4096;
+struct BitmapChunk {
+  std::uint64_t chunk_index = 0;
+  std::vector<std::uint64_t> words;  // kPagesPerChunk / 64 words
+};
+
+class Database {
+ public:
+  // Opens or creates the database at `path` (a directory).
+  static Result<std::unique_ptr<Database>> open(const std::string& path);
+  virtual ~Database() = default;
+
+  virtual Status putMigration(const MigrationRecord& record) = 0;
+  virtual Result<std::optional<MigrationRecord>> getMigration(const std::string& id) = 0;
+  virtual Result<std::vector<MigrationRecord>> listMigrations() = 0;
+  // Removes the record and its page map.
+  virtual Status deleteMigration(const std::string& id) = 0;
+
+  // Writes all chunks in one atomic batch (a chunk replaces the stored one).
+  virtual Status writePageChunks(const std::string& migration_id,
+                                 std::span<const BitmapChunk> chunks) = 0;
+  // The stored bitmap for `page_count` pages (words = ceil(page_count/64)); pages in chunks
+  // never written are 0 (not installed).
+  virtual Result<std::vector<std::uint64_t>> loadPageBitmap(const std::string& migration_id,
+                                                            std::uint64_t page_count) = 0;
+};
+
+}  // namespace lazymig::store

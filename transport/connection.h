@@ -1,0 +1,137 @@
+// Framed, mutually authenticated TLS 1.3 connections on libevent bufferevents.
+//
+// Threading: an EventLoop owns one thread and one event_base. Everything that touches a
+// Connection, Server or connect() callback runs on that loop's thread; other threads hand
+// work over with EventLoop::post(), the only cross-thread call.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/error.h"
+#include "transport/frame.h"
+
+struct event_base;
+struct ssl_ctx_st;
+
+namespace lazymig::transport {
+
+class EventLoop {
+ public:
+  // Starts the loop thread. `priorities` > 1 enables libevent priorities (0 runs first).
+  static Result<std::unique_ptr<EventLoop>> start(std::string name, int priorities = 2);
+  ~EventLoop();  // stops and joins; pending posted work is dropped
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  void post(std::function<void()> fn);  // thread-safe; runs fn on the loop thread
+  // Runs fn on the loop thread after `delay`; returns an id that cancelTimer() accepts.
+  std::uint64_t postDelayed(std::chrono::milliseconds delay, std::function<void()> fn);
+  void cancelTimer(std::uint64_t id);  // loop thread only
+  bool inLoopThread() const;
+  event_base* base() const;
+  void stop();  // idempotent; joins the thread
+
+  struct Impl;
+
+ private:
+  explicit EventLoop(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+struct TlsFiles {
+  std::string ca_file;    // PEM bundle of the CA(s) whose certificates we accept
+  std::string cert_file;  // our certificate chain (PEM)
+  std::string key_file;   // our private key (PEM)
+};
+
+// An SSL_CTX configured for TLS 1.3 only with mandatory peer certificates.
+class TlsContext {
+ public:
+  enum class Side { kServer, kClient };
+  static Result<std::shared_ptr<TlsContext>> create(Side side, const TlsFiles& files);
+  ~TlsContext();
+  ssl_ctx_st* get() const { return ctx_; }
+  Side side() const { return side_; }
+
+ private:
+  TlsContext(ssl_ctx_st* ctx, Side side) : ctx_(ctx), side_(side) {}
+  ssl_ctx_st* ctx_;
+  Side side_;
+};
+
+// Who the peer proved to be: the subjectAltName entries of its verified certificate.
+struct PeerIdentity {
+  std::vector<std::string> dns_names;
+  std::vector<std::string> uris;  // e.g. spiffe://fleet/node/host-a
+  std::string common_name;
+  // True when `expected` equals one DNS name or URI exactly (no wildcards).
+  bool matches(std::string_view expected) const;
+  std::string describe() const;  // for logs and errors
+};
+
+class Connection {
+ public:
+  struct Handlers {
+    // A complete frame; the payload view is valid only during the call.
+    std::function<void(const FrameHeader&, std::span<const std::byte> payload)> on_frame;
+    // The connection failed or the peer closed it. Not called after close().
+    std::function<void(const Error&)> on_closed;
+    // The output buffer drained to at most the low watermark (see setLowWatermark).
+    std::function<void()> on_drained;
+  };
+
+  virtual ~Connection() = default;
+  virtual void setHandlers(Handlers handlers) = 0;
+  // Frames already fully encoded (header included).
+  virtual void sendEncoded(std::string_view frame) = 0;
+  // A frame as a prefix plus a body that libevent references without copying; `body` must
+  // stay valid and unchanged until the connection is closed (e.g. a paused guest's memory).
+  virtual void sendWithBody(std::span<const std::byte> prefix, std::span<const std::byte> body) = 0;
+  virtual std::size_t pendingOutputBytes() const = 0;
+  virtual void setLowWatermark(std::size_t bytes) = 0;
+  // libevent priority of this connection's events (0 is served first).
+  virtual void setPriority(int priority) = 0;
+  virtual const PeerIdentity& peer() const = 0;
+  virtual std::string remoteAddress() const = 0;
+  // Flushes what is queued (best effort) and closes; no handler runs afterwards.
+  virtual void close() = 0;
+};
+
+// Why a connection never became a Connection; reported to the server's refusal hook.
+enum class RefusalReason { kTlsHandshake, kNoCertificate, kBadCertificate, kPlaintext, kOther };
+std::string_view refusalReasonName(RefusalReason reason);
+
+class Server {
+ public:
+  struct Options {
+    std::string address = "127.0.0.1:0";  // host:port; port 0 picks a free port
+    Limits limits;
+    std::chrono::milliseconds handshake_timeout{10000};
+    std::function<void(std::unique_ptr<Connection>)> on_connection;  // loop thread
+    std::function<void(RefusalReason, const std::string& detail)> on_refused;  // loop thread
+  };
+  // Must be called on `loop`'s thread (or before anything else uses the loop).
+  static Result<std::unique_ptr<Server>> listen(EventLoop& loop, std::shared_ptr<TlsContext> tls,
+                                                Options options);
+  virtual ~Server() = default;
+  virtual std::uint16_t port() const = 0;
+};
+
+struct ConnectOptions {
+  std::string address;  // host:port
+  Limits limits;
+  std::chrono::milliseconds timeout{10000};  // TCP + TLS handshake
+  std::string expected_peer;  // the server must present this SAN (DNS name or URI); required
+};
+
+// Connects and completes the TLS handshake; `done` runs on the loop thread exactly once.
+void connect(EventLoop& loop, std::shared_ptr<TlsContext> tls, ConnectOptions options,
+             std::function<void(Result<std::unique_ptr<Connection>>)> done);
+
+}  // namespace lazymig::transport

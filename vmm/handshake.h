@@ -1,0 +1,105 @@
+// The VMM-facing interface (see ../shared/PROTOCOLS.md sections 1 and 2): Firecracker's
+// external page-fault handler handshake, its guest_memfd variant, and the source-side
+// handover of guest memory. One codec for both sides: the agent parses, lazymig-testvm
+// encodes.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/error.h"
+#include "sys/unique_fd.h"
+#include "sys/unix_socket.h"
+
+namespace lazymig::vmm {
+
+// One guest memory region as Firecracker describes it.
+struct GuestRegionMapping {
+  std::uint64_t base_host_virt_addr = 0;  // start in the VMM's address space
+  std::uint64_t size = 0;                 // bytes
+  std::uint64_t offset = 0;               // where its bytes start in guest memory / the file
+  std::uint64_t page_size = 4096;         // bytes (Firecracker's page_size, or page_size_kib)
+  std::optional<std::uint64_t> gpa_start;  // guest_memfd variant only
+  bool is_guest_memfd = false;
+};
+
+enum class HandshakeKind {
+  kClassic,     // one fd: the uffd
+  kGuestMemfd,  // three fds: uffd, guest_memfd, userfault bitmap
+};
+
+struct Handshake {
+  HandshakeKind kind = HandshakeKind::kClassic;
+  std::vector<GuestRegionMapping> regions;  // sorted by offset
+  std::uint64_t page_size = 4096;
+  std::uint64_t total_bytes = 0;  // sum of region sizes
+  sys::UniqueFd uffd;
+  sys::UniqueFd guest_memfd;       // kGuestMemfd only
+  sys::UniqueFd userfault_bitmap;  // kGuestMemfd only
+};
+
+struct ParseLimits {
+  std::size_t max_regions = 64;
+  std::uint64_t max_total_bytes = 1ull << 44;  // 16 TiB
+};
+
+// Parses and validates the JSON array of mappings: every field present with the right type
+// (unknown fields ignored), page_size a power of two >= 4096 and the same for all regions
+// (page_size, else page_size_kib -- which holds bytes despite its name -- else 4096),
+// base addresses, sizes and offsets page-aligned and non-zero size, offsets contiguous from
+// 0 in order (each the running sum of the earlier sizes), host ranges not overlapping.
+// Errors name the region index and the field.
+Result<std::vector<GuestRegionMapping>> parseMappings(std::string_view json,
+                                                      const ParseLimits& limits = {});
+std::string encodeMappings(const std::vector<GuestRegionMapping>& regions);
+
+// Receives one handshake message (JSON + 1 or 3 fds) from an accepted connection, waiting at
+// most `timeout`. The fd count selects the kind; any other count is an error.
+Result<Handshake> receiveHandshake(const sys::UnixSocket& socket,
+                                   std::chrono::milliseconds timeout,
+                                   const ParseLimits& limits = {});
+Status sendHandshake(const sys::UnixSocket& socket,
+                     const std::vector<GuestRegionMapping>& regions,
+                     std::span<const int> fds);
+
+// guest_memfd variant messages, JSON objects back to back on the same socket.
+struct FaultRequest {
+  std::uint32_t vcpu = 0;
+  std::uint64_t offset = 0;
+  std::uint64_t flags = 0;
+  std::optional<std::uint64_t> gpa;  // also accepted under the older name "token"
+};
+struct FaultReply {
+  std::optional<std::uint32_t> vcpu;
+  std::uint64_t offset = 0;
+  std::uint64_t len = 0;
+  std::uint64_t flags = 0;
+  std::optional<std::uint64_t> gpa;
+  bool zero = false;
+};
+
+// Splits a byte stream of concatenated JSON objects. feed() appends bytes; next() returns
+// the next complete object's text, nothing when more bytes are needed, or an error when the
+// stream is malformed or one object exceeds max_object_bytes.
+class JsonObjectStream {
+ public:
+  explicit JsonObjectStream(std::size_t max_object_bytes = 64 * 1024)
+      : max_object_bytes_(max_object_bytes) {}
+  void feed(std::string_view bytes) { buffer_.append(bytes); }
+  Result<std::optional<std::string>> next();
+
+ private:
+  std::string buffer_;
+  std::size_t max_object_bytes_;
+};
+
+Result<FaultRequest> parseFaultRequest(std::string_view json);
+std::string encodeFaultRequest(const FaultRequest& request);
+Result<FaultReply> parseFaultReply(std::string_view json);
+std::string encodeFaultReply(const FaultReply& reply);
+
+}  // namespace lazymig::vmm
