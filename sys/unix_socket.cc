@@ -108,7 +108,8 @@ Result<ReceivedMessage> UnixSocket::receiveWithFds(std::size_t max_bytes,
       out.fds.emplace_back(fd);
     }
   }
-  if (msg.msg_flags & MSG_CTRUNC) {
+  // CMSG_SPACE rounds up, so the buffer can hold a few more fds than asked for: count them.
+  if ((msg.msg_flags & MSG_CTRUNC) || out.fds.size() > max_fds) {
     return fail(Errc::kProtocol, "recvmsg",
                 "the peer sent more than " + std::to_string(max_fds) + " file descriptors");
   }

@@ -1,0 +1,66 @@
+#include "sys/process.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "sys/memory_fd.h"
+
+namespace lazymig::sys {
+
+Result<std::vector<int>> findFds(pid_t pid, const std::function<bool(const std::string&)>& match) {
+  std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return failSys("opendir", dir);
+  std::vector<int> out;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char target[512];
+    std::string link = dir + "/" + e->d_name;
+    ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+    if (n < 0) continue;  // closed while we looked
+    target[n] = '\0';
+    if (match(target)) out.push_back(std::atoi(e->d_name));
+  }
+  ::closedir(d);
+  return out;
+}
+
+Result<UniqueFd> takeFd(pid_t pid, int fd) {
+  auto pidfd = pidfdOpen(pid);
+  if (!pidfd) return std::unexpected(pidfd.error());
+  return pidfdGetFd(*pidfd, fd);
+}
+
+Result<std::vector<std::uint64_t>> presentPages(pid_t pid, HostAddr start, std::uint64_t pages,
+                                                std::uint64_t page_size) {
+  std::string path = "/proc/" + std::to_string(pid) + "/pagemap";
+  auto fd = openFile(path, O_RDONLY);
+  if (!fd) return std::unexpected(fd.error());
+  const std::uint64_t base_page = 4096;
+  const std::uint64_t sub = page_size / base_page;  // pagemap entries per guest page
+  std::vector<std::uint64_t> out((pages + 63) / 64, 0);
+  std::vector<std::uint64_t> entries;
+  constexpr std::uint64_t kBatch = 8192;  // guest pages per read
+  for (std::uint64_t p = 0; p < pages; p += kBatch) {
+    std::uint64_t n = std::min(kBatch, pages - p);
+    entries.resize(n * sub);
+    std::uint64_t offset = (start.value / base_page + p * sub) * 8;
+    if (auto ok = preadAll(fd->get(), entries.data(), entries.size() * 8, offset); !ok) {
+      return std::unexpected(ok.error());
+    }
+    for (std::uint64_t i = 0; i < n; ++i) {
+      // A huge page is present when its first base page is.
+      std::uint64_t e = entries[i * sub];
+      if ((e >> 63) & 1 || (e >> 62) & 1) out[(p + i) / 64] |= std::uint64_t{1} << ((p + i) % 64);
+    }
+  }
+  return out;
+}
+
+bool processAlive(pid_t pid) { return ::kill(pid, 0) == 0 || errno == EPERM; }
+
+}  // namespace lazymig::sys
