@@ -1,0 +1,212 @@
+#include "agent/agent.h"
+
+#include <sys/stat.h>
+
+#include <fstream>
+
+#include "agent/destination_migration.h"
+#include "agent/loop_sync.h"
+#include "agent/migration_spec.h"
+#include "agent/source_migration.h"
+
+namespace lazymig::agent {
+namespace {
+
+Status makeDirs(const std::string& path, mode_t mode) {
+  std::string partial;
+  std::size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = path.find('/', pos + 1);
+    partial = path.substr(0, pos);
+    if (partial.empty()) continue;
+    if (::mkdir(partial.c_str(), mode) != 0 && errno != EEXIST) return failSys("mkdir", partial);
+  }
+  return {};
+}
+
+std::string hostOf(const std::string& address) {
+  auto colon = address.rfind(':');
+  return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+Result<std::string> readToken(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return fail(Errc::kConfig, "control_token_file", "cannot read " + path);
+  std::string token;
+  std::getline(in, token);
+  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  if (token.size() < 16) {
+    return fail(Errc::kConfig, "control_token_file", path + ": token shorter than 16 characters");
+  }
+  return token;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Agent>> Agent::start(config::Config config) {
+  std::unique_ptr<Agent> agent(new Agent(std::move(config)));
+  if (auto ok = agent->init(); !ok) return std::unexpected(ok.error());
+  return agent;
+}
+
+Agent::~Agent() { stop(); }
+
+Status Agent::init() {
+  if (auto lvl = log::parseLevel(config_.log_level)) log::setLevel(*lvl);
+  for (const auto& dir : {config_.state_dir, config_.handshake_dir}) {
+    if (auto ok = makeDirs(dir, 0750); !ok) return ok;
+  }
+  auto db = store::Database::open(config_.state_dir + "/db");
+  if (!db) return std::unexpected(db.error());
+  db_ = std::move(*db);
+  metrics_ = metrics::AgentMetrics::create(config_.node_name);
+  db_->setWriteObserver([m = metrics_.get()](std::chrono::nanoseconds d) { m->observeStoreWrite(d); });
+  if (!config_.metrics_listen.empty() && config_.metrics_listen != "off") {
+    auto port = metrics_->startExposer(config_.metrics_listen);
+    if (!port) return std::unexpected(port.error());
+    metrics_address_ = hostOf(config_.metrics_listen) + ":" + std::to_string(*port);
+  }
+  transport::TlsFiles files{config_.tls.ca_file, config_.tls.cert_file, config_.tls.key_file};
+  auto server = transport::TlsContext::create(transport::TlsContext::Side::kServer, files);
+  if (!server) return std::unexpected(server.error());
+  auto client = transport::TlsContext::create(transport::TlsContext::Side::kClient, files);
+  if (!client) return std::unexpected(client.error());
+  tls_server_ = std::move(*server);
+  tls_client_ = std::move(*client);
+  ctx_ = std::make_unique<AgentContext>(AgentContext{config_, tls_client_, *db_, metrics_.get()});
+  loadHistory();
+  if (auto ok = startListeners(); !ok) return ok;
+  ready_ = true;
+  log_.info("agent ready", {{"node", config_.node_name}, {"agent", agent_address_},
+                            {"control", control_address_}, {"metrics", metrics_address_}});
+  return {};
+}
+
+Status Agent::startListeners() {
+  auto peer = transport::EventLoop::start("peer");
+  if (!peer) return std::unexpected(peer.error());
+  peer_loop_ = std::move(*peer);
+  auto control = transport::EventLoop::start("control", 1);
+  if (!control) return std::unexpected(control.error());
+  control_loop_ = std::move(*control);
+
+  Status status;
+  runOnLoop(*peer_loop_, [&] {
+    auto l = PeerListener::start(
+        *peer_loop_, tls_server_, config_.agent_listen,
+        [this](const std::string& id) -> std::shared_ptr<SourceMigration> {
+          return std::dynamic_pointer_cast<SourceMigration>(registry_.find(id));
+        },
+        metrics_.get());
+    if (!l) {
+      status = std::unexpected(l.error());
+      return;
+    }
+    peer_listener_ = std::move(*l);
+    agent_address_ = hostOf(config_.agent_listen) + ":" + std::to_string(peer_listener_->port());
+  });
+  if (!status) return status;
+
+  std::string token;
+  if (!config_.control_token_file.empty()) {
+    auto t = readToken(config_.control_token_file);
+    if (!t) return std::unexpected(t.error());
+    token = *t;
+  }
+  runOnLoop(*control_loop_, [&] {
+    ControlApi::Backend backend{
+        [this](const nlohmann::json& body, bool& created) { return create(body, created); },
+        [this] { return info(); }, [this] { return ready_.load() && !stopped_.load(); }};
+    auto api = ControlApi::start(*control_loop_, config_.control_listen, registry_,
+                                 std::move(backend), token);
+    if (!api) {
+      status = std::unexpected(api.error());
+      return;
+    }
+    control_ = std::move(*api);
+    control_address_ = control_->boundAddress();
+  });
+  return status;
+}
+
+void Agent::loadHistory() {
+  auto records = db_->listMigrations();
+  if (!records) {
+    log_.error("cannot read migration records", {{"error", records.error().message()}});
+    return;
+  }
+  for (auto& r : *records) {
+    nlohmann::json j{{"id", r.id},           {"role", r.role},
+                     {"state", r.state},     {"peer", r.peer},
+                     {"reason", r.reason},   {"created_at", isoTime(r.created_unix_ms)},
+                     {"updated_at", isoTime(r.updated_unix_ms)}};
+    nlohmann::json progress = nlohmann::json::object();
+    for (auto& [k, v] : r.counters) progress[k] = v;
+    j["progress"] = progress;
+    if (r.state != "completed" && r.state != "failed" && r.state != "cancelled") {
+      // Resuming an interrupted migration after a restart is not supported by this build:
+      // say so rather than pretend it is still running.
+      j["state"] = "failed";
+      j["reason"] = "the agent restarted while the migration was " + r.state;
+      r.state = "failed";
+      r.reason = j["reason"];
+      r.updated_unix_ms = unixMillisNow();
+      (void)db_->putMigration(r);
+    }
+    registry_.addHistory(r.id, j);
+  }
+}
+
+std::expected<std::shared_ptr<Migration>, ApiError> Agent::create(const nlohmann::json& body,
+                                                                  bool& created) {
+  auto spec = parseMigrationSpec(body, config_.handshake_dir);
+  if (!spec) return std::unexpected(ApiError{400, "bad_request", spec.error().message()});
+  auto want = specToJson(*spec);
+  const std::string id = want["id"];
+  if (auto existing = registry_.find(id)) {
+    created = false;
+    if (existing->spec() == want) return existing;
+    return std::unexpected(ApiError{409, "conflict",
+                                    "migration '" + id + "' exists with a different request"});
+  }
+  std::shared_ptr<Migration> m;
+  if (auto* s = std::get_if<SourceSpec>(&*spec)) {
+    m = std::make_shared<SourceMigration>(*s, *ctx_, *peer_loop_);
+  } else {
+    m = std::make_shared<DestinationMigration>(std::get<DestinationSpec>(*spec), *ctx_);
+  }
+  auto registered = registry_.addIfAbsent(m, created);
+  if (!created) return registered;
+  if (auto ok = m->start(); !ok) {
+    // Never started (the snapshot file is missing, the socket path is taken...): forget it,
+    // so that the orchestrator can fix the request and create it again under the same id.
+    m->shutdown();
+    registry_.remove(id);
+    created = false;
+    return std::unexpected(ApiError{400, "bad_request", ok.error().message()});
+  }
+  return m;
+}
+
+nlohmann::json Agent::info() const {
+  return {{"node", config_.node_name},
+          {"version", "0.1.0"},
+          {"agent_address", agent_address_},
+          {"metrics_address", metrics_address_},
+          {"migrations_active", registry_.activeCount()}};
+}
+
+void Agent::stop() {
+  if (stopped_.exchange(true)) return;
+  log_.info("agent stopping");
+  if (control_loop_) runOnLoop(*control_loop_, [this] { control_.reset(); });
+  for (auto& m : registry_.all()) m->shutdown();
+  if (peer_loop_) runOnLoop(*peer_loop_, [this] {
+      if (peer_listener_) peer_listener_->stop();
+      peer_listener_.reset();
+    });
+  if (control_loop_) control_loop_->stop();
+  if (peer_loop_) peer_loop_->stop();
+}
+
+}  // namespace lazymig::agent

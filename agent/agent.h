@@ -1,0 +1,54 @@
+// The lazymig agent: the one place that wires the parts together -- config, RocksDB, metrics,
+// TLS, the peer listener, the control API and the migrations.
+#pragma once
+
+#include <memory>
+
+#include "agent/control_api.h"
+#include "agent/migration.h"
+#include "agent/peer_listener.h"
+#include "agent/registry.h"
+#include "config/config.h"
+#include "metrics/metrics.h"
+#include "store/database.h"
+#include "transport/connection.h"
+
+namespace lazymig::agent {
+
+class Agent {
+ public:
+  static Result<std::unique_ptr<Agent>> start(config::Config config);
+  ~Agent();
+  void stop();  // idempotent: stops migrations' threads, keeps their records
+  const std::string& controlAddress() const { return control_address_; }
+  const std::string& agentAddress() const { return agent_address_; }
+
+ private:
+  explicit Agent(config::Config config) : config_(std::move(config)) {}
+  Status init();
+  Status startListeners();
+  void loadHistory();
+  std::expected<std::shared_ptr<Migration>, ApiError> create(const nlohmann::json& body,
+                                                             bool& created);
+  nlohmann::json info() const;
+
+  config::Config config_;
+  std::unique_ptr<store::Database> db_;
+  std::unique_ptr<metrics::AgentMetrics> metrics_;
+  std::shared_ptr<transport::TlsContext> tls_server_;
+  std::shared_ptr<transport::TlsContext> tls_client_;
+  std::unique_ptr<AgentContext> ctx_;
+  Registry registry_;
+  std::unique_ptr<transport::EventLoop> peer_loop_;
+  std::unique_ptr<transport::EventLoop> control_loop_;
+  std::unique_ptr<PeerListener> peer_listener_;
+  std::unique_ptr<ControlApi> control_;
+  std::string control_address_;
+  std::string agent_address_;
+  std::string metrics_address_;
+  std::atomic<bool> ready_{false};
+  std::atomic<bool> stopped_{false};
+  log::Logger log_ = log::root().with({{"component", "agent"}});
+};
+
+}  // namespace lazymig::agent

@@ -1,0 +1,290 @@
+#include "agent/destination_migration.h"
+
+#include "agent/loop_sync.h"
+
+namespace lazymig::agent {
+
+using transport::ChannelKind;
+using transport::FrameType;
+
+DestinationMigration::DestinationMigration(DestinationSpec spec, AgentContext& ctx)
+    : Migration(spec.id, "destination", specToJson(MigrationSpec(spec)), ctx, spec.peer_identity),
+      spec_(std::move(spec)) {}
+
+DestinationMigration::~DestinationMigration() { stopEverything(); }
+
+Status DestinationMigration::start() {
+  const auto& hs = ctx_.config.handshake;
+  CredentialPolicy policy{hs.allowed_uids, hs.allowed_gids, spec_.vmm_pid};
+  auto listener = VmmListener::start(
+      spec_.handshake_socket, hs.socket_mode, ctx_.config.migration.handshake_timeout, policy,
+      [this](vmm::Handshake h, const sys::PeerCredentials& peer, sys::UnixSocket conn) {
+        return onHandshake(std::move(h), peer, std::move(conn));
+      },
+      [this](const std::string& reason, const Error&) {
+        if (ctx_.metrics) ctx_.metrics->addRefusal("handshake_" + reason);
+      },
+      log_);
+  if (!listener) return std::unexpected(listener.error());
+  listener_ = std::move(*listener);
+  persist();
+  log_.info("waiting for the VMM", {{"socket", spec_.handshake_socket}});
+  return {};
+}
+
+Status DestinationMigration::onHandshake(vmm::Handshake handshake,
+                                         const sys::PeerCredentials& peer,
+                                         sys::UnixSocket connection) {
+  if (isFinal(state())) {
+    return fail(Errc::kState, "vmm handshake",
+                "migration '" + id() + "' is " + std::string(stateName(state())));
+  }
+  if (handshaken_.exchange(true)) {
+    return fail(Errc::kAlreadyExists, "vmm handshake",
+                "migration '" + id() + "' already has a VMM (a second handshake is refused)");
+  }
+  if (handshake.kind != vmm::HandshakeKind::kClassic) {
+    handshaken_ = false;
+    return fail(Errc::kUnsupported, "vmm handshake",
+                "the guest_memfd handshake (3 fds) is not supported by this agent yet");
+  }
+  auto layout = GuestLayout::fromMappings(handshake.regions);
+  if (!layout) {
+    handshaken_ = false;
+    return std::unexpected(layout.error());
+  }
+  regions_ = handshake.regions;
+  layout_ = std::move(*layout);
+  uffd_ = sys::Uffd::adopt(std::move(handshake.uffd));
+  vmm_connection_ = std::move(connection);
+  pages_ = std::make_unique<store::PageMap>(layout_->pageCount());
+  installer_ = std::make_unique<PageInstaller>(uffd_, *layout_, *pages_);
+  ready_.store(true, std::memory_order_release);
+  log_.info("VMM handshake accepted",
+            {{"vmm_pid", peer.pid}, {"regions", regions_.size()},
+             {"bytes", layout_->totalBytes().value}, {"page_size", layout_->pageSize()}});
+  if (auto ok = startServing(); !ok) {
+    failMigration(ok.error());
+    return ok;
+  }
+  return {};
+}
+
+SourceChannelParams DestinationMigration::channelParams(ChannelKind kind) const {
+  const auto& m = ctx_.config.migration;
+  SourceChannelParams p;
+  p.migration_id = id();
+  p.token = spec_.token;
+  p.source_address = spec_.source_address;
+  p.expected_peer = spec_.peer_identity;
+  p.kind = kind;
+  p.page_size = static_cast<std::uint32_t>(layout_->pageSize());
+  p.memory_bytes = layout_->totalBytes().value;
+  p.initial_backoff = m.reconnect.initial_backoff;
+  p.max_backoff = m.reconnect.max_backoff;
+  p.give_up_after = std::chrono::duration_cast<std::chrono::milliseconds>(m.reconnect.give_up_after);
+  return p;
+}
+
+Status DestinationMigration::startServing() {
+  auto urgent = transport::EventLoop::start("urgent-" + id());
+  if (!urgent) return std::unexpected(urgent.error());
+  auto bulk = transport::EventLoop::start("bulk-" + id());
+  if (!bulk) return std::unexpected(bulk.error());
+  urgent_loop_ = std::move(*urgent);
+  bulk_loop_ = std::move(*bulk);
+  if (ctx_.metrics) ctx_.metrics->addPagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
+  transport::Layout wire{static_cast<std::uint32_t>(layout_->pageSize()), layout_->pageCount()};
+  auto give_up = [this](const Error& e) {
+    failMigration(Error::make(Errc::kTimeout, "source unreachable",
+                              e.message() + "; " +
+                                  std::to_string(pages_->pageCount() - pages_->doneCount()) +
+                                  " pages never received"));
+  };
+
+  Status started;
+  runOnLoop(*urgent_loop_, [&] {
+    faults_ = std::make_unique<FaultService>(
+        *urgent_loop_, uffd_, *layout_, *pages_, *installer_, stats_, ctx_.metrics, log_,
+        FaultService::Hooks{[this](std::span<const std::uint64_t> p) { return requestPages(p); },
+                            [this](const Error& e) { failMigration(e); },
+                            [this] { progressed(); }});
+    started = faults_->start();
+    urgent_ = std::make_unique<SourceChannel>(
+        *urgent_loop_, ctx_.tls_client, channelParams(ChannelKind::kUrgent),
+        SourceChannel::Handlers{
+            .on_open =
+                [this] {
+                  faults_->resendOutstanding();
+                  if (finishing_ && !complete_sent_) sendComplete();
+                },
+            .on_frame = [this](const transport::FrameHeader& h,
+                               std::span<const std::byte> p) { onUrgentFrame(h, p); },
+            .on_down = [this](const Error&) { stats_.reconnects.fetch_add(1); },
+            .on_give_up = give_up},
+        log_);
+    urgent_->start();
+  });
+  if (!started) return started;
+
+  runOnLoop(*bulk_loop_, [&] {
+    bulk_receiver_ = std::make_unique<BulkReceiver>(
+        wire, *pages_, *installer_, stats_, ctx_.metrics, log_,
+        BulkReceiver::Hooks{[this](std::string_view f) { return bulk_->send(f); },
+                            [this] { progressed(); }, [this](const Error& e) { failMigration(e); }});
+    bulk_ = std::make_unique<SourceChannel>(
+        *bulk_loop_, ctx_.tls_client, channelParams(ChannelKind::kBulk),
+        SourceChannel::Handlers{
+            .on_open = [this] { bulk_receiver_->onOpen(); },
+            .on_frame = [this](const transport::FrameHeader& h,
+                               std::span<const std::byte> p) { bulk_receiver_->onFrame(h, p); },
+            .on_down = [this](const Error&) { stats_.reconnects.fetch_add(1); },
+            .on_give_up = give_up},
+        log_);
+    bulk_->start();
+    scheduleCheckpoint();
+  });
+  setState(MigrationState::kRunning);
+  progressed();  // a zero-page guest is complete at once
+  return {};
+}
+
+void DestinationMigration::onUrgentFrame(const transport::FrameHeader& h,
+                                         std::span<const std::byte> payload) {
+  stats_.bytes_received.fetch_add(payload.size() + transport::kHeaderSize, std::memory_order_relaxed);
+  if (ctx_.metrics) {
+    ctx_.metrics->addWireBytes(metrics::Channel::kUrgent, metrics::Direction::kReceived,
+                               payload.size() + transport::kHeaderSize);
+  }
+  transport::Layout wire{static_cast<std::uint32_t>(layout_->pageSize()), layout_->pageCount()};
+  switch (h.type) {
+    case FrameType::kPageData: {
+      auto d = transport::decodePageData(payload, wire);
+      if (!d) return failMigration(d.error());
+      return faults_->onPageData(*d);
+    }
+    case FrameType::kZeroRange: {
+      auto z = transport::decodeZeroRange(payload, wire);
+      if (!z) return failMigration(z.error());
+      return faults_->onZeroRange(*z);
+    }
+    case FrameType::kPong:
+      return;
+    default:
+      return failMigration(Error::make(Errc::kProtocol, "urgent channel",
+                                       std::string("unexpected frame ") +
+                                           std::string(transport::frameTypeName(h.type))));
+  }
+}
+
+bool DestinationMigration::requestPages(std::span<const std::uint64_t> pages) {
+  transport::PageRequest req;
+  req.pages.assign(pages.begin(), pages.end());
+  auto frame = transport::encodePageRequest(req);
+  if (!urgent_ || !urgent_->send(frame)) return false;
+  stats_.bytes_sent.fetch_add(frame.size(), std::memory_order_relaxed);
+  if (ctx_.metrics) {
+    ctx_.metrics->addWireBytes(metrics::Channel::kUrgent, metrics::Direction::kSent, frame.size());
+  }
+  return true;
+}
+
+void DestinationMigration::progressed() {
+  if (!pages_->complete() || finishing_.exchange(true)) return;
+  urgent_loop_->post([this] { finish(); });
+}
+
+void DestinationMigration::finish() {
+  if (isFinal(state())) return;
+  setState(MigrationState::kCompleting);
+  if (auto ok = checkpointPageMap(ctx_.db, id(), *pages_, ctx_.metrics); !ok) {
+    log_.warn("final page map checkpoint failed", {{"error", ok.error().message()}});
+  }
+  // Every page is present: hand fault handling back to the kernel so that a later discard
+  // (balloon) followed by a touch gets a fresh zero page instead of waiting on us forever.
+  for (const auto& r : regions_) {
+    auto ok = uffd_.unregisterRange(HostAddr{r.base_host_virt_addr}, Bytes{r.size});
+    if (!ok) log_.warn("unregistering a guest region failed", {{"error", ok.error().message()}});
+  }
+  if (urgent_ && urgent_->isOpen()) sendComplete();
+  else log_.info("every page installed; telling the source once the urgent link is back");
+}
+
+void DestinationMigration::sendComplete() {
+  transport::Complete c{pages_->doneCount()};
+  if (!urgent_->send(transport::encodeComplete(c))) return;
+  complete_sent_ = true;
+  setState(MigrationState::kCompleted);
+  bulk_loop_->post([this] {
+    if (bulk_) bulk_->stop();
+  });
+}
+
+void DestinationMigration::scheduleCheckpoint() {
+  checkpoint_timer_ = bulk_loop_->postDelayed(ctx_.config.migration.checkpoint_interval, [this] {
+    checkpoint_timer_ = 0;
+    if (auto ok = checkpointPageMap(ctx_.db, id(), *pages_, ctx_.metrics); !ok) {
+      log_.warn("page map checkpoint failed", {{"error", ok.error().message()}});
+    }
+    if (!isFinal(state())) scheduleCheckpoint();
+  });
+}
+
+void DestinationMigration::failMigration(const Error& why) {
+  if (setState(MigrationState::kFailed, why.message())) {
+    // Faults already read stay unanswered on purpose (never zeros): the VM is frozen, and
+    // the orchestrator decides what happens to it.
+    if (urgent_loop_) urgent_loop_->post([this] { if (faults_) faults_->stop(); });
+  }
+}
+
+Status DestinationMigration::cancel(bool) {
+  setState(MigrationState::kCancelled, "cancelled by the control API");
+  stopEverything();
+  return {};
+}
+
+void DestinationMigration::shutdown() { stopEverything(); }
+
+void DestinationMigration::stopEverything() {
+  if (stopped_.exchange(true)) return;
+  if (listener_) listener_->stop();
+  if (urgent_loop_) {
+    runOnLoop(*urgent_loop_, [this] {
+      if (urgent_) urgent_->stop();
+      if (faults_) faults_->stop();
+    });
+  }
+  if (bulk_loop_) {
+    runOnLoop(*bulk_loop_, [this] {
+      if (checkpoint_timer_ != 0) bulk_loop_->cancelTimer(checkpoint_timer_);
+      if (bulk_) bulk_->stop();
+      if (pages_) (void)checkpointPageMap(ctx_.db, id(), *pages_, ctx_.metrics);
+    });
+  }
+  if (urgent_loop_) urgent_loop_->stop();
+  if (bulk_loop_) bulk_loop_->stop();
+  if (ctx_.metrics && pages_ && !pages_->complete()) {
+    ctx_.metrics->addPagesRemaining(-static_cast<std::int64_t>(pages_->pageCount() - pages_->doneCount()));
+  }
+}
+
+void DestinationMigration::addDetails(nlohmann::json& out) const {
+  out["handshake_socket"] = spec_.handshake_socket;
+  out["source_address"] = spec_.source_address;
+  bool ready = ready_.load(std::memory_order_acquire);
+  out["population_path"] = ready ? std::string(installer_->pathName()) : std::string();
+  out["progress"]["page_size"] = ready ? layout_->pageSize() : 0;
+  double secs = out["elapsed_seconds"].get<double>();
+  double mib = static_cast<double>(pagesDone() * (ready ? layout_->pageSize() : 0)) / (1 << 20);
+  out["throughput_mib_s"] = secs > 0 ? mib / secs : 0.0;
+}
+
+std::uint64_t DestinationMigration::pagesTotal() const {
+  return ready_.load(std::memory_order_acquire) ? pages_->pageCount() : 0;
+}
+std::uint64_t DestinationMigration::pagesDone() const {
+  return ready_.load(std::memory_order_acquire) ? pages_->doneCount() : 0;
+}
+
+}  // namespace lazymig::agent

@@ -1,0 +1,81 @@
+// The destination role: takes the VMM's uffd, serves its faults from the source, installs
+// the bulk stream, and finishes when every page is in.
+//
+// Threads: the VMM listener thread (handshake), the urgent loop (uffd events, fault service,
+// urgent channel, completion) and the bulk loop (bulk channel, installs, checkpoints).
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <optional>
+
+#include "agent/bulk_receiver.h"
+#include "agent/fault_service.h"
+#include "agent/guest_layout.h"
+#include "agent/migration.h"
+#include "agent/migration_spec.h"
+#include "agent/page_installer.h"
+#include "agent/source_channel.h"
+#include "agent/vmm_listener.h"
+#include "store/page_map.h"
+#include "sys/uffd.h"
+
+namespace lazymig::agent {
+
+class DestinationMigration final : public Migration {
+ public:
+  DestinationMigration(DestinationSpec spec, AgentContext& ctx);
+  ~DestinationMigration() override;
+
+  Status start() override;
+  Status cancel(bool force) override;
+  void shutdown() override;
+
+ protected:
+  void addDetails(nlohmann::json& out) const override;
+  std::uint64_t pagesTotal() const override;
+  std::uint64_t pagesDone() const override;
+
+ private:
+  Status onHandshake(vmm::Handshake handshake, const sys::PeerCredentials& peer,
+                     sys::UnixSocket connection);
+  Status startServing();
+  SourceChannelParams channelParams(transport::ChannelKind kind) const;
+  void onUrgentFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
+  bool requestPages(std::span<const std::uint64_t> pages);
+  void progressed();
+  void finish();            // urgent loop
+  void sendComplete();      // urgent loop
+  void scheduleCheckpoint();  // bulk loop
+  void failMigration(const Error& why);
+  void stopEverything();
+
+  DestinationSpec spec_;
+  std::unique_ptr<VmmListener> listener_;
+  std::atomic<bool> handshaken_{false};
+  // Published (release) once layout_, pages_ and installer_ are built; readers on other
+  // threads (the control API) acquire it before touching them.
+  std::atomic<bool> ready_{false};
+
+  // Set once by the handshake, read-only afterwards.
+  sys::UnixSocket vmm_connection_;
+  sys::Uffd uffd_;
+  std::vector<vmm::GuestRegionMapping> regions_;
+  std::optional<GuestLayout> layout_;
+  std::unique_ptr<store::PageMap> pages_;
+  std::unique_ptr<PageInstaller> installer_;
+
+  std::unique_ptr<transport::EventLoop> urgent_loop_;
+  std::unique_ptr<transport::EventLoop> bulk_loop_;
+  std::unique_ptr<FaultService> faults_;              // urgent loop
+  std::unique_ptr<SourceChannel> urgent_;             // urgent loop
+  std::unique_ptr<SourceChannel> bulk_;               // bulk loop
+  std::unique_ptr<BulkReceiver> bulk_receiver_;       // bulk loop
+  std::uint64_t checkpoint_timer_ = 0;                // bulk loop
+
+  std::atomic<bool> finishing_{false};
+  bool complete_sent_ = false;  // urgent loop
+  std::atomic<bool> stopped_{false};
+};
+
+}  // namespace lazymig::agent

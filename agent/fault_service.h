@@ -1,0 +1,84 @@
+// Serves the guest's page faults on the destination. It lives on the urgent loop thread, so
+// that reading a fault, asking the source and installing the reply never cross a thread: the
+// whole round trip is one thread's work plus the network.
+//
+// Invariant 3: every fault read is answered (installed or woken) -- or the migration fails
+// loudly. A fault is never answered with zeros to "recover", except on a page the guest
+// itself discarded.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "agent/guest_layout.h"
+#include "agent/migration_stats.h"
+#include "agent/page_installer.h"
+#include "base/log.h"
+#include "metrics/metrics.h"
+#include "store/page_map.h"
+#include "sys/uffd.h"
+#include "transport/connection.h"
+#include "transport/frame.h"
+
+struct event;
+
+namespace lazymig::agent {
+
+class FaultService {
+ public:
+  struct Hooks {
+    // Ask the source for these pages; returns false when the urgent link is down (the pages
+    // stay outstanding and are asked again by resendOutstanding()).
+    std::function<bool(std::span<const std::uint64_t>)> request_pages;
+    std::function<void(const Error&)> fatal;
+    std::function<void()> progressed;  // pages became done
+  };
+
+  FaultService(transport::EventLoop& loop, const sys::Uffd& uffd, const GuestLayout& layout,
+               store::PageMap& pages, PageInstaller& installer, MigrationStats& stats,
+               metrics::AgentMetrics* metrics, log::Logger logger, Hooks hooks);
+  ~FaultService();
+  FaultService(const FaultService&) = delete;
+  FaultService& operator=(const FaultService&) = delete;
+
+  // Loop thread only, from here on.
+  Status start();
+  void stop();
+  void onPageData(const transport::PageData& data);
+  void onZeroRange(const transport::ZeroRange& zeros);
+  // The urgent link is back: ask again for every page a vCPU still waits on.
+  void resendOutstanding();
+  // Reads and handles every queued uffd event.
+  void drainEvents();
+  std::size_t outstanding() const { return pending_.size(); }
+
+ private:
+  struct Pending {
+    std::chrono::steady_clock::time_point first_fault;
+  };
+  static void onReadable(int fd, short what, void* arg);
+  void handlePageFault(std::uint64_t address, std::vector<std::uint64_t>& to_request);
+  void handleRemove(std::uint64_t start, std::uint64_t end);
+  void answered(PageIndex page, metrics::FaultPath path);
+  void installReply(PageIndex first, std::uint64_t count, const std::byte* data);
+  void wakeOrFail(PageIndex page);
+
+  transport::EventLoop& loop_;
+  const sys::Uffd& uffd_;
+  const GuestLayout& layout_;
+  store::PageMap& pages_;
+  PageInstaller& installer_;
+  MigrationStats& stats_;
+  metrics::AgentMetrics* metrics_;
+  log::Logger log_;
+  Hooks hooks_;
+  event* event_ = nullptr;
+  bool draining_ = false;
+  std::unordered_map<std::uint64_t, Pending> pending_;
+};
+
+}  // namespace lazymig::agent

@@ -1,0 +1,26 @@
+// Running a function on a loop's thread and waiting for it: for set-up and tear-down only,
+// never on a hot path.
+#pragma once
+
+#include <functional>
+#include <future>
+
+#include "transport/connection.h"
+
+namespace lazymig::agent {
+
+inline void runOnLoop(transport::EventLoop& loop, const std::function<void()>& fn) {
+  if (loop.inLoopThread()) {
+    fn();
+    return;
+  }
+  std::promise<void> done;
+  auto fut = done.get_future();
+  loop.post([&] {
+    fn();
+    done.set_value();
+  });
+  fut.wait();
+}
+
+}  // namespace lazymig::agent

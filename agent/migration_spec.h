@@ -1,0 +1,40 @@
+// The body of POST /v1/migrations, validated: every error names the field.
+#pragma once
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <variant>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+
+namespace lazymig::agent {
+
+struct SourceSpec {
+  std::string id;
+  std::string token;
+  std::string peer_identity;
+  std::string snapshot_file;    // one of these two
+  std::string handover_socket;
+};
+
+struct DestinationSpec {
+  std::string id;
+  std::string token;
+  std::string peer_identity;
+  std::string source_address;
+  std::string handshake_socket;  // filled with <handshake_dir>/<id>.sock when absent
+  std::optional<pid_t> vmm_pid;
+};
+
+using MigrationSpec = std::variant<SourceSpec, DestinationSpec>;
+
+bool isValidMigrationId(std::string_view id);
+// `handshake_dir` supplies the default destination handshake socket.
+Result<MigrationSpec> parseMigrationSpec(const nlohmann::json& body, const std::string& handshake_dir);
+nlohmann::json specToJson(const MigrationSpec& spec);
+
+}  // namespace lazymig::agent

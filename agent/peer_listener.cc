@@ -1,0 +1,87 @@
+#include "agent/peer_listener.h"
+
+#include "agent/peer_errors.h"
+#include "agent/source_migration.h"
+
+namespace lazymig::agent {
+
+Result<std::unique_ptr<PeerListener>> PeerListener::start(
+    transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
+    const std::string& address, FindSource find, metrics::AgentMetrics* metrics) {
+  std::unique_ptr<PeerListener> out(new PeerListener(loop, std::move(find), metrics));
+  transport::Server::Options opts;
+  opts.address = address;
+  opts.on_connection = [l = out.get()](std::unique_ptr<transport::Connection> c) {
+    l->accepted(std::move(c));
+  };
+  opts.on_refused = [l = out.get()](transport::RefusalReason reason, const std::string& detail) {
+    l->log_.warn("agent connection refused",
+                 {{"reason", transport::refusalReasonName(reason)}, {"detail", detail}});
+    if (l->metrics_) l->metrics_->addRefusal(std::string(transport::refusalReasonName(reason)));
+  };
+  auto server = transport::Server::listen(loop, std::move(tls), std::move(opts));
+  if (!server) return std::unexpected(server.error());
+  out->server_ = std::move(*server);
+  return out;
+}
+
+void PeerListener::stop() {
+  for (auto& [ptr, conn] : pending_) conn->close();
+  pending_.clear();
+  server_.reset();
+}
+
+void PeerListener::accepted(std::unique_ptr<transport::Connection> conn) {
+  transport::Connection* raw = conn.get();
+  conn->setHandlers({
+      .on_frame = [this, raw](const transport::FrameHeader& h,
+                              std::span<const std::byte> p) { onFirstFrame(raw, h, p); },
+      .on_closed = [this, raw](const Error&) { pending_.erase(raw); },
+      .on_drained = nullptr,
+  });
+  pending_.emplace(raw, std::move(conn));
+}
+
+void PeerListener::refuse(transport::Connection* conn, std::uint16_t code,
+                          const std::string& message, const std::string& reason) {
+  log_.warn("agent connection refused", {{"reason", reason}, {"detail", message},
+                                         {"remote", conn->remoteAddress()},
+                                         {"peer", conn->peer().describe()}});
+  if (metrics_) metrics_->addRefusal(reason);
+  conn->sendEncoded(transport::encodeError({code, message}));
+  conn->close();
+  loop_.post([this, conn] { pending_.erase(conn); });
+}
+
+void PeerListener::onFirstFrame(transport::Connection* conn, const transport::FrameHeader& h,
+                                std::span<const std::byte> payload) {
+  if (h.type != transport::FrameType::kHello) {
+    return refuse(conn, static_cast<std::uint16_t>(PeerErrorCode::kBadRequest),
+                  "the first frame must be Hello", "protocol");
+  }
+  auto hello = transport::decodeHello(payload);
+  if (!hello) {
+    return refuse(conn, static_cast<std::uint16_t>(PeerErrorCode::kBadRequest),
+                  hello.error().message(), "protocol");
+  }
+  auto migration = find_(hello->migration_id);
+  if (!migration) {
+    // Retryable on purpose: the orchestrator may create the destination first. A peer with
+    // a fleet certificate learns only whether the id exists; nothing more without the token.
+    return refuse(conn, static_cast<std::uint16_t>(PeerErrorCode::kUnknownMigration),
+                  "no such migration here (yet)", "unknown_migration");
+  }
+  // Hand the connection over after this callback returns: the migration replaces its
+  // handlers, which must not happen while one of them runs.
+  loop_.post([this, conn, migration, h = *hello] {
+    auto it = pending_.find(conn);
+    if (it == pending_.end()) return;
+    auto owned = std::move(it->second);
+    pending_.erase(it);
+    if (auto refused = migration->attach(std::move(owned), h)) {
+      if (metrics_) metrics_->addRefusal(*refused);
+    }
+  });
+}
+
+}  // namespace lazymig::agent

@@ -1,0 +1,57 @@
+#include "agent/registry.h"
+
+namespace lazymig::agent {
+
+std::shared_ptr<Migration> Registry::addIfAbsent(std::shared_ptr<Migration> m, bool& added) {
+  std::lock_guard lock(mu_);
+  auto [it, inserted] = live_.try_emplace(m->id(), m);
+  added = inserted;
+  if (inserted) history_.erase(m->id());
+  return it->second;
+}
+
+std::shared_ptr<Migration> Registry::find(const std::string& id) const {
+  std::lock_guard lock(mu_);
+  auto it = live_.find(id);
+  return it == live_.end() ? nullptr : it->second;
+}
+
+void Registry::remove(const std::string& id) {
+  std::lock_guard lock(mu_);
+  live_.erase(id);
+}
+
+std::vector<std::shared_ptr<Migration>> Registry::all() const {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<Migration>> out;
+  for (auto& [id, m] : live_) out.push_back(m);
+  return out;
+}
+
+void Registry::addHistory(const std::string& id, nlohmann::json record) {
+  std::lock_guard lock(mu_);
+  if (live_.count(id) == 0) history_[id] = std::move(record);
+}
+
+std::vector<nlohmann::json> Registry::history() const {
+  std::lock_guard lock(mu_);
+  std::vector<nlohmann::json> out;
+  for (auto& [id, j] : history_) out.push_back(j);
+  return out;
+}
+
+std::optional<nlohmann::json> Registry::findHistory(const std::string& id) const {
+  std::lock_guard lock(mu_);
+  auto it = history_.find(id);
+  if (it == history_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::size_t Registry::activeCount() const {
+  std::lock_guard lock(mu_);
+  std::size_t n = 0;
+  for (auto& [id, m] : live_) n += isFinal(m->state()) ? 0 : 1;
+  return n;
+}
+
+}  // namespace lazymig::agent

@@ -1,0 +1,78 @@
+// One channel (urgent or bulk) from a destination to its source agent: connects, says Hello,
+// and when the link breaks reconnects with capped exponential backoff and jitter until the
+// give-up deadline passes. Lives on one EventLoop; every method runs on that loop's thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+
+#include "base/error.h"
+#include "base/log.h"
+#include "transport/connection.h"
+#include "transport/frame.h"
+
+namespace lazymig::agent {
+
+struct SourceChannelParams {
+  std::string migration_id;
+  std::string token;
+  std::string source_address;
+  std::string expected_peer;
+  transport::ChannelKind kind = transport::ChannelKind::kUrgent;
+  std::uint32_t page_size = 4096;
+  std::uint64_t memory_bytes = 0;
+  std::chrono::milliseconds initial_backoff{100};
+  std::chrono::milliseconds max_backoff{5000};
+  std::chrono::milliseconds give_up_after{120000};
+  std::chrono::milliseconds connect_timeout{10000};
+};
+
+class SourceChannel {
+ public:
+  struct Handlers {
+    std::function<void()> on_open;  // HelloOk arrived: the channel carries frames now
+    std::function<void(const transport::FrameHeader&, std::span<const std::byte>)> on_frame;
+    std::function<void(const Error&)> on_down;     // the link broke; a reconnect is scheduled
+    std::function<void(const Error&)> on_give_up;  // no link for give_up_after, or refused for good
+  };
+
+  SourceChannel(transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
+                SourceChannelParams params, Handlers handlers, log::Logger logger);
+  ~SourceChannel();
+
+  void start();
+  void stop();
+  bool isOpen() const { return open_; }
+  // Sends a fully encoded frame; false when the channel is not open.
+  bool send(std::string_view frame);
+  std::size_t pendingOutputBytes() const;
+  std::uint64_t reconnects() const { return reconnects_; }
+
+ private:
+  void attempt();
+  void onConnected(Result<std::unique_ptr<transport::Connection>> conn);
+  void onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
+  void linkDown(const Error& why, bool fatal);
+  void scheduleRetry();
+
+  transport::EventLoop& loop_;
+  std::shared_ptr<transport::TlsContext> tls_;
+  SourceChannelParams params_;
+  Handlers handlers_;
+  log::Logger log_;
+  std::unique_ptr<transport::Connection> conn_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  bool open_ = false;
+  bool stopped_ = false;
+  std::uint64_t reconnects_ = 0;
+  std::chrono::milliseconds backoff_{0};
+  std::chrono::steady_clock::time_point down_since_;
+  std::uint64_t retry_timer_ = 0;
+  std::mt19937_64 rng_{std::random_device{}()};
+};
+
+}  // namespace lazymig::agent

@@ -1,0 +1,335 @@
+#include "agent/source_migration.h"
+
+#include <openssl/crypto.h>
+
+#include "agent/loop_sync.h"
+
+namespace lazymig::agent {
+
+using transport::ChannelKind;
+using transport::FrameType;
+
+SourceMigration::SourceMigration(SourceSpec spec, AgentContext& ctx,
+                                 transport::EventLoop& peer_loop)
+    : Migration(spec.id, "source", specToJson(MigrationSpec(spec)), ctx, spec.peer_identity),
+      spec_(std::move(spec)),
+      peer_loop_(peer_loop) {
+  bulk_window_bytes_ = std::size_t{ctx.config.migration.bulk_window_bytes_kib} * 1024;
+  bulk_batch_pages_ = ctx.config.migration.bulk_batch_pages;
+}
+
+SourceMigration::~SourceMigration() { shutdown(); }
+
+Status SourceMigration::start() {
+  if (!spec_.snapshot_file.empty()) {
+    auto mem = SourceMemory::fromSnapshotFile(spec_.snapshot_file);
+    if (!mem) return std::unexpected(mem.error());
+    return useMemory(std::move(*mem));
+  }
+  const auto& hs = ctx_.config.handshake;
+  auto listener = VmmListener::start(
+      spec_.handover_socket, hs.socket_mode, ctx_.config.migration.handshake_timeout,
+      CredentialPolicy{hs.allowed_uids, hs.allowed_gids, std::nullopt},
+      [this](vmm::Handshake h, const sys::PeerCredentials& peer, sys::UnixSocket) -> Status {
+        if (ready_.load()) {
+          return fail(Errc::kAlreadyExists, "memory handover",
+                      "migration '" + id() + "' already has its memory");
+        }
+        auto mem = SourceMemory::fromHandover(std::move(h));
+        if (!mem) return std::unexpected(mem.error());
+        log_.info("memory handed over", {{"vmm_pid", peer.pid}});
+        return useMemory(std::move(*mem));
+      },
+      [this](const std::string& reason, const Error&) {
+        if (ctx_.metrics) ctx_.metrics->addRefusal("handshake_" + reason);
+      },
+      log_);
+  if (!listener) return std::unexpected(listener.error());
+  listener_ = std::move(*listener);
+  persist();
+  return {};
+}
+
+Status SourceMigration::useMemory(std::unique_ptr<SourceMemory> memory) {
+  log_.info("serving guest memory", {{"memory", memory->describe()},
+                                     {"bytes", memory->bytes()},
+                                     {"pages", memory->pageCount()}});
+  page_count_.store(memory->pageCount());
+  page_size_.store(memory->pageSize());
+  memory_ = std::move(memory);
+  ready_.store(true, std::memory_order_release);
+  setState(MigrationState::kServing);
+  return {};
+}
+
+transport::Layout SourceMigration::layout() const {
+  return {static_cast<std::uint32_t>(memory_->pageSize()), memory_->pageCount()};
+}
+
+std::optional<std::string> SourceMigration::checkHello(const transport::Hello& hello,
+                                                       PeerErrorCode& code, std::string& message,
+                                                       const transport::Connection& conn) const {
+  // Identity and token first, and the same answer for both: a peer that is not the intended
+  // one learns nothing about the migration's state or size.
+  if (!conn.peer().matches(spec_.peer_identity)) {
+    code = PeerErrorCode::kAuth;
+    message = "not authorised for this migration";
+    log_.warn("peer identity refused", {{"presented", conn.peer().describe()},
+                                        {"remote", conn.remoteAddress()}});
+    return "identity";
+  }
+  if (hello.token.size() != spec_.token.size() ||
+      CRYPTO_memcmp(hello.token.data(), spec_.token.data(), spec_.token.size()) != 0) {
+    code = PeerErrorCode::kAuth;
+    message = "not authorised for this migration";
+    log_.warn("migration token refused", {{"remote", conn.remoteAddress()}});
+    return "token";
+  }
+  if (isFinal(state())) {
+    code = PeerErrorCode::kState;
+    message = "migration is " + std::string(stateName(state()));
+    return "state";
+  }
+  if (!ready_.load(std::memory_order_acquire)) {
+    code = PeerErrorCode::kUnknownMigration;
+    message = "the guest memory has not been handed over yet";
+    return "not_ready";
+  }
+  if (hello.page_size != memory_->pageSize() || hello.memory_bytes != memory_->bytes()) {
+    code = PeerErrorCode::kLayout;
+    message = "destination expects " + std::to_string(hello.memory_bytes) + " bytes in pages of " +
+              std::to_string(hello.page_size) + ", source has " + std::to_string(memory_->bytes()) +
+              " in pages of " + std::to_string(memory_->pageSize());
+    return "layout";
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> SourceMigration::attach(std::unique_ptr<transport::Connection> conn,
+                                                   const transport::Hello& hello) {
+  PeerErrorCode code{};
+  std::string message;
+  if (auto refused = checkHello(hello, code, message, *conn)) {
+    conn->sendEncoded(transport::encodeError({static_cast<std::uint16_t>(code), message}));
+    conn->close();
+    return refused;
+  }
+  conn->sendEncoded(transport::encodeHelloOk(
+      {static_cast<std::uint32_t>(memory_->pageSize()), memory_->bytes()}));
+  if (!schedule_) schedule_.emplace(memory_->pageCount());
+  ChannelKind kind = hello.channel;
+  auto& slot = kind == ChannelKind::kUrgent ? urgent_ : bulk_;
+  if (slot) {
+    // A reconnect replaces a link this side has not noticed is dead yet.
+    log_.info("channel replaced by a new connection");
+    slot->close();
+  }
+  slot = std::move(conn);
+  slot->setPriority(kind == ChannelKind::kUrgent ? 0 : 1);
+  transport::Connection::Handlers handlers;
+  handlers.on_closed = [this, kind](const Error& e) { channelClosed(kind, e); };
+  if (kind == ChannelKind::kUrgent) {
+    handlers.on_frame = [this](const transport::FrameHeader& h, std::span<const std::byte> p) {
+      onUrgentFrame(h, p);
+    };
+  } else {
+    resumed_ = false;
+    resume_bitmap_.assign((memory_->pageCount() + 63) / 64, 0);
+    slot->setLowWatermark(bulk_window_bytes_ / 2);
+    handlers.on_frame = [this](const transport::FrameHeader& h, std::span<const std::byte> p) {
+      onBulkFrame(h, p);
+    };
+    handlers.on_drained = [this] { pumpBulk(); };
+  }
+  slot->setHandlers(std::move(handlers));
+  log_.info("channel open", {{"channel", kind == ChannelKind::kUrgent ? "urgent" : "bulk"},
+                             {"remote", slot->remoteAddress()}});
+  return std::nullopt;
+}
+
+void SourceMigration::onUrgentFrame(const transport::FrameHeader& h,
+                                    std::span<const std::byte> payload) {
+  stats_.bytes_received.fetch_add(payload.size() + transport::kHeaderSize);
+  switch (h.type) {
+    case FrameType::kPageRequest: {
+      auto req = transport::decodePageRequest(payload, layout(), transport::Limits{});
+      if (!req) break;
+      stats_.demand_faults.fetch_add(req->pages.size(), std::memory_order_relaxed);
+      for (auto p : req->pages) servePage(p);
+      return;
+    }
+    case FrameType::kComplete: {
+      auto c = transport::decodeComplete(payload, layout());
+      if (!c) break;
+      return completed(c->pages_installed);
+    }
+    case FrameType::kPing: {
+      auto ping = transport::decodePing(payload);
+      if (!ping) break;
+      urgent_->sendEncoded(transport::encodePing(FrameType::kPong, *ping));
+      return;
+    }
+    default:
+      break;
+  }
+  // Anything else from the peer is a protocol error: drop this link (the destination
+  // reconnects) and keep the migration and every other one running.
+  log_.warn("bad frame on the urgent channel; closing it",
+            {{"frame", transport::frameTypeName(h.type)}});
+  if (ctx_.metrics) ctx_.metrics->addRefusal("protocol");
+  urgent_->sendEncoded(transport::encodeError(
+      {static_cast<std::uint16_t>(PeerErrorCode::kBadRequest), "malformed frame"}));
+  urgent_->close();
+  urgent_.reset();
+}
+
+void SourceMigration::servePage(std::uint64_t page) {
+  schedule_->markSent(page);
+  schedule_->noteFault(page);
+  sendRun(*urgent_, page, 1, stats_.served_demand_pages);
+}
+
+void SourceMigration::sendRun(transport::Connection& conn, std::uint64_t first,
+                              std::uint64_t count, std::atomic<std::uint64_t>& counter) {
+  const auto page_size = static_cast<std::uint32_t>(memory_->pageSize());
+  const bool urgent = &conn == urgent_.get();
+  std::uint64_t p = first;
+  const std::uint64_t end = first + count;
+  std::uint64_t wire = 0;
+  while (p < end) {
+    bool zero = memory_->isZero(p);
+    std::uint64_t q = p + 1;
+    while (q < end && memory_->isZero(q) == zero) ++q;
+    if (zero) {
+      auto frame = transport::encodeZeroRange({p, q - p});
+      conn.sendEncoded(frame);
+      wire += frame.size();
+      stats_.served_zero_pages.fetch_add(q - p, std::memory_order_relaxed);
+    } else {
+      auto prefix = transport::encodePageDataPrefix(p, static_cast<std::uint32_t>(q - p), page_size);
+      conn.sendWithBody(prefix, memory_->pages(p, q - p));
+      wire += prefix.size() + (q - p) * page_size;
+      counter.fetch_add(q - p, std::memory_order_relaxed);
+    }
+    p = q;
+  }
+  stats_.bytes_sent.fetch_add(wire, std::memory_order_relaxed);
+  if (ctx_.metrics) {
+    ctx_.metrics->addWireBytes(urgent ? metrics::Channel::kUrgent : metrics::Channel::kBulk,
+                               metrics::Direction::kSent, wire);
+  }
+}
+
+void SourceMigration::onBulkFrame(const transport::FrameHeader& h,
+                                  std::span<const std::byte> payload) {
+  if (h.type == FrameType::kResume) {
+    auto r = transport::decodeResume(payload, layout());
+    if (r) {
+      for (std::size_t i = 0; i < r->words.size(); ++i) resume_bitmap_[r->first_page / 64 + i] = r->words[i];
+      if (r->last) {
+        schedule_->reset(resume_bitmap_);
+        resumed_ = true;
+        bulk_done_sent_ = false;
+        log_.info("bulk stream (re)starting", {{"pages_to_send", schedule_->remaining()}});
+        pumpBulk();
+      }
+      return;
+    }
+  }
+  log_.warn("bad frame on the bulk channel; closing it", {{"frame", transport::frameTypeName(h.type)}});
+  if (ctx_.metrics) ctx_.metrics->addRefusal("protocol");
+  bulk_->close();
+  bulk_.reset();
+}
+
+void SourceMigration::pumpBulk() {
+  if (!bulk_ || !resumed_ || isFinal(state())) return;
+  while (bulk_->pendingOutputBytes() < bulk_window_bytes_) {
+    auto run = schedule_->next(bulk_batch_pages_);
+    if (!run) {
+      if (!bulk_done_sent_) {
+        bulk_done_sent_ = true;
+        bulk_->sendEncoded(transport::encodeBulkDone({stats_.served_bulk_pages.load()}));
+        log_.info("bulk stream sent every page");
+      }
+      return;
+    }
+    sendRun(*bulk_, run->first, run->count, stats_.served_bulk_pages);
+  }
+}
+
+void SourceMigration::channelClosed(ChannelKind kind, const Error& e) {
+  log_.warn("channel closed", {{"channel", kind == ChannelKind::kUrgent ? "urgent" : "bulk"},
+                               {"error", e.message()}});
+  // Dropping the connection from its own close handler is allowed by the transport.
+  (kind == ChannelKind::kUrgent ? urgent_ : bulk_).reset();
+}
+
+void SourceMigration::completed(std::uint64_t pages_installed) {
+  log_.info("destination confirmed every page installed", {{"pages", pages_installed}});
+  setState(MigrationState::kCompleted);
+  // Close after the callback that delivered Complete returns, then let the memory go.
+  peer_loop_.post([this] { releaseMemory(); });
+}
+
+void SourceMigration::releaseMemory() {
+  if (urgent_) urgent_->close();
+  if (bulk_) bulk_->close();
+  urgent_.reset();
+  bulk_.reset();
+  // Page contents may still be referenced by freed connections' buffers until this loop
+  // iteration ends; release the mapping on the next one.
+  peer_loop_.post([this] {
+    if (!released_.exchange(true)) {
+      ready_.store(false, std::memory_order_release);
+      memory_.reset();
+      log_.info("guest memory released");
+    }
+  });
+}
+
+Status SourceMigration::cancel(bool force) {
+  if (state() == MigrationState::kServing && !force) {
+    return fail(Errc::kState, "cancel",
+                "migration '" + id() +
+                    "' is still serving its destination; releasing its memory would lose the VM "
+                    "(use force=true to cancel anyway)");
+  }
+  setState(MigrationState::kCancelled, force ? "cancelled with force" : "cancelled");
+  shutdown();
+  return {};
+}
+
+void SourceMigration::shutdown() {
+  if (listener_) listener_->stop();
+  auto drop = [this] {
+    if (urgent_) urgent_->close();
+    if (bulk_) bulk_->close();
+    urgent_.reset();
+    bulk_.reset();
+  };
+  if (peer_loop_.inLoopThread()) drop();
+  else runOnLoop(peer_loop_, drop);
+}
+
+void SourceMigration::addDetails(nlohmann::json& out) const {
+  out["memory"] = spec_.snapshot_file.empty() ? "handover_socket " + spec_.handover_socket
+                                              : "snapshot_file " + spec_.snapshot_file;
+  out["progress"]["served_demand_pages"] = stats_.served_demand_pages.load();
+  out["progress"]["served_bulk_pages"] = stats_.served_bulk_pages.load();
+  out["progress"]["served_zero_pages"] = stats_.served_zero_pages.load();
+  out["progress"]["page_size"] = page_size_.load();
+  out["memory_released"] = released_.load();
+}
+
+std::uint64_t SourceMigration::pagesTotal() const {
+  return page_count_.load();
+}
+std::uint64_t SourceMigration::pagesDone() const {
+  // Pages re-sent after a reconnect count again; never report more than there are.
+  return std::min(page_count_.load(), stats_.served_demand_pages.load() +
+                                          stats_.served_bulk_pages.load() +
+                                          stats_.served_zero_pages.load());
+}
+
+}  // namespace lazymig::agent

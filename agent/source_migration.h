@@ -1,0 +1,79 @@
+// The source role: holds the paused guest's memory and serves it to the one destination
+// allowed to have it -- demand pages on the urgent channel first, everything else on the
+// bulk stream -- until the destination confirms every page is installed (invariant 4: the
+// memory is never released before that).
+//
+// Connections live on the agent's peer loop; everything here but start/cancel/toJson runs
+// there.
+#pragma once
+
+#include <memory>
+#include <optional>
+
+#include "agent/bulk_schedule.h"
+#include "agent/migration.h"
+#include "agent/migration_spec.h"
+#include "agent/peer_errors.h"
+#include "agent/source_memory.h"
+#include "agent/vmm_listener.h"
+#include "transport/connection.h"
+
+namespace lazymig::agent {
+
+class SourceMigration final : public Migration {
+ public:
+  SourceMigration(SourceSpec spec, AgentContext& ctx, transport::EventLoop& peer_loop);
+  ~SourceMigration() override;
+
+  Status start() override;
+  Status cancel(bool force) override;
+  void shutdown() override;
+
+  // Peer loop: a connection said Hello for this migration. Either the channel is accepted
+  // (HelloOk sent, the migration owns the connection) or an Error frame is sent and the
+  // connection closed; a refusal reason is returned for the metrics.
+  std::optional<std::string> attach(std::unique_ptr<transport::Connection> conn,
+                                    const transport::Hello& hello);
+
+ protected:
+  void addDetails(nlohmann::json& out) const override;
+  std::uint64_t pagesTotal() const override;
+  std::uint64_t pagesDone() const override;
+
+ private:
+  Status useMemory(std::unique_ptr<SourceMemory> memory);
+  std::optional<std::string> checkHello(const transport::Hello& hello, PeerErrorCode& code,
+                                        std::string& message, const transport::Connection& conn) const;
+  void onUrgentFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
+  void onBulkFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
+  void servePage(std::uint64_t page);
+  void pumpBulk();
+  void sendRun(transport::Connection& conn, std::uint64_t first, std::uint64_t count,
+               std::atomic<std::uint64_t>& counter);
+  void channelClosed(transport::ChannelKind kind, const Error& e);
+  void completed(std::uint64_t pages_installed);
+  void releaseMemory();  // peer loop
+  transport::Layout layout() const;
+
+  SourceSpec spec_;
+  transport::EventLoop& peer_loop_;
+  std::unique_ptr<VmmListener> listener_;
+  std::unique_ptr<SourceMemory> memory_;  // set once, before ready_
+  std::atomic<bool> ready_{false};
+  std::atomic<bool> released_{false};
+  // Copies of the memory's shape for readers on other threads (the control API).
+  std::atomic<std::uint64_t> page_count_{0};
+  std::atomic<std::uint64_t> page_size_{0};
+
+  // Peer loop only.
+  std::unique_ptr<transport::Connection> urgent_;
+  std::unique_ptr<transport::Connection> bulk_;
+  std::optional<BulkSchedule> schedule_;
+  std::vector<std::uint64_t> resume_bitmap_;
+  bool resumed_ = false;
+  bool bulk_done_sent_ = false;
+  std::size_t bulk_window_bytes_ = 4 << 20;
+  std::uint32_t bulk_batch_pages_ = 64;
+};
+
+}  // namespace lazymig::agent

@@ -1,0 +1,88 @@
+#include "store/page_map.h"
+
+namespace lazymig::store {
+
+PageMap::PageMap(std::uint64_t page_count)
+    : page_count_(page_count),
+      states_(new std::atomic<std::uint8_t>[page_count]),
+      dirty_((page_count + kPagesPerChunk * 64 - 1) / (kPagesPerChunk * 64)) {
+  for (std::uint64_t i = 0; i < page_count; ++i) states_[i].store(0, std::memory_order_relaxed);
+  for (auto& d : dirty_) d.store(0, std::memory_order_relaxed);
+}
+
+bool PageMap::tryMarkRequested(PageIndex page) {
+  auto expected = static_cast<std::uint8_t>(PageState::kMissing);
+  return states_[page.value].compare_exchange_strong(
+      expected, static_cast<std::uint8_t>(PageState::kRequested), std::memory_order_acq_rel);
+}
+
+void PageMap::clearRequested(PageIndex page) {
+  auto expected = static_cast<std::uint8_t>(PageState::kRequested);
+  states_[page.value].compare_exchange_strong(
+      expected, static_cast<std::uint8_t>(PageState::kMissing), std::memory_order_acq_rel);
+}
+
+bool PageMap::transitionToDone(PageIndex page, PageState target) {
+  auto prev = states_[page.value].exchange(static_cast<std::uint8_t>(target),
+                                           std::memory_order_acq_rel);
+  bool was_done = prev == static_cast<std::uint8_t>(PageState::kInstalled) ||
+                  prev == static_cast<std::uint8_t>(PageState::kRemoved);
+  if (prev != static_cast<std::uint8_t>(target)) markDirty(page);
+  if (!was_done) done_.fetch_add(1, std::memory_order_acq_rel);
+  return !was_done;
+}
+
+bool PageMap::markInstalled(PageIndex page) { return transitionToDone(page, PageState::kInstalled); }
+bool PageMap::markRemoved(PageIndex page) { return transitionToDone(page, PageState::kRemoved); }
+
+void PageMap::markDirty(PageIndex page) {
+  std::uint64_t chunk = page.value / kPagesPerChunk;
+  dirty_[chunk / 64].fetch_or(std::uint64_t{1} << (chunk % 64), std::memory_order_release);
+}
+
+BitmapChunk PageMap::snapshotChunk(std::uint64_t chunk) const {
+  BitmapChunk out{chunk, std::vector<std::uint64_t>(kPagesPerChunk / 64, 0)};
+  std::uint64_t first = chunk * kPagesPerChunk;
+  std::uint64_t last = std::min(first + kPagesPerChunk, page_count_);
+  for (std::uint64_t p = first; p < last; ++p) {
+    if (isDone(PageIndex{p})) out.words[(p - first) / 64] |= std::uint64_t{1} << ((p - first) % 64);
+  }
+  return out;
+}
+
+std::vector<BitmapChunk> PageMap::takeDirtyChunks() {
+  std::vector<BitmapChunk> out;
+  for (std::size_t w = 0; w < dirty_.size(); ++w) {
+    // Clearing before reading the pages means a page done concurrently re-dirties the
+    // chunk and is written again next time, never lost.
+    std::uint64_t bits = dirty_[w].exchange(0, std::memory_order_acq_rel);
+    while (bits != 0) {
+      int b = __builtin_ctzll(bits);
+      bits &= bits - 1;
+      out.push_back(snapshotChunk(w * 64 + static_cast<std::uint64_t>(b)));
+    }
+  }
+  return out;
+}
+
+std::vector<std::uint64_t> PageMap::doneBitmap() const {
+  std::vector<std::uint64_t> out((page_count_ + 63) / 64, 0);
+  for (std::uint64_t p = 0; p < page_count_; ++p) {
+    if (isDone(PageIndex{p})) out[p / 64] |= std::uint64_t{1} << (p % 64);
+  }
+  return out;
+}
+
+void PageMap::restoreInstalled(std::span<const std::uint64_t> bitmap) {
+  for (std::uint64_t p = 0; p < page_count_ && p / 64 < bitmap.size(); ++p) {
+    if ((bitmap[p / 64] >> (p % 64)) & 1) {
+      auto prev = states_[p].exchange(static_cast<std::uint8_t>(PageState::kInstalled));
+      if (prev != static_cast<std::uint8_t>(PageState::kInstalled) &&
+          prev != static_cast<std::uint8_t>(PageState::kRemoved)) {
+        done_.fetch_add(1, std::memory_order_acq_rel);
+      }
+    }
+  }
+}
+
+}  // namespace lazymig::store
