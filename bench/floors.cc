@@ -1,0 +1,156 @@
+// lazymig-floors: measures the performance floors of DESIGN.md on this machine, in this run,
+// so that migration numbers can be read as ratios against them:
+//   local fault floor  a uffd fault served by a local thread from memory (read, COPY, wake)
+//   network floor      a loopback TCP round trip: small request, 4 KiB reply
+//   install floor      populating fresh memory (MADV_POPULATE_WRITE) and bulk UFFDIO_COPY
+// Prints a human table on stderr and one JSON object on stdout.
+#include <linux/userfaultfd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "sys/mapping.h"
+#include "sys/uffd.h"
+#include "sys/unique_fd.h"
+
+using namespace lazymig;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::size_t kPage = 4096;
+
+double medianUs(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+double p99Us(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[std::min(v.size() - 1, v.size() * 99 / 100)];
+}
+
+// One vCPU thread touches pages one by one; a handler thread serves each fault from memory.
+std::vector<double> localFaults(std::size_t faults) {
+  auto mem = sys::Mapping::anonymous(Bytes{faults * kPage});
+  auto uffd = sys::Uffd::open(0);
+  if (!mem || !uffd) return {};
+  (void)uffd->registerRange(mem->address(), mem->size(), sys::RegisterMode::kMissing);
+  std::vector<std::byte> page(kPage, std::byte{0x5a});
+  std::atomic<bool> stop{false};
+  std::thread handler([&] {
+    uffd_msg msgs[16];
+    while (!stop) {
+      pollfd p{uffd->pollFd(), POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      auto n = uffd->readEvents(msgs);
+      for (std::size_t i = 0; n && i < *n; ++i) {
+        HostAddr a{msgs[i].arg.pagefault.address & ~(kPage - 1)};
+        (void)uffd->copy(a, page.data(), Bytes{kPage});
+      }
+    }
+  });
+  std::vector<double> us;
+  us.reserve(faults);
+  for (std::size_t i = 0; i < faults; ++i) {
+    auto t0 = Clock::now();
+    volatile std::byte b = mem->data()[i * kPage];
+    (void)b;
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  stop = true;
+  handler.join();
+  return us;
+}
+
+std::vector<double> tcpRoundTrips(std::size_t n) {
+  sys::UniqueFd lst(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(lst.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(lst.get(), reinterpret_cast<sockaddr*>(&addr), &len);
+  ::listen(lst.get(), 1);
+  std::thread server([&] {
+    sys::UniqueFd c(::accept(lst.get(), nullptr, nullptr));
+    int one = 1;
+    ::setsockopt(c.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    char req[32];
+    std::vector<char> reply(kPage, 'x');
+    for (std::size_t i = 0; i < n; ++i) {
+      if (::recv(c.get(), req, sizeof req, MSG_WAITALL) != sizeof req) return;
+      if (::send(c.get(), reply.data(), reply.size(), 0) < 0) return;
+    }
+  });
+  sys::UniqueFd c(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ::connect(c.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  int one = 1;
+  ::setsockopt(c.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  std::vector<double> us;
+  char req[32] = {};
+  std::vector<char> reply(kPage);
+  for (std::size_t i = 0; i < n; ++i) {
+    auto t0 = Clock::now();
+    if (::send(c.get(), req, sizeof req, 0) < 0) break;
+    if (::recv(c.get(), reply.data(), reply.size(), MSG_WAITALL) != static_cast<ssize_t>(kPage)) break;
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  server.join();
+  return us;
+}
+
+double populateMiBs(std::size_t bytes) {
+  auto mem = sys::Mapping::anonymous(Bytes{bytes});
+  auto t0 = Clock::now();
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+  (void)mem->advise(MADV_POPULATE_WRITE, 0, bytes);
+  double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  return static_cast<double>(bytes) / (1 << 20) / s;
+}
+
+double bulkCopyMiBs(std::size_t bytes, std::size_t run_pages) {
+  auto mem = sys::Mapping::anonymous(Bytes{bytes});
+  auto uffd = sys::Uffd::open(0);
+  (void)uffd->registerRange(mem->address(), mem->size(), sys::RegisterMode::kMissing);
+  std::vector<std::byte> src(run_pages * kPage, std::byte{1});
+  auto t0 = Clock::now();
+  for (std::size_t off = 0; off < bytes; off += run_pages * kPage) {
+    (void)uffd->copy(HostAddr{mem->address().value + off}, src.data(), Bytes{run_pages * kPage});
+  }
+  double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  return static_cast<double>(bytes) / (1 << 20) / s;
+}
+
+}  // namespace
+
+int main() {
+  auto local = localFaults(20000);
+  auto net = tcpRoundTrips(20000);
+  double populate = populateMiBs(512ull << 20);
+  double copy1 = bulkCopyMiBs(256ull << 20, 1);
+  double copy64 = bulkCopyMiBs(256ull << 20, 64);
+  std::fprintf(stderr,
+               "floors on this machine (medians of 20000):\n"
+               "  local fault floor   p50 %8.1f us   p99 %8.1f us\n"
+               "  network floor (TCP) p50 %8.1f us   p99 %8.1f us\n"
+               "  install floor       MADV_POPULATE_WRITE %7.0f MiB/s\n"
+               "                      UFFDIO_COPY 1 page  %7.0f MiB/s, 64 pages %7.0f MiB/s\n",
+               medianUs(local), p99Us(local), medianUs(net), p99Us(net), populate, copy1, copy64);
+  std::printf(
+      "{\"local_fault_us\":{\"p50\":%.2f,\"p99\":%.2f},\"network_rtt_us\":{\"p50\":%.2f,\"p99\":%.2f},"
+      "\"populate_mib_s\":%.0f,\"uffd_copy_1page_mib_s\":%.0f,\"uffd_copy_64page_mib_s\":%.0f}\n",
+      medianUs(local), p99Us(local), medianUs(net), p99Us(net), populate, copy1, copy64);
+  return local.empty() || net.empty() ? 1 : 0;
+}
