@@ -74,21 +74,19 @@ Status Agent::init() {
   tls_server_ = std::move(*server);
   tls_client_ = std::move(*client);
   ctx_ = std::make_unique<AgentContext>(AgentContext{config_, tls_client_, *db_, metrics_.get()});
-  loadHistory();
-  if (auto ok = startListeners(); !ok) return ok;
+  if (auto ok = startPeerListener(); !ok) return ok;
+  loadMigrations();
+  if (auto ok = startControlApi(); !ok) return ok;
   ready_ = true;
   log_.info("agent ready", {{"node", config_.node_name}, {"agent", agent_address_},
                             {"control", control_address_}, {"metrics", metrics_address_}});
   return {};
 }
 
-Status Agent::startListeners() {
+Status Agent::startPeerListener() {
   auto peer = transport::EventLoop::start("peer");
   if (!peer) return std::unexpected(peer.error());
   peer_loop_ = std::move(*peer);
-  auto control = transport::EventLoop::start("control", 1);
-  if (!control) return std::unexpected(control.error());
-  control_loop_ = std::move(*control);
 
   Status status;
   runOnLoop(*peer_loop_, [&] {
@@ -105,8 +103,14 @@ Status Agent::startListeners() {
     peer_listener_ = std::move(*l);
     agent_address_ = hostOf(config_.agent_listen) + ":" + std::to_string(peer_listener_->port());
   });
-  if (!status) return status;
+  return status;
+}
 
+Status Agent::startControlApi() {
+  auto control = transport::EventLoop::start("control", 1);
+  if (!control) return std::unexpected(control.error());
+  control_loop_ = std::move(*control);
+  Status status;
   std::string token;
   if (!config_.control_token_file.empty()) {
     auto t = readToken(config_.control_token_file);
@@ -129,31 +133,60 @@ Status Agent::startListeners() {
   return status;
 }
 
-void Agent::loadHistory() {
+void Agent::loadMigrations() {
   auto records = db_->listMigrations();
   if (!records) {
     log_.error("cannot read migration records", {{"error", records.error().message()}});
     return;
   }
   for (auto& r : *records) {
-    nlohmann::json j{{"id", r.id},           {"role", r.role},
-                     {"state", r.state},     {"peer", r.peer},
-                     {"reason", r.reason},   {"created_at", isoTime(r.created_unix_ms)},
-                     {"updated_at", isoTime(r.updated_unix_ms)}};
-    nlohmann::json progress = nlohmann::json::object();
-    for (auto& [k, v] : r.counters) progress[k] = v;
-    j["progress"] = progress;
-    if (r.state != "completed" && r.state != "failed" && r.state != "cancelled") {
-      // Resuming an interrupted migration after a restart is not supported by this build:
-      // say so rather than pretend it is still running.
-      j["state"] = "failed";
-      j["reason"] = "the agent restarted while the migration was " + r.state;
-      r.state = "failed";
-      r.reason = j["reason"];
-      r.updated_unix_ms = unixMillisNow();
-      (void)db_->putMigration(r);
+    if (r.state == "completed" || r.state == "failed" || r.state == "cancelled") {
+      nlohmann::json j{{"id", r.id},         {"role", r.role},
+                       {"state", r.state},   {"peer", r.peer},
+                       {"reason", r.reason}, {"created_at", isoTime(r.created_unix_ms)},
+                       {"updated_at", isoTime(r.updated_unix_ms)}};
+      nlohmann::json progress = nlohmann::json::object();
+      for (auto& [k, v] : r.counters) progress[k] = v;
+      j["progress"] = progress;
+      registry_.addHistory(r.id, j);
+      continue;
     }
-    registry_.addHistory(r.id, j);
+    resumeMigration(std::move(r));
+  }
+}
+
+void Agent::resumeMigration(store::MigrationRecord r) {
+  auto saved = nlohmann::json::parse(r.spec_json, nullptr, false);
+  nlohmann::json spec_json = saved.is_object() && saved.contains("spec") ? saved["spec"] : saved;
+  nlohmann::json runtime = saved.is_object() && saved.contains("runtime") ? saved["runtime"]
+                                                                          : nlohmann::json();
+  auto spec = parseMigrationSpec(spec_json, config_.handshake_dir);
+  auto failed = [&](const std::string& why) {
+    log_.error("cannot resume migration after restart", {{"migration", r.id}, {"error", why}});
+    r.state = "failed";
+    r.reason = "agent restarted and could not resume: " + why;
+    r.updated_unix_ms = unixMillisNow();
+    (void)db_->putMigration(r);
+    registry_.addHistory(r.id, {{"id", r.id}, {"role", r.role}, {"state", r.state},
+                                {"peer", r.peer}, {"reason", r.reason},
+                                {"created_at", isoTime(r.created_unix_ms)},
+                                {"updated_at", isoTime(r.updated_unix_ms)}});
+  };
+  if (!spec) return failed(spec.error().message());
+  std::shared_ptr<Migration> m;
+  if (auto* s = std::get_if<SourceSpec>(&*spec)) {
+    m = std::make_shared<SourceMigration>(*s, *ctx_, *peer_loop_);
+  } else {
+    m = std::make_shared<DestinationMigration>(std::get<DestinationSpec>(*spec), *ctx_);
+  }
+  bool added = false;
+  registry_.addIfAbsent(m, added);
+  log_.info("resuming migration after restart", {{"migration", r.id}, {"role", r.role},
+                                                 {"was", r.state}});
+  if (auto ok = m->resume(runtime); !ok) {
+    m->shutdown();
+    registry_.remove(r.id);
+    failed(ok.error().message());
   }
 }
 

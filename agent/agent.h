@@ -26,8 +26,11 @@ class Agent {
  private:
   explicit Agent(config::Config config) : config_(std::move(config)) {}
   Status init();
-  Status startListeners();
-  void loadHistory();
+  Status startPeerListener();
+  Status startControlApi();
+  // Finished migrations become history; unfinished ones are resumed (invariant 4).
+  void loadMigrations();
+  void resumeMigration(store::MigrationRecord record);
   std::expected<std::shared_ptr<Migration>, ApiError> create(const nlohmann::json& body,
                                                              bool& created);
   nlohmann::json info() const;

@@ -1,6 +1,7 @@
 #include "agent/destination_migration.h"
 
 #include "agent/loop_sync.h"
+#include "sys/process.h"
 
 namespace lazymig::agent {
 
@@ -48,26 +49,114 @@ Status DestinationMigration::onHandshake(vmm::Handshake handshake,
     return fail(Errc::kUnsupported, "vmm handshake",
                 "the guest_memfd handshake (3 fds) is not supported by this agent yet");
   }
-  auto layout = GuestLayout::fromMappings(handshake.regions);
-  if (!layout) {
-    handshaken_ = false;
-    return std::unexpected(layout.error());
-  }
-  regions_ = handshake.regions;
-  layout_ = std::move(*layout);
-  uffd_ = sys::Uffd::adopt(std::move(handshake.uffd));
   vmm_connection_ = std::move(connection);
+  auto ok = adopt(sys::Uffd::adopt(std::move(handshake.uffd)), std::move(handshake.regions),
+                  peer.pid, {});
+  if (!ok) {
+    if (!ready_.load()) handshaken_ = false;
+    return ok;
+  }
+  return {};
+}
+
+Status DestinationMigration::adopt(sys::Uffd uffd, std::vector<vmm::GuestRegionMapping> regions,
+                                   pid_t vmm_pid, std::vector<std::uint64_t> restored) {
+  auto layout = GuestLayout::fromMappings(regions);
+  if (!layout) return std::unexpected(layout.error());
+  regions_ = std::move(regions);
+  layout_ = std::move(*layout);
+  uffd_ = std::move(uffd);
   pages_ = std::make_unique<store::PageMap>(layout_->pageCount());
+  if (!restored.empty()) {
+    pages_->restoreInstalled(restored);
+    restored_pages_ = pages_->doneCount();
+  }
   installer_ = std::make_unique<PageInstaller>(uffd_, *layout_, *pages_);
+  {
+    std::lock_guard lock(runtime_mu_);
+    runtime_ = {{"vmm_pid", vmm_pid},
+                {"regions", nlohmann::json::parse(vmm::encodeMappings(regions_), nullptr, false)}};
+  }
   ready_.store(true, std::memory_order_release);
-  log_.info("VMM handshake accepted",
-            {{"vmm_pid", peer.pid}, {"regions", regions_.size()},
-             {"bytes", layout_->totalBytes().value}, {"page_size", layout_->pageSize()}});
+  log_.info(resumed_ ? "uffd recovered from the VMM" : "VMM handshake accepted",
+            {{"vmm_pid", vmm_pid}, {"regions", regions_.size()},
+             {"bytes", layout_->totalBytes().value}, {"page_size", layout_->pageSize()},
+             {"pages_already_installed", restored_pages_.load()}});
   if (auto ok = startServing(); !ok) {
     failMigration(ok.error());
     return ok;
   }
   return {};
+}
+
+Result<std::vector<std::uint64_t>> DestinationMigration::recoverDoneBitmap(
+    pid_t vmm_pid, const GuestLayout& layout) {
+  // The checkpoint misses what was installed after its last batch; the kernel does not:
+  // a page present (or swapped) in the VMM's mapping was installed, whatever RocksDB says.
+  auto bitmap = ctx_.db.loadPageBitmap(id(), layout.pageCount());
+  if (!bitmap) return std::unexpected(bitmap.error());
+  std::uint64_t from_db = 0;
+  for (auto w : *bitmap) from_db += static_cast<std::uint64_t>(__builtin_popcountll(w));
+  for (const auto& r : layout.regions()) {
+    auto present = sys::presentPages(vmm_pid, r.host_start, r.pages, layout.pageSize());
+    if (!present) return std::unexpected(present.error());
+    for (std::uint64_t i = 0; i < r.pages; ++i) {
+      if (((*present)[i / 64] >> (i % 64)) & 1) {
+        std::uint64_t p = r.first_page + i;
+        (*bitmap)[p / 64] |= std::uint64_t{1} << (p % 64);
+      }
+    }
+  }
+  std::uint64_t total = 0;
+  for (auto w : *bitmap) total += static_cast<std::uint64_t>(__builtin_popcountll(w));
+  log_.info("page map recovered", {{"from_checkpoint", from_db},
+                                   {"from_kernel", total - from_db}, {"done", total}});
+  return bitmap;
+}
+
+Status DestinationMigration::resume(const nlohmann::json& runtime) {
+  resumed_ = true;
+  if (!runtime.is_object() || !runtime.contains("vmm_pid") || !runtime.contains("regions")) {
+    log_.info("resuming: no VMM had connected yet; listening again");
+    return start();
+  }
+  auto pid = runtime["vmm_pid"].get<pid_t>();
+  if (!sys::processAlive(pid)) {
+    return fail(Errc::kPeerGone, "resume", "the VMM (pid " + std::to_string(pid) + ") has exited");
+  }
+  auto fds = sys::findFds(pid, [](const std::string& t) { return t == "anon_inode:[userfaultfd]"; });
+  if (!fds) return std::unexpected(fds.error());
+  if (fds->size() != 1) {
+    return fail(Errc::kState, "resume",
+                "the VMM (pid " + std::to_string(pid) + ") holds " + std::to_string(fds->size()) +
+                    " userfaultfds; expected exactly one");
+  }
+  auto fd = sys::takeFd(pid, fds->front());
+  if (!fd) return std::unexpected(fd.error());
+  auto regions = vmm::parseMappings(runtime["regions"].dump());
+  if (!regions) return std::unexpected(regions.error());
+  auto layout = GuestLayout::fromMappings(*regions);
+  if (!layout) return std::unexpected(layout.error());
+  auto bitmap = recoverDoneBitmap(pid, *layout);
+  if (!bitmap) return std::unexpected(bitmap.error());
+  handshaken_ = true;
+  auto ok = adopt(sys::Uffd::adopt(std::move(*fd)), std::move(*regions), pid, std::move(*bitmap));
+  if (!ok) return ok;
+  // Faults the dead agent read were never answered: their vCPUs sleep until woken. Wake
+  // every region; a vCPU whose page is still missing faults again, and this agent hears it.
+  runOnLoop(*urgent_loop_, [this] {
+    for (const auto& r : regions_) {
+      if (auto w = uffd_.wake(HostAddr{r.base_host_virt_addr}, Bytes{r.size}); !w) {
+        log_.warn("waking the guest after recovery failed", {{"error", w.error().message()}});
+      }
+    }
+  });
+  return {};
+}
+
+nlohmann::json DestinationMigration::runtime() const {
+  std::lock_guard lock(runtime_mu_);
+  return runtime_;
 }
 
 SourceChannelParams DestinationMigration::channelParams(ChannelKind kind) const {
@@ -83,6 +172,7 @@ SourceChannelParams DestinationMigration::channelParams(ChannelKind kind) const 
   p.initial_backoff = m.reconnect.initial_backoff;
   p.max_backoff = m.reconnect.max_backoff;
   p.give_up_after = std::chrono::duration_cast<std::chrono::milliseconds>(m.reconnect.give_up_after);
+  p.stall_timeout = m.stall_timeout;
   return p;
 }
 
@@ -274,6 +364,8 @@ void DestinationMigration::addDetails(nlohmann::json& out) const {
   out["source_address"] = spec_.source_address;
   bool ready = ready_.load(std::memory_order_acquire);
   out["population_path"] = ready ? std::string(installer_->pathName()) : std::string();
+  out["resumed_after_restart"] = resumed_.load();
+  out["progress"]["restored_pages"] = restored_pages_.load();
   out["progress"]["page_size"] = ready ? layout_->pageSize() : 0;
   double secs = out["elapsed_seconds"].get<double>();
   double mib = static_cast<double>(pagesDone() * (ready ? layout_->pageSize() : 0)) / (1 << 20);

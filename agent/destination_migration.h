@@ -28,6 +28,7 @@ class DestinationMigration final : public Migration {
   ~DestinationMigration() override;
 
   Status start() override;
+  Status resume(const nlohmann::json& runtime) override;
   Status cancel(bool force) override;
   void shutdown() override;
 
@@ -35,10 +36,16 @@ class DestinationMigration final : public Migration {
   void addDetails(nlohmann::json& out) const override;
   std::uint64_t pagesTotal() const override;
   std::uint64_t pagesDone() const override;
+  nlohmann::json runtime() const override;
 
  private:
   Status onHandshake(vmm::Handshake handshake, const sys::PeerCredentials& peer,
                      sys::UnixSocket connection);
+  // Builds the layout, page map and installer for a uffd and its regions; `restored` is
+  // the done-bitmap a restarted agent recovered (empty on a first handshake).
+  Status adopt(sys::Uffd uffd, std::vector<vmm::GuestRegionMapping> regions, pid_t vmm_pid,
+               std::vector<std::uint64_t> restored);
+  Result<std::vector<std::uint64_t>> recoverDoneBitmap(pid_t vmm_pid, const GuestLayout& layout);
   Status startServing();
   SourceChannelParams channelParams(transport::ChannelKind kind) const;
   void onUrgentFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
@@ -76,6 +83,10 @@ class DestinationMigration final : public Migration {
   std::atomic<bool> finishing_{false};
   bool complete_sent_ = false;  // urgent loop
   std::atomic<bool> stopped_{false};
+  std::atomic<std::uint64_t> restored_pages_{0};
+  std::atomic<bool> resumed_{false};
+  mutable std::mutex runtime_mu_;
+  nlohmann::json runtime_;  // vmm_pid and regions, for a restarted agent
 };
 
 }  // namespace lazymig::agent

@@ -59,6 +59,9 @@ class Migration {
   nlohmann::json toJson() const;
 
   virtual Status start() = 0;
+  // After an agent restart: pick the migration up from what the dead agent persisted
+  // (`runtime`, see runtime()) and from the kernel's view, and carry on.
+  virtual Status resume(const nlohmann::json& runtime) = 0;
   // force: a source releases memory a destination may still need.
   virtual Status cancel(bool force) = 0;
   // The agent is stopping: stop threads, leave the persisted record as it is.
@@ -70,6 +73,8 @@ class Migration {
   bool setState(MigrationState next, std::string reason = {});
   void persist();
   virtual void addDetails(nlohmann::json& out) const = 0;
+  // What a restarted agent needs beyond the spec (the VMM's pid, the region layout...).
+  virtual nlohmann::json runtime() const { return nullptr; }
   virtual std::uint64_t pagesTotal() const = 0;
   virtual std::uint64_t pagesDone() const = 0;
 

@@ -30,6 +30,7 @@ void SourceChannel::stop() {
   stopped_ = true;
   *alive_ = false;
   if (retry_timer_ != 0) loop_.cancelTimer(retry_timer_);
+  if (stall_timer_ != 0) loop_.cancelTimer(stall_timer_);
   if (conn_) conn_->close();
   conn_.reset();
   open_ = false;
@@ -80,6 +81,7 @@ void SourceChannel::onConnected(Result<std::unique_ptr<transport::Connection>> c
 }
 
 void SourceChannel::onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload) {
+  last_rx_ = std::chrono::steady_clock::now();
   if (!open_) {
     if (h.type == FrameType::kHelloOk) {
       auto ok = transport::decodeHelloOk(payload);
@@ -95,6 +97,7 @@ void SourceChannel::onFrame(const transport::FrameHeader& h, std::span<const std
       }
       open_ = true;
       backoff_ = std::chrono::milliseconds(0);
+      scheduleStallCheck();
       log_.info("channel open", {{"source", params_.source_address}});
       if (handlers_.on_open) handlers_.on_open();
       return;
@@ -111,12 +114,35 @@ void SourceChannel::onFrame(const transport::FrameHeader& h, std::span<const std
                                     std::string(transport::frameTypeName(h.type))),
                     false);
   }
+  if (h.type == FrameType::kPong) return;
   handlers_.on_frame(h, payload);
+}
+
+void SourceChannel::scheduleStallCheck() {
+  if (stall_timer_ != 0) loop_.cancelTimer(stall_timer_);
+  auto period = std::max(params_.stall_timeout / 3, std::chrono::milliseconds(10));
+  stall_timer_ = loop_.postDelayed(period, [this] {
+    stall_timer_ = 0;
+    if (!open_ || stopped_) return;
+    auto silent = std::chrono::steady_clock::now() - last_rx_;
+    if (silent >= params_.stall_timeout) {
+      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(silent).count();
+      return linkDown(Error::make(Errc::kTimeout, "link stalled",
+                                  "nothing received for " + std::to_string(ms) + " ms"),
+                      false);
+    }
+    conn_->sendEncoded(transport::encodePing(FrameType::kPing, {++ping_nonce_}));
+    scheduleStallCheck();
+  });
 }
 
 void SourceChannel::linkDown(const Error& why, bool fatal) {
   bool was_open = open_;
   open_ = false;
+  if (stall_timer_ != 0) {
+    loop_.cancelTimer(stall_timer_);
+    stall_timer_ = 0;
+  }
   if (conn_) {
     conn_->close();
     // Dropping the connection here is safe: the transport allows it from its own handlers.

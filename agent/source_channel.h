@@ -29,6 +29,9 @@ struct SourceChannelParams {
   std::chrono::milliseconds max_backoff{5000};
   std::chrono::milliseconds give_up_after{120000};
   std::chrono::milliseconds connect_timeout{10000};
+  // Nothing received for this long on an open channel: the link is declared dead and
+  // re-established. Pings every third of it keep an idle link from looking stalled.
+  std::chrono::milliseconds stall_timeout{5000};
 };
 
 class SourceChannel {
@@ -58,6 +61,7 @@ class SourceChannel {
   void onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
   void linkDown(const Error& why, bool fatal);
   void scheduleRetry();
+  void scheduleStallCheck();
 
   transport::EventLoop& loop_;
   std::shared_ptr<transport::TlsContext> tls_;
@@ -72,6 +76,9 @@ class SourceChannel {
   std::chrono::milliseconds backoff_{0};
   std::chrono::steady_clock::time_point down_since_;
   std::uint64_t retry_timer_ = 0;
+  std::uint64_t stall_timer_ = 0;
+  std::uint64_t ping_nonce_ = 0;
+  std::chrono::steady_clock::time_point last_rx_;
   std::mt19937_64 rng_{std::random_device{}()};
 };
 

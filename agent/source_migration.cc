@@ -2,7 +2,10 @@
 
 #include <openssl/crypto.h>
 
+#include <sys/stat.h>
+
 #include "agent/loop_sync.h"
+#include "sys/process.h"
 
 namespace lazymig::agent {
 
@@ -26,6 +29,10 @@ Status SourceMigration::start() {
     if (!mem) return std::unexpected(mem.error());
     return useMemory(std::move(*mem));
   }
+  return listenForHandover();
+}
+
+Status SourceMigration::listenForHandover() {
   const auto& hs = ctx_.config.handshake;
   auto listener = VmmListener::start(
       spec_.handover_socket, hs.socket_mode, ctx_.config.migration.handshake_timeout,
@@ -35,8 +42,17 @@ Status SourceMigration::start() {
           return fail(Errc::kAlreadyExists, "memory handover",
                       "migration '" + id() + "' already has its memory");
         }
+        struct stat st{};
+        if (h.uffd.valid()) ::fstat(h.uffd.get(), &st);
+        nlohmann::json regions = nlohmann::json::parse(vmm::encodeMappings(h.regions), nullptr, false);
         auto mem = SourceMemory::fromHandover(std::move(h));
         if (!mem) return std::unexpected(mem.error());
+        {
+          std::lock_guard lock(runtime_mu_);
+          runtime_ = {{"vmm_pid", peer.pid}, {"regions", regions},
+                      {"memory_dev", static_cast<std::uint64_t>(st.st_dev)},
+                      {"memory_ino", static_cast<std::uint64_t>(st.st_ino)}};
+        }
         log_.info("memory handed over", {{"vmm_pid", peer.pid}});
         return useMemory(std::move(*mem));
       },
@@ -48,6 +64,50 @@ Status SourceMigration::start() {
   listener_ = std::move(*listener);
   persist();
   return {};
+}
+
+Status SourceMigration::resume(const nlohmann::json& runtime) {
+  if (!spec_.snapshot_file.empty() || !runtime.is_object() || !runtime.contains("vmm_pid")) {
+    return start();
+  }
+  // The paused VMM still holds the guest memory fd it handed over: take it back from its fd
+  // table (the one whose inode is the one recorded) instead of asking it again.
+  auto pid = runtime["vmm_pid"].get<pid_t>();
+  auto dev = runtime["memory_dev"].get<std::uint64_t>();
+  auto ino = runtime["memory_ino"].get<std::uint64_t>();
+  auto fds = sys::findFds(pid, [&](const std::string&) { return true; });
+  if (fds) {
+    for (int fd : *fds) {
+      struct stat st{};
+      std::string link = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd);
+      if (::stat(link.c_str(), &st) != 0 || st.st_dev != dev || st.st_ino != ino) continue;
+      auto copy = sys::takeFd(pid, fd);
+      if (!copy) break;
+      auto regions = vmm::parseMappings(runtime["regions"].dump());
+      if (!regions) break;
+      vmm::Handshake h;
+      h.regions = *regions;
+      h.page_size = regions->front().page_size;
+      for (const auto& r : *regions) h.total_bytes += r.size;
+      h.uffd = std::move(*copy);
+      auto mem = SourceMemory::fromHandover(std::move(h));
+      if (!mem) break;
+      {
+        std::lock_guard lock(runtime_mu_);
+        runtime_ = runtime;
+      }
+      log_.info("guest memory taken back from the source VMM", {{"vmm_pid", pid}});
+      return useMemory(std::move(*mem));
+    }
+  }
+  log_.warn("could not take the memory back from the source VMM; waiting for a new handover",
+            {{"vmm_pid", pid}});
+  return listenForHandover();
+}
+
+nlohmann::json SourceMigration::runtime() const {
+  std::lock_guard lock(runtime_mu_);
+  return runtime_;
 }
 
 Status SourceMigration::useMemory(std::unique_ptr<SourceMemory> memory) {
@@ -222,6 +282,12 @@ void SourceMigration::sendRun(transport::Connection& conn, std::uint64_t first,
 
 void SourceMigration::onBulkFrame(const transport::FrameHeader& h,
                                   std::span<const std::byte> payload) {
+  if (h.type == FrameType::kPing) {
+    if (auto ping = transport::decodePing(payload)) {
+      bulk_->sendEncoded(transport::encodePing(FrameType::kPong, *ping));
+      return;
+    }
+  }
   if (h.type == FrameType::kResume) {
     auto r = transport::decodeResume(payload, layout());
     if (r) {

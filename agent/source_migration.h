@@ -26,6 +26,7 @@ class SourceMigration final : public Migration {
   ~SourceMigration() override;
 
   Status start() override;
+  Status resume(const nlohmann::json& runtime) override;
   Status cancel(bool force) override;
   void shutdown() override;
 
@@ -39,9 +40,11 @@ class SourceMigration final : public Migration {
   void addDetails(nlohmann::json& out) const override;
   std::uint64_t pagesTotal() const override;
   std::uint64_t pagesDone() const override;
+  nlohmann::json runtime() const override;
 
  private:
   Status useMemory(std::unique_ptr<SourceMemory> memory);
+  Status listenForHandover();
   std::optional<std::string> checkHello(const transport::Hello& hello, PeerErrorCode& code,
                                         std::string& message, const transport::Connection& conn) const;
   void onUrgentFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
@@ -64,6 +67,8 @@ class SourceMigration final : public Migration {
   // Copies of the memory's shape for readers on other threads (the control API).
   std::atomic<std::uint64_t> page_count_{0};
   std::atomic<std::uint64_t> page_size_{0};
+  mutable std::mutex runtime_mu_;
+  nlohmann::json runtime_;  // the handing-over VMM's pid, regions and memory fd identity
 
   // Peer loop only.
   std::unique_ptr<transport::Connection> urgent_;
