@@ -4,7 +4,9 @@
 // RocksDB is the checkpoint, never the hot path: the in-memory PageMap (page_map.h) is.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -56,6 +58,8 @@ class Database {
   // never written are 0 (not installed).
   virtual Result<std::vector<std::uint64_t>> loadPageBitmap(const std::string& migration_id,
                                                             std::uint64_t page_count) = 0;
+  // Called after every write with how long it took (the RocksDB write-latency metric).
+  virtual void setWriteObserver(std::function<void(std::chrono::nanoseconds)> observer) = 0;
 };
 
 }  // namespace lazymig::store

@@ -1,0 +1,61 @@
+// The agent's YAML config (config/lazymig.example.yaml documents every key). Every error
+// names the file, the full key path and the line; yaml-cpp's exceptions never leave config/.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/error.h"
+
+namespace lazymig::config {
+
+struct TlsConfig {
+  std::string ca_file, cert_file, key_file;
+};
+
+struct ReconnectConfig {
+  std::chrono::milliseconds initial_backoff{100};
+  std::chrono::milliseconds max_backoff{5000};
+  std::chrono::seconds give_up_after{120};
+};
+
+struct MigrationDefaults {
+  std::uint32_t bulk_batch_pages = 64;           // pages per bulk PageData frame (1..1024)
+  std::uint32_t bulk_window_bytes_kib = 4096;    // bulk output kept queued per connection
+  std::chrono::milliseconds checkpoint_interval{50};
+  std::chrono::milliseconds stall_timeout{5000};
+  std::chrono::milliseconds handshake_timeout{10000};
+  ReconnectConfig reconnect;
+};
+
+struct HandshakeConfig {
+  std::vector<uid_t> allowed_uids;  // empty: any
+  std::vector<gid_t> allowed_gids;  // empty: any
+  unsigned socket_mode = 0600;
+};
+
+struct Config {
+  std::string node_name;
+  std::string agent_listen = "0.0.0.0:7443";
+  std::string control_listen = "unix:/run/lazymig/control.sock";
+  std::string metrics_listen = "127.0.0.1:9464";  // "" or "off" disables
+  TlsConfig tls;
+  std::string state_dir = "/var/lib/lazymig";
+  std::string handshake_dir = "/run/lazymig/vmm";
+  std::string log_level = "info";
+  std::string control_token_file;
+  MigrationDefaults migration;
+  HandshakeConfig handshake;
+};
+
+// Parses YAML text; `source` names the file in errors. Does not touch the filesystem.
+Result<Config> parseConfig(std::string_view yaml_text, const std::string& source = "<config>");
+// Reads and parses the file, then checks that the files it names exist and are readable.
+Result<Config> loadConfig(const std::string& path);
+
+}  // namespace lazymig::config

@@ -1,0 +1,185 @@
+#include "metrics/metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <array>
+#include <map>
+#include <mutex>
+
+namespace lazymig::metrics {
+namespace {
+
+using prometheus::Counter;
+using prometheus::Gauge;
+using prometheus::Histogram;
+
+const Histogram::BucketBoundaries kFaultBuckets = {5e-6,  10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6,
+                                                   1e-3,  2.5e-3, 5e-3, 10e-3, 25e-3,  50e-3,  100e-3,
+                                                   250e-3, 500e-3, 1,   2.5,   5,      10};
+const Histogram::BucketBoundaries kDurationBuckets = {0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600};
+const Histogram::BucketBoundaries kStoreBuckets = {10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3,
+                                                   2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 1};
+
+double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }
+
+class PrometheusMetrics final : public AgentMetrics {
+ public:
+  explicit PrometheusMetrics(const std::string& node)
+      : registry_(std::make_shared<prometheus::Registry>()), labels_{{"node", node}} {
+    auto& fault = prometheus::BuildHistogram()
+                      .Name("lazymig_fault_latency_seconds")
+                      .Help("Time from reading a guest page fault to the install that wakes it, by how it was served")
+                      .Labels(labels_)
+                      .Register(*registry_);
+    fault_[0] = &fault.Add({{"path", "network"}}, kFaultBuckets);
+    fault_[1] = &fault.Add({{"path", "local"}}, kFaultBuckets);
+    fault_[2] = &fault.Add({{"path", "raced"}}, kFaultBuckets);
+    auto& pages = prometheus::BuildCounter()
+                      .Name("lazymig_pages_total")
+                      .Help("Pages installed on the destination, by how they arrived")
+                      .Labels(labels_)
+                      .Register(*registry_);
+    pages_[0] = &pages.Add({{"path", "demand"}});
+    pages_[1] = &pages.Add({{"path", "bulk"}});
+    pages_[2] = &pages.Add({{"path", "zero"}});
+    auto& wire = prometheus::BuildCounter()
+                     .Name("lazymig_wire_bytes_total")
+                     .Help("Bytes of frames sent and received between agents, by channel")
+                     .Labels(labels_)
+                     .Register(*registry_);
+    wire_[0][0] = &wire.Add({{"channel", "urgent"}, {"direction", "sent"}});
+    wire_[0][1] = &wire.Add({{"channel", "urgent"}, {"direction", "received"}});
+    wire_[1][0] = &wire.Add({{"channel", "bulk"}, {"direction", "sent"}});
+    wire_[1][1] = &wire.Add({{"channel", "bulk"}, {"direction", "received"}});
+    remaining_ = &prometheus::BuildGauge()
+                      .Name("lazymig_pages_remaining")
+                      .Help("Pages not yet installed, over all destination migrations on this agent")
+                      .Labels(labels_)
+                      .Register(*registry_)
+                      .Add({});
+    migrations_ = &prometheus::BuildGauge()
+                       .Name("lazymig_migrations")
+                       .Help("Migrations on this agent by state")
+                       .Labels(labels_)
+                       .Register(*registry_);
+    duration_ = &prometheus::BuildHistogram()
+                     .Name("lazymig_migration_duration_seconds")
+                     .Help("Migration duration by outcome")
+                     .Labels(labels_)
+                     .Register(*registry_);
+    auto& reconnects = prometheus::BuildCounter()
+                           .Name("lazymig_reconnects_total")
+                           .Help("Links to a source re-established after a loss, by channel")
+                           .Labels(labels_)
+                           .Register(*registry_);
+    reconnects_[0] = &reconnects.Add({{"channel", "urgent"}});
+    reconnects_[1] = &reconnects.Add({{"channel", "bulk"}});
+    refusals_ = &prometheus::BuildCounter()
+                     .Name("lazymig_refusals_total")
+                     .Help("Connections and handshakes refused, by reason")
+                     .Labels(labels_)
+                     .Register(*registry_);
+    store_ = &prometheus::BuildHistogram()
+                  .Name("lazymig_store_write_seconds")
+                  .Help("RocksDB write latency (page map checkpoints and records)")
+                  .Labels(labels_)
+                  .Register(*registry_)
+                  .Add({}, kStoreBuckets);
+    eexist_ = &prometheus::BuildCounter()
+                   .Name("lazymig_uffd_eexist_total")
+                   .Help("Installs that found the page already present (a fault raced the bulk stream)")
+                   .Labels(labels_)
+                   .Register(*registry_)
+                   .Add({});
+    blocked_ = &prometheus::BuildCounter()
+                    .Name("lazymig_vcpu_blocked_seconds_total")
+                    .Help("Time vCPUs spent blocked on page faults served over the network")
+                    .Labels(labels_)
+                    .Register(*registry_)
+                    .Add({});
+    prometheus::BuildGauge()
+        .Name("lazymig_build_info")
+        .Help("lazymig build information")
+        .Labels(labels_)
+        .Register(*registry_)
+        .Add({{"version", "0.1.0"}})
+        .Set(1);
+  }
+
+  Result<std::uint16_t> startExposer(const std::string& address) override {
+    try {
+      exposer_ = std::make_unique<prometheus::Exposer>(address, 2);
+      exposer_->RegisterCollectable(registry_);
+      auto ports = exposer_->GetListeningPorts();
+      if (ports.empty()) return fail(Errc::kSystem, "metrics exposer", address + ": not listening");
+      return static_cast<std::uint16_t>(ports.front());
+    } catch (const std::exception& e) {
+      return fail(Errc::kConfig, "listen.metrics", address + ": " + e.what());
+    }
+  }
+
+  std::shared_ptr<prometheus::Registry> registry() const override { return registry_; }
+
+  std::string scrapeText() const override {
+    return prometheus::TextSerializer().Serialize(registry_->Collect());
+  }
+
+  void observeFault(FaultPath path, std::chrono::nanoseconds latency) override {
+    fault_[static_cast<int>(path)]->Observe(seconds(latency));
+    if (path == FaultPath::kNetwork) blocked_->Increment(seconds(latency));
+  }
+  void addPages(PagePath path, std::uint64_t pages) override {
+    if (pages) pages_[static_cast<int>(path)]->Increment(static_cast<double>(pages));
+  }
+  void addWireBytes(Channel channel, Direction direction, std::uint64_t bytes) override {
+    wire_[static_cast<int>(channel)][static_cast<int>(direction)]->Increment(static_cast<double>(bytes));
+  }
+  void addPagesRemaining(std::int64_t delta) override { remaining_->Increment(static_cast<double>(delta)); }
+  void migrationState(std::string_view from, std::string_view to) override {
+    std::lock_guard lock(mu_);
+    if (!from.empty()) migrations_->Add({{"state", std::string(from)}}).Decrement();
+    if (!to.empty()) migrations_->Add({{"state", std::string(to)}}).Increment();
+  }
+  void observeMigrationDuration(std::string_view outcome, std::chrono::nanoseconds d) override {
+    std::lock_guard lock(mu_);
+    duration_->Add({{"outcome", std::string(outcome)}}, kDurationBuckets).Observe(seconds(d));
+  }
+  void addReconnect(Channel channel) override { reconnects_[static_cast<int>(channel)]->Increment(); }
+  void addRefusal(std::string_view reason) override {
+    std::lock_guard lock(mu_);
+    refusals_->Add({{"reason", std::string(reason)}}).Increment();
+  }
+  void observeStoreWrite(std::chrono::nanoseconds latency) override { store_->Observe(seconds(latency)); }
+  void addUffdExists(std::uint64_t n) override { eexist_->Increment(static_cast<double>(n)); }
+  void addVcpuBlocked(std::chrono::nanoseconds blocked) override { blocked_->Increment(seconds(blocked)); }
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::map<std::string, std::string> labels_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::array<Histogram*, 3> fault_{};
+  std::array<Counter*, 3> pages_{};
+  std::array<std::array<Counter*, 2>, 2> wire_{};
+  Gauge* remaining_ = nullptr;
+  prometheus::Family<Gauge>* migrations_ = nullptr;
+  prometheus::Family<Histogram>* duration_ = nullptr;
+  std::array<Counter*, 2> reconnects_{};
+  prometheus::Family<Counter>* refusals_ = nullptr;
+  Histogram* store_ = nullptr;
+  Counter* eexist_ = nullptr;
+  Counter* blocked_ = nullptr;
+  std::mutex mu_;  // the label maps of the cold-path families
+};
+
+}  // namespace
+
+std::unique_ptr<AgentMetrics> AgentMetrics::create(const std::string& node) {
+  return std::make_unique<PrometheusMetrics>(node);
+}
+
+}  // namespace lazymig::metrics

@@ -1,0 +1,169 @@
+// A framed TLS connection on a libevent OpenSSL bufferevent.
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+
+#include <array>
+
+#include "transport/connection_impl.h"
+#include "transport/tls_internal.h"
+
+namespace lazymig::transport {
+
+std::string addressOf(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
+  char host[64] = {};
+  std::uint16_t port = 0;
+  if (ss.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    evutil_inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+    port = ntohs(a->sin_port);
+    return std::string(host) + ":" + std::to_string(port);
+  }
+  auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+  evutil_inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+  return "[" + std::string(host) + "]:" + std::to_string(ntohs(a->sin6_port));
+}
+
+void setNoDelay(int fd) {
+  int one = 1;
+  // Every demand reply is a small write the destination is blocked on: never let Nagle
+  // hold it back.
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+std::string bevError(bufferevent* bev, short what) {
+  std::string ssl_errors;
+  while (unsigned long e = bufferevent_get_openssl_error(bev)) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!ssl_errors.empty()) ssl_errors += "; ";
+    ssl_errors += buf;
+  }
+  if (what & BEV_EVENT_TIMEOUT) return "timed out";
+  if (what & BEV_EVENT_EOF) return ssl_errors.empty() ? "closed by peer" : ssl_errors;
+  int err = EVUTIL_SOCKET_ERROR();
+  if (!ssl_errors.empty()) return ssl_errors;
+  return err != 0 ? evutil_socket_error_to_string(err) : "connection error";
+}
+
+ConnectionImpl::ConnectionImpl(bufferevent* bev, PeerIdentity peer, Limits limits)
+    : bev_(bev), peer_(std::move(peer)), limits_(limits) {
+  remote_ = addressOf(static_cast<int>(bufferevent_getfd(bev_)));
+  // Larger reads and writes than libevent's 16 KiB default: a bulk frame is 256 KiB.
+  bufferevent_set_max_single_read(bev_, 1 << 20);
+  bufferevent_set_max_single_write(bev_, 1 << 20);
+  bufferevent_setcb(bev_, &ConnectionImpl::onRead, &ConnectionImpl::onWrite,
+                    &ConnectionImpl::onEvent, this);
+  bufferevent_set_timeouts(bev_, nullptr, nullptr);
+  bufferevent_enable(bev_, EV_READ | EV_WRITE);
+}
+
+ConnectionImpl::~ConnectionImpl() { close(); }
+
+void ConnectionImpl::setHandlers(Handlers handlers) { handlers_ = std::move(handlers); }
+
+void ConnectionImpl::sendEncoded(std::string_view frame) {
+  if (bev_ == nullptr) return;
+  evbuffer_add(bufferevent_get_output(bev_), frame.data(), frame.size());
+}
+
+void ConnectionImpl::sendWithBody(std::span<const std::byte> prefix, std::span<const std::byte> body) {
+  if (bev_ == nullptr) return;
+  evbuffer* out = bufferevent_get_output(bev_);
+  evbuffer_add(out, prefix.data(), prefix.size());
+  evbuffer_add_reference(out, body.data(), body.size(), nullptr, nullptr);
+}
+
+std::size_t ConnectionImpl::pendingOutputBytes() const {
+  return bev_ ? evbuffer_get_length(bufferevent_get_output(bev_)) : 0;
+}
+
+void ConnectionImpl::setLowWatermark(std::size_t bytes) {
+  low_watermark_ = bytes;
+  if (bev_) bufferevent_setwatermark(bev_, EV_WRITE, bytes, 0);
+}
+
+void ConnectionImpl::setPriority(int priority) {
+  if (bev_) bufferevent_priority_set(bev_, priority);
+}
+
+namespace {
+// Frees a closed connection's bufferevent once its queued output is flushed (or fails).
+void lingerDone(bufferevent* bev, short, void*) { bufferevent_free(bev); }
+void lingerWrite(bufferevent* bev, void*) {
+  if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) bufferevent_free(bev);
+}
+}  // namespace
+
+void ConnectionImpl::close() {
+  *alive_ = false;
+  if (bev_ == nullptr) return;
+  bufferevent* bev = bev_;
+  bev_ = nullptr;
+  bufferevent_disable(bev, EV_READ);
+  if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+    bufferevent_free(bev);
+    return;
+  }
+  timeval tv{5, 0};
+  bufferevent_set_timeouts(bev, nullptr, &tv);
+  bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+  bufferevent_setcb(bev, nullptr, &lingerWrite, &lingerDone, nullptr);
+}
+
+void ConnectionImpl::onRead(bufferevent*, void* arg) { static_cast<ConnectionImpl*>(arg)->readFrames(); }
+
+void ConnectionImpl::readFrames() {
+  std::shared_ptr<bool> alive = alive_;
+  while (*alive && bev_ != nullptr) {
+    evbuffer* in = bufferevent_get_input(bev_);
+    std::size_t available = evbuffer_get_length(in);
+    if (available < kHeaderSize) return;
+    std::array<std::byte, kHeaderSize> raw;
+    evbuffer_copyout(in, raw.data(), kHeaderSize);
+    auto header = decodeHeader(raw, limits_);
+    if (!header) return fail(header.error());
+    std::size_t total = kHeaderSize + header->length;
+    if (available < total) return;
+    auto* data = reinterpret_cast<const std::byte*>(evbuffer_pullup(in, static_cast<ev_ssize_t>(total)));
+    if (handlers_.on_frame) {
+      handlers_.on_frame(*header, std::span(data + kHeaderSize, header->length));
+    }
+    // The handler may have closed or destroyed this connection: touch nothing then.
+    if (!*alive) return;
+    evbuffer_drain(in, total);
+  }
+}
+
+void ConnectionImpl::onWrite(bufferevent*, void* arg) {
+  auto* self = static_cast<ConnectionImpl*>(arg);
+  if (self->bev_ && self->handlers_.on_drained &&
+      evbuffer_get_length(bufferevent_get_output(self->bev_)) <= self->low_watermark_) {
+    self->handlers_.on_drained();
+  }
+}
+
+void ConnectionImpl::onEvent(bufferevent* bev, short what, void* arg) {
+  auto* self = static_cast<ConnectionImpl*>(arg);
+  if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+    self->fail(Error::make(Errc::kClosed, "connection " + self->remote_, bevError(bev, what)));
+  }
+}
+
+void ConnectionImpl::fail(const Error& e) {
+  auto handler = std::move(handlers_.on_closed);
+  handlers_ = {};
+  close();
+  if (handler) handler(e);
+}
+
+}  // namespace lazymig::transport
