@@ -305,6 +305,9 @@ void DestinationMigration::sendComplete() {
   if (!urgent_->send(transport::encodeComplete(c))) return;
   complete_sent_ = true;
   setState(MigrationState::kCompleted);
+  // The source releases the memory and closes; closing first (Complete is flushed by the
+  // close) keeps that from looking like a lost link.
+  urgent_->stop();
   bulk_loop_->post([this] {
     if (bulk_) bulk_->stop();
   });

@@ -93,7 +93,11 @@ void ConnectionImpl::setLowWatermark(std::size_t bytes) {
 }
 
 void ConnectionImpl::setPriority(int priority) {
-  if (bev_) bufferevent_priority_set(bev_, priority);
+  if (!bev_) return;
+  bufferevent_priority_set(bev_, priority);
+  // A background connection encrypts at most 64 KiB per callback, so that a loop shared
+  // with an urgent connection never keeps a demand reply waiting behind a long SSL_write.
+  if (priority > 0) bufferevent_set_max_single_write(bev_, 64 * 1024);
 }
 
 namespace {

@@ -1,0 +1,314 @@
+#include "cli/demo.h"
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "client/control_client.h"
+#include "sys/unique_fd.h"
+#include "transport/pki.h"
+
+namespace lazymig::cli {
+namespace {
+
+const char* name(Side s) { return s == Side::kSource ? "source" : "destination"; }
+std::string identity(Side s) { return std::string("spiffe://lazymig.demo/node/") + name(s); }
+
+Result<std::uint16_t> freePort() {
+  // Agents restarted by a test must come back on the same address the destination dials,
+  // so each gets a fixed port rather than port 0.
+  sys::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return failSys("bind");
+  socklen_t len = sizeof a;
+  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  return ntohs(a.sin_port);
+}
+
+std::string randomHex(std::size_t bytes) {
+  std::random_device rd;
+  std::string out;
+  const char* hex = "0123456789abcdef";
+  for (std::size_t i = 0; i < bytes; ++i) {
+    unsigned v = rd() & 0xff;
+    out += hex[v >> 4];
+    out += hex[v & 15];
+  }
+  return out;
+}
+
+std::string selfDir() {
+  std::error_code ec;
+  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? "." : p.parent_path().string();
+}
+
+}  // namespace
+
+Result<DemoRun> DemoRun::prepare(DemoOptions options) {
+  if (options.bindir.empty()) options.bindir = selfDir();
+  for (const char* bin : {"lazymig-agent", "lazymig-testvm"}) {
+    if (::access((options.bindir + "/" + bin).c_str(), X_OK) != 0) {
+      return fail(Errc::kNotFound, "demo", options.bindir + "/" + bin + " is missing: build it first");
+    }
+  }
+  DemoRun run(std::move(options));
+  char tmpl[] = "/tmp/lazymig-demo-XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) return failSys("mkdtemp");
+  run.dir_ = tmpl;
+  run.token_ = randomHex(32);
+  if (auto ok = run.writePki(); !ok) return std::unexpected(ok.error());
+  for (Side s : {Side::kSource, Side::kDestination}) {
+    auto port = freePort();
+    if (!port) return std::unexpected(port.error());
+    run.ports_[static_cast<int>(s)] = *port;
+    if (auto ok = run.writeConfig(s); !ok) return std::unexpected(ok.error());
+    if (auto ok = run.startAgent(s); !ok) return std::unexpected(ok.error());
+  }
+  run.started_ = std::chrono::steady_clock::now();
+  return run;
+}
+
+DemoRun::~DemoRun() {
+  stopAll();
+  if (!options_.keep && !dir_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+}
+
+void DemoRun::say(const std::string& line) const {
+  if (options_.verbose) std::fprintf(stderr, "demo: %s\n", line.c_str());
+}
+
+Status DemoRun::writePki() {
+  auto ca = transport::generateCa(dir_, "ca");
+  if (!ca) return std::unexpected(ca.error());
+  for (Side s : {Side::kSource, Side::kDestination}) {
+    transport::LeafSpec spec;
+    spec.common_name = name(s);
+    spec.dns_names = {std::string(name(s)) + ".lazymig.demo"};
+    spec.uris = {identity(s)};
+    auto leaf = transport::issueLeaf(*ca, dir_, name(s), spec);
+    if (!leaf) return std::unexpected(leaf.error());
+  }
+  return {};
+}
+
+std::string DemoRun::controlEndpoint(Side s) const { return "unix:" + dir_ + "/" + name(s) + "-control.sock"; }
+std::string DemoRun::agentAddress(Side s) const { return "127.0.0.1:" + std::to_string(ports_[static_cast<int>(s)]); }
+std::string DemoRun::logPath(Side s) const { return dir_ + "/" + name(s) + ".log"; }
+
+Status DemoRun::writeConfig(Side s) {
+  std::ofstream out(dir_ + "/" + name(s) + ".yaml");
+  out << "node_name: " << name(s) << "\n"
+      << "listen:\n  agent: \"" << agentAddress(s) << "\"\n  control: \"" << controlEndpoint(s)
+      << "\"\n  metrics: \"127.0.0.1:0\"\n"
+      << "tls:\n  ca_file: " << dir_ << "/ca.crt\n  cert_file: " << dir_ << "/" << name(s)
+      << ".crt\n  key_file: " << dir_ << "/" << name(s) << ".key\n"
+      << "state_dir: " << dir_ << "/" << name(s) << "-state\n"
+      << "handshake_dir: " << dir_ << "/" << name(s) << "-vmm\n"
+      << options_.extra_yaml << "\n";
+  if (!out) return fail(Errc::kSystem, "demo", "cannot write the agent config in " + dir_);
+  return {};
+}
+
+Status DemoRun::startAgent(Side s) {
+  auto& slot = agents_[static_cast<int>(s)];
+  slot.reset();
+  auto child = ChildProcess::spawn({options_.bindir + "/lazymig-agent", "--config",
+                                    dir_ + "/" + name(s) + ".yaml"}, logPath(s));
+  if (!child) return std::unexpected(child.error());
+  slot.emplace(std::move(*child));
+  client::ControlClient c(controlEndpoint(s), std::chrono::seconds(1));
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto r = c.get("/readyz");
+    if (r && r->status == 200) return {};
+    if (auto st = slot->wait(std::chrono::milliseconds(20))) {
+      return fail(Errc::kState, std::string(name(s)) + " agent",
+                  "exited at start-up (" + describeStatus(*st) + "); see " + logPath(s));
+    }
+  }
+  return fail(Errc::kTimeout, std::string(name(s)) + " agent", "not ready after 15 s; see " + logPath(s));
+}
+
+void DemoRun::killAgent(Side s, int sig) {
+  auto& slot = agents_[static_cast<int>(s)];
+  if (!slot) return;
+  slot->signal(sig);
+  slot->wait(std::chrono::seconds(30));
+}
+
+Result<nlohmann::json> DemoRun::call(Side s, const std::string& method, const std::string& path,
+                                     const std::string& body) const {
+  client::ControlClient c(controlEndpoint(s));
+  auto r = c.request(method, path, body);
+  if (!r) return std::unexpected(r.error());
+  auto j = nlohmann::json::parse(r->body, nullptr, false);
+  if (r->status >= 300 || j.is_discarded()) {
+    return fail(Errc::kState, std::string(name(s)) + " agent " + method + " " + path,
+                "HTTP " + std::to_string(r->status) + ": " + r->body);
+  }
+  return j;
+}
+
+Result<nlohmann::json> DemoRun::migration(Side s) const {
+  return call(s, "GET", std::string("/v1/migrations/") + kMigrationId);
+}
+
+Status DemoRun::prepareSourceMemory() {
+  const auto& o = options_;
+  std::vector<std::string> argv = {o.bindir + "/lazymig-testvm", "source", "--memory", o.memory,
+                                   "--size", std::to_string(o.size), "--seed", std::to_string(o.seed),
+                                   "--zero-ratio", std::to_string(o.zero_ratio), "--regions",
+                                   std::to_string(o.regions)};
+  if (o.memory == "memfd") {
+    argv.insert(argv.end(), {"--handover-socket", dir_ + "/source-vmm.sock", "--hold"});
+  } else {
+    argv.insert(argv.end(), {"--snapshot-file", dir_ + "/guest.mem"});
+  }
+  auto child = ChildProcess::spawn(argv, dir_ + "/source-vm.log", true);
+  if (!child) return std::unexpected(child.error());
+  source_vm_.emplace(std::move(*child));
+  if (o.memory == "memfd") return {};  // it hands the memory over once the migration exists
+  say("source VM: writing the snapshot memory file");
+  auto st = source_vm_->wait(std::chrono::seconds(o.timeout_s));
+  if (!st || *st != 0) {
+    return fail(Errc::kState, "source test VM", (st ? describeStatus(*st) : std::string("timed out")) +
+                                                  "; see " + dir_ + "/source-vm.log");
+  }
+  return {};
+}
+
+Status DemoRun::createMigrations(const std::string& source_address) {
+  nlohmann::json src{{"id", kMigrationId}, {"role", "source"}, {"token", token_},
+                     {"peer_identity", identity(Side::kDestination)}};
+  src["memory"] = options_.memory == "memfd"
+                      ? nlohmann::json{{"handover_socket", dir_ + "/source-vmm.sock"}}
+                      : nlohmann::json{{"snapshot_file", dir_ + "/guest.mem"}};
+  if (auto r = call(Side::kSource, "POST", "/v1/migrations", src.dump()); !r) return std::unexpected(r.error());
+  nlohmann::json dst{{"id", kMigrationId}, {"role", "destination"}, {"token", token_},
+                     {"peer_identity", identity(Side::kSource)},
+                     {"source_address", source_address.empty() ? agentAddress(Side::kSource) : source_address},
+                     {"handshake_socket", dir_ + "/destination-vmm/" + kMigrationId + ".sock"}};
+  started_ = std::chrono::steady_clock::now();
+  if (auto r = call(Side::kDestination, "POST", "/v1/migrations", dst.dump()); !r) return std::unexpected(r.error());
+  return {};
+}
+
+Status DemoRun::startDestinationVm() {
+  const auto& o = options_;
+  std::vector<std::string> argv = {
+      o.bindir + "/lazymig-testvm", "dest", "--memory", o.memory, "--size", std::to_string(o.size),
+      "--seed", std::to_string(o.seed), "--zero-ratio", std::to_string(o.zero_ratio), "--regions",
+      std::to_string(o.regions), "--handshake-socket", dir_ + "/destination-vmm/" + kMigrationId + ".sock",
+      "--vcpus", std::to_string(o.vcpus), "--pattern", o.pattern, "--accesses", std::to_string(o.accesses),
+      "--control", controlEndpoint(Side::kDestination), "--migration", kMigrationId,
+      "--timeout-s", std::to_string(o.timeout_s)};
+  if (o.balloon) argv.push_back("--balloon");
+  auto child = ChildProcess::spawn(argv, dir_ + "/destination-vm.log", true);
+  if (!child) return std::unexpected(child.error());
+  dest_vm_.emplace(std::move(*child));
+  say("destination VM resumed; its vCPUs fault while pages arrive");
+  return {};
+}
+
+Result<nlohmann::json> DemoRun::waitDestinationVm() {
+  auto st = dest_vm_->wait(std::chrono::seconds(options_.timeout_s + 30));
+  if (!st) {
+    dest_vm_->stop(std::chrono::milliseconds(0));
+    return fail(Errc::kTimeout, "destination test VM", "still running after the timeout; killed");
+  }
+  const std::string& out = dest_vm_->output();
+  auto nl = out.find_last_of('\n', out.size() >= 2 ? out.size() - 2 : 0);
+  std::string last = out.substr(nl == std::string::npos ? 0 : nl + 1);
+  auto j = nlohmann::json::parse(last, nullptr, false);
+  if (j.is_discarded()) {
+    return fail(Errc::kState, "destination test VM", describeStatus(*st) + ", no result; see " + dir_ +
+                                                         "/destination-vm.log");
+  }
+  return j;
+}
+
+nlohmann::json DemoRun::report(const nlohmann::json& vm, double total_seconds) {
+  auto dst = migration(Side::kDestination);
+  auto src = migration(Side::kSource);
+  nlohmann::json d = dst ? *dst : nlohmann::json::object();
+  nlohmann::json p = d.value("progress", nlohmann::json::object());
+  std::uint64_t pages = vm.value("pages", std::uint64_t{0});
+  double mib = static_cast<double>(options_.size) / (1 << 20);
+  nlohmann::json out{
+      {"verified", vm.value("verified", false) && d.value("state", "") == "completed"},
+      {"pages", pages},
+      {"mismatches", vm.value("mismatches", pages)},
+      {"demand_faults", p.value("demand_faults", 0)},
+      {"demand_pages", p.value("demand_pages", 0)},
+      {"bulk_pages", p.value("bulk_pages", 0)},
+      {"zero_pages", p.value("zero_pages", 0)},
+      {"removed_pages", p.value("removed_pages", 0)},
+      {"eexist_races", p.value("eexist_races", 0)},
+      {"reconnects", p.value("reconnects", 0)},
+      {"fault_latency_us", d.value("fault_latency_us", nlohmann::json::object())},
+      {"vcpu_access_latency_us", vm.value("faulting_latency_us", nlohmann::json::object())},
+      {"guest_writes", vm.value("guest_writes", 0)},
+      {"total_seconds", total_seconds},
+      {"throughput_mib_s", total_seconds > 0 ? mib / total_seconds : 0.0},
+      {"memory", options_.memory},
+      {"pattern", options_.pattern},
+      {"size_bytes", options_.size},
+      {"population_path", d.value("population_path", "")},
+      {"source_state", src ? src->value("state", "") : "unknown"},
+      {"destination_state", d.value("state", "unknown")}};
+  return out;
+}
+
+void DemoRun::stopAll() {
+  if (dest_vm_) dest_vm_->stop(std::chrono::milliseconds(0));
+  for (auto& a : agents_) {
+    if (a) a->stop(std::chrono::seconds(5));
+  }
+  if (source_vm_) source_vm_->stop(std::chrono::seconds(2));
+}
+
+Result<nlohmann::json> runDemo(const DemoOptions& options) {
+  auto run = DemoRun::prepare(options);
+  if (!run) return std::unexpected(run.error());
+  auto failWith = [&](const Error& e) -> Result<nlohmann::json> {
+    run->stopAll();
+    std::fprintf(stderr, "demo: FAILED: %s\ndemo: logs kept in %s\n", e.message().c_str(), run->dir().c_str());
+    run->keepDirectory();
+    return std::unexpected(e);
+  };
+  std::fprintf(stderr, "demo: two agents up (source %s, destination %s), working in %s\n",
+               run->agentAddress(Side::kSource).c_str(), run->agentAddress(Side::kDestination).c_str(),
+               run->dir().c_str());
+  if (auto ok = run->prepareSourceMemory(); !ok) return failWith(ok.error());
+  if (auto ok = run->createMigrations(); !ok) return failWith(ok.error());
+  auto t0 = std::chrono::steady_clock::now();
+  if (auto ok = run->startDestinationVm(); !ok) return failWith(ok.error());
+  auto vm = run->waitDestinationVm();
+  if (!vm) return failWith(vm.error());
+  auto dst = run->migration(Side::kDestination);
+  double total = dst ? dst->value("elapsed_seconds", 0.0) : 0.0;
+  if (total <= 0) total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto report = run->report(*vm, total);
+  if (!report.value("verified", false)) {
+    run->keepDirectory();
+    std::fprintf(stderr, "demo: logs kept in %s\n", run->dir().c_str());
+  }
+  run->stopAll();
+  return report;
+}
+
+}  // namespace lazymig::cli

@@ -1,0 +1,86 @@
+// A whole migration on one machine: two agents with their own certificates, a source and a
+// destination test VM, every page verified. `lazymig demo` runs it; the end-to-end tests
+// drive a DemoRun step by step to kill agents or cut links in the middle.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "cli/child_process.h"
+
+namespace lazymig::cli {
+
+struct DemoOptions {
+  std::uint64_t size = 1ull << 30;
+  std::string memory = "anon";  // anon | memfd
+  std::string pattern = "hot";  // sequential | random | hot | write
+  unsigned vcpus = 4;
+  std::uint64_t accesses = 20000;
+  unsigned regions = 1;
+  double zero_ratio = 0.25;
+  bool balloon = false;
+  std::uint64_t seed = 42;
+  int timeout_s = 600;
+  bool keep = false;     // keep the working directory
+  bool verbose = true;   // progress lines on stderr
+  std::string bindir;    // where lazymig-agent and lazymig-testvm live; default: beside this binary
+  std::string extra_yaml;  // appended to both agents' configs
+};
+
+enum class Side { kSource, kDestination };
+
+class DemoRun {
+ public:
+  static Result<DemoRun> prepare(DemoOptions options);
+  DemoRun(DemoRun&&) = default;
+  ~DemoRun();
+
+  Status startAgent(Side side);
+  void killAgent(Side side, int sig);
+  Status prepareSourceMemory();
+  // Creates both migrations; `source_address` overrides where the destination dials (a proxy).
+  Status createMigrations(const std::string& source_address = "");
+  Status startDestinationVm();
+  // Waits for the destination test VM; returns its final JSON line.
+  Result<nlohmann::json> waitDestinationVm();
+  Result<nlohmann::json> migration(Side side) const;
+  nlohmann::json report(const nlohmann::json& vm, double total_seconds);
+  void stopAll();
+  // Keep the working directory (logs, configs) after this run, e.g. because it failed.
+  void keepDirectory() { options_.keep = true; }
+
+  const std::string& dir() const { return dir_; }
+  std::string controlEndpoint(Side side) const;
+  std::string agentAddress(Side side) const;
+  std::string logPath(Side side) const;
+  const DemoOptions& options() const { return options_; }
+  static constexpr const char* kMigrationId = "demo-vm";
+
+ private:
+  explicit DemoRun(DemoOptions options) : options_(std::move(options)) {}
+  Status writePki();
+  Status writeConfig(Side side);
+  Result<nlohmann::json> call(Side side, const std::string& method, const std::string& path,
+                              const std::string& body = "") const;
+  void say(const std::string& line) const;
+
+  DemoOptions options_;
+  std::string dir_;
+  std::string token_;
+  std::uint16_t ports_[2] = {0, 0};
+  std::optional<ChildProcess> agents_[2];
+  std::optional<ChildProcess> source_vm_;
+  std::optional<ChildProcess> dest_vm_;
+  std::chrono::steady_clock::time_point started_;
+};
+
+// Runs the whole demo; prints a summary to stderr and returns the report (last stdout line).
+Result<nlohmann::json> runDemo(const DemoOptions& options);
+
+}  // namespace lazymig::cli

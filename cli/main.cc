@@ -1,0 +1,336 @@
+// lazymig: the command line for an agent's control API, and the demo.
+#include <openssl/rand.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/demo.h"
+#include "client/control_client.h"
+#include "transport/pki.h"
+
+using namespace lazymig;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kUsage = R"(usage: lazymig [--control ENDPOINT] [--json] [--token-file F] COMMAND [flags]
+
+commands:
+  migrate --id ID --role source|destination --token HEX --peer-identity SAN
+          [--snapshot-file P | --handover-socket P]        (source)
+          [--source-address HOST:PORT] [--handshake-socket P] [--vmm-pid N]   (destination)
+  status ID [--watch [--interval-ms 500]]
+  list
+  cancel ID [--force]
+  agent                     what the agent is and where it listens
+  token                     print a fresh 256-bit migration token
+  certs --dir D --node NAME --san SAN [--san SAN...] [--ca-name lazymig-ca]
+  demo [--size 1GiB] [--memory anon|memfd] [--pattern sequential|random|hot|write] [--vcpus 4]
+       [--accesses 20000] [--regions 1] [--zero-ratio 0.25] [--balloon] [--keep] [--timeout-s 600]
+
+ENDPOINT is unix:/path or host:port (default: $LAZYMIG_CONTROL or unix:/run/lazymig/control.sock).
+)";
+
+[[noreturn]] void usage(const std::string& why) {
+  std::fprintf(stderr, "lazymig: %s\n\n%s", why.c_str(), kUsage);
+  std::exit(2);
+}
+
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::vector<std::string>> flags;
+  bool has(const std::string& f) const { return flags.count(f) != 0; }
+  std::string get(const std::string& f, const std::string& def = "") const {
+    auto it = flags.find(f);
+    return it == flags.end() || it->second.empty() ? def : it->second.back();
+  }
+};
+
+// Parses `--flag value` and `--switch` forms; the command decides which flags it accepts.
+Args parse(int argc, char** argv, int from, const std::vector<std::string>& valued,
+           const std::vector<std::string>& switches) {
+  Args a;
+  for (int i = from; i < argc; ++i) {
+    std::string s = argv[i];
+    if (s.rfind("--", 0) != 0) {
+      a.positional.push_back(s);
+    } else if (std::find(switches.begin(), switches.end(), s) != switches.end()) {
+      a.flags[s].push_back("1");
+    } else if (std::find(valued.begin(), valued.end(), s) != valued.end()) {
+      if (i + 1 >= argc) usage(s + " needs a value");
+      a.flags[s].push_back(argv[++i]);
+    } else {
+      usage("unknown flag '" + s + "' for this command");
+    }
+  }
+  return a;
+}
+
+struct Global {
+  std::string control;
+  bool json_out = false;
+  std::string token;
+};
+
+int apiError(const client::HttpResponse& r) {
+  auto j = json::parse(r.body, nullptr, false);
+  if (j.is_object() && j.contains("error")) {
+    std::fprintf(stderr, "lazymig: %s: %s\n", j["error"].value("code", "error").c_str(),
+                 j["error"].value("message", "").c_str());
+  } else {
+    std::fprintf(stderr, "lazymig: HTTP %d: %s\n", r.status, r.body.c_str());
+  }
+  return 1;
+}
+
+std::optional<json> request(const Global& g, const std::string& method, const std::string& path,
+                            const std::string& body, int& rc) {
+  client::ControlClient c(g.control);
+  c.setBearerToken(g.token);
+  auto r = c.request(method, path, body);
+  if (!r) {
+    std::fprintf(stderr, "lazymig: %s\n", r.error().message().c_str());
+    rc = 1;
+    return std::nullopt;
+  }
+  if (r->status >= 300) {
+    rc = apiError(*r);
+    return std::nullopt;
+  }
+  rc = 0;
+  return json::parse(r->body, nullptr, false);
+}
+
+void printMigration(const json& m) {
+  const json p = m.value("progress", json::object());
+  std::uint64_t total = p.value("pages_total", 0), done = p.value("pages_installed", 0);
+  double pct = total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 0;
+  std::printf("migration   %s (%s)\nstate       %s%s%s\npeer        %s\n", m.value("id", "").c_str(),
+              m.value("role", "").c_str(), m.value("state", "").c_str(),
+              m.value("reason", "").empty() ? "" : ": ", m.value("reason", "").c_str(),
+              m.value("peer", "").c_str());
+  std::printf("pages       %llu / %llu (%.1f%%)\n", static_cast<unsigned long long>(done),
+              static_cast<unsigned long long>(total), pct);
+  if (m.value("role", "") == "destination") {
+    const json l = m.value("fault_latency_us", json::object());
+    std::printf("arrived     demand %llu, bulk %llu, zero %llu\n",
+                static_cast<unsigned long long>(p.value("demand_pages", 0)),
+                static_cast<unsigned long long>(p.value("bulk_pages", 0)),
+                static_cast<unsigned long long>(p.value("zero_pages", 0)));
+    std::printf("faults      %llu; latency p50 %.0f us, p99 %.0f us, max %.0f us\n",
+                static_cast<unsigned long long>(p.value("demand_faults", 0)), l.value("p50", 0.0),
+                l.value("p99", 0.0), l.value("max", 0.0));
+    std::printf("throughput  %.1f MiB/s over %.2f s\n", m.value("throughput_mib_s", 0.0),
+                m.value("elapsed_seconds", 0.0));
+  } else {
+    std::printf("served      demand %llu, bulk %llu, zero %llu\n",
+                static_cast<unsigned long long>(p.value("served_demand_pages", 0)),
+                static_cast<unsigned long long>(p.value("served_bulk_pages", 0)),
+                static_cast<unsigned long long>(p.value("served_zero_pages", 0)));
+  }
+}
+
+bool isFinal(const std::string& s) { return s == "completed" || s == "failed" || s == "cancelled"; }
+
+int cmdStatus(const Global& g, int argc, char** argv, int i) {
+  Args a = parse(argc, argv, i, {"--interval-ms"}, {"--watch"});
+  if (a.positional.size() != 1) usage("status needs exactly one migration id");
+  int rc = 0;
+  if (!a.has("--watch")) {
+    auto m = request(g, "GET", "/v1/migrations/" + a.positional[0], "", rc);
+    if (!m) return rc;
+    if (g.json_out) std::printf("%s\n", m->dump(2).c_str());
+    else printMigration(*m);
+    return 0;
+  }
+  auto interval = std::chrono::milliseconds(std::stoi(a.get("--interval-ms", "500")));
+  bool tty = ::isatty(STDOUT_FILENO);
+  for (;;) {
+    auto m = request(g, "GET", "/v1/migrations/" + a.positional[0], "", rc);
+    if (!m) return rc;
+    const json p = m->value("progress", json::object());
+    std::uint64_t total = p.value("pages_total", 0), done = p.value("pages_installed", 0);
+    double frac = total ? static_cast<double>(done) / static_cast<double>(total) : 0;
+    int filled = static_cast<int>(frac * 30);
+    std::string bar = std::string(static_cast<std::size_t>(filled), '#') + std::string(static_cast<std::size_t>(30 - filled), '-');
+    std::string state = m->value("state", "");
+    std::printf("%s[%s] %3.0f%% %llu/%llu pages  %.0f MiB/s  p99 %.2f ms  %s%s", tty ? "\r" : "", bar.c_str(),
+                frac * 100, static_cast<unsigned long long>(done), static_cast<unsigned long long>(total),
+                m->value("throughput_mib_s", 0.0), m->value("fault_latency_us", json::object()).value("p99", 0.0) / 1000,
+                state.c_str(), tty ? "   " : "\n");
+    std::fflush(stdout);
+    if (isFinal(state)) {
+      std::printf("\n");
+      if (!m->value("reason", "").empty()) std::printf("reason: %s\n", m->value("reason", "").c_str());
+      return state == "completed" ? 0 : 1;
+    }
+    std::this_thread::sleep_for(interval);
+  }
+}
+
+int cmdMigrate(const Global& g, int argc, char** argv, int i) {
+  Args a = parse(argc, argv, i, {"--id", "--role", "--token", "--peer-identity", "--snapshot-file",
+                                 "--handover-socket", "--source-address", "--handshake-socket", "--vmm-pid"}, {});
+  for (const char* f : {"--id", "--role", "--token", "--peer-identity"}) {
+    if (!a.has(f)) usage(std::string("migrate needs ") + f);
+  }
+  json body{{"id", a.get("--id")}, {"role", a.get("--role")}, {"token", a.get("--token")},
+            {"peer_identity", a.get("--peer-identity")}};
+  if (a.get("--role") == "source") {
+    body["memory"] = a.has("--snapshot-file") ? json{{"snapshot_file", a.get("--snapshot-file")}}
+                                              : json{{"handover_socket", a.get("--handover-socket")}};
+  } else {
+    body["source_address"] = a.get("--source-address");
+    if (a.has("--handshake-socket")) body["handshake_socket"] = a.get("--handshake-socket");
+    if (a.has("--vmm-pid")) body["vmm_pid"] = std::stoll(a.get("--vmm-pid"));
+  }
+  int rc = 0;
+  auto m = request(g, "POST", "/v1/migrations", body.dump(), rc);
+  if (!m) return rc;
+  if (g.json_out) std::printf("%s\n", m->dump(2).c_str());
+  else printMigration(*m);
+  return 0;
+}
+
+int cmdList(const Global& g) {
+  int rc = 0;
+  auto r = request(g, "GET", "/v1/migrations", "", rc);
+  if (!r) return rc;
+  if (g.json_out) {
+    std::printf("%s\n", r->dump(2).c_str());
+    return 0;
+  }
+  std::printf("%-24s %-12s %-18s %10s %10s\n", "ID", "ROLE", "STATE", "PAGES", "TOTAL");
+  for (const auto& m : r->value("migrations", json::array())) {
+    const json p = m.value("progress", json::object());
+    std::printf("%-24s %-12s %-18s %10llu %10llu\n", m.value("id", "").c_str(), m.value("role", "").c_str(),
+                m.value("state", "").c_str(), static_cast<unsigned long long>(p.value("pages_installed", 0)),
+                static_cast<unsigned long long>(p.value("pages_total", 0)));
+  }
+  return 0;
+}
+
+int cmdCerts(int argc, char** argv, int i) {
+  Args a = parse(argc, argv, i, {"--dir", "--node", "--san", "--ca-name"}, {});
+  if (!a.has("--dir") || !a.has("--node") || !a.has("--san")) usage("certs needs --dir, --node and --san");
+  std::string dir = a.get("--dir"), ca_name = a.get("--ca-name", "lazymig-ca");
+  transport::PemFiles ca{dir + "/" + ca_name + ".crt", dir + "/" + ca_name + ".key"};
+  if (::access(ca.cert_file.c_str(), R_OK) != 0) {
+    auto made = transport::generateCa(dir, ca_name);
+    if (!made) return std::fprintf(stderr, "lazymig: %s\n", made.error().message().c_str()), 1;
+  }
+  transport::LeafSpec spec;
+  spec.common_name = a.get("--node");
+  for (const auto& san : a.flags["--san"]) (san.find("://") != std::string::npos ? spec.uris : spec.dns_names).push_back(san);
+  auto leaf = transport::issueLeaf(ca, dir, a.get("--node"), spec);
+  if (!leaf) return std::fprintf(stderr, "lazymig: %s\n", leaf.error().message().c_str()), 1;
+  std::printf("%s\n%s\n", leaf->cert_file.c_str(), leaf->key_file.c_str());
+  return 0;
+}
+
+std::uint64_t parseSize(const std::string& v) {
+  char* end = nullptr;
+  double n = std::strtod(v.c_str(), &end);
+  std::string unit = end;
+  std::uint64_t mult = unit == "KiB" ? 1ull << 10 : unit == "MiB" ? 1ull << 20 : unit == "GiB" ? 1ull << 30 : 1;
+  if (end == v.c_str() || n <= 0 || (mult == 1 && !unit.empty())) usage("--size: expected e.g. 256MiB, got '" + v + "'");
+  return static_cast<std::uint64_t>(n * static_cast<double>(mult));
+}
+
+int cmdDemo(int argc, char** argv, int i) {
+  Args a = parse(argc, argv, i, {"--size", "--memory", "--pattern", "--vcpus", "--accesses", "--regions",
+                                 "--zero-ratio", "--timeout-s", "--seed"}, {"--balloon", "--keep"});
+  cli::DemoOptions o;
+  if (a.has("--size")) o.size = parseSize(a.get("--size"));
+  o.memory = a.get("--memory", o.memory);
+  if (o.memory != "anon" && o.memory != "memfd") usage("--memory must be anon or memfd");
+  o.pattern = a.get("--pattern", o.pattern);
+  o.vcpus = static_cast<unsigned>(std::stoul(a.get("--vcpus", "4")));
+  o.accesses = std::stoull(a.get("--accesses", "20000"));
+  o.regions = static_cast<unsigned>(std::stoul(a.get("--regions", "1")));
+  o.zero_ratio = std::stod(a.get("--zero-ratio", "0.25"));
+  o.timeout_s = std::stoi(a.get("--timeout-s", "600"));
+  o.seed = std::stoull(a.get("--seed", "42"));
+  o.balloon = a.has("--balloon");
+  o.keep = a.has("--keep");
+  auto report = cli::runDemo(o);
+  if (!report) return 1;
+  const json& r = *report;
+  const json l = r.value("fault_latency_us", json::object());
+  const json v = r.value("vcpu_access_latency_us", json::object());
+  std::printf("lazymig demo: %s of %s memory, %s pattern, %u vCPUs\n", a.get("--size", "1GiB").c_str(),
+              o.memory.c_str(), o.pattern.c_str(), o.vcpus);
+  std::printf("  pages            %llu (%llu on demand, %llu by the bulk stream, %llu zero markers)\n",
+              static_cast<unsigned long long>(r.value("pages", 0)),
+              static_cast<unsigned long long>(r.value("demand_pages", 0)),
+              static_cast<unsigned long long>(r.value("bulk_pages", 0)),
+              static_cast<unsigned long long>(r.value("zero_pages", 0)));
+  std::printf("  demand faults    %llu; served in p50 %.0f us, p99 %.0f us, max %.0f us\n",
+              static_cast<unsigned long long>(r.value("demand_faults", 0)), l.value("p50", 0.0),
+              l.value("p99", 0.0), l.value("max", 0.0));
+  std::printf("  vCPU stalls      p50 %.0f us, p99 %.0f us (accesses that faulted)\n", v.value("p50", 0.0),
+              v.value("p99", 0.0));
+  std::printf("  time             %.2f s, %.0f MiB/s\n", r.value("total_seconds", 0.0), r.value("throughput_mib_s", 0.0));
+  std::printf("  verified         %s (%llu mismatches)\n", r.value("verified", false) ? "yes" : "NO",
+              static_cast<unsigned long long>(r.value("mismatches", 0)));
+  std::printf("%s\n", r.dump().c_str());
+  return r.value("verified", false) ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Global g;
+  const char* env = std::getenv("LAZYMIG_CONTROL");
+  g.control = env ? env : "unix:/run/lazymig/control.sock";
+  int i = 1;
+  for (; i < argc; ++i) {
+    std::string s = argv[i];
+    if (s == "--control" && i + 1 < argc) g.control = argv[++i];
+    else if (s == "--json") g.json_out = true;
+    else if (s == "--token-file" && i + 1 < argc) {
+      std::ifstream in(argv[++i]);
+      if (!in) usage(std::string("--token-file: cannot read ") + argv[i]);
+      std::getline(in, g.token);
+    } else break;
+  }
+  if (i >= argc) usage("missing command");
+  std::string cmd = argv[i++];
+  int rc = 0;
+  if (cmd == "help" || cmd == "--help" || cmd == "-h") return std::printf("%s", kUsage), 0;
+  if (cmd == "demo") return cmdDemo(argc, argv, i);
+  if (cmd == "certs") return cmdCerts(argc, argv, i);
+  if (cmd == "token") {
+    unsigned char b[32];
+    RAND_bytes(b, sizeof b);
+    for (auto c : b) std::printf("%02x", c);
+    std::printf("\n");
+    return 0;
+  }
+  if (cmd == "migrate") return cmdMigrate(g, argc, argv, i);
+  if (cmd == "status") return cmdStatus(g, argc, argv, i);
+  if (cmd == "list") return cmdList(g);
+  if (cmd == "agent") {
+    auto r = request(g, "GET", "/v1/agent", "", rc);
+    if (!r) return rc;
+    std::printf("%s\n", r->dump(2).c_str());
+    return 0;
+  }
+  if (cmd == "cancel") {
+    Args a = parse(argc, argv, i, {}, {"--force"});
+    if (a.positional.size() != 1) usage("cancel needs exactly one migration id");
+    auto r = request(g, "DELETE", "/v1/migrations/" + a.positional[0] + (a.has("--force") ? "?force=true" : ""), "", rc);
+    if (!r) return rc;
+    if (g.json_out) std::printf("%s\n", r->dump(2).c_str());
+    else printMigration(*r);
+    return 0;
+  }
+  usage("unknown command '" + cmd + "'");
+}
