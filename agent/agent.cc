@@ -240,6 +240,8 @@ void Agent::stop() {
     });
   if (control_loop_) control_loop_->stop();
   if (peer_loop_) peer_loop_->stop();
+  registry_.clear();
+  db_.reset();
 }
 
 }  // namespace lazymig::agent

@@ -16,10 +16,12 @@ inline void runOnLoop(transport::EventLoop& loop, const std::function<void()>& f
   }
   std::promise<void> done;
   auto fut = done.get_future();
-  loop.post([&] {
+  bool posted = loop.post([&] {
     fn();
     done.set_value();
   });
+  // A stopped loop's thread has been joined: nothing else can run on it, so run fn here.
+  if (!posted) return fn();
   fut.wait();
 }
 

@@ -16,6 +16,14 @@ std::shared_ptr<Migration> Registry::find(const std::string& id) const {
   return it == live_.end() ? nullptr : it->second;
 }
 
+void Registry::clear() {
+  std::map<std::string, std::shared_ptr<Migration>> live;
+  {
+    std::lock_guard lock(mu_);
+    live.swap(live_);
+  }
+}
+
 void Registry::remove(const std::string& id) {
   std::lock_guard lock(mu_);
   live_.erase(id);

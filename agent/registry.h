@@ -20,6 +20,7 @@ class Registry {
   std::shared_ptr<Migration> addIfAbsent(std::shared_ptr<Migration> m, bool& added);
   std::shared_ptr<Migration> find(const std::string& id) const;
   void remove(const std::string& id);
+  void clear();
   std::vector<std::shared_ptr<Migration>> all() const;
   // Records of earlier runs of this agent that are not live migrations (finished, or from
   // before a restart); shown by the control API.

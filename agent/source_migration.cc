@@ -19,6 +19,7 @@ SourceMigration::SourceMigration(SourceSpec spec, AgentContext& ctx,
       peer_loop_(peer_loop) {
   bulk_window_bytes_ = std::size_t{ctx.config.migration.bulk_window_bytes_kib} * 1024;
   bulk_batch_pages_ = ctx.config.migration.bulk_batch_pages;
+  bulk_rate_bytes_s_ = static_cast<double>(ctx.config.migration.bulk_rate_limit_mib_s) * 1024 * 1024;
 }
 
 SourceMigration::~SourceMigration() { shutdown(); }
@@ -309,8 +310,28 @@ void SourceMigration::onBulkFrame(const transport::FrameHeader& h,
 }
 
 void SourceMigration::pumpBulk() {
-  if (!bulk_ || !resumed_ || isFinal(state())) return;
+  if (!bulk_ || !resumed_ || isFinal(state()) || bulk_timer_ != 0) return;
+  const double batch_bytes = static_cast<double>(bulk_batch_pages_ * memory_->pageSize());
   while (bulk_->pendingOutputBytes() < bulk_window_bytes_) {
+    if (bulk_rate_bytes_s_ > 0) {
+      auto now = std::chrono::steady_clock::now();
+      double elapsed = std::chrono::duration<double>(now - bulk_refill_).count();
+      bulk_refill_ = now;
+      // At most a tenth of a second of burst, so the cap holds over short windows too.
+      bulk_tokens_ = std::min(bulk_tokens_ + elapsed * bulk_rate_bytes_s_, bulk_rate_bytes_s_ / 10);
+      if (bulk_tokens_ < batch_bytes) {
+        auto wait = std::chrono::microseconds(
+            static_cast<std::int64_t>((batch_bytes - bulk_tokens_) / bulk_rate_bytes_s_ * 1e6) + 1);
+        bulk_timer_ = peer_loop_.postDelayed(
+            std::max(std::chrono::duration_cast<std::chrono::milliseconds>(wait), std::chrono::milliseconds(1)),
+            [this] {
+              bulk_timer_ = 0;
+              pumpBulk();
+            });
+        return;
+      }
+      bulk_tokens_ -= batch_bytes;
+    }
     auto run = schedule_->next(bulk_batch_pages_);
     if (!run) {
       if (!bulk_done_sent_) {
@@ -339,6 +360,10 @@ void SourceMigration::completed(std::uint64_t pages_installed) {
 }
 
 void SourceMigration::releaseMemory() {
+  if (bulk_timer_ != 0) {
+    peer_loop_.cancelTimer(bulk_timer_);
+    bulk_timer_ = 0;
+  }
   if (urgent_) urgent_->close();
   if (bulk_) bulk_->close();
   urgent_.reset();
@@ -369,6 +394,10 @@ Status SourceMigration::cancel(bool force) {
 void SourceMigration::shutdown() {
   if (listener_) listener_->stop();
   auto drop = [this] {
+    if (bulk_timer_ != 0) {
+      peer_loop_.cancelTimer(bulk_timer_);
+      bulk_timer_ = 0;
+    }
     if (urgent_) urgent_->close();
     if (bulk_) bulk_->close();
     urgent_.reset();

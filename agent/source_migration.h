@@ -79,6 +79,11 @@ class SourceMigration final : public Migration {
   bool bulk_done_sent_ = false;
   std::size_t bulk_window_bytes_ = 4 << 20;
   std::uint32_t bulk_batch_pages_ = 64;
+  // Token bucket for bulk_rate_limit_mib_s (peer loop only).
+  double bulk_rate_bytes_s_ = 0;
+  double bulk_tokens_ = 0;
+  std::chrono::steady_clock::time_point bulk_refill_{};
+  std::uint64_t bulk_timer_ = 0;
 };
 
 }  // namespace lazymig::agent

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -233,6 +234,25 @@ int destMain(int argc, char** argv) {
   int fds[] = {uffd->pollFd()};
   if (auto ok = vmm::sendHandshake(*sock, mem->mappings(), fds); !ok) die(ok.error().message());
 
+  // Watch the migration from the start: if it fails, vCPUs blocked in faults the agent will
+  // never answer would keep the workload from ever finishing, so leave from here.
+  std::atomic<bool> completed{false};
+  auto t_start = Clock::now();
+  std::thread watcher([&] {
+    std::string reason;
+    std::string state = waitForMigration(f.get("--control"), f.get("--migration"),
+                                         std::chrono::seconds(f.number("--timeout-s", 600)), reason);
+    if (state == "completed") {
+      completed = true;
+      return;
+    }
+    std::fprintf(stderr, "lazymig-testvm: migration %s%s%s\n", state.c_str(), reason.empty() ? "" : ": ",
+                 reason.c_str());
+    std::printf("{\"role\":\"dest\",\"verified\":false,\"state\":\"%s\"}\n", state.c_str());
+    std::fflush(stdout);
+    std::_Exit(state == "timeout" ? 4 : 3);
+  });
+
   WorkloadOptions wo;
   wo.vcpus = static_cast<unsigned>(f.number("--vcpus", 4));
   wo.pattern = *access;
@@ -240,20 +260,11 @@ int destMain(int argc, char** argv) {
   wo.balloon = f.has("--balloon");
   wo.seed = pattern.seed;
   WorkloadResult work = runWorkload(*mem, wo);
-
   auto t_wait = Clock::now();
-  std::string reason;
-  std::string state = waitForMigration(f.get("--control"), f.get("--migration"),
-                                       std::chrono::seconds(f.number("--timeout-s", 600)), reason);
+  watcher.join();
   double wait = std::chrono::duration<double>(Clock::now() - t_wait).count();
-  if (state != "completed") {
-    std::fprintf(stderr, "lazymig-testvm: migration %s%s%s\n", state.c_str(), reason.empty() ? "" : ": ",
-                 reason.c_str());
-    std::printf("{\"role\":\"dest\",\"verified\":false,\"state\":\"%s\"}\n", state.c_str());
-    std::fflush(stdout);
-    // vCPUs may be blocked forever in a fault the agent will never answer: leave now.
-    std::_Exit(state == "timeout" ? 4 : 3);
-  }
+  (void)t_start;
+  if (!completed) return 4;
   VerifyResult v = verifyMemory(*mem, pattern, work);
   std::vector<std::uint64_t> faulting;
   for (auto ns : work.latencies_ns) {

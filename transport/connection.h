@@ -29,7 +29,8 @@ class EventLoop {
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;
 
-  void post(std::function<void()> fn);  // thread-safe; runs fn on the loop thread
+  // Thread-safe; runs fn on the loop thread. False (fn dropped) once the loop has stopped.
+  bool post(std::function<void()> fn);
   // Runs fn on the loop thread after `delay`; returns an id that cancelTimer() accepts.
   std::uint64_t postDelayed(std::chrono::milliseconds delay, std::function<void()> fn);
   void cancelTimer(std::uint64_t id);  // loop thread only

@@ -88,13 +88,14 @@ EventLoop::EventLoop(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 EventLoop::~EventLoop() { stop(); }
 
-void EventLoop::post(std::function<void()> fn) {
+bool EventLoop::post(std::function<void()> fn) {
   {
     std::lock_guard lock(impl_->mu);
-    if (impl_->stopped) return;
+    if (impl_->stopped) return false;
     impl_->queue.push_back(std::move(fn));
   }
   event_active(impl_->wake, EV_READ, 0);
+  return true;
 }
 
 std::uint64_t EventLoop::postDelayed(std::chrono::milliseconds delay, std::function<void()> fn) {
@@ -124,7 +125,11 @@ bool EventLoop::inLoopThread() const { return std::this_thread::get_id() == impl
 event_base* EventLoop::base() const { return impl_->base; }
 
 void EventLoop::stop() {
-  if (!impl_ || impl_->stopped.exchange(true)) return;
+  if (!impl_) return;
+  {
+    std::lock_guard lock(impl_->mu);
+    if (impl_->stopped.exchange(true)) return;
+  }
   event_base_loopbreak(impl_->base);
   if (impl_->thread.joinable()) {
     if (inLoopThread()) impl_->thread.detach();
@@ -132,10 +137,14 @@ void EventLoop::stop() {
   }
   for (auto& [id, t] : impl_->timers) event_free(t->ev);
   impl_->timers.clear();
+  // Work posted before the stop but not yet run: run it here (the loop thread is gone), so a
+  // caller waiting for it -- runOnLoop() -- is never left waiting forever.
+  std::deque<std::function<void()>> left;
   {
     std::lock_guard lock(impl_->mu);
-    impl_->queue.clear();
+    left.swap(impl_->queue);
   }
+  for (auto& fn : left) fn();
   event_free(impl_->wake);
   event_base_free(impl_->base);
 }

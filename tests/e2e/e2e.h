@@ -1,0 +1,58 @@
+// Shared by the end-to-end tests: real agents, real test VMs, real TLS on loopback.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <functional>
+#include <thread>
+
+#include "cli/demo.h"
+
+namespace lazymig::e2e {
+
+inline cli::DemoOptions baseOptions() {
+  cli::DemoOptions o;
+  o.bindir = LAZYMIG_BIN_DIR;
+  o.size = 64ull << 20;
+  o.vcpus = 2;
+  o.accesses = 3000;
+  o.timeout_s = 180;
+  o.verbose = false;
+  // LAZYMIG_E2E_KEEP=1 keeps every run's directory (agent logs, configs) for debugging.
+  o.keep = std::getenv("LAZYMIG_E2E_KEEP") != nullptr;
+  return o;
+}
+
+// Polls `pred` until it holds or `timeout` passes; tests never sleep to synchronise.
+inline bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return pred();
+}
+
+inline std::uint64_t progressOf(const cli::DemoRun& run, cli::Side side, const char* field) {
+  auto m = run.migration(side);
+  if (!m) return 0;
+  return m->value("progress", nlohmann::json::object()).value(field, std::uint64_t{0});
+}
+
+// The checks every migration must pass (invariant 1 and the page accounting).
+// `one_lifetime`: both agents ran throughout, so the destination's counters saw every page.
+inline void expectVerified(const nlohmann::json& r, std::uint64_t size, bool one_lifetime = true) {
+  EXPECT_TRUE(r.value("verified", false)) << r.dump();
+  EXPECT_EQ(r.value("mismatches", std::uint64_t{1}), 0u) << r.dump();
+  EXPECT_EQ(r.value("pages", std::uint64_t{0}), size / 4096) << r.dump();
+  EXPECT_EQ(r.value("destination_state", ""), "completed") << r.dump();
+  EXPECT_EQ(r.value("source_state", ""), "completed") << r.dump();
+  if (!one_lifetime) return;
+  std::uint64_t arrived = r.value("demand_pages", std::uint64_t{0}) + r.value("bulk_pages", std::uint64_t{0}) +
+                          r.value("zero_pages", std::uint64_t{0}) + r.value("removed_pages", std::uint64_t{0});
+  EXPECT_EQ(arrived, size / 4096) << "every page arrives exactly once: " << r.dump();
+}
+
+}  // namespace lazymig::e2e
