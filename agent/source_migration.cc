@@ -250,8 +250,8 @@ void SourceMigration::servePage(std::uint64_t page) {
   sendRun(*urgent_, page, 1, stats_.served_demand_pages);
 }
 
-void SourceMigration::sendRun(transport::Connection& conn, std::uint64_t first,
-                              std::uint64_t count, std::atomic<std::uint64_t>& counter) {
+std::uint64_t SourceMigration::sendRun(transport::Connection& conn, std::uint64_t first,
+                                       std::uint64_t count, std::atomic<std::uint64_t>& counter) {
   const auto page_size = static_cast<std::uint32_t>(memory_->pageSize());
   const bool urgent = &conn == urgent_.get();
   std::uint64_t p = first;
@@ -268,7 +268,16 @@ void SourceMigration::sendRun(transport::Connection& conn, std::uint64_t first,
       stats_.served_zero_pages.fetch_add(q - p, std::memory_order_relaxed);
     } else {
       auto prefix = transport::encodePageDataPrefix(p, static_cast<std::uint32_t>(q - p), page_size);
-      conn.sendWithBody(prefix, memory_->pages(p, q - p));
+      auto body = memory_->pages(p, q - p);
+      if (urgent) {
+        // One buffer, so one TLS record: a vCPU waits on this reply, and a record split in
+        // two costs the destination a second wake-up and read before it can install.
+        std::string frame(reinterpret_cast<const char*>(prefix.data()), prefix.size());
+        frame.append(reinterpret_cast<const char*>(body.data()), body.size());
+        conn.sendEncoded(frame);
+      } else {
+        conn.sendWithBody(prefix, body);
+      }
       wire += prefix.size() + (q - p) * page_size;
       counter.fetch_add(q - p, std::memory_order_relaxed);
     }
@@ -279,6 +288,7 @@ void SourceMigration::sendRun(transport::Connection& conn, std::uint64_t first,
     ctx_.metrics->addWireBytes(urgent ? metrics::Channel::kUrgent : metrics::Channel::kBulk,
                                metrics::Direction::kSent, wire);
   }
+  return wire;
 }
 
 void SourceMigration::onBulkFrame(const transport::FrameHeader& h,
@@ -330,7 +340,6 @@ void SourceMigration::pumpBulk() {
             });
         return;
       }
-      bulk_tokens_ -= batch_bytes;
     }
     auto run = schedule_->next(bulk_batch_pages_);
     if (!run) {
@@ -341,7 +350,8 @@ void SourceMigration::pumpBulk() {
       }
       return;
     }
-    sendRun(*bulk_, run->first, run->count, stats_.served_bulk_pages);
+    // Charge what went on the wire: runs pulled forward by faults are often a few pages.
+    bulk_tokens_ -= static_cast<double>(sendRun(*bulk_, run->first, run->count, stats_.served_bulk_pages));
   }
 }
 

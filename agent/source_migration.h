@@ -51,8 +51,9 @@ class SourceMigration final : public Migration {
   void onBulkFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
   void servePage(std::uint64_t page);
   void pumpBulk();
-  void sendRun(transport::Connection& conn, std::uint64_t first, std::uint64_t count,
-               std::atomic<std::uint64_t>& counter);
+  // Returns the bytes it queued on the wire.
+  std::uint64_t sendRun(transport::Connection& conn, std::uint64_t first, std::uint64_t count,
+                        std::atomic<std::uint64_t>& counter);
   void channelClosed(transport::ChannelKind kind, const Error& e);
   void completed(std::uint64_t pages_installed);
   void releaseMemory();  // peer loop

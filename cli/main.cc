@@ -34,6 +34,7 @@ commands:
   certs --dir D --node NAME --san SAN [--san SAN...] [--ca-name lazymig-ca]
   demo [--size 1GiB] [--memory anon|memfd] [--pattern sequential|random|hot|write] [--vcpus 4]
        [--accesses 20000] [--regions 1] [--zero-ratio 0.25] [--balloon] [--keep] [--timeout-s 600]
+       [--extra-yaml FILE]  (appended to both agents' configs, e.g. a migration: block)
 
 ENDPOINT is unix:/path or host:port (default: $LAZYMIG_CONTROL or unix:/run/lazymig/control.sock).
 )";
@@ -246,7 +247,7 @@ std::uint64_t parseSize(const std::string& v) {
 
 int cmdDemo(int argc, char** argv, int i) {
   Args a = parse(argc, argv, i, {"--size", "--memory", "--pattern", "--vcpus", "--accesses", "--regions",
-                                 "--zero-ratio", "--timeout-s", "--seed"}, {"--balloon", "--keep"});
+                                 "--zero-ratio", "--timeout-s", "--seed", "--extra-yaml"}, {"--balloon", "--keep"});
   cli::DemoOptions o;
   if (a.has("--size")) o.size = parseSize(a.get("--size"));
   o.memory = a.get("--memory", o.memory);
@@ -260,6 +261,11 @@ int cmdDemo(int argc, char** argv, int i) {
   o.seed = std::stoull(a.get("--seed", "42"));
   o.balloon = a.has("--balloon");
   o.keep = a.has("--keep");
+  if (a.has("--extra-yaml")) {
+    std::ifstream in(a.get("--extra-yaml"));
+    if (!in) usage("--extra-yaml: cannot read " + a.get("--extra-yaml"));
+    o.extra_yaml.assign(std::istreambuf_iterator<char>(in), {});
+  }
   auto report = cli::runDemo(o);
   if (!report) return 1;
   const json& r = *report;

@@ -43,6 +43,8 @@ Result<std::shared_ptr<TlsContext>> TlsContext::create(Side side, const TlsFiles
   int mode = SSL_VERIFY_PEER | (side == Side::kServer ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0);
   SSL_CTX_set_verify(ctx, mode, nullptr);
   SSL_CTX_set_verify_depth(ctx, 4);
+  // No SSL_CTX_set_read_ahead: libevent's OpenSSL bufferevent then leaves records inside
+  // the SSL object with no socket event to fetch them, and the connection stalls.
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
   return out;
 }

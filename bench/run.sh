@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Migration numbers beside this machine's floors, measured in the same run (DESIGN.md,
+# "Performance model"). Prints a table and one JSON object per scenario; medians of N runs.
+#   bench/run.sh [runs=3] [size=256MiB]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=build/bin
+runs=${1:-3}
+size=${2:-256MiB}
+[[ -x $bin/lazymig && -x $bin/lazymig-floors ]] || { echo "build first: cmake --build --preset release" >&2; exit 2; }
+
+floors=$($bin/lazymig-floors 2>/dev/null)
+echo "floors: $floors"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+printf 'migration:\n  bulk_rate_limit_mib_s: 32\n' > "$tmp/quiet.yaml"
+: > "$tmp/none.yaml"
+
+run_scenario() {  # name extra_yaml demo-flags...
+  local name=$1 extra=$2; shift 2
+  for ((i = 0; i < runs; i++)); do
+    $bin/lazymig demo --size "$size" --extra-yaml "$extra" "$@" 2>/dev/null | tail -1
+  done > "$tmp/$name.jsonl"
+  python3 - "$name" "$tmp/$name.jsonl" "$floors" <<'PY'
+import json, statistics, sys
+name, path, floors = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+rows = [json.loads(l) for l in open(path) if l.strip()]
+med = lambda xs: statistics.median(xs) if xs else 0
+p50 = med([r["fault_latency_us"]["p50"] for r in rows])
+p99 = med([r["fault_latency_us"]["p99"] for r in rows])
+vp50 = med([r["vcpu_access_latency_us"]["p50"] for r in rows])
+thr = med([r["throughput_mib_s"] for r in rows])
+floor = floors["local_fault_us"]["p50"] + floors["network_rtt_us"]["p50"]
+ok = all(r["verified"] for r in rows)
+print(f"{name:28s} fault p50 {p50:8.0f} us ({p50/floor:4.1f}x floor {floor:.0f} us)  p99 {p99:8.0f} us  "
+      f"vCPU stall p50 {vp50:7.0f} us  {thr:6.0f} MiB/s  verified={ok}")
+print(json.dumps({"scenario": name, "runs": len(rows), "fault_p50_us": p50, "fault_p99_us": p99,
+                  "floor_us": floor, "ratio_to_floor": p50 / floor, "vcpu_stall_p50_us": vp50,
+                  "throughput_mib_s": thr, "install_floor_mib_s": floors["uffd_copy_64page_mib_s"],
+                  "verified": ok}))
+PY
+}
+
+run_scenario quiet-bulk-random "$tmp/quiet.yaml" --pattern random --vcpus 1 --accesses 2000
+run_scenario saturated-bulk-random "$tmp/none.yaml" --pattern random --vcpus 1 --accesses 2000
+run_scenario saturated-bulk-hot-4vcpu "$tmp/none.yaml" --pattern hot --vcpus 4 --accesses 20000
