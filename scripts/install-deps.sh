@@ -8,6 +8,8 @@ packages=(
   libevent-dev libssl-dev librocksdb-dev prometheus-cpp-dev libyaml-cpp-dev
   nlohmann-json3-dev libgtest-dev libgmock-dev
   iproute2 openssl procps
+  golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev
+  python3 python3-yaml python3-jsonschema yamllint systemd
 )
 
 missing=()

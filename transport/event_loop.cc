@@ -1,6 +1,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <pthread.h>
+#include <signal.h>
 
 #include <future>
 
@@ -76,6 +77,13 @@ Result<std::unique_ptr<EventLoop>> EventLoop::start(std::string name, int priori
   auto fut = started.get_future();
   raw->thread = std::thread([raw, name, &started] {
     raw->tid = std::this_thread::get_id();
+    // OpenSSL writes to sockets with write(2), which raises SIGPIPE when the peer has gone.
+    // Blocked here, it stays pending on this thread and the write fails with EPIPE instead
+    // of killing the process, whatever the embedding program does with the signal.
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
     pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
     started.set_value();
     event_base_loop(raw->base, EVLOOP_NO_EXIT_ON_EMPTY);

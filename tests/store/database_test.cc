@@ -1,0 +1,108 @@
+#include "store/database.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+namespace lazymig::store {
+namespace {
+
+class Db : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/lazymig-db-test-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string dir_;
+};
+
+MigrationRecord record(const std::string& id) {
+  MigrationRecord r;
+  r.id = id;
+  r.role = "destination";
+  r.state = "running";
+  r.spec_json = R"({"spec":{}})";
+  r.counters = {{"pages_done", 5}};
+  r.created_unix_ms = 1;
+  return r;
+}
+
+TEST_F(Db, RecordsSurviveReopen) {
+  {
+    auto db = Database::open(dir_);
+    ASSERT_TRUE(db) << db.error().message();
+    ASSERT_TRUE((*db)->putMigration(record("vm-1")));
+    auto r = record("vm-2");
+    r.state = "completed";
+    ASSERT_TRUE((*db)->putMigration(r));
+  }
+  auto db = Database::open(dir_);
+  ASSERT_TRUE(db);
+  auto got = (*db)->getMigration("vm-2");
+  ASSERT_TRUE(got && *got);
+  EXPECT_EQ((*got)->state, "completed");
+  EXPECT_EQ((*got)->counters.at("pages_done"), 5u);
+  EXPECT_EQ((*db)->listMigrations()->size(), 2u);
+  EXPECT_FALSE(*(*db)->getMigration("vm-3"));
+  EXPECT_FALSE((*db)->putMigration(record("")));
+}
+
+TEST_F(Db, PageChunksRoundTripAndDeleteRespectsIdPrefixes) {
+  auto db = std::move(*Database::open(dir_));
+  BitmapChunk c0{0, std::vector<std::uint64_t>(kPagesPerChunk / 64, 0)};
+  c0.words[0] = 0b1011;
+  BitmapChunk c2{2, std::vector<std::uint64_t>(kPagesPerChunk / 64, ~std::uint64_t{0})};
+  ASSERT_TRUE(db->writePageChunks("vm-1", std::vector{c0, c2}));
+  ASSERT_TRUE(db->writePageChunks("vm-10", std::vector{c2}));
+  std::uint64_t pages = kPagesPerChunk * 2 + 70;  // the last chunk is partial
+  auto bm = db->loadPageBitmap("vm-1", pages);
+  ASSERT_TRUE(bm) << bm.error().message();
+  EXPECT_EQ(bm->size(), (pages + 63) / 64);
+  EXPECT_EQ((*bm)[0], 0b1011u);
+  EXPECT_EQ((*bm)[2 * kPagesPerChunk / 64], ~std::uint64_t{0});
+  EXPECT_EQ(bm->back(), (std::uint64_t{1} << 6) - 1);  // bits past page_count cleared
+  ASSERT_TRUE(db->deleteMigration("vm-1"));
+  EXPECT_EQ((*db->loadPageBitmap("vm-1", pages))[0], 0u);
+  EXPECT_EQ((*db->loadPageBitmap("vm-10", pages))[2 * kPagesPerChunk / 64], ~std::uint64_t{0});
+}
+
+TEST_F(Db, SecondOpenOfALockedDatabaseIsAClearError) {
+  auto a = Database::open(dir_);
+  ASSERT_TRUE(a);
+  auto b = Database::open(dir_);
+  ASSERT_FALSE(b);
+  EXPECT_NE(b.error().message().find("rocksdb open"), std::string::npos);
+}
+
+// Invariant 4's durability: what a killed process wrote (and was told was written) is there.
+TEST_F(Db, WritesSurviveAKilledWriter) {
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  pid_t child = ::fork();
+  if (child == 0) {
+    auto db = std::move(*Database::open(dir_));
+    BitmapChunk c{1, std::vector<std::uint64_t>(kPagesPerChunk / 64, 0x5555)};
+    bool ok = db->writePageChunks("vm-k", std::vector{c}) && db->putMigration(record("vm-k"));
+    char b = ok ? 'y' : 'n';
+    (void)!::write(ready[1], &b, 1);
+    for (;;) ::pause();
+  }
+  char b = 0;
+  ASSERT_EQ(::read(ready[0], &b, 1), 1);
+  ASSERT_EQ(b, 'y');
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  auto db = Database::open(dir_);
+  ASSERT_TRUE(db) << db.error().message();
+  auto bm = (*db)->loadPageBitmap("vm-k", kPagesPerChunk * 2);
+  ASSERT_TRUE(bm);
+  EXPECT_EQ((*bm)[kPagesPerChunk / 64], 0x5555u);
+  EXPECT_TRUE(*(*db)->getMigration("vm-k"));
+}
+
+}  // namespace
+}  // namespace lazymig::store

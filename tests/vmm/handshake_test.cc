@@ -1,0 +1,204 @@
+#include "vmm/handshake.h"
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <thread>
+
+#include "sys/event_fd.h"
+#include "sys/memory_fd.h"
+
+namespace lazymig::vmm {
+namespace {
+
+std::string errorOf(std::string_view json) {
+  auto r = parseMappings(json);
+  EXPECT_FALSE(r) << json;
+  return r ? "" : r.error().message();
+}
+
+TEST(Mappings, AcceptsAllThreeFirecrackerShapes) {
+  auto modern = parseMappings(
+      R"([{"base_host_virt_addr":4096,"size":8192,"offset":0,"page_size":4096,"page_size_kib":4096,"extra":1}])");
+  ASSERT_TRUE(modern) << modern.error().message();
+  EXPECT_EQ(modern->front().page_size, 4096u);
+  // Before v1.12 only page_size_kib, which holds bytes despite its name.
+  auto kib = parseMappings(R"([{"base_host_virt_addr":0,"size":2097152,"offset":0,"page_size_kib":2097152}])");
+  ASSERT_TRUE(kib) << kib.error().message();
+  EXPECT_EQ(kib->front().page_size, 2097152u);
+  // Before v1.7 neither: 4 KiB implied.
+  auto old = parseMappings(R"([{"base_host_virt_addr":8192,"size":4096,"offset":0}])");
+  ASSERT_TRUE(old);
+  EXPECT_EQ(old->front().page_size, 4096u);
+}
+
+TEST(Mappings, SortsByOffsetAndChecksContiguity) {
+  auto r = parseMappings(R"([{"base_host_virt_addr":1048576,"size":4096,"offset":8192},
+                              {"base_host_virt_addr":0,"size":8192,"offset":0}])");
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->at(0).offset, 0u);
+  EXPECT_EQ(r->at(1).offset, 8192u);
+}
+
+TEST(Mappings, EveryRejectionNamesRegionAndField) {
+  EXPECT_NE(errorOf("not json").find("not valid JSON"), std::string::npos);
+  EXPECT_NE(errorOf(R"({"a":1})").find("array"), std::string::npos);
+  EXPECT_NE(errorOf("[]").find("no regions"), std::string::npos);
+  EXPECT_NE(errorOf("[1]").find("region 0 is not an object"), std::string::npos);
+  EXPECT_NE(errorOf(R"([{"size":4096,"offset":0}])").find("region 0 field 'base_host_virt_addr': is required"),
+            std::string::npos);
+  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":-1,"size":4096,"offset":0}])").find("non-negative"),
+            std::string::npos);
+  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":0,"size":1000,"offset":0}])").find("region 0 field 'size'"),
+            std::string::npos);
+  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":100,"size":4096,"offset":0}])").find("'base_host_virt_addr'"),
+            std::string::npos);
+  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":0,"size":4096,"offset":0,"page_size":3000}])").find("'page_size'"),
+            std::string::npos);
+  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":0,"size":4096,"offset":0,"page_size":4096},
+                        {"base_host_virt_addr":2097152,"size":2097152,"offset":4096,"page_size":2097152}])")
+                .find("region 1 field 'page_size'"),
+            std::string::npos);
+  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":0,"size":4096,"offset":4096}])").find("expected 0"),
+            std::string::npos);
+  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":0,"size":8192,"offset":0},
+                        {"base_host_virt_addr":4096,"size":4096,"offset":8192}])")
+                .find("overlaps region 0"),
+            std::string::npos);
+  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":18446744073709547520,"size":8192,"offset":0}])").find("overflows"),
+            std::string::npos);
+  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":0,"size":4096,"offset":0,"is_guest_memfd":"yes"}])")
+                .find("'is_guest_memfd'"),
+            std::string::npos);
+}
+
+TEST(Mappings, EncodeRoundTrips) {
+  std::vector<GuestRegionMapping> in = {{.base_host_virt_addr = 0x10000, .size = 8192, .offset = 0, .page_size = 4096}};
+  auto out = parseMappings(encodeMappings(in));
+  ASSERT_TRUE(out);
+  EXPECT_EQ(out->front().base_host_virt_addr, 0x10000u);
+}
+
+struct Pair {
+  sys::UnixSocket a, b;
+};
+Pair socketPair() {
+  int fds[2];
+  ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds);
+  return {sys::UnixSocket(sys::UniqueFd(fds[0])), sys::UnixSocket(sys::UniqueFd(fds[1]))};
+}
+
+TEST(Handshake, ClassicCarriesTheUffdFd) {
+  auto p = socketPair();
+  auto memfd = sys::createMemfd("h", Bytes{4096});
+  std::vector<GuestRegionMapping> regions = {{.base_host_virt_addr = 0x20000, .size = 4096, .offset = 0}};
+  int fds[] = {memfd->get()};
+  ASSERT_TRUE(sendHandshake(p.a, regions, fds));
+  auto h = receiveHandshake(p.b, std::chrono::seconds(2));
+  ASSERT_TRUE(h) << h.error().message();
+  EXPECT_EQ(h->kind, HandshakeKind::kClassic);
+  EXPECT_EQ(h->total_bytes, 4096u);
+  struct stat s1{}, s2{};
+  ::fstat(memfd->get(), &s1);
+  ::fstat(h->uffd.get(), &s2);
+  EXPECT_EQ(s1.st_ino, s2.st_ino);
+}
+
+TEST(Handshake, ThreeFdsSelectTheGuestMemfdVariant) {
+  auto p = socketPair();
+  auto e = sys::EventFd::create();
+  std::vector<GuestRegionMapping> regions = {{.base_host_virt_addr = 0, .size = 4096, .offset = 0}};
+  int fds[] = {e->pollFd(), e->pollFd(), e->pollFd()};
+  ASSERT_TRUE(sendHandshake(p.a, regions, fds));
+  auto h = receiveHandshake(p.b, std::chrono::seconds(2));
+  ASSERT_TRUE(h) << h.error().message();
+  EXPECT_EQ(h->kind, HandshakeKind::kGuestMemfd);
+  EXPECT_TRUE(h->guest_memfd.valid() && h->userfault_bitmap.valid());
+}
+
+TEST(Handshake, WrongFdCountsTimeoutAndCloseAreClearErrors) {
+  auto e = sys::EventFd::create();
+  std::vector<GuestRegionMapping> regions = {{.base_host_virt_addr = 0, .size = 4096, .offset = 0}};
+  for (int n : {0, 2}) {
+    auto p = socketPair();
+    std::vector<int> fds(static_cast<std::size_t>(n), e->pollFd());
+    ASSERT_TRUE(sendHandshake(p.a, regions, fds));
+    auto h = receiveHandshake(p.b, std::chrono::seconds(2));
+    ASSERT_FALSE(h);
+    EXPECT_NE(h.error().message().find("got " + std::to_string(n)), std::string::npos) << h.error().message();
+  }
+  {
+    auto p = socketPair();
+    int fds[] = {e->pollFd(), e->pollFd(), e->pollFd(), e->pollFd()};
+    ASSERT_TRUE(sendHandshake(p.a, regions, fds));
+    EXPECT_FALSE(receiveHandshake(p.b, std::chrono::seconds(2)));
+  }
+  {
+    auto p = socketPair();
+    auto h = receiveHandshake(p.b, std::chrono::milliseconds(50));
+    ASSERT_FALSE(h);
+    EXPECT_EQ(h.error().code, Errc::kTimeout);
+  }
+  {
+    auto p = socketPair();
+    p.a = sys::UnixSocket();
+    auto h = receiveHandshake(p.b, std::chrono::seconds(1));
+    ASSERT_FALSE(h);
+    EXPECT_EQ(h.error().code, Errc::kClosed);
+  }
+  {
+    auto p = socketPair();
+    int fds[] = {e->pollFd()};
+    ASSERT_TRUE(p.a.sendWithFds(R"([{"base_host_virt_addr":0,"size":100,"offset":0}])", fds));
+    auto h = receiveHandshake(p.b, std::chrono::seconds(1));
+    ASSERT_FALSE(h);
+    EXPECT_NE(h.error().message().find("'size'"), std::string::npos);
+  }
+}
+
+TEST(JsonObjectStream, SplitsObjectsFedOneByteAtATime) {
+  JsonObjectStream s;
+  std::string text = R"( {"a":"}{","b":{"c":1}} {"vcpu":2,"offset":4096,"gpa":null})";
+  std::vector<std::string> got;
+  for (char c : text) {
+    s.feed(std::string_view(&c, 1));
+    auto r = s.next();
+    ASSERT_TRUE(r) << r.error().message();
+    if (*r) got.push_back(**r);
+  }
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0], R"({"a":"}{","b":{"c":1}})");
+  auto req = parseFaultRequest(got[1]);
+  ASSERT_TRUE(req);
+  EXPECT_EQ(req->vcpu, 2u);
+  EXPECT_FALSE(req->gpa);
+}
+
+TEST(JsonObjectStream, RejectsGarbageAndOversizedObjects) {
+  JsonObjectStream s(16);
+  s.feed("x{}");
+  EXPECT_FALSE(s.next());
+  JsonObjectStream t(16);
+  t.feed(R"({"a":"0123456789abcdef")");
+  EXPECT_FALSE(t.next());
+}
+
+TEST(FaultMessages, RoundTripAndOldTokenName) {
+  auto r = parseFaultRequest(R"({"vcpu":1,"offset":8192,"flags":3,"token":12288})");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(*r->gpa, 12288u);
+  EXPECT_NE(parseFaultRequest(R"({"offset":1})").error().message().find("'vcpu'"), std::string::npos);
+  EXPECT_NE(parseFaultRequest(R"({"vcpu":"a","offset":1})").error().message().find("'vcpu'"), std::string::npos);
+  FaultReply rep{1, 4096, 4096, 3, 8192, false};
+  auto back = parseFaultReply(encodeFaultReply(rep));
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->len, 4096u);
+  EXPECT_EQ(*back->gpa, 8192u);
+  auto req = parseFaultRequest(encodeFaultRequest({7, 4096, 0, std::nullopt}));
+  ASSERT_TRUE(req);
+  EXPECT_EQ(req->vcpu, 7u);
+}
+
+}  // namespace
+}  // namespace lazymig::vmm
