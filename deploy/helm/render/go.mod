@@ -1,0 +1,1 @@
+module lazymig/deploy/helm/render
