@@ -63,7 +63,8 @@ void BulkReceiver::install(std::uint64_t first, std::uint64_t count, const std::
   // The bulk thread cannot drain the uffd itself; the fault thread reads the pending remove
   // event, and this retry follows it.
   auto r = installer_.install(PageIndex{first}, count, data,
-                              [] { std::this_thread::sleep_for(std::chrono::microseconds(50)); });
+                              [] { std::this_thread::sleep_for(std::chrono::microseconds(50)); },
+                              /*fault_thread=*/false);
   if (!r) return hooks_.fatal(r.error());
   (data ? stats_.bulk_pages : stats_.zero_pages).fetch_add(r->installed, std::memory_order_relaxed);
   stats_.eexist_races.fetch_add(r->already_present, std::memory_order_relaxed);

@@ -52,9 +52,11 @@ void FaultService::drainEvents() {
   std::array<uffd_msg, 64> msgs;
   std::vector<std::uint64_t> to_request;
   for (;;) {
+    auto lock = installer_.eventsLock();
     auto n = uffd_.readEvents(msgs);
     if (!n) {
       draining_ = false;
+      lock.unlock();
       hooks_.fatal(n.error());
       return;
     }
@@ -119,7 +121,7 @@ void FaultService::onZeroRange(const transport::ZeroRange& zeros) {
 }
 
 void FaultService::installReply(PageIndex first, std::uint64_t count, const std::byte* data) {
-  auto r = installer_.install(first, count, data, [this] { drainEvents(); });
+  auto r = installer_.install(first, count, data, [this] { drainEvents(); }, /*fault_thread=*/true);
   if (!r) return hooks_.fatal(r.error());
   (data ? stats_.demand_pages : stats_.zero_pages).fetch_add(r->installed, std::memory_order_relaxed);
   stats_.eexist_races.fetch_add(r->already_present, std::memory_order_relaxed);

@@ -1,5 +1,6 @@
 #include "agent/page_installer.h"
 
+#include <algorithm>
 #include <mutex>
 
 namespace lazymig::agent {
@@ -8,36 +9,34 @@ using store::PageState;
 
 Result<InstallCounts> PageInstaller::install(PageIndex first, std::uint64_t count,
                                              const std::byte* data,
-                                             const std::function<void()>& on_retry) {
+                                             const std::function<void()>& on_retry, bool fault_thread) {
   InstallCounts counts;
-  for (;;) {
-    InstallCounts attempt;
-    Result<Step> step;
+  const std::uint64_t step = fault_thread ? count : kPagesPerLockedInstall;
+  for (std::uint64_t done = 0; done < count;) {
+    std::uint64_t n = std::min(step, count - done);
+    const std::byte* piece = data ? data + done * layout_.pageSize() : nullptr;
+    Result<Step> s;
     {
-      std::shared_lock lock(remove_lock_);
-      step = installRun(first, count, data, false, attempt);
+      std::unique_lock<std::mutex> lock;
+      if (!fault_thread) lock = std::unique_lock(events_mu_);
+      s = installRun(PageIndex{first.value + done}, n, piece, false, counts);
     }
-    counts.installed += attempt.installed;
-    counts.already_present += attempt.already_present;
-    if (!step) return std::unexpected(step.error());
-    if (*step == Step::kDone) {
-      counts.skipped += attempt.skipped;
-      return counts;
+    if (!s) return std::unexpected(s.error());
+    if (*s == Step::kRetry) {
+      // Retry this piece: pages installed so far are done now and are skipped.
+      if (on_retry) on_retry();
+      continue;
     }
-    // Retry the whole range: pages installed so far are now done and will be skipped.
-    if (on_retry) on_retry();
+    done += n;
   }
+  return counts;
 }
 
 Result<InstallCounts> PageInstaller::installZeroForRemoved(PageIndex page,
                                                            const std::function<void()>& on_retry) {
   InstallCounts counts;
   for (;;) {
-    Result<Step> step;
-    {
-      std::shared_lock lock(remove_lock_);
-      step = installRun(page, 1, nullptr, true, counts);
-    }
+    auto step = installRun(page, 1, nullptr, true, counts);
     if (!step) return std::unexpected(step.error());
     if (*step == Step::kDone) return counts;
     if (on_retry) on_retry();
@@ -110,7 +109,6 @@ Status PageInstaller::wake(PageIndex page) const {
 }
 
 std::uint64_t PageInstaller::removeRange(HostAddr start, HostAddr end) {
-  std::unique_lock lock(remove_lock_);
   std::uint64_t newly_done = 0;
   const std::uint64_t page_size = layout_.pageSize();
   for (std::uint64_t a = start.value & ~(page_size - 1); a < end.value; a += page_size) {

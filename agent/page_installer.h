@@ -2,12 +2,19 @@
 // -- goes through here, so that one rule guards invariant 2 (never install twice, never
 // overwrite what the guest wrote): an install is atomic-if-absent (UFFDIO_COPY/ZEROPAGE fail
 // with EEXIST on a present page), and pages the guest discarded (UFFD_EVENT_REMOVE) are never
-// given their old contents: the removal takes the lock exclusively, installs share it.
+// given their old contents.
+//
+// The kernel lets the VMM's madvise zap a range as soon as the REMOVE event is *read*, before
+// the fault thread has marked the range removed. An install from another thread landing
+// after the zap but before the marking would resurrect old contents. So the fault thread
+// holds events_mu_ from read(2) until the removal is marked, and every install from another
+// thread (the bulk stream) holds it while it checks states and copies -- a few pages at a
+// time, to keep a fault from waiting long.
 #pragma once
 
 #include <cstdint>
 #include <functional>
-#include <shared_mutex>
+#include <mutex>
 #include <string_view>
 
 #include "agent/guest_layout.h"
@@ -34,13 +41,18 @@ class PageInstaller {
   // count * page_size bytes, or is null for all-zero pages. When the VMM's address space is
   // changing (EAGAIN), `on_retry` runs without any lock held -- the fault thread drains the
   // uffd there -- and the install is tried again.
+  // `fault_thread`: the caller is the thread that reads the uffd (and so already excludes
+  // removals); any other caller takes the lock.
   Result<InstallCounts> install(PageIndex first, std::uint64_t count, const std::byte* data,
-                                const std::function<void()>& on_retry);
+                                const std::function<void()>& on_retry, bool fault_thread);
   // A fault on a page the guest discarded: it gets zeros, never its old contents.
   Result<InstallCounts> installZeroForRemoved(PageIndex page, const std::function<void()>& on_retry);
   Status wake(PageIndex page) const;
   // UFFD_EVENT_REMOVE for [start, end) of the VMM's address space; returns pages newly done.
+  // Fault thread only, holding eventsLock().
   std::uint64_t removeRange(HostAddr start, HostAddr end);
+  // Held by the fault thread from reading the uffd until any removal it read is marked.
+  std::unique_lock<std::mutex> eventsLock() { return std::unique_lock(events_mu_); }
 
  private:
   enum class Step { kDone, kRetry };
@@ -50,7 +62,8 @@ class PageInstaller {
   const sys::Uffd& uffd_;
   const GuestLayout& layout_;
   store::PageMap& pages_;
-  std::shared_mutex remove_lock_;
+  std::mutex events_mu_;
+  static constexpr std::uint64_t kPagesPerLockedInstall = 16;
 };
 
 }  // namespace lazymig::agent

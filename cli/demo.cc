@@ -269,7 +269,8 @@ nlohmann::json DemoRun::report(const nlohmann::json& vm, double total_seconds) {
       {"size_bytes", options_.size},
       {"population_path", d.value("population_path", "")},
       {"source_state", src ? src->value("state", "") : "unknown"},
-      {"destination_state", d.value("state", "unknown")}};
+      {"destination_state", d.value("state", "unknown")},
+      {"destination_reason", d.value("reason", "")}};
   return out;
 }
 

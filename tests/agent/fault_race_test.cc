@@ -115,7 +115,7 @@ void hammer(bool shared) {
       bool zero_run = true;
       for (std::uint64_t p = first; p < first + 64; ++p) zero_run &= isZero(src.data() + p * kPage);
       auto r = installer.install(PageIndex{first}, 64, zero_run ? nullptr : src.data() + first * kPage,
-                                 [] { std::this_thread::yield(); });
+                                 [] { std::this_thread::yield(); }, /*fault_thread=*/false);
       ASSERT_TRUE(r) << r.error().message();
       bulk_installed += r->installed;
     }
@@ -216,7 +216,8 @@ TEST(FaultRace, RemovedPagesReadAsZerosNotOldContents) {
   (void)b;
   ASSERT_TRUE(guest.mapping.advise(MADV_DONTNEED, 0, 16 * kPage));
   // The bulk stream now delivers those pages: they must be skipped.
-  auto r = installer.install(PageIndex{0}, 16, src.data(), [] { std::this_thread::yield(); });
+  auto r = installer.install(PageIndex{0}, 16, src.data(), [] { std::this_thread::yield(); },
+                             /*fault_thread=*/false);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->installed, 0u);
   for (std::uint64_t p = 0; p < 16; ++p) {
