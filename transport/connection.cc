@@ -69,7 +69,9 @@ ConnectionImpl::ConnectionImpl(bufferevent* bev, PeerIdentity peer, Limits limit
 
 ConnectionImpl::~ConnectionImpl() { close(); }
 
-void ConnectionImpl::setHandlers(Handlers handlers) { handlers_ = std::move(handlers); }
+void ConnectionImpl::setHandlers(Handlers handlers) {
+  handlers_ = std::make_shared<Handlers>(std::move(handlers));
+}
 
 void ConnectionImpl::sendEncoded(std::string_view frame) {
   if (bev_ == nullptr) return;
@@ -139,8 +141,9 @@ void ConnectionImpl::readFrames() {
     std::size_t total = kHeaderSize + header->length;
     if (available < total) return;
     auto* data = reinterpret_cast<const std::byte*>(evbuffer_pullup(in, static_cast<ev_ssize_t>(total)));
-    if (handlers_.on_frame) {
-      handlers_.on_frame(*header, std::span(data + kHeaderSize, header->length));
+    std::shared_ptr<Handlers> handlers = handlers_;
+    if (handlers->on_frame) {
+      handlers->on_frame(*header, std::span(data + kHeaderSize, header->length));
     }
     // The handler may have closed or destroyed this connection: touch nothing then.
     if (!*alive) return;
@@ -150,9 +153,10 @@ void ConnectionImpl::readFrames() {
 
 void ConnectionImpl::onWrite(bufferevent*, void* arg) {
   auto* self = static_cast<ConnectionImpl*>(arg);
-  if (self->bev_ && self->handlers_.on_drained &&
+  std::shared_ptr<Handlers> handlers = self->handlers_;
+  if (self->bev_ && handlers->on_drained &&
       evbuffer_get_length(bufferevent_get_output(self->bev_)) <= self->low_watermark_) {
-    self->handlers_.on_drained();
+    handlers->on_drained();
   }
 }
 
@@ -164,10 +168,10 @@ void ConnectionImpl::onEvent(bufferevent* bev, short what, void* arg) {
 }
 
 void ConnectionImpl::fail(const Error& e) {
-  auto handler = std::move(handlers_.on_closed);
-  handlers_ = {};
+  std::shared_ptr<Handlers> handlers = std::move(handlers_);
+  handlers_ = std::make_shared<Handlers>();
   close();
-  if (handler) handler(e);
+  if (handlers->on_closed) handlers->on_closed(e);
 }
 
 }  // namespace lazymig::transport

@@ -35,7 +35,9 @@ class ConnectionImpl final : public Connection {
   bufferevent* bev_;
   PeerIdentity peer_;
   Limits limits_;
-  Handlers handlers_;
+  // Shared so that a handler that destroys this connection (or replaces the handlers) is not
+  // itself destroyed while it runs: every call holds a reference.
+  std::shared_ptr<Handlers> handlers_ = std::make_shared<Handlers>();
   std::string remote_;
   std::size_t low_watermark_ = 0;
   // False once closed or destroyed; read loops and callers check it after every handler.
