@@ -210,7 +210,11 @@ Status DestinationMigration::startServing() {
                 },
             .on_frame = [this](const transport::FrameHeader& h,
                                std::span<const std::byte> p) { onUrgentFrame(h, p); },
-            .on_down = [this](const Error&) { stats_.reconnects.fetch_add(1); },
+            .on_down =
+                [this](const Error&) {
+                  stats_.reconnects.fetch_add(1);
+                  if (ctx_.metrics) ctx_.metrics->addReconnect(metrics::Channel::kUrgent);
+                },
             .on_give_up = give_up},
         log_);
     urgent_->start();
@@ -228,7 +232,11 @@ Status DestinationMigration::startServing() {
             .on_open = [this] { bulk_receiver_->onOpen(); },
             .on_frame = [this](const transport::FrameHeader& h,
                                std::span<const std::byte> p) { bulk_receiver_->onFrame(h, p); },
-            .on_down = [this](const Error&) { stats_.reconnects.fetch_add(1); },
+            .on_down =
+                [this](const Error&) {
+                  stats_.reconnects.fetch_add(1);
+                  if (ctx_.metrics) ctx_.metrics->addReconnect(metrics::Channel::kBulk);
+                },
             .on_give_up = give_up},
         log_);
     bulk_->start();
