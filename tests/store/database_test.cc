@@ -1,11 +1,14 @@
 #include "store/database.h"
+#include "sys/unique_fd.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
+#include <string>
 
 namespace lazymig::store {
 namespace {
@@ -78,21 +81,40 @@ TEST_F(Db, SecondOpenOfALockedDatabaseIsAClearError) {
   EXPECT_NE(b.error().message().find("rocksdb open"), std::string::npos);
 }
 
+// The writer half of WritesSurviveAKilledWriter. It runs in a process of its own,
+// started by exec rather than a bare fork: RocksDB's background threads make fork
+// without exec unsafe (and TSan refuses it).
+TEST_F(Db, KilledWriterChild) {
+  const char* dir = std::getenv("LAZYMIG_DB_CHILD_DIR");
+  const char* fd = std::getenv("LAZYMIG_DB_CHILD_FD");
+  if (dir == nullptr || fd == nullptr) GTEST_SKIP() << "runs only as the child of WritesSurviveAKilledWriter";
+  auto db = std::move(*Database::open(dir));
+  BitmapChunk c{1, std::vector<std::uint64_t>(kPagesPerChunk / 64, 0x5555)};
+  bool ok = db->writePageChunks("vm-k", std::vector{c}) && db->putMigration(record("vm-k"));
+  char b = ok ? 'y' : 'n';
+  (void)!::write(std::atoi(fd), &b, 1);
+  for (;;) ::pause();
+}
+
 // Invariant 4's durability: what a killed process wrote (and was told was written) is there.
 TEST_F(Db, WritesSurviveAKilledWriter) {
-  int ready[2];
-  ASSERT_EQ(::pipe(ready), 0);
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  sys::UniqueFd read_end(fds[0]), write_end(fds[1]);
+  std::string fd_env = "LAZYMIG_DB_CHILD_FD=" + std::to_string(write_end.get());
+  std::string dir_env = "LAZYMIG_DB_CHILD_DIR=" + dir_;
   pid_t child = ::fork();
   if (child == 0) {
-    auto db = std::move(*Database::open(dir_));
-    BitmapChunk c{1, std::vector<std::uint64_t>(kPagesPerChunk / 64, 0x5555)};
-    bool ok = db->writePageChunks("vm-k", std::vector{c}) && db->putMigration(record("vm-k"));
-    char b = ok ? 'y' : 'n';
-    (void)!::write(ready[1], &b, 1);
-    for (;;) ::pause();
+    char filter[] = "--gtest_filter=Db.KilledWriterChild";
+    char* argv[] = {const_cast<char*>("/proc/self/exe"), filter, nullptr};
+    char* envp[] = {fd_env.data(), dir_env.data(), nullptr};
+    ::execve("/proc/self/exe", argv, envp);
+    ::_exit(127);
   }
+  ASSERT_GT(child, 0);
+  write_end.reset();  // so a child that dies early reads as EOF, not a hang
   char b = 0;
-  ASSERT_EQ(::read(ready[0], &b, 1), 1);
+  ASSERT_EQ(::read(read_end.get(), &b, 1), 1);
   ASSERT_EQ(b, 'y');
   ::kill(child, SIGKILL);
   ::waitpid(child, nullptr, 0);
