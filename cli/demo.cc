@@ -241,6 +241,10 @@ Result<nlohmann::json> DemoRun::waitDestinationVm() {
   return j;
 }
 
+bool DemoRun::destinationVmExited() {
+  return dest_vm_ && dest_vm_->wait(std::chrono::milliseconds(0)).has_value();
+}
+
 nlohmann::json DemoRun::report(const nlohmann::json& vm, double total_seconds) {
   auto dst = migration(Side::kDestination);
   auto src = migration(Side::kSource);

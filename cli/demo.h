@@ -49,6 +49,8 @@ class DemoRun {
   Status startDestinationVm();
   // Waits for the destination test VM; returns its final JSON line.
   Result<nlohmann::json> waitDestinationVm();
+  // True once the destination test VM has exited (verified, failed or killed).
+  bool destinationVmExited();
   Result<nlohmann::json> migration(Side side) const;
   nlohmann::json report(const nlohmann::json& vm, double total_seconds);
   void stopAll();

@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "cli/child_process.h"
+#include "client/control_client.h"
 #include "tests/e2e/e2e.h"
 
 namespace lazymig::e2e {
@@ -192,6 +193,29 @@ TEST(Resilience, SourceGoneForGoodFailsLoudlyWithinDeadline) {
   auto vm = run->waitDestinationVm();
   ASSERT_TRUE(vm) << vm.error().message();
   EXPECT_FALSE(vm->value("verified", true));
+}
+
+// Invariant 3: the source never releases memory a running destination still needs. A cancel
+// without force is refused (409) and changes nothing; the migration still completes.
+TEST(Resilience, SourceRefusesCancelWhileDestinationRuns) {
+  auto run = cli::DemoRun::prepare(slowOptions());
+  ASSERT_TRUE(run) << run.error().message();
+  ASSERT_TRUE(run->prepareSourceMemory());
+  ASSERT_TRUE(run->createMigrations());
+  ASSERT_TRUE(run->startDestinationVm());
+  const std::uint64_t total = run->options().size / 4096;
+  ASSERT_TRUE(waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > total / 4; },
+                        std::chrono::seconds(60)));
+  client::ControlClient source(run->controlEndpoint(Side::kSource));
+  auto refused = source.del("/v1/migrations/" + run->migration(Side::kSource)->value("id", ""));
+  ASSERT_TRUE(refused) << refused.error().message();
+  EXPECT_EQ(refused->status, 409) << refused->body;
+  auto body = nlohmann::json::parse(refused->body, nullptr, false);
+  EXPECT_EQ(body["error"].value("code", ""), "conflict") << refused->body;
+  EXPECT_NE(body["error"].value("message", "").find("force"), std::string::npos) << refused->body;
+  EXPECT_EQ(run->migration(Side::kSource)->value("state", ""), "serving");
+  auto r = finish(*run);
+  expectVerified(r, run->options().size);
 }
 
 }  // namespace
