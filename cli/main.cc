@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <thread>
@@ -222,6 +223,10 @@ int cmdCerts(int argc, char** argv, int i) {
   Args a = parse(argc, argv, i, {"--dir", "--node", "--san", "--ca-name"}, {});
   if (!a.has("--dir") || !a.has("--node") || !a.has("--san")) usage("certs needs --dir, --node and --san");
   std::string dir = a.get("--dir"), ca_name = a.get("--ca-name", "lazymig-ca");
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return std::fprintf(stderr, "lazymig: certs --dir %s: %s\n", dir.c_str(), ec.message().c_str()), 1;
+  std::filesystem::permissions(dir, std::filesystem::perms::owner_all, ec);  // keys live here
   transport::PemFiles ca{dir + "/" + ca_name + ".crt", dir + "/" + ca_name + ".key"};
   if (::access(ca.cert_file.c_str(), R_OK) != 0) {
     auto made = transport::generateCa(dir, ca_name);
@@ -315,7 +320,7 @@ int main(int argc, char** argv) {
   if (cmd == "certs") return cmdCerts(argc, argv, i);
   if (cmd == "token") {
     unsigned char b[32];
-    RAND_bytes(b, sizeof b);
+    if (RAND_bytes(b, sizeof b) != 1) return std::fprintf(stderr, "lazymig: no randomness for a token\n"), 1;
     for (auto c : b) std::printf("%02x", c);
     std::printf("\n");
     return 0;
