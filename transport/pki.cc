@@ -75,6 +75,23 @@ Result<std::pair<KeyPtr, CertPtr>> loadCa(const PemFiles& ca) {
   return std::make_pair(std::move(key), std::move(cert));
 }
 
+// Signs `cert` with `signer` and writes it beside its private `key` (mode 0600) as
+// <dir>/<name>.crt and .key.
+Result<PemFiles> signAndWrite(X509* cert, EVP_PKEY* signer, EVP_PKEY* key, const std::string& dir,
+                              const std::string& name) {
+  if (X509_sign(cert, signer, EVP_sha256()) == 0) return fail(Errc::kSystem, "X509_sign", opensslErrors());
+  PemFiles out{dir + "/" + name + ".crt", dir + "/" + name + ".key"};
+  if (auto ok = writePem(out.key_file, [&](FILE* f) {
+        return PEM_write_PrivateKey(f, key, nullptr, nullptr, 0, nullptr, nullptr);
+      }, 0600); !ok) {
+    return std::unexpected(ok.error());
+  }
+  if (auto ok = writePem(out.cert_file, [&](FILE* f) { return PEM_write_X509(f, cert); }, 0644); !ok) {
+    return std::unexpected(ok.error());
+  }
+  return out;
+}
+
 }  // namespace
 
 Result<PemFiles> generateCa(const std::string& dir, const std::string& name, int valid_days) {
@@ -87,20 +104,7 @@ Result<PemFiles> generateCa(const std::string& dir, const std::string& name, int
   }
   (void)addExt(cert->get(), cert->get(), NID_key_usage, "critical,keyCertSign,cRLSign");
   (void)addExt(cert->get(), cert->get(), NID_subject_key_identifier, "hash");
-  if (X509_sign(cert->get(), key.get(), EVP_sha256()) == 0) {
-    return fail(Errc::kSystem, "X509_sign", opensslErrors());
-  }
-  PemFiles out{dir + "/" + name + ".crt", dir + "/" + name + ".key"};
-  if (auto ok = writePem(out.key_file, [&](FILE* f) {
-        return PEM_write_PrivateKey(f, key.get(), nullptr, nullptr, 0, nullptr, nullptr);
-      }, 0600); !ok) {
-    return std::unexpected(ok.error());
-  }
-  if (auto ok = writePem(out.cert_file, [&](FILE* f) { return PEM_write_X509(f, cert->get()); }, 0644);
-      !ok) {
-    return std::unexpected(ok.error());
-  }
-  return out;
+  return signAndWrite(cert->get(), key.get(), key.get(), dir, name);
 }
 
 Result<PemFiles> issueLeaf(const PemFiles& ca, const std::string& dir, const std::string& name,
@@ -123,20 +127,7 @@ Result<PemFiles> issueLeaf(const PemFiles& ca, const std::string& dir, const std
       return std::unexpected(ok.error());
     }
   }
-  if (X509_sign(cert->get(), ca_key.get(), EVP_sha256()) == 0) {
-    return fail(Errc::kSystem, "X509_sign", opensslErrors());
-  }
-  PemFiles out{dir + "/" + name + ".crt", dir + "/" + name + ".key"};
-  if (auto ok = writePem(out.key_file, [&](FILE* f) {
-        return PEM_write_PrivateKey(f, key.get(), nullptr, nullptr, 0, nullptr, nullptr);
-      }, 0600); !ok) {
-    return std::unexpected(ok.error());
-  }
-  if (auto ok = writePem(out.cert_file, [&](FILE* f) { return PEM_write_X509(f, cert->get()); }, 0644);
-      !ok) {
-    return std::unexpected(ok.error());
-  }
-  return out;
+  return signAndWrite(cert->get(), ca_key.get(), key.get(), dir, name);
 }
 
 }  // namespace lazymig::transport
