@@ -53,6 +53,7 @@ Agent::~Agent() { stop(); }
 
 Status Agent::init() {
   if (auto lvl = log::parseLevel(config_.log_level)) log::setLevel(*lvl);
+  if (auto fmt = log::parseFormat(config_.log_format)) log::setFormat(*fmt);
   for (const auto& dir : {config_.state_dir, config_.handshake_dir}) {
     if (auto ok = makeDirs(dir, 0750); !ok) return ok;
   }

@@ -72,6 +72,8 @@ class Migration {
   // migration was already final (the first final state wins).
   bool setState(MigrationState next, std::string reason = {});
   void persist();
+  // At a final state: the migration's summary as one log line (see docs/control-api.md).
+  void logReport() const;
   virtual void addDetails(nlohmann::json& out) const = 0;
   // What a restarted agent needs beyond the spec (the VMM's pid, the region layout...).
   virtual nlohmann::json runtime() const { return nullptr; }

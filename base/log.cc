@@ -11,6 +11,7 @@ namespace lazymig::log {
 namespace {
 
 std::atomic<Level> g_level{Level::kInfo};
+std::atomic<Format> g_format{Format::kLogfmt};
 std::atomic<int> g_fd{STDERR_FILENO};
 
 std::string_view levelName(Level l) {
@@ -48,6 +49,26 @@ void appendValue(std::string& out, std::string_view v) {
   out += '"';
 }
 
+void appendJsonString(std::string& out, std::string_view v) {
+  out += '"';
+  for (char c : v) {
+    unsigned char u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (u < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", u);
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  out += '"';
+}
+
 void appendTimestamp(std::string& out) {
   auto now = std::chrono::system_clock::now();
   auto secs = std::chrono::system_clock::to_time_t(now);
@@ -68,6 +89,13 @@ void appendTimestamp(std::string& out) {
 void setLevel(Level level) { g_level.store(level); }
 Level level() { return g_level.load(); }
 void setOutputFd(int fd) { g_fd.store(fd); }
+void setFormat(Format format) { g_format.store(format); }
+
+std::optional<Format> parseFormat(std::string_view name) {
+  if (name == "logfmt") return Format::kLogfmt;
+  if (name == "json") return Format::kJson;
+  return std::nullopt;
+}
 
 std::optional<Level> parseLevel(std::string_view name) {
   if (name == "debug") return Level::kDebug;
@@ -83,17 +111,19 @@ Logger Logger::with(std::initializer_list<Field> more) const {
   return out;
 }
 
-void Logger::write(Level lvl, std::string_view msg, std::initializer_list<Field> fields) const {
-  if (lvl < g_level.load(std::memory_order_relaxed)) return;
+namespace {
+
+std::string logfmtLine(std::string_view ts, Level lvl, std::string_view msg,
+                       std::initializer_list<const std::vector<Field>*> lists) {
   std::string line;
   line.reserve(160);
   line += "ts=";
-  appendTimestamp(line);
+  line += ts;
   line += " level=";
   line += levelName(lvl);
   line += " msg=";
   appendValue(line, msg);
-  for (const auto* list : {&base_}) {
+  for (const auto* list : lists) {
     for (const Field& f : *list) {
       line += ' ';
       line += f.key;
@@ -101,12 +131,41 @@ void Logger::write(Level lvl, std::string_view msg, std::initializer_list<Field>
       appendValue(line, f.value);
     }
   }
-  for (const Field& f : fields) {
-    line += ' ';
-    line += f.key;
-    line += '=';
-    appendValue(line, f.value);
+  return line;
+}
+
+std::string jsonLine(std::string_view ts, Level lvl, std::string_view msg,
+                     std::initializer_list<const std::vector<Field>*> lists) {
+  std::string line;
+  line.reserve(200);
+  line += "{\"ts\":";
+  appendJsonString(line, ts);
+  line += ",\"level\":";
+  appendJsonString(line, levelName(lvl));
+  line += ",\"msg\":";
+  appendJsonString(line, msg);
+  for (const auto* list : lists) {
+    for (const Field& f : *list) {
+      line += ',';
+      appendJsonString(line, f.key);
+      line += ':';
+      if (f.bare) line += f.value;
+      else appendJsonString(line, f.value);
+    }
   }
+  line += '}';
+  return line;
+}
+
+}  // namespace
+
+void Logger::write(Level lvl, std::string_view msg, const std::vector<Field>& fields) const {
+  if (lvl < g_level.load(std::memory_order_relaxed)) return;
+  std::string ts;
+  appendTimestamp(ts);
+  std::string line = g_format.load(std::memory_order_relaxed) == Format::kJson
+                         ? jsonLine(ts, lvl, msg, {&base_, &fields})
+                         : logfmtLine(ts, lvl, msg, {&base_, &fields});
   line += '\n';
   // One write(2) per line keeps lines from concurrent threads whole.
   ssize_t ignored = ::write(g_fd.load(std::memory_order_relaxed), line.data(), line.size());

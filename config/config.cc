@@ -219,7 +219,7 @@ Result<Config> parseConfig(std::string_view yaml_text, const std::string& source
   Config c;
   try {
     TRY(p.onlyKnown(root, "", {"node_name", "listen", "tls", "state_dir", "handshake_dir", "log_level",
-                               "control_token_file", "migration", "handshake"}));
+                               "log_format", "control_token_file", "migration", "handshake"}));
     TRY(p.string(root, "", "node_name", c.node_name, true));
     TRY(parseListen(p, root, c));
     YAML::Node tls = root["tls"];
@@ -236,6 +236,10 @@ Result<Config> parseConfig(std::string_view yaml_text, const std::string& source
     TRY(p.string(root, "", "log_level", c.log_level));
     if (!log::parseLevel(c.log_level)) {
       return p.error("log_level", root["log_level"], "must be debug, info, warn or error, got '" + c.log_level + "'");
+    }
+    TRY(p.string(root, "", "log_format", c.log_format));
+    if (!log::parseFormat(c.log_format)) {
+      return p.error("log_format", root["log_format"], "must be logfmt or json, got '" + c.log_format + "'");
     }
     TRY(p.string(root, "", "control_token_file", c.control_token_file));
     TRY(parseMigration(p, root, c));

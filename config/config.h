@@ -49,6 +49,7 @@ struct Config {
   std::string state_dir = "/var/lib/lazymig";
   std::string handshake_dir = "/run/lazymig/vmm";
   std::string log_level = "info";
+  std::string log_format = "logfmt";  // logfmt | json
   std::string control_token_file;
   MigrationDefaults migration;
   HandshakeConfig handshake;

@@ -84,6 +84,11 @@ class PrometheusMetrics final : public AgentMetrics {
                      .Help("Connections and handshakes refused, by reason")
                      .Labels(labels_)
                      .Register(*registry_);
+    for (auto reason : kRefusalReasons) refusals_->Add({{"reason", std::string(reason)}});
+    for (auto state : kMigrationStates) migrations_->Add({{"state", std::string(state)}});
+    for (auto outcome : kMigrationOutcomes) {
+      duration_->Add({{"outcome", std::string(outcome)}}, kDurationBuckets);
+    }
     store_ = &prometheus::BuildHistogram()
                   .Name("lazymig_store_write_seconds")
                   .Help("RocksDB write latency (page map checkpoints and records)")
@@ -98,7 +103,7 @@ class PrometheusMetrics final : public AgentMetrics {
                    .Add({});
     blocked_ = &prometheus::BuildCounter()
                     .Name("lazymig_vcpu_blocked_seconds_total")
-                    .Help("Time vCPUs spent blocked on page faults served over the network")
+                    .Help("Time vCPUs spent blocked in page faults, summed over every fault the agent served")
                     .Labels(labels_)
                     .Register(*registry_)
                     .Add({});
@@ -131,7 +136,8 @@ class PrometheusMetrics final : public AgentMetrics {
 
   void observeFault(FaultPath path, std::chrono::nanoseconds latency) override {
     fault_[static_cast<int>(path)]->Observe(seconds(latency));
-    if (path == FaultPath::kNetwork) blocked_->Increment(seconds(latency));
+    // Every path blocks the faulting vCPU until the wake, not only the network one.
+    blocked_->Increment(seconds(latency));
   }
   void addPages(PagePath path, std::uint64_t pages) override {
     if (pages) pages_[static_cast<int>(path)]->Increment(static_cast<double>(pages));
@@ -156,7 +162,6 @@ class PrometheusMetrics final : public AgentMetrics {
   }
   void observeStoreWrite(std::chrono::nanoseconds latency) override { store_->Observe(seconds(latency)); }
   void addUffdExists(std::uint64_t n) override { eexist_->Increment(static_cast<double>(n)); }
-  void addVcpuBlocked(std::chrono::nanoseconds blocked) override { blocked_->Increment(seconds(blocked)); }
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

@@ -30,6 +30,21 @@ enum class PagePath { kDemand, kBulk, kZero };
 enum class Channel { kUrgent, kBulk };
 enum class Direction { kSent, kReceived };
 
+// Every label value the agent uses for these families exists from start-up at zero: a series
+// born at 1 has no increase() in Prometheus, so the first refusal or failure would never
+// raise an alert.
+inline constexpr std::string_view kRefusalReasons[] = {
+    // TLS (transport::RefusalReason)
+    "tls_handshake", "no_certificate", "bad_certificate", "plaintext", "other",
+    // the peer protocol and the migration's checks of a Hello (agent/)
+    "protocol", "unknown_migration", "identity", "token", "state", "not_ready", "layout",
+    // VMM handshakes and memory handovers (agent/vmm_listener.cc)
+    "handshake_credentials", "handshake_malformed", "handshake_rejected"};
+inline constexpr std::string_view kMigrationStates[] = {
+    "waiting_for_vmm", "waiting_for_memory", "running", "serving",
+    "completing", "completed", "failed", "cancelled"};
+inline constexpr std::string_view kMigrationOutcomes[] = {"completed", "failed", "cancelled"};
+
 class AgentMetrics {
  public:
   // `node` becomes a constant label on every series.
@@ -42,6 +57,7 @@ class AgentMetrics {
   // The exposition text (as /metrics serves it), for tests and `lazymig` diagnostics.
   virtual std::string scrapeText() const = 0;
 
+  // Also adds the latency to the vCPU blocked time.
   virtual void observeFault(FaultPath path, std::chrono::nanoseconds latency) = 0;
   virtual void addPages(PagePath path, std::uint64_t pages) = 0;
   virtual void addWireBytes(Channel channel, Direction direction, std::uint64_t bytes) = 0;
@@ -53,7 +69,6 @@ class AgentMetrics {
   virtual void addRefusal(std::string_view reason) = 0;  // TLS/auth/handshake refusals
   virtual void observeStoreWrite(std::chrono::nanoseconds latency) = 0;
   virtual void addUffdExists(std::uint64_t n) = 0;  // EEXIST races on install
-  virtual void addVcpuBlocked(std::chrono::nanoseconds blocked) = 0;
 };
 
 }  // namespace lazymig::metrics

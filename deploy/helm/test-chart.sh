@@ -132,8 +132,17 @@ record "yamllint: ${#yaml_files[@]} files in deploy/ (templates are checked rend
 rc=0; yamllint -s -d "{extends: relaxed, rules: {line-length: {max: 200}}}" \
   "$work"/{default,certmanager,tcp,token}.yaml || rc=$?
 record "yamllint: rendered manifests" $rc
-rc=0; python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$chart/files/dashboard.json" || rc=$?
-record "files/dashboard.json is JSON" $rc
+rc=0; python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$deploy/grafana/lazymig-dashboard.json" || rc=$?
+record "grafana/lazymig-dashboard.json is JSON" $rc
+# The chart ships copies (Helm reads files inside the chart only); they must not drift.
+rc=0; cmp "$deploy/grafana/lazymig-dashboard.json" "$chart/files/dashboard.json" || rc=$?
+record "chart files/dashboard.json is deploy/grafana/lazymig-dashboard.json" $rc
+rc=0; cmp "$deploy/prometheus/lazymig-rules.yaml" "$chart/files/alerts.yaml" || rc=$?
+record "chart files/alerts.yaml is deploy/prometheus/lazymig-rules.yaml" $rc
+if command -v promtool >/dev/null; then
+  rc=0; promtool check rules "$deploy/prometheus/lazymig-rules.yaml" >/dev/null || rc=$?
+  record "promtool check rules prometheus/lazymig-rules.yaml" $rc
+fi
 
 # ---- systemd unit ----
 step "systemd unit"

@@ -56,6 +56,7 @@ TEST(Config, EachBadKeyIsNamedWithItsLine) {
       {kMinimal + "listen:\n  control: unix:rel\n", "key 'listen.control'"},
       {kMinimal + "listen:\n  metrics: \"h:99999\"\n", "port must be 0..65535"},
       {kMinimal + "log_level: loud\n", "key 'log_level' (line 3)"},
+      {kMinimal + "log_format: xml\n", "key 'log_format' (line 3)"},
       {kMinimal + "state_dir: relative\n", "key 'state_dir'"},
       {kMinimal + "handshake:\n  allowed_uids: [0, x]\n", "key 'handshake.allowed_uids[1]'"},
       {kMinimal + "handshake:\n  socket_mode: \"999\"\n", "key 'handshake.socket_mode'"},

@@ -33,7 +33,6 @@ void touchEverything(AgentMetrics& m) {
   m.addRefusal("token");
   m.observeStoreWrite(40us);
   m.addUffdExists(2);
-  m.addVcpuBlocked(1ms);
 }
 
 TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
@@ -52,7 +51,26 @@ TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
   EXPECT_NE(text.find(R"(lazymig_migrations{node="node-a",state="completed"} 1)"), std::string::npos);
   EXPECT_NE(text.find(R"(lazymig_migrations{node="node-a",state="running"} 0)"), std::string::npos);
   EXPECT_NE(text.find(R"(lazymig_fault_latency_seconds_count{node="node-a",path="network"} 1)"), std::string::npos);
+  // A vCPU is blocked for every fault, whichever way it was served: 150 + 2 + 90 us.
+  EXPECT_NE(text.find(R"(lazymig_vcpu_blocked_seconds_total{node="node-a"} 0.000242)"), std::string::npos) << text;
   EXPECT_EQ(text.find("migration=\""), std::string::npos) << "no per-migration label on fleet series";
+}
+
+// Prometheus sees no increase() in a series whose first sample is already 1: the alerts on
+// refusals and failed migrations would miss the first one on each agent.
+TEST(Metrics, AlertedSeriesExistAtZeroBeforeTheFirstEvent) {
+  auto m = AgentMetrics::create("n");
+  std::string text = m->scrapeText();
+  for (auto reason : kRefusalReasons) {
+    EXPECT_NE(text.find("lazymig_refusals_total{node=\"n\",reason=\"" + std::string(reason) + "\"} 0"),
+              std::string::npos) << reason;
+  }
+  for (auto outcome : kMigrationOutcomes) {
+    EXPECT_NE(text.find("lazymig_migration_duration_seconds_count{node=\"n\",outcome=\"" +
+                        std::string(outcome) + "\"} 0"),
+              std::string::npos) << outcome;
+  }
+  EXPECT_NE(text.find(R"(lazymig_migrations{node="n",state="failed"} 0)"), std::string::npos);
 }
 
 TEST(Metrics, ConcurrentObservationsAddUp) {
