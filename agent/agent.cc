@@ -197,6 +197,13 @@ std::expected<std::shared_ptr<Migration>, ApiError> Agent::create(const nlohmann
   if (!spec) return std::unexpected(ApiError{400, "bad_request", spec.error().message()});
   auto want = specToJson(*spec);
   const std::string id = want["id"];
+  if (auto finished = registry_.findHistory(id)) {
+    // Finished before this agent restarted: its spec is gone with its runtime, and a new
+    // migration under the same id would confuse both agents' records.
+    return std::unexpected(ApiError{409, "conflict", "migration '" + id + "' already finished (" +
+                                                         finished->value("state", "") +
+                                                         "); use a new id for a new attempt"});
+  }
   if (auto existing = registry_.find(id)) {
     created = false;
     if (existing->spec() == want) return existing;

@@ -20,7 +20,6 @@ namespace lazymig::cli {
 namespace {
 
 const char* name(Side s) { return s == Side::kSource ? "source" : "destination"; }
-std::string identity(Side s) { return std::string("spiffe://lazymig.demo/node/") + name(s); }
 
 Result<std::uint16_t> freePort() {
   // Agents restarted by a test must come back on the same address the destination dials,
@@ -104,6 +103,8 @@ Status DemoRun::writePki() {
   }
   return {};
 }
+
+std::string DemoRun::identity(Side s) { return std::string("spiffe://lazymig.demo/node/") + name(s); }
 
 std::string DemoRun::controlEndpoint(Side s) const { return "unix:" + dir_ + "/" + name(s) + "-control.sock"; }
 std::string DemoRun::agentAddress(Side s) const { return "127.0.0.1:" + std::to_string(ports_[static_cast<int>(s)]); }

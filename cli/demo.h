@@ -63,6 +63,10 @@ class DemoRun {
   std::string logPath(Side side) const;
   const DemoOptions& options() const { return options_; }
   static constexpr const char* kMigrationId = "demo-vm";
+  // The SAN each side's certificate carries, and the migration's one-time token (tests play
+  // attackers that know some of these).
+  static std::string identity(Side side);
+  const std::string& token() const { return token_; }
 
  private:
   explicit DemoRun(DemoOptions options) : options_(std::move(options)) {}

@@ -1,0 +1,149 @@
+// Every error path of the control API on a real agent answers with the status and the stable
+// JSON `code` that docs/control-api.md documents, and idempotent creates are idempotent.
+#include <filesystem>
+#include <fstream>
+
+#include "client/control_client.h"
+#include "tests/e2e/e2e.h"
+
+namespace lazymig::e2e {
+namespace {
+
+using cli::DemoRun;
+using cli::Side;
+
+struct Answer {
+  int status = 0;
+  std::string code;
+  std::string message;
+  nlohmann::json body;
+};
+
+Answer ask(const client::ControlClient& c, const std::string& method, const std::string& path,
+           const std::string& body = "") {
+  auto r = c.request(method, path, body);
+  EXPECT_TRUE(r) << method << " " << path << ": " << r.error().message();
+  if (!r) return {};
+  Answer a{r->status, "", "", nlohmann::json::parse(r->body, nullptr, false)};
+  EXPECT_FALSE(a.body.is_discarded()) << method << " " << path << " answered non-JSON: " << r->body;
+  if (a.body.is_object() && a.body.contains("error")) {
+    a.code = a.body["error"].value("code", "");
+    a.message = a.body["error"].value("message", "");
+  }
+  return a;
+}
+
+nlohmann::json sourceBody(const DemoRun& run, const std::string& token) {
+  return {{"id", "api-test"},
+          {"role", "source"},
+          {"token", token},
+          {"peer_identity", DemoRun::identity(Side::kDestination)},
+          {"memory", {{"snapshot_file", run.dir() + "/guest.mem"}}}};
+}
+
+TEST(ControlApi, EveryErrorPathAnswersItsDocumentedCode) {
+  auto o = baseOptions();
+  o.memory = "anon";
+  auto run = DemoRun::prepare(o);
+  ASSERT_TRUE(run) << run.error().message();
+  ASSERT_TRUE(run->prepareSourceMemory());
+  client::ControlClient c(run->controlEndpoint(Side::kSource));
+
+  struct Case {
+    const char* method;
+    std::string path;
+    std::string body;
+    int status;
+    const char* code;
+    const char* message_mentions;
+  };
+  std::string big(2u << 20, ' ');
+  const std::vector<Case> cases = {
+      {"GET", "/v1/migrations/nope", "", 404, "not_found", "nope"},
+      {"DELETE", "/v1/migrations/nope", "", 404, "not_found", "nope"},
+      {"GET", "/v2/anything", "", 404, "not_found", "/v2/anything"},
+      {"PUT", "/v1/migrations", "{}", 405, "method_not_allowed", "POST"},
+      {"PATCH", "/v1/agent", "{}", 405, "method_not_allowed", "GET"},
+      {"POST", "/v1/migrations/x", "{}", 405, "method_not_allowed", "DELETE"},
+      {"POST", "/v1/migrations", "{not json", 400, "bad_request", "JSON"},
+      {"POST", "/v1/migrations", R"({"id":"a","role":"source"})", 400, "bad_request", "token"},
+      {"POST", "/v1/migrations", R"({"id":"a/../b","role":"source","token":"00112233445566778899aabbccddeeff"})", 400,
+       "bad_request", "id"},
+      {"POST", "/v1/migrations", big, 413, "too_large", "limit"},
+  };
+  for (const auto& k : cases) {
+    auto a = ask(c, k.method, k.path, k.body);
+    EXPECT_EQ(a.status, k.status) << k.method << " " << k.path << ": " << a.body.dump();
+    EXPECT_EQ(a.code, k.code) << k.method << " " << k.path;
+    EXPECT_NE(a.message.find(k.message_mentions), std::string::npos)
+        << k.method << " " << k.path << ": message '" << a.message << "' should mention " << k.message_mentions;
+  }
+
+  // A source whose snapshot file is missing is refused and not kept: the same id works after.
+  auto missing = sourceBody(*run, run->token());
+  missing["memory"]["snapshot_file"] = run->dir() + "/no-such.mem";
+  auto a = ask(c, "POST", "/v1/migrations", missing.dump());
+  EXPECT_EQ(a.status, 400);
+  EXPECT_NE(a.message.find("no-such.mem"), std::string::npos) << a.message;
+
+  // Idempotent create: the same body again is 200 with the same migration; another body is 409.
+  auto body = sourceBody(*run, run->token());
+  a = ask(c, "POST", "/v1/migrations", body.dump());
+  EXPECT_EQ(a.status, 201) << a.body.dump();
+  a = ask(c, "POST", "/v1/migrations", body.dump());
+  EXPECT_EQ(a.status, 200) << a.body.dump();
+  EXPECT_EQ(a.body.value("id", ""), "api-test");
+  auto other = body;
+  other["token"] = std::string(64, 'a');
+  a = ask(c, "POST", "/v1/migrations", other.dump());
+  EXPECT_EQ(a.status, 409);
+  EXPECT_EQ(a.code, "conflict");
+
+  // A serving source is not cancelled without force (its memory is the only copy).
+  a = ask(c, "DELETE", "/v1/migrations/api-test");
+  EXPECT_EQ(a.status, 409);
+  EXPECT_EQ(a.code, "conflict");
+  EXPECT_NE(a.message.find("force"), std::string::npos) << a.message;
+  a = ask(c, "DELETE", "/v1/migrations/api-test?force=true");
+  EXPECT_EQ(a.status, 200) << a.body.dump();
+  EXPECT_EQ(a.body.value("state", ""), "cancelled");
+
+  // Probes and listings.
+  EXPECT_EQ(ask(c, "GET", "/healthz").status, 200);
+  EXPECT_EQ(ask(c, "GET", "/readyz").body.value("status", ""), "ready");
+  a = ask(c, "GET", "/v1/migrations");
+  ASSERT_TRUE(a.body.contains("migrations")) << a.body.dump();
+  EXPECT_EQ(a.body["migrations"].size(), 1u);
+}
+
+TEST(ControlApi, BearerTokenGuardsEverythingButTheProbes) {
+  char tmpl[] = "/tmp/lazymig-token-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string token_file = std::string(tmpl) + "/token";
+  const std::string secret = "0123456789abcdef0123456789abcdef";
+  std::ofstream(token_file) << secret << "\n";
+  auto o = baseOptions();
+  o.extra_yaml = "control_token_file: " + token_file + "\n";
+  auto run = DemoRun::prepare(o);
+  // DemoRun's own calls carry no token: it cannot even see the agent become ready through
+  // /v1/..., but it polls /readyz, which is exempt.
+  ASSERT_TRUE(run) << run.error().message();
+  client::ControlClient anonymous(run->controlEndpoint(Side::kSource));
+  auto a = ask(anonymous, "GET", "/v1/migrations");
+  EXPECT_EQ(a.status, 401);
+  EXPECT_EQ(a.code, "unauthorized");
+  EXPECT_EQ(ask(anonymous, "GET", "/healthz").status, 200);
+  EXPECT_EQ(ask(anonymous, "GET", "/readyz").status, 200);
+
+  client::ControlClient wrong(run->controlEndpoint(Side::kSource));
+  wrong.setBearerToken(std::string(secret.size(), 'x'));
+  EXPECT_EQ(ask(wrong, "GET", "/v1/agent").status, 401);
+  client::ControlClient right(run->controlEndpoint(Side::kSource));
+  right.setBearerToken(secret);
+  EXPECT_EQ(ask(right, "GET", "/v1/agent").status, 200);
+  run->stopAll();
+  std::filesystem::remove_all(tmpl);
+}
+
+}  // namespace
+}  // namespace lazymig::e2e
