@@ -229,6 +229,23 @@ std::expected<std::shared_ptr<Migration>, ApiError> Agent::create(const nlohmann
   return m;
 }
 
+Status Agent::reloadCertificates() {
+  transport::TlsFiles files{config_.tls.ca_file, config_.tls.cert_file, config_.tls.key_file};
+  // Both or neither: check the files with a throwaway context before touching the live ones.
+  if (auto probe = transport::TlsContext::create(transport::TlsContext::Side::kServer, files); !probe) {
+    log_.error("certificate reload failed; keeping the certificates in use", {{"error", probe.error().message()}});
+    return std::unexpected(probe.error());
+  }
+  for (auto* ctx : {tls_server_.get(), tls_client_.get()}) {
+    if (auto ok = ctx->reload(files); !ok) {
+      log_.error("certificate reload failed; keeping the certificates in use", {{"error", ok.error().message()}});
+      return ok;
+    }
+  }
+  log_.info("certificates reloaded", {{"cert_file", files.cert_file}, {"ca_file", files.ca_file}});
+  return {};
+}
+
 nlohmann::json Agent::info() const {
   return {{"node", config_.node_name},
           {"version", "0.1.0"},

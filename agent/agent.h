@@ -20,6 +20,9 @@ class Agent {
   static Result<std::unique_ptr<Agent>> start(config::Config config);
   ~Agent();
   void stop();  // idempotent: stops migrations' threads, keeps their records
+  // Loads tls.ca_file, cert_file and key_file again (SIGHUP): new connections use them,
+  // connections already made keep theirs. On error nothing changes.
+  Status reloadCertificates();
   const std::string& controlAddress() const { return control_address_; }
   const std::string& agentAddress() const { return agent_address_; }
 

@@ -45,7 +45,7 @@ int run(const std::string& config_path, const std::string& log_level, bool check
     int sig = 0;
     sigwait(&set, &sig);
     if (sig == SIGHUP) {
-      lazymig::log::root().info("SIGHUP: certificate reload is not supported by this build yet");
+      (void)(*agent)->reloadCertificates();  // logs what happened either way
       continue;
     }
     lazymig::log::root().info("signal received, stopping", {{"signal", strsignal(sig)}});

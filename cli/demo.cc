@@ -144,6 +144,10 @@ Status DemoRun::startAgent(Side s) {
   return fail(Errc::kTimeout, std::string(name(s)) + " agent", "not ready after 15 s; see " + logPath(s));
 }
 
+void DemoRun::signalAgent(Side s, int sig) const {
+  if (const auto& slot = agents_[static_cast<int>(s)]) slot->signal(sig);
+}
+
 void DemoRun::killAgent(Side s, int sig) {
   auto& slot = agents_[static_cast<int>(s)];
   if (!slot) return;

@@ -42,7 +42,10 @@ class DemoRun {
   ~DemoRun();
 
   Status startAgent(Side side);
+  // Sends `sig` and waits (up to 30 s) for the agent to exit.
   void killAgent(Side side, int sig);
+  // Sends `sig` without waiting (SIGHUP: reload).
+  void signalAgent(Side side, int sig) const;
   Status prepareSourceMemory();
   // Creates both migrations; `source_address` overrides where the destination dials (a proxy).
   Status createMigrations(const std::string& source_address = "");

@@ -9,7 +9,8 @@ packages=(
   nlohmann-json3-dev libgtest-dev libgmock-dev
   iproute2 openssl procps
   golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev
-  python3 python3-yaml python3-jsonschema yamllint systemd prometheus
+  python3 python3-yaml python3-jsonschema yamllint systemd prometheus curl jq
+  clang-16 libclang-rt-16-dev
 )
 
 missing=()

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 
 struct event_base;
 struct ssl_ctx_st;
+struct ssl_st;
 
 namespace lazymig::transport {
 
@@ -57,11 +59,19 @@ class TlsContext {
   enum class Side { kServer, kClient };
   static Result<std::shared_ptr<TlsContext>> create(Side side, const TlsFiles& files);
   ~TlsContext();
-  ssl_ctx_st* get() const { return ctx_; }
+  TlsContext(const TlsContext&) = delete;
+  TlsContext& operator=(const TlsContext&) = delete;
+  // A new TLS session for one connection, from the certificates loaded last. The session
+  // holds its own reference to them, so a reload never disturbs a connection already made.
+  ssl_st* newSession() const;
+  // Loads the files again (rotated certificates, a new CA bundle). On any error the
+  // certificates in use stay, and the error names the file.
+  Status reload(const TlsFiles& files);
   Side side() const { return side_; }
 
  private:
   TlsContext(ssl_ctx_st* ctx, Side side) : ctx_(ctx), side_(side) {}
+  mutable std::mutex mu_;  // guards ctx_ against a reload on another thread
   ssl_ctx_st* ctx_;
   Side side_;
 };

@@ -124,7 +124,7 @@ class ServerImpl final : public Server {
     if (n <= 0) return self->refuse(p, RefusalReason::kOther, "closed before sending anything");
     // 0x16 is a TLS handshake record; anything else is not TLS at all.
     if (first != 0x16) return self->refuse(p, RefusalReason::kPlaintext, "the first byte is not a TLS record");
-    SSL* ssl = SSL_new(self->tls_->get());
+    SSL* ssl = self->tls_->newSession();
     p->bev = bufferevent_openssl_socket_new(self->loop_.base(), fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                             BEV_OPT_CLOSE_ON_FREE);
     timeval tv = toTimeval(self->options_.handshake_timeout);
@@ -226,7 +226,7 @@ void connect(EventLoop& loop, std::shared_ptr<TlsContext> tls, ConnectOptions op
     if (options.expected_peer.empty()) {
       return done(fail(Errc::kInvalidArgument, "connect", "expected_peer is required"));
     }
-    SSL* ssl = SSL_new(tls->get());
+    SSL* ssl = tls->newSession();
     auto* attempt = new ConnectAttempt{std::move(options), std::move(done)};
     bufferevent* bev = bufferevent_openssl_socket_new(loop.base(), -1, ssl, BUFFEREVENT_SSL_CONNECTING,
                                                       BEV_OPT_CLOSE_ON_FREE);

@@ -2,6 +2,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include <memory>
+
 #include "transport/connection.h"
 #include "transport/tls_internal.h"
 
@@ -18,10 +20,14 @@ std::string opensslErrors() {
   return out.empty() ? "no OpenSSL error queued" : out;
 }
 
-Result<std::shared_ptr<TlsContext>> TlsContext::create(Side side, const TlsFiles& files) {
-  SSL_CTX* ctx = SSL_CTX_new(side == Side::kServer ? TLS_server_method() : TLS_client_method());
+namespace {
+
+Result<SSL_CTX*> buildContext(TlsContext::Side side, const TlsFiles& files) {
+  using Side = TlsContext::Side;
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> owned(
+      SSL_CTX_new(side == Side::kServer ? TLS_server_method() : TLS_client_method()), &SSL_CTX_free);
+  SSL_CTX* ctx = owned.get();
   if (ctx == nullptr) return fail(Errc::kSystem, "SSL_CTX_new", opensslErrors());
-  std::shared_ptr<TlsContext> out(new TlsContext(ctx, side));
   auto err = [&](const std::string& op, const std::string& file) {
     return fail(Errc::kConfig, op, file + ": " + opensslErrors());
   };
@@ -46,7 +52,34 @@ Result<std::shared_ptr<TlsContext>> TlsContext::create(Side side, const TlsFiles
   // No SSL_CTX_set_read_ahead: libevent's OpenSSL bufferevent then leaves records inside
   // the SSL object with no socket event to fetch them, and the connection stalls.
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-  return out;
+  return owned.release();
+}
+
+}  // namespace
+
+Result<std::shared_ptr<TlsContext>> TlsContext::create(Side side, const TlsFiles& files) {
+  auto ctx = buildContext(side, files);
+  if (!ctx) return std::unexpected(ctx.error());
+  return std::shared_ptr<TlsContext>(new TlsContext(*ctx, side));
+}
+
+Status TlsContext::reload(const TlsFiles& files) {
+  auto ctx = buildContext(side_, files);
+  if (!ctx) return std::unexpected(ctx.error());
+  SSL_CTX* old = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    old = ctx_;
+    ctx_ = *ctx;
+  }
+  // Sessions made from the old context hold references of their own (SSL_new up-refs it).
+  SSL_CTX_free(old);
+  return {};
+}
+
+SSL* TlsContext::newSession() const {
+  std::lock_guard lock(mu_);
+  return SSL_new(ctx_);
 }
 
 TlsContext::~TlsContext() { SSL_CTX_free(ctx_); }

@@ -216,30 +216,47 @@ Result<std::optional<std::string>> JsonObjectStream::next() {
   return std::optional<std::string>();
 }
 
+namespace {
+
+// A non-negative integer field of a fault message. nlohmann's get<> would convert a float
+// (1e300) or a negative number without complaint -- undefined behaviour for the first -- so
+// only JSON unsigned integers pass.
+Result<std::optional<std::uint64_t>> faultField(const json& j, std::string_view message,
+                                                const char* field, bool required) {
+  auto it = j.find(field);
+  auto where = std::string(message) + " field '" + field + "': ";
+  if (it == j.end() || it->is_null()) {
+    if (required) return bad(where + "is required");
+    return std::optional<std::uint64_t>();
+  }
+  if (!it->is_number_unsigned()) return bad(where + "must be a non-negative integer");
+  return std::optional<std::uint64_t>(it->get<std::uint64_t>());
+}
+
+Result<std::optional<std::uint32_t>> vcpuField(const json& j, std::string_view message, bool required) {
+  auto v = faultField(j, message, "vcpu", required);
+  if (!v) return std::unexpected(v.error());
+  if (!*v) return std::optional<std::uint32_t>();
+  if (**v > UINT32_MAX) return bad(std::string(message) + " field 'vcpu': out of range");
+  return std::optional<std::uint32_t>(static_cast<std::uint32_t>(**v));
+}
+
+}  // namespace
+
 Result<FaultRequest> parseFaultRequest(std::string_view text) {
   json j = json::parse(text, nullptr, false);
   if (!j.is_object()) return bad("FaultRequest: not a JSON object");
   FaultRequest r;
-  auto u64 = [&](const char* f, bool required) -> Result<std::optional<std::uint64_t>> {
-    auto it = j.find(f);
-    if (it == j.end() || it->is_null()) {
-      if (required) return bad(std::string("FaultRequest field '") + f + "': is required");
-      return std::optional<std::uint64_t>();
-    }
-    if (!it->is_number_unsigned()) return bad(std::string("FaultRequest field '") + f + "': must be a non-negative integer");
-    return std::optional<std::uint64_t>(it->get<std::uint64_t>());
-  };
-  auto vcpu = u64("vcpu", true);
+  auto vcpu = vcpuField(j, "FaultRequest", true);
   if (!vcpu) return std::unexpected(vcpu.error());
-  if (**vcpu > UINT32_MAX) return bad("FaultRequest field 'vcpu': out of range");
-  r.vcpu = static_cast<std::uint32_t>(**vcpu);
-  auto offset = u64("offset", true);
+  r.vcpu = **vcpu;
+  auto offset = faultField(j, "FaultRequest", "offset", true);
   if (!offset) return std::unexpected(offset.error());
   r.offset = **offset;
-  auto flags = u64("flags", false);
+  auto flags = faultField(j, "FaultRequest", "flags", false);
   if (!flags) return std::unexpected(flags.error());
   r.flags = flags->value_or(0);
-  auto gpa = u64(j.contains("gpa") ? "gpa" : "token", false);
+  auto gpa = faultField(j, "FaultRequest", j.contains("gpa") ? "gpa" : "token", false);
   if (!gpa) return std::unexpected(gpa.error());
   r.gpa = *gpa;
   return r;
@@ -255,16 +272,25 @@ Result<FaultReply> parseFaultReply(std::string_view text) {
   json j = json::parse(text, nullptr, false);
   if (!j.is_object()) return bad("FaultReply: not a JSON object");
   FaultReply r;
-  try {
-    if (j.contains("vcpu") && !j["vcpu"].is_null()) r.vcpu = j["vcpu"].get<std::uint32_t>();
-    r.offset = j.at("offset").get<std::uint64_t>();
-    r.len = j.at("len").get<std::uint64_t>();
-    r.flags = j.value("flags", std::uint64_t{0});
-    const char* g = j.contains("gpa") ? "gpa" : "token";
-    if (j.contains(g) && !j[g].is_null()) r.gpa = j[g].get<std::uint64_t>();
-    r.zero = j.value("zero", false);
-  } catch (const json::exception& e) {
-    return bad(std::string("FaultReply: ") + e.what());
+  auto vcpu = vcpuField(j, "FaultReply", false);
+  if (!vcpu) return std::unexpected(vcpu.error());
+  r.vcpu = *vcpu;
+  auto offset = faultField(j, "FaultReply", "offset", true);
+  if (!offset) return std::unexpected(offset.error());
+  r.offset = **offset;
+  auto len = faultField(j, "FaultReply", "len", true);
+  if (!len) return std::unexpected(len.error());
+  r.len = **len;
+  auto flags = faultField(j, "FaultReply", "flags", false);
+  if (!flags) return std::unexpected(flags.error());
+  r.flags = flags->value_or(0);
+  auto gpa = faultField(j, "FaultReply", j.contains("gpa") ? "gpa" : "token", false);
+  if (!gpa) return std::unexpected(gpa.error());
+  r.gpa = *gpa;
+  auto zero = j.find("zero");
+  if (zero != j.end() && !zero->is_null()) {
+    if (!zero->is_boolean()) return bad("FaultReply field 'zero': must be true or false");
+    r.zero = zero->get<bool>();
   }
   return r;
 }

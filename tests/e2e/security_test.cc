@@ -3,10 +3,14 @@
 // docs/security.md lists these tests beside the attacks they play.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -80,6 +84,37 @@ Outcome helloAttack(const std::string& address, const transport::TlsFiles& cert,
     if (e) out.refusal = e->message;
   }
   return out;
+}
+
+std::string fingerprint(X509* cert) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (cert == nullptr || X509_digest(cert, EVP_sha256(), md, &n) != 1) return "";
+  std::string hex;
+  char b[3];
+  for (unsigned i = 0; i < n; ++i) hex += (std::snprintf(b, sizeof b, "%02x", md[i]), b);
+  return hex;
+}
+
+std::string fileFingerprint(const std::string& pem) {
+  std::unique_ptr<FILE, decltype(&std::fclose)> f(std::fopen(pem.c_str(), "r"), &std::fclose);
+  if (!f) return "";
+  std::unique_ptr<X509, decltype(&X509_free)> cert(PEM_read_X509(f.get(), nullptr, nullptr, nullptr), &X509_free);
+  return fingerprint(cert.get());
+}
+
+// The certificate a TLS server presents now (what a new connection gets).
+std::string presentedFingerprint(const std::string& address, const transport::TlsFiles& client) {
+  SslCtx ctx(SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
+  SSL_CTX_use_certificate_chain_file(ctx.get(), client.cert_file.c_str());
+  SSL_CTX_use_PrivateKey_file(ctx.get(), client.key_file.c_str(), SSL_FILETYPE_PEM);
+  auto fd = dialTcp(address);
+  if (!fd) return "";
+  Ssl ssl(SSL_new(ctx.get()), &SSL_free);
+  SSL_set_fd(ssl.get(), fd.get());
+  if (SSL_connect(ssl.get()) != 1) return "";
+  std::unique_ptr<X509, decltype(&X509_free)> cert(SSL_get1_peer_certificate(ssl.get()), &X509_free);
+  return fingerprint(cert.get());
 }
 
 std::map<std::string, double> refusalsOf(const DemoRun& run, Side side) {
@@ -184,6 +219,55 @@ TEST(Security, EveryAttackOnTheSourceIsRefusedCountedAndTheMigrationCompletes) {
   auto report = run->report(*vm, 0);
   expectVerified(report, o.size);
   EXPECT_EQ(progressOf(*run, Side::kDestination, "reconnects"), 0u) << "no attack disturbed the good links";
+}
+
+// Certificates rotate under a running migration: SIGHUP loads the new ones for new
+// connections, the migration's links stay up, and a broken file changes nothing.
+TEST(Security, CertificatesReloadOnSighupWithoutDroppingTheMigration) {
+  auto o = baseOptions();
+  o.memory = "anon";
+  o.extra_yaml = "migration:\n  bulk_rate_limit_mib_s: 16\n";
+  auto run = DemoRun::prepare(o);
+  ASSERT_TRUE(run) << run.error().message();
+  ASSERT_TRUE(run->prepareSourceMemory());
+  ASSERT_TRUE(run->createMigrations());
+  ASSERT_TRUE(run->startDestinationVm());
+  ASSERT_TRUE(waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 0; }, 30s));
+
+  const std::string dir = run->dir();
+  const std::string source = run->agentAddress(Side::kSource);
+  transport::PemFiles fleet_ca{dir + "/ca.crt", dir + "/ca.key"};
+  transport::TlsFiles dest_files{fleet_ca.cert_file, dir + "/destination.crt", dir + "/destination.key"};
+  const std::string before = presentedFingerprint(source, dest_files);
+  ASSERT_EQ(before, fileFingerprint(dir + "/source.crt"));
+
+  // A new key and certificate for the same identity, written over the old files.
+  transport::LeafSpec spec;
+  spec.common_name = "source";
+  spec.uris = {DemoRun::identity(Side::kSource)};
+  ASSERT_TRUE(transport::issueLeaf(fleet_ca, dir, "source", spec));
+  const std::string rotated = fileFingerprint(dir + "/source.crt");
+  ASSERT_NE(rotated, before);
+  EXPECT_EQ(presentedFingerprint(source, dest_files), before) << "nothing changes before the signal";
+  run->signalAgent(Side::kSource, SIGHUP);
+  EXPECT_TRUE(waitUntil([&] { return presentedFingerprint(source, dest_files) == rotated; }, 10s));
+
+  // A broken certificate file: the reload fails loudly and the agent keeps what it had.
+  std::filesystem::copy_file(dir + "/source.crt", dir + "/source.crt.good");
+  std::ofstream(dir + "/source.crt", std::ios::trunc) << "not a certificate\n";
+  run->signalAgent(Side::kSource, SIGHUP);
+  std::string log;
+  EXPECT_TRUE(waitUntil([&] {
+    std::ifstream in(run->logPath(Side::kSource));
+    log.assign(std::istreambuf_iterator<char>(in), {});
+    return log.find("certificate reload failed") != std::string::npos;
+  }, 10s)) << log;
+  EXPECT_EQ(presentedFingerprint(source, dest_files), rotated);
+
+  auto vm = run->waitDestinationVm();
+  ASSERT_TRUE(vm) << vm.error().message();
+  expectVerified(run->report(*vm, 0), o.size);
+  EXPECT_EQ(progressOf(*run, Side::kDestination, "reconnects"), 0u) << "the links made before the reload stayed up";
 }
 
 // A VMM running as a uid outside handshake.allowed_uids cannot hand over a uffd, even with a

@@ -200,5 +200,25 @@ TEST(FaultMessages, RoundTripAndOldTokenName) {
   EXPECT_EQ(req->vcpu, 7u);
 }
 
+// Found by tests/fuzz/handshake_fuzz.cc: a huge float converted to an integer is undefined
+// behaviour, and a negative one wraps; both must be refused with the field named.
+TEST(FaultMessages, FloatsNegativesAndOverflowsAreRefusedByField) {
+  const char* bad_replies[][2] = {
+      {R"({"offset":4.06e72,"len":4096})", "'offset'"},
+      {R"({"offset":0,"len":-1})", "'len'"},
+      {R"({"vcpu":4294967296,"offset":0,"len":4096})", "'vcpu'"},
+      {R"({"offset":0,"len":4096,"gpa":1.5})", "'gpa'"},
+      {R"({"offset":0,"len":4096,"zero":"yes"})", "'zero'"},
+  };
+  for (auto& [text, field] : bad_replies) {
+    auto r = parseFaultReply(text);
+    ASSERT_FALSE(r) << text;
+    EXPECT_NE(r.error().message().find(field), std::string::npos) << text << ": " << r.error().message();
+  }
+  auto r = parseFaultRequest(R"({"vcpu":1,"offset":4.06e72})");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("'offset'"), std::string::npos) << r.error().message();
+}
+
 }  // namespace
 }  // namespace lazymig::vmm
