@@ -127,8 +127,9 @@ Status DemoRun::writeConfig(Side s) {
 Status DemoRun::startAgent(Side s) {
   auto& slot = agents_[static_cast<int>(s)];
   slot.reset();
-  auto child = ChildProcess::spawn({options_.bindir + "/lazymig-agent", "--config",
-                                    dir_ + "/" + name(s) + ".yaml"}, logPath(s));
+  std::vector<std::string> argv = options_.agent_prefix;
+  argv.insert(argv.end(), {options_.bindir + "/lazymig-agent", "--config", dir_ + "/" + name(s) + ".yaml"});
+  auto child = ChildProcess::spawn(argv, logPath(s));
   if (!child) return std::unexpected(child.error());
   slot.emplace(std::move(*child));
   client::ControlClient c(controlEndpoint(s), std::chrono::seconds(1));
@@ -146,6 +147,11 @@ Status DemoRun::startAgent(Side s) {
 
 void DemoRun::signalAgent(Side s, int sig) const {
   if (const auto& slot = agents_[static_cast<int>(s)]) slot->signal(sig);
+}
+
+pid_t DemoRun::agentPid(Side s) const {
+  const auto& slot = agents_[static_cast<int>(s)];
+  return slot ? slot->pid() : -1;
 }
 
 void DemoRun::killAgent(Side s, int sig) {

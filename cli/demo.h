@@ -31,6 +31,8 @@ struct DemoOptions {
   bool verbose = true;   // progress lines on stderr
   std::string bindir;    // where lazymig-agent and lazymig-testvm live; default: beside this binary
   std::string extra_yaml;  // appended to both agents' configs
+  // Run each agent through this command (e.g. setpriv dropping capabilities); empty: directly.
+  std::vector<std::string> agent_prefix;
 };
 
 enum class Side { kSource, kDestination };
@@ -46,6 +48,7 @@ class DemoRun {
   void killAgent(Side side, int sig);
   // Sends `sig` without waiting (SIGHUP: reload).
   void signalAgent(Side side, int sig) const;
+  pid_t agentPid(Side side) const;
   Status prepareSourceMemory();
   // Creates both migrations; `source_address` overrides where the destination dials (a proxy).
   Status createMigrations(const std::string& source_address = "");

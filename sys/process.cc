@@ -5,7 +5,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <memory>
 
 #include "sys/memory_fd.h"
 
@@ -13,19 +15,28 @@ namespace lazymig::sys {
 
 Result<std::vector<int>> findFds(pid_t pid, const std::function<bool(const std::string&)>& match) {
   std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return failSys("opendir", dir);
+  struct CloseDir {
+    void operator()(DIR* d) const { ::closedir(d); }
+  };
+  std::unique_ptr<DIR, CloseDir> d(::opendir(dir.c_str()));
+  if (!d) return failSys("opendir", dir);
   std::vector<int> out;
-  while (dirent* e = ::readdir(d)) {
+  while (dirent* e = ::readdir(d.get())) {
     if (e->d_name[0] == '.') continue;
     char target[512];
     std::string link = dir + "/" + e->d_name;
     ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
-    if (n < 0) continue;  // closed while we looked
+    if (n < 0 && errno == ENOENT) continue;  // closed while we looked
+    if (n < 0) {
+      // The kernel's ptrace access check: a process with capabilities this one lacks hides
+      // its fds unless we hold CAP_SYS_PTRACE.
+      return failSys("readlink", link + (errno == EACCES || errno == EPERM
+                                             ? " (the agent needs CAP_SYS_PTRACE over this process)"
+                                             : ""));
+    }
     target[n] = '\0';
     if (match(target)) out.push_back(std::atoi(e->d_name));
   }
-  ::closedir(d);
   return out;
 }
 
