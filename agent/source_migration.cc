@@ -12,6 +12,13 @@ namespace lazymig::agent {
 using transport::ChannelKind;
 using transport::FrameType;
 
+namespace {
+// Demand replies queued for a destination that does not read them. A real one has at most a
+// few requests per vCPU in flight (kilobytes to a few MiB); past this it is flooding us, and
+// the queue would otherwise grow until the agent runs out of memory.
+constexpr std::size_t kUrgentBacklogLimit = 64u << 20;
+}  // namespace
+
 SourceMigration::SourceMigration(SourceSpec spec, AgentContext& ctx,
                                  transport::EventLoop& peer_loop)
     : Migration(spec.id, "source", specToJson(MigrationSpec(spec)), ctx, spec.peer_identity),
@@ -215,6 +222,14 @@ void SourceMigration::onUrgentFrame(const transport::FrameHeader& h,
     case FrameType::kPageRequest: {
       auto req = transport::decodePageRequest(payload, layout(), transport::Limits{});
       if (!req) break;
+      if (urgent_->pendingOutputBytes() > kUrgentBacklogLimit) {
+        log_.warn("the peer floods page requests without reading the replies; closing the urgent channel",
+                  {{"queued_bytes", static_cast<std::uint64_t>(urgent_->pendingOutputBytes())}});
+        if (ctx_.metrics) ctx_.metrics->addRefusal("flood");
+        urgent_->close();
+        urgent_.reset();
+        return;
+      }
       stats_.demand_faults.fetch_add(req->pages.size(), std::memory_order_relaxed);
       for (auto p : req->pages) servePage(p);
       return;

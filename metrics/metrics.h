@@ -37,7 +37,7 @@ inline constexpr std::string_view kRefusalReasons[] = {
     // TLS (transport::RefusalReason)
     "tls_handshake", "no_certificate", "bad_certificate", "plaintext", "other",
     // the peer protocol and the migration's checks of a Hello (agent/)
-    "protocol", "unknown_migration", "identity", "token", "state", "not_ready", "layout",
+    "protocol", "unknown_migration", "identity", "token", "state", "not_ready", "layout", "flood",
     // VMM handshakes and memory handovers (agent/vmm_listener.cc)
     "handshake_credentials", "handshake_malformed", "handshake_rejected"};
 inline constexpr std::string_view kMigrationStates[] = {

@@ -221,6 +221,54 @@ TEST(Security, EveryAttackOnTheSourceIsRefusedCountedAndTheMigrationCompletes) {
   EXPECT_EQ(progressOf(*run, Side::kDestination, "reconnects"), 0u) << "no attack disturbed the good links";
 }
 
+// An authorised destination (right identity, right token) that floods page requests and never
+// reads the replies is cut off before the source's queue grows without bound; the source keeps
+// serving, and the real destination then completes the migration.
+TEST(Security, PageRequestFloodIsCutOffAndCounted) {
+  auto o = baseOptions();
+  o.memory = "anon";
+  auto run = DemoRun::prepare(o);
+  ASSERT_TRUE(run) << run.error().message();
+  ASSERT_TRUE(run->prepareSourceMemory());
+  ASSERT_TRUE(run->createMigrations());
+
+  const std::string dir = run->dir();
+  transport::TlsFiles dest{dir + "/ca.crt", dir + "/destination.crt", dir + "/destination.key"};
+  SslCtx ctx(SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
+  SSL_CTX_use_certificate_chain_file(ctx.get(), dest.cert_file.c_str());
+  SSL_CTX_use_PrivateKey_file(ctx.get(), dest.key_file.c_str(), SSL_FILETYPE_PEM);
+  auto fd = dialTcp(run->agentAddress(Side::kSource));
+  ASSERT_TRUE(fd);
+  timeval tv{5, 0};
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  Ssl ssl(SSL_new(ctx.get()), &SSL_free);
+  SSL_set_fd(ssl.get(), fd.get());
+  ASSERT_EQ(SSL_connect(ssl.get()), 1);
+  std::string hello = transport::encodeHello(
+      {DemoRun::kMigrationId, run->token(), transport::ChannelKind::kUrgent, 4096, o.size});
+  ASSERT_GT(SSL_write(ssl.get(), hello.data(), static_cast<int>(hello.size())), 0);
+  char head[transport::kHeaderSize];
+  ASSERT_EQ(SSL_read(ssl.get(), head, sizeof head), static_cast<int>(sizeof head));
+  ASSERT_EQ(static_cast<transport::FrameType>(static_cast<unsigned char>(head[5])), transport::FrameType::kHelloOk);
+
+  transport::PageRequest req;
+  for (std::uint64_t p = 0; p < 1024; ++p) req.pages.push_back(p);
+  const std::string frame = transport::encodePageRequest(req);
+  int sent = 0;
+  // Each request asks for 4 MiB; the source must hang up long before 1000 of them.
+  for (; sent < 1000; ++sent) {
+    if (SSL_write(ssl.get(), frame.data(), static_cast<int>(frame.size())) <= 0) break;
+  }
+  EXPECT_LT(sent, 1000) << "the source never cut the flood off";
+  EXPECT_TRUE(waitUntil([&] { return refusalsOf(*run, Side::kSource)["flood"] >= 1; }, std::chrono::seconds(10)))
+      << nlohmann::json(refusalsOf(*run, Side::kSource)).dump();
+
+  ASSERT_TRUE(run->startDestinationVm());
+  auto vm = run->waitDestinationVm();
+  ASSERT_TRUE(vm) << vm.error().message();
+  expectVerified(run->report(*vm, 0), o.size);
+}
+
 // Certificates rotate under a running migration: SIGHUP loads the new ones for new
 // connections, the migration's links stay up, and a broken file changes nothing.
 TEST(Security, CertificatesReloadOnSighupWithoutDroppingTheMigration) {
