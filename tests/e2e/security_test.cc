@@ -318,6 +318,39 @@ TEST(Security, CertificatesReloadOnSighupWithoutDroppingTheMigration) {
   EXPECT_EQ(progressOf(*run, Side::kDestination, "reconnects"), 0u) << "the links made before the reload stayed up";
 }
 
+// A second VMM handshake for a migration that already has its VMM is refused and counted;
+// the first VMM keeps being served.
+TEST(Security, SecondHandshakeForARunningMigrationIsRefused) {
+  auto o = baseOptions();
+  o.memory = "anon";
+  o.extra_yaml = "migration:\n  bulk_rate_limit_mib_s: 16\n";
+  auto run = DemoRun::prepare(o);
+  ASSERT_TRUE(run) << run.error().message();
+  ASSERT_TRUE(run->prepareSourceMemory());
+  ASSERT_TRUE(run->createMigrations());
+  ASSERT_TRUE(run->startDestinationVm());
+  ASSERT_TRUE(waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 0; }, 30s));
+  const std::string socket = run->dir() + "/destination-vmm/" + DemoRun::kMigrationId + ".sock";
+  const std::string script =
+      "import socket,sys,os\n"
+      "s=socket.socket(socket.AF_UNIX,socket.SOCK_STREAM); s.connect(sys.argv[1])\n"
+      "r,w=os.pipe()\n"
+      "msg=b'[{\"base_host_virt_addr\":4096,\"size\":4096,\"offset\":0,\"page_size\":4096}]'\n"
+      "socket.send_fds(s,[msg],[r]); print('sent', flush=True); s.recv(100)\n";
+  auto second = cli::ChildProcess::spawn({"/usr/bin/python3", "-c", script, socket}, run->dir() + "/second.log");
+  ASSERT_TRUE(second) << second.error().message();
+  ASSERT_TRUE(second->wait(20s).has_value());
+  EXPECT_TRUE(waitUntil([&] { return refusalsOf(*run, Side::kDestination)["handshake_rejected"] >= 1; }, 10s))
+      << nlohmann::json(refusalsOf(*run, Side::kDestination)).dump();
+  std::string log;
+  std::ifstream in(run->logPath(Side::kDestination));
+  log.assign(std::istreambuf_iterator<char>(in), {});
+  EXPECT_NE(log.find("second handshake is refused"), std::string::npos) << "the refusal says why";
+  auto vm = run->waitDestinationVm();
+  ASSERT_TRUE(vm) << vm.error().message();
+  expectVerified(run->report(*vm, 0), o.size);
+}
+
 // A VMM running as a uid outside handshake.allowed_uids cannot hand over a uffd, even with a
 // world-writable socket; the real VMM (root) then can, and the migration completes.
 TEST(Security, HandshakeFromADisallowedUidIsRefused) {
