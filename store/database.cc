@@ -4,6 +4,7 @@
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
 
+#include <cstring>
 #include <mutex>
 #include <nlohmann/json.hpp>
 
@@ -143,9 +144,10 @@ class RocksDatabase final : public Database {
         chunk = (chunk << 8) | static_cast<unsigned char>(key[prefix.size() + i]);
       }
       std::uint64_t first_word = chunk * (kPagesPerChunk / 64);
-      const auto* words = reinterpret_cast<const std::uint64_t*>(it->value().data());
+      // RocksDB values carry no alignment: copy the words out rather than cast the bytes.
+      const char* bytes = it->value().data();
       for (std::uint64_t w = 0; w < kPagesPerChunk / 64 && first_word + w < out.size(); ++w) {
-        out[first_word + w] = words[w];
+        std::memcpy(&out[first_word + w], bytes + w * sizeof(std::uint64_t), sizeof(std::uint64_t));
       }
     }
     if (!it->status().ok()) return dbError("load", "page map of '" + migration_id + "'", it->status());

@@ -72,9 +72,10 @@ struct Flags {
   bool has(const std::string& k) const { return values.count(k) != 0; }
   std::uint64_t number(const std::string& k, std::uint64_t def) const {
     if (!has(k)) return def;
+    const std::string text = get(k);  // strtoull's end pointer points into it
     char* end = nullptr;
-    auto v = std::strtoull(get(k).c_str(), &end, 10);
-    if (*end != '\0') usage(k + ": expected a number, got '" + get(k) + "'");
+    auto v = std::strtoull(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0') usage(k + ": expected a number, got '" + text + "'");
     return v;
   }
 };
