@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "cli/demo.h"
+#include "client/control_client.h"
 
 namespace lazymig::e2e {
 
@@ -39,6 +40,15 @@ inline std::uint64_t progressOf(const cli::DemoRun& run, cli::Side side, const c
   auto m = run.migration(side);
   if (!m) return 0;
   return m->value("progress", nlohmann::json::object()).value(field, std::uint64_t{0});
+}
+
+// The agent's /metrics exposition (found through GET /v1/agent), or "" when unreachable.
+inline std::string scrapeMetrics(const cli::DemoRun& run, cli::Side side) {
+  auto agent = client::ControlClient(run.controlEndpoint(side)).get("/v1/agent");
+  if (!agent) return "";
+  auto address = nlohmann::json::parse(agent->body, nullptr, false).value("metrics_address", "");
+  auto text = client::ControlClient("http://" + address).get("/metrics");
+  return text ? text->body : "";
 }
 
 // The checks every migration must pass (invariant 1 and the page accounting).

@@ -189,6 +189,11 @@ TEST(Resilience, SourceGoneForGoodFailsLoudlyWithinDeadline) {
   auto m = run->migration(Side::kDestination);
   ASSERT_TRUE(m);
   EXPECT_NE(m->value("reason", "").find("pages never received"), std::string::npos) << m->dump();
+  // ...and in the metric the LazymigMigrationFailed alert watches.
+  std::string metrics = scrapeMetrics(*run, Side::kDestination);
+  EXPECT_NE(metrics.find(R"(lazymig_migration_duration_seconds_count{node="destination",outcome="failed"} 1)"),
+            std::string::npos)
+      << metrics;
   // The test VM sees the failure and leaves (exit 3) instead of hanging the suite.
   auto vm = run->waitDestinationVm();
   ASSERT_TRUE(vm) << vm.error().message();

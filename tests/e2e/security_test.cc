@@ -118,15 +118,10 @@ std::string presentedFingerprint(const std::string& address, const transport::Tl
 }
 
 std::map<std::string, double> refusalsOf(const DemoRun& run, Side side) {
-  client::ControlClient control(run.controlEndpoint(side));
-  auto agent = control.get("/v1/agent");
   std::map<std::string, double> out;
-  if (!agent) return out;
-  auto metrics_address = nlohmann::json::parse(agent->body).value("metrics_address", "");
-  auto text = client::ControlClient("http://" + metrics_address).get("/metrics");
-  if (!text) return out;
+  const std::string text = scrapeMetrics(run, side);
   std::regex line(R"re(lazymig_refusals_total\{[^}]*reason="([a-z_]+)"[^}]*\} ([0-9.e+]+))re");
-  for (std::sregex_iterator it(text->body.begin(), text->body.end(), line), end; it != end; ++it) {
+  for (std::sregex_iterator it(text.begin(), text.end(), line), end; it != end; ++it) {
     out[(*it)[1]] = std::stod((*it)[2]);
   }
   return out;
