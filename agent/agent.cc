@@ -118,12 +118,18 @@ Status Agent::startControlApi() {
     if (!t) return std::unexpected(t.error());
     token = *t;
   }
+  if (const auto& ct = config_.control_tls; !ct.cert_file.empty()) {
+    auto tls = transport::TlsContext::create(transport::TlsContext::Side::kServer,
+                                             {ct.client_ca_file, ct.cert_file, ct.key_file});
+    if (!tls) return std::unexpected(tls.error());
+    tls_control_ = std::move(*tls);
+  }
   runOnLoop(*control_loop_, [&] {
     ControlApi::Backend backend{
         [this](const nlohmann::json& body, bool& created) { return create(body, created); },
         [this] { return info(); }, [this] { return ready_.load() && !stopped_.load(); }};
     auto api = ControlApi::start(*control_loop_, config_.control_listen, registry_,
-                                 std::move(backend), token);
+                                 std::move(backend), token, tls_control_);
     if (!api) {
       status = std::unexpected(api.error());
       return;
@@ -239,6 +245,13 @@ Status Agent::reloadCertificates() {
   for (auto* ctx : {tls_server_.get(), tls_client_.get()}) {
     if (auto ok = ctx->reload(files); !ok) {
       log_.error("certificate reload failed; keeping the certificates in use", {{"error", ok.error().message()}});
+      return ok;
+    }
+  }
+  if (tls_control_) {
+    const auto& ct = config_.control_tls;
+    if (auto ok = tls_control_->reload({ct.client_ca_file, ct.cert_file, ct.key_file}); !ok) {
+      log_.error("control API certificate reload failed; keeping the ones in use", {{"error", ok.error().message()}});
       return ok;
     }
   }

@@ -43,6 +43,7 @@ class Agent {
   std::unique_ptr<metrics::AgentMetrics> metrics_;
   std::shared_ptr<transport::TlsContext> tls_server_;
   std::shared_ptr<transport::TlsContext> tls_client_;
+  std::shared_ptr<transport::TlsContext> tls_control_;  // control_tls, when configured
   std::unique_ptr<AgentContext> ctx_;
   Registry registry_;
   std::unique_ptr<transport::EventLoop> peer_loop_;

@@ -1,10 +1,12 @@
 #include "agent/control_api.h"
 
 #include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -52,8 +54,10 @@ bool queryFlag(evhttp_request* req, const char* name) {
 Result<std::unique_ptr<ControlApi>> ControlApi::start(transport::EventLoop& loop,
                                                       const std::string& listen,
                                                       Registry& registry, Backend backend,
-                                                      std::string bearer_token) {
+                                                      std::string bearer_token,
+                                                      std::shared_ptr<transport::TlsContext> tls) {
   std::unique_ptr<ControlApi> api(new ControlApi(registry, std::move(backend), std::move(bearer_token)));
+  api->tls_ = std::move(tls);
   api->http_ = evhttp_new(loop.base());
   if (api->http_ == nullptr) return fail(Errc::kSystem, "evhttp_new", "control api");
   evhttp_set_max_body_size(api->http_, kTransportMaxBody);
@@ -79,6 +83,9 @@ Result<std::unique_ptr<ControlApi>> ControlApi::start(transport::EventLoop& loop
   if (colon == std::string::npos) {
     return fail(Errc::kConfig, "listen.control", "'" + listen + "' is neither unix:/path nor host:port");
   }
+  // Every accepted connection gets a TLS session; a client without a certificate from the
+  // control CA fails the handshake and never reaches a handler.
+  if (api->tls_) evhttp_set_bevcb(api->http_, &ControlApi::newTlsBufferevent, api.get());
   std::string host = listen.substr(0, colon);
   if (host.size() > 1 && host.front() == '[') host = host.substr(1, host.size() - 2);
   auto port = static_cast<std::uint16_t>(std::stoul(listen.substr(colon + 1)));
@@ -97,6 +104,12 @@ Result<std::unique_ptr<ControlApi>> ControlApi::start(transport::EventLoop& loop
 ControlApi::~ControlApi() {
   if (http_ != nullptr) evhttp_free(http_);
   if (!unix_path_.empty()) ::unlink(unix_path_.c_str());
+}
+
+bufferevent* ControlApi::newTlsBufferevent(event_base* base, void* arg) {
+  auto* api = static_cast<ControlApi*>(arg);
+  return bufferevent_openssl_socket_new(base, -1, api->tls_->newSession(), BUFFEREVENT_SSL_ACCEPTING,
+                                        BEV_OPT_CLOSE_ON_FREE);
 }
 
 void ControlApi::onRequest(evhttp_request* req, void* arg) {

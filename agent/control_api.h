@@ -15,6 +15,8 @@
 
 struct evhttp;
 struct evhttp_request;
+struct bufferevent;
+struct event_base;
 
 namespace lazymig::agent {
 
@@ -37,10 +39,12 @@ class ControlApi {
     std::function<bool()> ready;
   };
 
-  // Call on the control loop's thread. `listen` is "unix:/path" or "host:port".
+  // Call on the control loop's thread. `listen` is "unix:/path" or "host:port"; with `tls`
+  // (a server context that requires client certificates) a TCP listener speaks HTTPS.
   static Result<std::unique_ptr<ControlApi>> start(transport::EventLoop& loop,
                                                    const std::string& listen, Registry& registry,
-                                                   Backend backend, std::string bearer_token);
+                                                   Backend backend, std::string bearer_token,
+                                                   std::shared_ptr<transport::TlsContext> tls = nullptr);
   ~ControlApi();
   const std::string& boundAddress() const { return bound_; }
 
@@ -48,6 +52,7 @@ class ControlApi {
   ControlApi(Registry& registry, Backend backend, std::string token)
       : registry_(registry), backend_(std::move(backend)), bearer_token_(std::move(token)) {}
   static void onRequest(evhttp_request* req, void* arg);
+  static bufferevent* newTlsBufferevent(event_base* base, void* arg);
   void handle(evhttp_request* req);
   void route(evhttp_request* req, const std::string& path);
   void handleMigration(evhttp_request* req, const std::string& id);
@@ -57,6 +62,7 @@ class ControlApi {
   Registry& registry_;
   Backend backend_;
   std::string bearer_token_;
+  std::shared_ptr<transport::TlsContext> tls_;
   evhttp* http_ = nullptr;
   sys::UnixSocket unix_socket_;
   std::string unix_path_;

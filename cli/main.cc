@@ -21,7 +21,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* kUsage = R"(usage: lazymig [--control ENDPOINT] [--json] [--token-file F] COMMAND [flags]
+constexpr const char* kUsage = R"(usage: lazymig [--control ENDPOINT] [--json] [--token-file F] [--cacert F --cert F --key F] COMMAND [flags]
 
 commands:
   migrate --id ID --role source|destination --token HEX --peer-identity SAN
@@ -37,7 +37,9 @@ commands:
        [--accesses 20000] [--regions 1] [--zero-ratio 0.25] [--balloon] [--keep] [--timeout-s 600]
        [--extra-yaml FILE]  (appended to both agents' configs, e.g. a migration: block)
 
-ENDPOINT is unix:/path or host:port (default: $LAZYMIG_CONTROL or unix:/run/lazymig/control.sock).
+ENDPOINT is unix:/path, host:port or https://host:port (default: $LAZYMIG_CONTROL or
+unix:/run/lazymig/control.sock). For https, --cacert is the CA of the agent's control
+certificate and --cert/--key this client's certificate (control_tls in the agent's config).
 )";
 
 [[noreturn]] void usage(const std::string& why) {
@@ -79,6 +81,7 @@ struct Global {
   std::string control;
   bool json_out = false;
   std::string token;
+  std::string cacert, cert, key;
 };
 
 int apiError(const client::HttpResponse& r) {
@@ -96,6 +99,7 @@ std::optional<json> request(const Global& g, const std::string& method, const st
                             const std::string& body, int& rc) {
   client::ControlClient c(g.control);
   c.setBearerToken(g.token);
+  c.setTls(g.cacert, g.cert, g.key);
   auto r = c.request(method, path, body);
   if (!r) {
     std::fprintf(stderr, "lazymig: %s\n", r.error().message().c_str());
@@ -310,7 +314,10 @@ int main(int argc, char** argv) {
       std::ifstream in(argv[++i]);
       if (!in) usage(std::string("--token-file: cannot read ") + argv[i]);
       std::getline(in, g.token);
-    } else break;
+    } else if (s == "--cacert" && i + 1 < argc) g.cacert = argv[++i];
+    else if (s == "--cert" && i + 1 < argc) g.cert = argv[++i];
+    else if (s == "--key" && i + 1 < argc) g.key = argv[++i];
+    else break;
   }
   if (i >= argc) usage("missing command");
   std::string cmd = argv[i++];

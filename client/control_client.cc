@@ -1,12 +1,17 @@
 #include "client/control_client.h"
 
+#include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include <cstring>
+#include <memory>
 
 #include "sys/unique_fd.h"
 
@@ -17,6 +22,7 @@ using Clock = std::chrono::steady_clock;
 
 struct Target {
   bool unix_socket = false;
+  bool tls = false;
   std::string path;
   std::string host;
   std::string port;
@@ -30,7 +36,12 @@ Result<Target> parseEndpoint(const std::string& endpoint) {
     if (t.path.empty()) return fail(Errc::kInvalidArgument, "control endpoint", "unix: needs a path");
     return t;
   }
-  std::string rest = endpoint.rfind("http://", 0) == 0 ? endpoint.substr(7) : endpoint;
+  std::string rest = endpoint;
+  if (rest.rfind("http://", 0) == 0) rest = rest.substr(7);
+  if (rest.rfind("https://", 0) == 0) {
+    rest = rest.substr(8);
+    t.tls = true;
+  }
   while (!rest.empty() && rest.back() == '/') rest.pop_back();
   auto colon = rest.rfind(':');
   if (colon == std::string::npos) {
@@ -71,18 +82,84 @@ Result<sys::UniqueFd> connectTo(const Target& t, const std::string& endpoint, Cl
   addrinfo* res = nullptr;
   int rc = ::getaddrinfo(t.host.c_str(), t.port.c_str(), &hints, &res);
   if (rc != 0) return fail(Errc::kInvalidArgument, "control api: resolve", endpoint + ": " + gai_strerror(rc));
-  sys::UniqueFd fd(::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  int r = ::connect(fd.get(), res->ai_addr, res->ai_addrlen);
-  ::freeaddrinfo(res);
-  if (r != 0 && errno != EINPROGRESS) return failSys("control api: connect", endpoint);
-  if (r != 0) {
-    if (auto ok = waitFor(fd.get(), POLLOUT, deadline, "connect " + endpoint); !ok) return std::unexpected(ok.error());
-    int err = 0;
-    socklen_t len = sizeof err;
-    ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err != 0) return failSys("control api: connect", endpoint, err);
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> owned(res, &::freeaddrinfo);
+  // "localhost" may resolve to ::1 first while the agent listens on 127.0.0.1: try each.
+  Error last = fail(Errc::kSystem, "control api: connect", endpoint + ": no address").error();
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    sys::UniqueFd fd(::socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    int r = ::connect(fd.get(), ai->ai_addr, ai->ai_addrlen);
+    if (r != 0 && errno != EINPROGRESS) {
+      last = failSys("control api: connect", endpoint).error();
+      continue;
+    }
+    if (r != 0) {
+      if (auto ok = waitFor(fd.get(), POLLOUT, deadline, "connect " + endpoint); !ok) return std::unexpected(ok.error());
+      int err = 0;
+      socklen_t len = sizeof err;
+      ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err != 0) {
+        last = failSys("control api: connect", endpoint, err).error();
+        continue;
+      }
+    }
+    return fd;
   }
-  return fd;
+  return std::unexpected(last);
+}
+
+std::string tlsErrors() {
+  std::string out;
+  while (unsigned long e = ERR_get_error()) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    out += (out.empty() ? "" : "; ") + std::string(buf);
+  }
+  return out.empty() ? "TLS error" : out;
+}
+
+// One HTTPS exchange, blocking with socket timeouts (the CLI sends one request per
+// connection): TLS 1.3, the agent's certificate checked against `ca` and the host name.
+Result<std::string> exchangeTls(int fd, const std::string& host, const std::string& ca, const std::string& cert,
+                                const std::string& key, const std::string& request, Clock::time_point deadline,
+                                const std::string& endpoint) {
+  auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
+  timeval tv{static_cast<time_t>(std::max<long long>(left, 1000) / 1000000),
+             static_cast<suseconds_t>(std::max<long long>(left, 1000) % 1000000)};
+  int flags = ::fcntl(fd, F_GETFL);
+  ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION);
+  if (ca.empty() || SSL_CTX_load_verify_locations(ctx.get(), ca.c_str(), nullptr) != 1) {
+    return fail(Errc::kConfig, "control api: --cacert", (ca.empty() ? std::string("required for https") : ca) +
+                                                            (ca.empty() ? "" : ": " + tlsErrors()));
+  }
+  if (!cert.empty() && (SSL_CTX_use_certificate_chain_file(ctx.get(), cert.c_str()) != 1 ||
+                        SSL_CTX_use_PrivateKey_file(ctx.get(), key.c_str(), SSL_FILETYPE_PEM) != 1)) {
+    return fail(Errc::kConfig, "control api: --cert/--key", cert + ": " + tlsErrors());
+  }
+  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(ctx.get()), &SSL_free);
+  SSL_set_fd(ssl.get(), fd);
+  SSL_set_tlsext_host_name(ssl.get(), host.c_str());
+  SSL_set1_host(ssl.get(), host.c_str());
+  if (SSL_connect(ssl.get()) != 1) return fail(Errc::kProtocol, "control api: TLS", endpoint + ": " + tlsErrors());
+  if (SSL_write(ssl.get(), request.data(), static_cast<int>(request.size())) <= 0) {
+    return fail(Errc::kProtocol, "control api: TLS", endpoint + ": the agent closed the connection (" +
+                                                         tlsErrors() + "); is this client's certificate accepted?");
+  }
+  std::string raw;
+  char buf[16384];
+  for (int n; (n = SSL_read(ssl.get(), buf, sizeof buf)) > 0;) {
+    raw.append(buf, static_cast<std::size_t>(n));
+    if (raw.size() > (16u << 20)) return fail(Errc::kProtocol, "control api", "response larger than 16 MiB");
+  }
+  if (raw.empty()) {
+    return fail(Errc::kProtocol, "control api: TLS", endpoint + ": no response (" + tlsErrors() +
+                                                         "); is this client's certificate accepted?");
+  }
+  return raw;
 }
 
 Result<HttpResponse> parseResponse(const std::string& raw, const std::string& endpoint) {
@@ -135,6 +212,11 @@ Result<HttpResponse> ControlClient::request(const std::string& method, const std
                     std::to_string(body.size()) + "\r\n";
   if (!bearer_.empty()) req += "Authorization: Bearer " + bearer_ + "\r\n";
   req += "\r\n" + body;
+  if (target->tls) {
+    auto raw = exchangeTls(fd->get(), target->host, tls_ca_, tls_cert_, tls_key_, req, deadline, endpoint_);
+    if (!raw) return std::unexpected(raw.error());
+    return parseResponse(*raw, endpoint_);
+  }
   for (std::size_t off = 0; off < req.size();) {
     if (auto ok = waitFor(fd->get(), POLLOUT, deadline, method + " " + path); !ok) return std::unexpected(ok.error());
     ssize_t n = ::send(fd->get(), req.data() + off, req.size() - off, MSG_NOSIGNAL);

@@ -1,6 +1,7 @@
 // A small blocking HTTP/1.1 client for the agent's control API (docs/control-api.md), used
 // by the `lazymig` CLI, lazymig-testvm and the end-to-end tests. Endpoints are
-// "unix:/path/to/control.sock" or "http://host:port" (or plain "host:port").
+// "unix:/path/to/control.sock", "http://host:port" (or plain "host:port"), or
+// "https://host:port" (TLS 1.3; see setTls).
 #pragma once
 
 #include <chrono>
@@ -22,6 +23,13 @@ class ControlClient {
       : endpoint_(std::move(endpoint)), timeout_(timeout) {}
   // Sets "Authorization: Bearer <token>" on every request when non-empty.
   void setBearerToken(std::string token) { bearer_ = std::move(token); }
+  // For https:// endpoints: the CA that signed the agent's control certificate (its SAN must
+  // name the endpoint's host), and this client's certificate and key.
+  void setTls(std::string ca_file, std::string cert_file, std::string key_file) {
+    tls_ca_ = std::move(ca_file);
+    tls_cert_ = std::move(cert_file);
+    tls_key_ = std::move(key_file);
+  }
 
   Result<HttpResponse> get(const std::string& path) const;
   Result<HttpResponse> post(const std::string& path, const std::string& json_body) const;
@@ -33,6 +41,7 @@ class ControlClient {
   std::string endpoint_;
   std::chrono::milliseconds timeout_;
   std::string bearer_;
+  std::string tls_ca_, tls_cert_, tls_key_;
 };
 
 }  // namespace lazymig::client

@@ -219,7 +219,7 @@ Result<Config> parseConfig(std::string_view yaml_text, const std::string& source
   Config c;
   try {
     TRY(p.onlyKnown(root, "", {"node_name", "listen", "tls", "state_dir", "handshake_dir", "log_level",
-                               "log_format", "control_token_file", "migration", "handshake"}));
+                               "log_format", "control_token_file", "control_tls", "migration", "handshake"}));
     TRY(p.string(root, "", "node_name", c.node_name, true));
     TRY(parseListen(p, root, c));
     YAML::Node tls = root["tls"];
@@ -242,6 +242,15 @@ Result<Config> parseConfig(std::string_view yaml_text, const std::string& source
       return p.error("log_format", root["log_format"], "must be logfmt or json, got '" + c.log_format + "'");
     }
     TRY(p.string(root, "", "control_token_file", c.control_token_file));
+    if (YAML::Node ct = root["control_tls"]; ct.IsDefined() && !ct.IsNull()) {
+      TRY(p.onlyKnown(ct, "control_tls", {"cert_file", "key_file", "client_ca_file"}));
+      TRY(p.string(ct, "control_tls", "cert_file", c.control_tls.cert_file, true));
+      TRY(p.string(ct, "control_tls", "key_file", c.control_tls.key_file, true));
+      TRY(p.string(ct, "control_tls", "client_ca_file", c.control_tls.client_ca_file, true));
+      if (c.control_listen.rfind("unix:", 0) == 0) {
+        return p.error("control_tls", ct, "needs a host:port listen.control (a UNIX socket is guarded by its file mode)");
+      }
+    }
     TRY(parseMigration(p, root, c));
     TRY(parseHandshake(p, root, c));
   } catch (const YAML::Exception& e) {
@@ -260,6 +269,11 @@ Result<Config> loadConfig(const std::string& path) {
   std::vector<std::pair<std::string, std::string>> files = {
       {"tls.ca_file", c->tls.ca_file}, {"tls.cert_file", c->tls.cert_file}, {"tls.key_file", c->tls.key_file}};
   if (!c->control_token_file.empty()) files.emplace_back("control_token_file", c->control_token_file);
+  if (!c->control_tls.cert_file.empty()) {
+    files.emplace_back("control_tls.cert_file", c->control_tls.cert_file);
+    files.emplace_back("control_tls.key_file", c->control_tls.key_file);
+    files.emplace_back("control_tls.client_ca_file", c->control_tls.client_ca_file);
+  }
   for (const auto& [key, file] : files) {
     if (::access(file.c_str(), R_OK) != 0) {
       return fail(Errc::kConfig, path, "key '" + key + "': cannot read '" + file + "': " + std::strerror(errno));

@@ -51,6 +51,11 @@ struct Config {
   std::string log_level = "info";
   std::string log_format = "logfmt";  // logfmt | json
   std::string control_token_file;
+  // HTTPS with client certificates on a TCP control address: clients must present a
+  // certificate from client_ca_file. Empty cert_file: plain HTTP.
+  struct ControlTls {
+    std::string cert_file, key_file, client_ca_file;
+  } control_tls;
   MigrationDefaults migration;
   HandshakeConfig handshake;
 };
