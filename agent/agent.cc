@@ -61,7 +61,8 @@ Status Agent::init() {
   if (!db) return std::unexpected(db.error());
   db_ = std::move(*db);
   metrics_ = metrics::AgentMetrics::create(config_.node_name);
-  db_->setWriteObserver([m = metrics_.get()](std::chrono::nanoseconds d) { m->observeStoreWrite(d); });
+  db_->setWriteObserver(
+      [m = metrics_.get()](std::chrono::nanoseconds d) { m->observeStoreWrite(d); });
   if (!config_.metrics_listen.empty() && config_.metrics_listen != "off") {
     auto port = metrics_->startExposer(config_.metrics_listen);
     if (!port) return std::unexpected(port.error());
@@ -79,8 +80,10 @@ Status Agent::init() {
   loadMigrations();
   if (auto ok = startControlApi(); !ok) return ok;
   ready_ = true;
-  log_.info("agent ready", {{"node", config_.node_name}, {"agent", agent_address_},
-                            {"control", control_address_}, {"metrics", metrics_address_}});
+  log_.info("agent ready", {{"node", config_.node_name},
+                            {"agent", agent_address_},
+                            {"control", control_address_},
+                            {"metrics", metrics_address_}});
   return {};
 }
 
@@ -148,9 +151,12 @@ void Agent::loadMigrations() {
   }
   for (auto& r : *records) {
     if (r.state == "completed" || r.state == "failed" || r.state == "cancelled") {
-      nlohmann::json j{{"id", r.id},         {"role", r.role},
-                       {"state", r.state},   {"peer", r.peer},
-                       {"reason", r.reason}, {"created_at", isoTime(r.created_unix_ms)},
+      nlohmann::json j{{"id", r.id},
+                       {"role", r.role},
+                       {"state", r.state},
+                       {"peer", r.peer},
+                       {"reason", r.reason},
+                       {"created_at", isoTime(r.created_unix_ms)},
                        {"updated_at", isoTime(r.updated_unix_ms)}};
       nlohmann::json progress = nlohmann::json::object();
       for (auto& [k, v] : r.counters) progress[k] = v;
@@ -165,8 +171,8 @@ void Agent::loadMigrations() {
 void Agent::resumeMigration(store::MigrationRecord r) {
   auto saved = nlohmann::json::parse(r.spec_json, nullptr, false);
   nlohmann::json spec_json = saved.is_object() && saved.contains("spec") ? saved["spec"] : saved;
-  nlohmann::json runtime = saved.is_object() && saved.contains("runtime") ? saved["runtime"]
-                                                                          : nlohmann::json();
+  nlohmann::json runtime =
+      saved.is_object() && saved.contains("runtime") ? saved["runtime"] : nlohmann::json();
   auto spec = parseMigrationSpec(spec_json, config_.handshake_dir);
   auto failed = [&](const std::string& why) {
     log_.error("cannot resume migration after restart", {{"migration", r.id}, {"error", why}});
@@ -174,8 +180,11 @@ void Agent::resumeMigration(store::MigrationRecord r) {
     r.reason = "agent restarted and could not resume: " + why;
     r.updated_unix_ms = unixMillisNow();
     (void)db_->putMigration(r);
-    registry_.addHistory(r.id, {{"id", r.id}, {"role", r.role}, {"state", r.state},
-                                {"peer", r.peer}, {"reason", r.reason},
+    registry_.addHistory(r.id, {{"id", r.id},
+                                {"role", r.role},
+                                {"state", r.state},
+                                {"peer", r.peer},
+                                {"reason", r.reason},
                                 {"created_at", isoTime(r.created_unix_ms)},
                                 {"updated_at", isoTime(r.updated_unix_ms)}});
   };
@@ -188,8 +197,8 @@ void Agent::resumeMigration(store::MigrationRecord r) {
   }
   bool added = false;
   registry_.addIfAbsent(m, added);
-  log_.info("resuming migration after restart", {{"migration", r.id}, {"role", r.role},
-                                                 {"was", r.state}});
+  log_.info("resuming migration after restart",
+            {{"migration", r.id}, {"role", r.role}, {"was", r.state}});
   if (auto ok = m->resume(runtime); !ok) {
     m->shutdown();
     registry_.remove(r.id);
@@ -206,15 +215,16 @@ std::expected<std::shared_ptr<Migration>, ApiError> Agent::create(const nlohmann
   if (auto finished = registry_.findHistory(id)) {
     // Finished before this agent restarted: its spec is gone with its runtime, and a new
     // migration under the same id would confuse both agents' records.
-    return std::unexpected(ApiError{409, "conflict", "migration '" + id + "' already finished (" +
-                                                         finished->value("state", "") +
-                                                         "); use a new id for a new attempt"});
+    return std::unexpected(ApiError{409, "conflict",
+                                    "migration '" + id + "' already finished (" +
+                                        finished->value("state", "") +
+                                        "); use a new id for a new attempt"});
   }
   if (auto existing = registry_.find(id)) {
     created = false;
     if (existing->spec() == want) return existing;
-    return std::unexpected(ApiError{409, "conflict",
-                                    "migration '" + id + "' exists with a different request"});
+    return std::unexpected(
+        ApiError{409, "conflict", "migration '" + id + "' exists with a different request"});
   }
   std::shared_ptr<Migration> m;
   if (auto* s = std::get_if<SourceSpec>(&*spec)) {
@@ -238,20 +248,24 @@ std::expected<std::shared_ptr<Migration>, ApiError> Agent::create(const nlohmann
 Status Agent::reloadCertificates() {
   transport::TlsFiles files{config_.tls.ca_file, config_.tls.cert_file, config_.tls.key_file};
   // Both or neither: check the files with a throwaway context before touching the live ones.
-  if (auto probe = transport::TlsContext::create(transport::TlsContext::Side::kServer, files); !probe) {
-    log_.error("certificate reload failed; keeping the certificates in use", {{"error", probe.error().message()}});
+  if (auto probe = transport::TlsContext::create(transport::TlsContext::Side::kServer, files);
+      !probe) {
+    log_.error("certificate reload failed; keeping the certificates in use",
+               {{"error", probe.error().message()}});
     return std::unexpected(probe.error());
   }
   for (auto* ctx : {tls_server_.get(), tls_client_.get()}) {
     if (auto ok = ctx->reload(files); !ok) {
-      log_.error("certificate reload failed; keeping the certificates in use", {{"error", ok.error().message()}});
+      log_.error("certificate reload failed; keeping the certificates in use",
+                 {{"error", ok.error().message()}});
       return ok;
     }
   }
   if (tls_control_) {
     const auto& ct = config_.control_tls;
     if (auto ok = tls_control_->reload({ct.client_ca_file, ct.cert_file, ct.key_file}); !ok) {
-      log_.error("control API certificate reload failed; keeping the ones in use", {{"error", ok.error().message()}});
+      log_.error("control API certificate reload failed; keeping the ones in use",
+                 {{"error", ok.error().message()}});
       return ok;
     }
   }
@@ -272,7 +286,8 @@ void Agent::stop() {
   log_.info("agent stopping");
   if (control_loop_) runOnLoop(*control_loop_, [this] { control_.reset(); });
   for (auto& m : registry_.all()) m->shutdown();
-  if (peer_loop_) runOnLoop(*peer_loop_, [this] {
+  if (peer_loop_)
+    runOnLoop(*peer_loop_, [this] {
       if (peer_listener_) peer_listener_->stop();
       peer_listener_.reset();
     });

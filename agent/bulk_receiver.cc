@@ -24,7 +24,8 @@ void BulkReceiver::onOpen() {
 }
 
 void BulkReceiver::onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload) {
-  stats_.bytes_received.fetch_add(payload.size() + transport::kHeaderSize, std::memory_order_relaxed);
+  stats_.bytes_received.fetch_add(payload.size() + transport::kHeaderSize,
+                                  std::memory_order_relaxed);
   if (metrics_) {
     metrics_->addWireBytes(metrics::Channel::kBulk, metrics::Direction::kReceived,
                            payload.size() + transport::kHeaderSize);
@@ -53,18 +54,19 @@ void BulkReceiver::onFrame(const transport::FrameHeader& h, std::span<const std:
     case FrameType::kPing:
       return;
     default:
-      return hooks_.fatal(Error::make(Errc::kProtocol, "bulk channel",
-                                      std::string("unexpected frame ") +
-                                          std::string(transport::frameTypeName(h.type))));
+      return hooks_.fatal(Error::make(
+          Errc::kProtocol, "bulk channel",
+          std::string("unexpected frame ") + std::string(transport::frameTypeName(h.type))));
   }
 }
 
 void BulkReceiver::install(std::uint64_t first, std::uint64_t count, const std::byte* data) {
   // The bulk thread cannot drain the uffd itself; the fault thread reads the pending remove
   // event, and this retry follows it.
-  auto r = installer_.install(PageIndex{first}, count, data,
-                              [] { std::this_thread::sleep_for(std::chrono::microseconds(50)); },
-                              /*fault_thread=*/false);
+  auto r = installer_.install(
+      PageIndex{first}, count, data,
+      [] { std::this_thread::sleep_for(std::chrono::microseconds(50)); },
+      /*fault_thread=*/false);
   if (!r) return hooks_.fatal(r.error());
   (data ? stats_.bulk_pages : stats_.zero_pages).fetch_add(r->installed, std::memory_order_relaxed);
   stats_.eexist_races.fetch_add(r->already_present, std::memory_order_relaxed);

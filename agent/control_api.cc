@@ -25,16 +25,26 @@ constexpr std::string_view kMigrationsPrefix = "/v1/migrations/";
 
 const char* reasonPhrase(int status) {
   switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 409: return "Conflict";
-    case 413: return "Payload Too Large";
-    case 503: return "Service Unavailable";
-    default: return "Internal Server Error";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 409:
+      return "Conflict";
+    case 413:
+      return "Payload Too Large";
+    case 503:
+      return "Service Unavailable";
+    default:
+      return "Internal Server Error";
   }
 }
 
@@ -52,11 +62,11 @@ bool queryFlag(evhttp_request* req, const char* name) {
 }  // namespace
 
 Result<std::unique_ptr<ControlApi>> ControlApi::start(transport::EventLoop& loop,
-                                                      const std::string& listen,
-                                                      Registry& registry, Backend backend,
-                                                      std::string bearer_token,
+                                                      const std::string& listen, Registry& registry,
+                                                      Backend backend, std::string bearer_token,
                                                       std::shared_ptr<transport::TlsContext> tls) {
-  std::unique_ptr<ControlApi> api(new ControlApi(registry, std::move(backend), std::move(bearer_token)));
+  std::unique_ptr<ControlApi> api(
+      new ControlApi(registry, std::move(backend), std::move(bearer_token)));
   api->tls_ = std::move(tls);
   api->http_ = evhttp_new(loop.base());
   if (api->http_ == nullptr) return fail(Errc::kSystem, "evhttp_new", "control api");
@@ -81,7 +91,8 @@ Result<std::unique_ptr<ControlApi>> ControlApi::start(transport::EventLoop& loop
   }
   auto colon = listen.rfind(':');
   if (colon == std::string::npos) {
-    return fail(Errc::kConfig, "listen.control", "'" + listen + "' is neither unix:/path nor host:port");
+    return fail(Errc::kConfig, "listen.control",
+                "'" + listen + "' is neither unix:/path nor host:port");
   }
   // Every accepted connection gets a TLS session; a client without a certificate from the
   // control CA fails the handshake and never reaches a handler.
@@ -108,8 +119,8 @@ ControlApi::~ControlApi() {
 
 bufferevent* ControlApi::newTlsBufferevent(event_base* base, void* arg) {
   auto* api = static_cast<ControlApi*>(arg);
-  return bufferevent_openssl_socket_new(base, -1, api->tls_->newSession(), BUFFEREVENT_SSL_ACCEPTING,
-                                        BEV_OPT_CLOSE_ON_FREE);
+  return bufferevent_openssl_socket_new(base, -1, api->tls_->newSession(),
+                                        BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
 }
 
 void ControlApi::onRequest(evhttp_request* req, void* arg) {
@@ -169,8 +180,9 @@ void ControlApi::route(evhttp_request* req, const std::string& path) {
     evbuffer* in = evhttp_request_get_input_buffer(req);
     std::size_t n = evbuffer_get_length(in);
     if (n > kMaxBody) {
-      return replyError(req, {413, "too_large", "the request body is " + std::to_string(n) +
-                                                    " bytes; the limit is " + std::to_string(kMaxBody)});
+      return replyError(req, {413, "too_large",
+                              "the request body is " + std::to_string(n) + " bytes; the limit is " +
+                                  std::to_string(kMaxBody)});
     }
     std::string text(n, '\0');
     evbuffer_copyout(in, text.data(), n);

@@ -33,7 +33,7 @@ class ControlApi {
     // Creates (or finds, for an idempotent repeat) the migration a POST body describes;
     // `created` tells which.
     std::function<std::expected<std::shared_ptr<Migration>, ApiError>(const nlohmann::json& body,
-                                                                       bool& created)>
+                                                                      bool& created)>
         create;
     std::function<nlohmann::json()> agent_info;
     std::function<bool()> ready;
@@ -41,10 +41,9 @@ class ControlApi {
 
   // Call on the control loop's thread. `listen` is "unix:/path" or "host:port"; with `tls`
   // (a server context that requires client certificates) a TCP listener speaks HTTPS.
-  static Result<std::unique_ptr<ControlApi>> start(transport::EventLoop& loop,
-                                                   const std::string& listen, Registry& registry,
-                                                   Backend backend, std::string bearer_token,
-                                                   std::shared_ptr<transport::TlsContext> tls = nullptr);
+  static Result<std::unique_ptr<ControlApi>> start(
+      transport::EventLoop& loop, const std::string& listen, Registry& registry, Backend backend,
+      std::string bearer_token, std::shared_ptr<transport::TlsContext> tls = nullptr);
   ~ControlApi();
   const std::string& boundAddress() const { return bound_; }
 

@@ -33,8 +33,7 @@ Status DestinationMigration::start() {
   return {};
 }
 
-Status DestinationMigration::onHandshake(vmm::Handshake handshake,
-                                         const sys::PeerCredentials& peer,
+Status DestinationMigration::onHandshake(vmm::Handshake handshake, const sys::PeerCredentials& peer,
                                          sys::UnixSocket connection) {
   if (isFinal(state())) {
     return fail(Errc::kState, "vmm handshake",
@@ -79,8 +78,10 @@ Status DestinationMigration::adopt(sys::Uffd uffd, std::vector<vmm::GuestRegionM
   }
   ready_.store(true, std::memory_order_release);
   log_.info(resumed_ ? "uffd recovered from the VMM" : "VMM handshake accepted",
-            {{"vmm_pid", vmm_pid}, {"regions", regions_.size()},
-             {"bytes", layout_->totalBytes().value}, {"page_size", layout_->pageSize()},
+            {{"vmm_pid", vmm_pid},
+             {"regions", regions_.size()},
+             {"bytes", layout_->totalBytes().value},
+             {"page_size", layout_->pageSize()},
              {"pages_already_installed", restored_pages_.load()}});
   if (auto ok = startServing(); !ok) {
     failMigration(ok.error());
@@ -109,8 +110,8 @@ Result<std::vector<std::uint64_t>> DestinationMigration::recoverDoneBitmap(
   }
   std::uint64_t total = 0;
   for (auto w : *bitmap) total += static_cast<std::uint64_t>(__builtin_popcountll(w));
-  log_.info("page map recovered", {{"from_checkpoint", from_db},
-                                   {"from_kernel", total - from_db}, {"done", total}});
+  log_.info("page map recovered",
+            {{"from_checkpoint", from_db}, {"from_kernel", total - from_db}, {"done", total}});
   return bitmap;
 }
 
@@ -124,7 +125,8 @@ Status DestinationMigration::resume(const nlohmann::json& runtime) {
   if (!sys::processAlive(pid)) {
     return fail(Errc::kPeerGone, "resume", "the VMM (pid " + std::to_string(pid) + ") has exited");
   }
-  auto fds = sys::findFds(pid, [](const std::string& t) { return t == "anon_inode:[userfaultfd]"; });
+  auto fds =
+      sys::findFds(pid, [](const std::string& t) { return t == "anon_inode:[userfaultfd]"; });
   if (!fds) return std::unexpected(fds.error());
   if (fds->size() != 1) {
     return fail(Errc::kState, "resume",
@@ -171,7 +173,8 @@ SourceChannelParams DestinationMigration::channelParams(ChannelKind kind) const 
   p.memory_bytes = layout_->totalBytes().value;
   p.initial_backoff = m.reconnect.initial_backoff;
   p.max_backoff = m.reconnect.max_backoff;
-  p.give_up_after = std::chrono::duration_cast<std::chrono::milliseconds>(m.reconnect.give_up_after);
+  p.give_up_after =
+      std::chrono::duration_cast<std::chrono::milliseconds>(m.reconnect.give_up_after);
   p.stall_timeout = m.stall_timeout;
   return p;
 }
@@ -225,7 +228,8 @@ Status DestinationMigration::startServing() {
     bulk_receiver_ = std::make_unique<BulkReceiver>(
         wire, *pages_, *installer_, stats_, ctx_.metrics, log_,
         BulkReceiver::Hooks{[this](std::string_view f) { return bulk_->send(f); },
-                            [this] { progressed(); }, [this](const Error& e) { failMigration(e); }});
+                            [this] { progressed(); },
+                            [this](const Error& e) { failMigration(e); }});
     bulk_ = std::make_unique<SourceChannel>(
         *bulk_loop_, ctx_.tls_client, channelParams(ChannelKind::kBulk),
         SourceChannel::Handlers{
@@ -249,7 +253,8 @@ Status DestinationMigration::startServing() {
 
 void DestinationMigration::onUrgentFrame(const transport::FrameHeader& h,
                                          std::span<const std::byte> payload) {
-  stats_.bytes_received.fetch_add(payload.size() + transport::kHeaderSize, std::memory_order_relaxed);
+  stats_.bytes_received.fetch_add(payload.size() + transport::kHeaderSize,
+                                  std::memory_order_relaxed);
   if (ctx_.metrics) {
     ctx_.metrics->addWireBytes(metrics::Channel::kUrgent, metrics::Direction::kReceived,
                                payload.size() + transport::kHeaderSize);
@@ -269,9 +274,9 @@ void DestinationMigration::onUrgentFrame(const transport::FrameHeader& h,
     case FrameType::kPong:
       return;
     default:
-      return failMigration(Error::make(Errc::kProtocol, "urgent channel",
-                                       std::string("unexpected frame ") +
-                                           std::string(transport::frameTypeName(h.type))));
+      return failMigration(Error::make(
+          Errc::kProtocol, "urgent channel",
+          std::string("unexpected frame ") + std::string(transport::frameTypeName(h.type))));
   }
 }
 
@@ -304,8 +309,10 @@ void DestinationMigration::finish() {
     auto ok = uffd_.unregisterRange(HostAddr{r.base_host_virt_addr}, Bytes{r.size});
     if (!ok) log_.warn("unregistering a guest region failed", {{"error", ok.error().message()}});
   }
-  if (urgent_ && urgent_->isOpen()) sendComplete();
-  else log_.info("every page installed; telling the source once the urgent link is back");
+  if (urgent_ && urgent_->isOpen())
+    sendComplete();
+  else
+    log_.info("every page installed; telling the source once the urgent link is back");
 }
 
 void DestinationMigration::sendComplete() {
@@ -335,7 +342,10 @@ void DestinationMigration::failMigration(const Error& why) {
   if (setState(MigrationState::kFailed, why.message())) {
     // Faults already read stay unanswered on purpose (never zeros): the VM is frozen, and
     // the orchestrator decides what happens to it.
-    if (urgent_loop_) urgent_loop_->post([this] { if (faults_) faults_->stop(); });
+    if (urgent_loop_)
+      urgent_loop_->post([this] {
+        if (faults_) faults_->stop();
+      });
   }
 }
 
@@ -366,7 +376,8 @@ void DestinationMigration::stopEverything() {
   if (urgent_loop_) urgent_loop_->stop();
   if (bulk_loop_) bulk_loop_->stop();
   if (ctx_.metrics && pages_ && !pages_->complete()) {
-    ctx_.metrics->addPagesRemaining(-static_cast<std::int64_t>(pages_->pageCount() - pages_->doneCount()));
+    ctx_.metrics->addPagesRemaining(
+        -static_cast<std::int64_t>(pages_->pageCount() - pages_->doneCount()));
   }
 }
 

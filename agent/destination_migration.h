@@ -51,8 +51,8 @@ class DestinationMigration final : public Migration {
   void onUrgentFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
   bool requestPages(std::span<const std::uint64_t> pages);
   void progressed();
-  void finish();            // urgent loop
-  void sendComplete();      // urgent loop
+  void finish();              // urgent loop
+  void sendComplete();        // urgent loop
   void scheduleCheckpoint();  // bulk loop
   void failMigration(const Error& why);
   void stopEverything();
@@ -74,11 +74,11 @@ class DestinationMigration final : public Migration {
 
   std::unique_ptr<transport::EventLoop> urgent_loop_;
   std::unique_ptr<transport::EventLoop> bulk_loop_;
-  std::unique_ptr<FaultService> faults_;              // urgent loop
-  std::unique_ptr<SourceChannel> urgent_;             // urgent loop
-  std::unique_ptr<SourceChannel> bulk_;               // bulk loop
-  std::unique_ptr<BulkReceiver> bulk_receiver_;       // bulk loop
-  std::uint64_t checkpoint_timer_ = 0;                // bulk loop
+  std::unique_ptr<FaultService> faults_;         // urgent loop
+  std::unique_ptr<SourceChannel> urgent_;        // urgent loop
+  std::unique_ptr<SourceChannel> bulk_;          // bulk loop
+  std::unique_ptr<BulkReceiver> bulk_receiver_;  // bulk loop
+  std::uint64_t checkpoint_timer_ = 0;           // bulk loop
 
   std::atomic<bool> finishing_{false};
   bool complete_sent_ = false;  // urgent loop

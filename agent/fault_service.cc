@@ -42,7 +42,9 @@ void FaultService::stop() {
   }
 }
 
-void FaultService::onReadable(int, short, void* arg) { static_cast<FaultService*>(arg)->drainEvents(); }
+void FaultService::onReadable(int, short, void* arg) {
+  static_cast<FaultService*>(arg)->drainEvents();
+}
 
 void FaultService::drainEvents() {
   // An install retried after EAGAIN drains the uffd from inside a reply handler; the
@@ -64,8 +66,12 @@ void FaultService::drainEvents() {
     for (std::size_t i = 0; i < *n; ++i) {
       const uffd_msg& m = msgs[i];
       switch (m.event) {
-        case UFFD_EVENT_PAGEFAULT: handlePageFault(m.arg.pagefault.address, to_request); break;
-        case UFFD_EVENT_REMOVE: handleRemove(m.arg.remove.start, m.arg.remove.end); break;
+        case UFFD_EVENT_PAGEFAULT:
+          handlePageFault(m.arg.pagefault.address, to_request);
+          break;
+        case UFFD_EVENT_REMOVE:
+          handleRemove(m.arg.remove.start, m.arg.remove.end);
+          break;
         default:
           log_.warn("ignoring uffd event the handshake did not ask for",
                     {{"event", static_cast<int>(m.event)}});
@@ -121,9 +127,11 @@ void FaultService::onZeroRange(const transport::ZeroRange& zeros) {
 }
 
 void FaultService::installReply(PageIndex first, std::uint64_t count, const std::byte* data) {
-  auto r = installer_.install(first, count, data, [this] { drainEvents(); }, /*fault_thread=*/true);
+  auto r = installer_.install(
+      first, count, data, [this] { drainEvents(); }, /*fault_thread=*/true);
   if (!r) return hooks_.fatal(r.error());
-  (data ? stats_.demand_pages : stats_.zero_pages).fetch_add(r->installed, std::memory_order_relaxed);
+  (data ? stats_.demand_pages : stats_.zero_pages)
+      .fetch_add(r->installed, std::memory_order_relaxed);
   stats_.eexist_races.fetch_add(r->already_present, std::memory_order_relaxed);
   if (metrics_) {
     metrics_->addPages(data ? metrics::PagePath::kDemand : metrics::PagePath::kZero, r->installed);

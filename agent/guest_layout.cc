@@ -13,16 +13,16 @@ Result<GuestLayout> GuestLayout::fromMappings(
     if (m.page_size != out.page_size_ || m.offset % m.page_size != 0 || m.size % m.page_size != 0) {
       return fail(Errc::kInvalidArgument, "guest layout", "regions disagree on the page size");
     }
-    out.by_page_.push_back(Region{HostAddr{m.base_host_virt_addr}, m.offset / m.page_size,
-                                  m.size / m.page_size});
+    out.by_page_.push_back(
+        Region{HostAddr{m.base_host_virt_addr}, m.offset / m.page_size, m.size / m.page_size});
   }
   std::sort(out.by_page_.begin(), out.by_page_.end(),
             [](const Region& a, const Region& b) { return a.first_page < b.first_page; });
   std::uint64_t next = 0;
   for (const Region& r : out.by_page_) {
     if (r.first_page != next) {
-      return fail(Errc::kInvalidArgument, "guest layout", "region offsets leave a hole at page " +
-                                                              std::to_string(next));
+      return fail(Errc::kInvalidArgument, "guest layout",
+                  "region offsets leave a hole at page " + std::to_string(next));
     }
     next += r.pages;
   }

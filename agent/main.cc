@@ -73,7 +73,8 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (arg == "--config") config_path = value("--config");
+    if (arg == "--config")
+      config_path = value("--config");
     else if (arg == "--check-config") {
       config_path = value("--check-config");
       check_only = true;

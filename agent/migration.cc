@@ -6,14 +6,22 @@ namespace lazymig::agent {
 
 std::string_view stateName(MigrationState state) {
   switch (state) {
-    case MigrationState::kWaitingForVmm: return "waiting_for_vmm";
-    case MigrationState::kWaitingForMemory: return "waiting_for_memory";
-    case MigrationState::kRunning: return "running";
-    case MigrationState::kServing: return "serving";
-    case MigrationState::kCompleting: return "completing";
-    case MigrationState::kCompleted: return "completed";
-    case MigrationState::kFailed: return "failed";
-    case MigrationState::kCancelled: return "cancelled";
+    case MigrationState::kWaitingForVmm:
+      return "waiting_for_vmm";
+    case MigrationState::kWaitingForMemory:
+      return "waiting_for_memory";
+    case MigrationState::kRunning:
+      return "running";
+    case MigrationState::kServing:
+      return "serving";
+    case MigrationState::kCompleting:
+      return "completing";
+    case MigrationState::kCompleted:
+      return "completed";
+    case MigrationState::kFailed:
+      return "failed";
+    case MigrationState::kCancelled:
+      return "cancelled";
   }
   return "unknown";
 }
@@ -81,8 +89,8 @@ bool Migration::setState(MigrationState next, std::string reason) {
   if (next == MigrationState::kFailed) {
     log_.error("migration failed", {{"state", stateName(next)}, {"reason", reason}});
   } else {
-    log_.info("migration state", {{"state", stateName(next)}, {"from", stateName(prev)},
-                                   {"reason", reason}});
+    log_.info("migration state",
+              {{"state", stateName(next)}, {"from", stateName(prev)}, {"reason", reason}});
   }
   persist();
   if (isFinal(next)) logReport();
@@ -96,15 +104,21 @@ void Migration::logReport() const {
   nlohmann::json report = toJson();
   std::vector<log::Field> fields;
   auto add = [&fields](const std::string& key, const nlohmann::json& v) {
-    if (v.is_boolean()) fields.emplace_back(key, v.get<bool>());
-    else if (v.is_number_unsigned()) fields.emplace_back(key, v.get<std::uint64_t>());
-    else if (v.is_number_integer()) fields.emplace_back(key, v.get<std::int64_t>());
-    else if (v.is_number()) fields.emplace_back(key, v.get<double>());
+    if (v.is_boolean())
+      fields.emplace_back(key, v.get<bool>());
+    else if (v.is_number_unsigned())
+      fields.emplace_back(key, v.get<std::uint64_t>());
+    else if (v.is_number_integer())
+      fields.emplace_back(key, v.get<std::int64_t>());
+    else if (v.is_number())
+      fields.emplace_back(key, v.get<double>());
   };
   for (const char* key : {"state", "reason"}) fields.emplace_back(key, report.value(key, ""));
   for (const auto& [key, value] : report.items()) {
-    if (!value.is_object()) add(key, value);
-    else for (const auto& [sub, v] : value.items()) add(key == "progress" ? sub : key + "_" + sub, v);
+    if (!value.is_object())
+      add(key, value);
+    else
+      for (const auto& [sub, v] : value.items()) add(key == "progress" ? sub : key + "_" + sub, v);
   }
   log_.write(log::Level::kInfo, "migration report", fields);
 }
@@ -146,7 +160,7 @@ nlohmann::json Migration::toJson() const {
            {"created_at", isoTime(created_ms_)},
            {"updated_at", isoTime(updated_ms_)}};
     end = finished_ == std::chrono::steady_clock::time_point{} ? std::chrono::steady_clock::now()
-                                                                : finished_;
+                                                               : finished_;
   }
   double elapsed = std::chrono::duration<double>(end - started_).count();
   out["elapsed_seconds"] = elapsed;

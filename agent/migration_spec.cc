@@ -49,8 +49,9 @@ Status checkAbsolutePath(const std::string& field, const std::string& path) {
 Result<SourceSpec> parseSource(const json& body, SourceSpec spec) {
   auto mem = body.find("memory");
   if (mem == body.end() || !mem->is_object()) {
-    return std::unexpected(bad("memory", "is required: {\"snapshot_file\": ...} or "
-                                         "{\"handover_socket\": ...}"));
+    return std::unexpected(bad("memory",
+                               "is required: {\"snapshot_file\": ...} or "
+                               "{\"handover_socket\": ...}"));
   }
   auto file = optionalString(*mem, "snapshot_file");
   if (!file) return std::unexpected(bad("memory.snapshot_file", "must be a string"));
@@ -60,7 +61,8 @@ Result<SourceSpec> parseSource(const json& body, SourceSpec spec) {
     return std::unexpected(bad("memory", "give exactly one of snapshot_file and handover_socket"));
   }
   if (!file->empty()) {
-    if (auto ok = checkAbsolutePath("memory.snapshot_file", *file); !ok) return std::unexpected(ok.error());
+    if (auto ok = checkAbsolutePath("memory.snapshot_file", *file); !ok)
+      return std::unexpected(ok.error());
   } else if (auto ok = checkAbsolutePath("memory.handover_socket", *sock); !ok) {
     return std::unexpected(ok.error());
   }
@@ -97,7 +99,8 @@ Result<DestinationSpec> parseDestination(const json& body, DestinationSpec spec,
 bool isValidMigrationId(std::string_view id) {
   if (id.empty() || id.size() > 128) return false;
   for (char c : id) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') return false;
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-')
+      return false;
   }
   return id != "." && id != "..";
 }
@@ -126,19 +129,26 @@ Result<MigrationSpec> parseMigrationSpec(const json& body, const std::string& ha
     if (!d) return std::unexpected(d.error());
     return MigrationSpec(std::move(*d));
   }
-  return std::unexpected(bad("role", "must be \"source\" or \"destination\", got \"" + *role + "\""));
+  return std::unexpected(
+      bad("role", "must be \"source\" or \"destination\", got \"" + *role + "\""));
 }
 
 nlohmann::json specToJson(const MigrationSpec& spec) {
   if (const auto* s = std::get_if<SourceSpec>(&spec)) {
     json mem = s->snapshot_file.empty() ? json{{"handover_socket", s->handover_socket}}
                                         : json{{"snapshot_file", s->snapshot_file}};
-    return {{"id", s->id}, {"role", "source"}, {"token", s->token},
-            {"peer_identity", s->peer_identity}, {"memory", mem}};
+    return {{"id", s->id},
+            {"role", "source"},
+            {"token", s->token},
+            {"peer_identity", s->peer_identity},
+            {"memory", mem}};
   }
   const auto& d = std::get<DestinationSpec>(spec);
-  json out{{"id", d.id}, {"role", "destination"}, {"token", d.token},
-           {"peer_identity", d.peer_identity}, {"source_address", d.source_address},
+  json out{{"id", d.id},
+           {"role", "destination"},
+           {"token", d.token},
+           {"peer_identity", d.peer_identity},
+           {"source_address", d.source_address},
            {"handshake_socket", d.handshake_socket}};
   if (d.vmm_pid) out["vmm_pid"] = *d.vmm_pid;
   return out;

@@ -17,7 +17,7 @@ struct SourceSpec {
   std::string id;
   std::string token;
   std::string peer_identity;
-  std::string snapshot_file;    // one of these two
+  std::string snapshot_file;  // one of these two
   std::string handover_socket;
 };
 
@@ -34,7 +34,8 @@ using MigrationSpec = std::variant<SourceSpec, DestinationSpec>;
 
 bool isValidMigrationId(std::string_view id);
 // `handshake_dir` supplies the default destination handshake socket.
-Result<MigrationSpec> parseMigrationSpec(const nlohmann::json& body, const std::string& handshake_dir);
+Result<MigrationSpec> parseMigrationSpec(const nlohmann::json& body,
+                                         const std::string& handshake_dir);
 nlohmann::json specToJson(const MigrationSpec& spec);
 
 }  // namespace lazymig::agent

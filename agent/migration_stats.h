@@ -11,12 +11,12 @@ namespace lazymig::agent {
 
 struct MigrationStats {
   // Destination: pages by how they arrived. demand + bulk + zero + removed = pages done.
-  std::atomic<std::uint64_t> demand_faults{0};   // uffd page faults read
-  std::atomic<std::uint64_t> demand_pages{0};    // non-zero pages installed from urgent replies
-  std::atomic<std::uint64_t> bulk_pages{0};      // non-zero pages installed from the bulk stream
-  std::atomic<std::uint64_t> zero_pages{0};      // pages installed from a zero marker
-  std::atomic<std::uint64_t> removed_pages{0};   // discarded by the guest (balloon) before arrival
-  std::atomic<std::uint64_t> eexist_races{0};    // installs that found the page present
+  std::atomic<std::uint64_t> demand_faults{0};  // uffd page faults read
+  std::atomic<std::uint64_t> demand_pages{0};   // non-zero pages installed from urgent replies
+  std::atomic<std::uint64_t> bulk_pages{0};     // non-zero pages installed from the bulk stream
+  std::atomic<std::uint64_t> zero_pages{0};     // pages installed from a zero marker
+  std::atomic<std::uint64_t> removed_pages{0};  // discarded by the guest (balloon) before arrival
+  std::atomic<std::uint64_t> eexist_races{0};   // installs that found the page present
   std::atomic<std::uint64_t> bytes_received{0};
   std::atomic<std::uint64_t> bytes_sent{0};
   std::atomic<std::uint64_t> reconnects{0};

@@ -9,7 +9,8 @@ using store::PageState;
 
 Result<InstallCounts> PageInstaller::install(PageIndex first, std::uint64_t count,
                                              const std::byte* data,
-                                             const std::function<void()>& on_retry, bool fault_thread) {
+                                             const std::function<void()>& on_retry,
+                                             bool fault_thread) {
   InstallCounts counts;
   const std::uint64_t step = fault_thread ? count : kPagesPerLockedInstall;
   for (std::uint64_t done = 0; done < count;) {
@@ -66,37 +67,38 @@ Result<PageInstaller::Step> PageInstaller::installRun(PageIndex first, std::uint
     while (run_end < end && wanted(run_end)) ++run_end;
     bool retry = false;
     Status status;
-    layout_.forEachHostRun(PageIndex{p}, run_end - p, [&](PageIndex rfirst, std::uint64_t n,
-                                                          HostAddr host) {
-      if (retry || !status) return;
-      std::uint64_t off = 0;
-      while (off < n) {
-        HostAddr dst{host.value + off * page_size};
-        Bytes len{(n - off) * page_size};
-        auto r = data ? uffd_.copy(dst, data + (rfirst.value - first.value + off) * page_size, len)
-                      : uffd_.zeroPage(dst, len);
-        if (!r) {
-          status = std::unexpected(r.error());
-          return;
-        }
-        if (r->outcome == sys::InstallOutcome::kRetry) {
-          retry = true;
-          return;
-        }
-        if (r->outcome == sys::InstallOutcome::kAlreadyPresent) {
-          pages_.markInstalled(PageIndex{rfirst.value + off});
-          ++counts.already_present;
-          ++off;
-          continue;
-        }
-        std::uint64_t done_pages = r->done.value / page_size;
-        for (std::uint64_t i = 0; i < done_pages; ++i) {
-          pages_.markInstalled(PageIndex{rfirst.value + off + i});
-        }
-        counts.installed += done_pages;
-        off += done_pages;
-      }
-    });
+    layout_.forEachHostRun(
+        PageIndex{p}, run_end - p, [&](PageIndex rfirst, std::uint64_t n, HostAddr host) {
+          if (retry || !status) return;
+          std::uint64_t off = 0;
+          while (off < n) {
+            HostAddr dst{host.value + off * page_size};
+            Bytes len{(n - off) * page_size};
+            auto r =
+                data ? uffd_.copy(dst, data + (rfirst.value - first.value + off) * page_size, len)
+                     : uffd_.zeroPage(dst, len);
+            if (!r) {
+              status = std::unexpected(r.error());
+              return;
+            }
+            if (r->outcome == sys::InstallOutcome::kRetry) {
+              retry = true;
+              return;
+            }
+            if (r->outcome == sys::InstallOutcome::kAlreadyPresent) {
+              pages_.markInstalled(PageIndex{rfirst.value + off});
+              ++counts.already_present;
+              ++off;
+              continue;
+            }
+            std::uint64_t done_pages = r->done.value / page_size;
+            for (std::uint64_t i = 0; i < done_pages; ++i) {
+              pages_.markInstalled(PageIndex{rfirst.value + off + i});
+            }
+            counts.installed += done_pages;
+            off += done_pages;
+          }
+        });
     if (!status) return std::unexpected(status.error());
     if (retry) return Step::kRetry;
     p = run_end;

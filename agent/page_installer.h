@@ -46,7 +46,8 @@ class PageInstaller {
   Result<InstallCounts> install(PageIndex first, std::uint64_t count, const std::byte* data,
                                 const std::function<void()>& on_retry, bool fault_thread);
   // A fault on a page the guest discarded: it gets zeros, never its old contents.
-  Result<InstallCounts> installZeroForRemoved(PageIndex page, const std::function<void()>& on_retry);
+  Result<InstallCounts> installZeroForRemoved(PageIndex page,
+                                              const std::function<void()>& on_retry);
   Status wake(PageIndex page) const;
   // UFFD_EVENT_REMOVE for [start, end) of the VMM's address space; returns pages newly done.
   // Fault thread only, holding eventsLock().

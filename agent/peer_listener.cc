@@ -44,7 +44,8 @@ void PeerListener::accepted(std::unique_ptr<transport::Connection> conn) {
 
 void PeerListener::refuse(transport::Connection* conn, std::uint16_t code,
                           const std::string& message, const std::string& reason) {
-  log_.warn("agent connection refused", {{"reason", reason}, {"detail", message},
+  log_.warn("agent connection refused", {{"reason", reason},
+                                         {"detail", message},
                                          {"remote", conn->remoteAddress()},
                                          {"peer", conn->peer().describe()}});
   if (metrics_) metrics_->addRefusal(reason);

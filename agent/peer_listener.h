@@ -21,8 +21,8 @@ class PeerListener {
   // Call on the peer loop's thread.
   static Result<std::unique_ptr<PeerListener>> start(transport::EventLoop& loop,
                                                      std::shared_ptr<transport::TlsContext> tls,
-                                                     const std::string& address,
-                                                     FindSource find, metrics::AgentMetrics* metrics);
+                                                     const std::string& address, FindSource find,
+                                                     metrics::AgentMetrics* metrics);
   std::uint16_t port() const { return server_->port(); }
   void stop();  // peer loop
 

@@ -8,15 +8,14 @@ namespace lazymig::agent {
 
 using transport::FrameType;
 
-SourceChannel::SourceChannel(transport::EventLoop& loop,
-                             std::shared_ptr<transport::TlsContext> tls, SourceChannelParams params,
-                             Handlers handlers, log::Logger logger)
+SourceChannel::SourceChannel(transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
+                             SourceChannelParams params, Handlers handlers, log::Logger logger)
     : loop_(loop),
       tls_(std::move(tls)),
       params_(std::move(params)),
       handlers_(std::move(handlers)),
-      log_(logger.with({{"channel", params_.kind == transport::ChannelKind::kUrgent ? "urgent"
-                                                                                    : "bulk"}})) {}
+      log_(logger.with(
+          {{"channel", params_.kind == transport::ChannelKind::kUrgent ? "urgent" : "bulk"}})) {}
 
 SourceChannel::~SourceChannel() { stop(); }
 
@@ -87,13 +86,13 @@ void SourceChannel::onFrame(const transport::FrameHeader& h, std::span<const std
       auto ok = transport::decodeHelloOk(payload);
       if (!ok) return linkDown(ok.error(), false);
       if (ok->page_size != params_.page_size || ok->memory_bytes != params_.memory_bytes) {
-        return linkDown(Error::make(Errc::kProtocol, "hello",
-                                    "the source serves " + std::to_string(ok->memory_bytes) +
-                                        " bytes in pages of " + std::to_string(ok->page_size) +
-                                        ", the VMM described " +
-                                        std::to_string(params_.memory_bytes) + " in pages of " +
-                                        std::to_string(params_.page_size)),
-                        true);
+        return linkDown(
+            Error::make(Errc::kProtocol, "hello",
+                        "the source serves " + std::to_string(ok->memory_bytes) +
+                            " bytes in pages of " + std::to_string(ok->page_size) +
+                            ", the VMM described " + std::to_string(params_.memory_bytes) +
+                            " in pages of " + std::to_string(params_.page_size)),
+            true);
       }
       open_ = true;
       backoff_ = std::chrono::milliseconds(0);
@@ -165,8 +164,8 @@ void SourceChannel::linkDown(const Error& why, bool fatal) {
 }
 
 void SourceChannel::scheduleRetry() {
-  backoff_ = backoff_.count() == 0 ? params_.initial_backoff
-                                   : std::min(backoff_ * 2, params_.max_backoff);
+  backoff_ =
+      backoff_.count() == 0 ? params_.initial_backoff : std::min(backoff_ * 2, params_.max_backoff);
   // +-20% jitter keeps a fleet of destinations from reconnecting in lockstep.
   std::uniform_real_distribution<double> jitter(0.8, 1.2);
   auto delay = std::chrono::milliseconds(

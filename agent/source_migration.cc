@@ -26,7 +26,8 @@ SourceMigration::SourceMigration(SourceSpec spec, AgentContext& ctx,
       peer_loop_(peer_loop) {
   bulk_window_bytes_ = std::size_t{ctx.config.migration.bulk_window_bytes_kib} * 1024;
   bulk_batch_pages_ = ctx.config.migration.bulk_batch_pages;
-  bulk_rate_bytes_s_ = static_cast<double>(ctx.config.migration.bulk_rate_limit_mib_s) * 1024 * 1024;
+  bulk_rate_bytes_s_ =
+      static_cast<double>(ctx.config.migration.bulk_rate_limit_mib_s) * 1024 * 1024;
 }
 
 SourceMigration::~SourceMigration() { shutdown(); }
@@ -50,14 +51,16 @@ Status SourceMigration::listenForHandover() {
           return fail(Errc::kAlreadyExists, "memory handover",
                       "migration '" + id() + "' already has its memory");
         }
-        struct stat st{};
+        struct stat st {};
         if (h.uffd.valid()) ::fstat(h.uffd.get(), &st);
-        nlohmann::json regions = nlohmann::json::parse(vmm::encodeMappings(h.regions), nullptr, false);
+        nlohmann::json regions =
+            nlohmann::json::parse(vmm::encodeMappings(h.regions), nullptr, false);
         auto mem = SourceMemory::fromHandover(std::move(h));
         if (!mem) return std::unexpected(mem.error());
         {
           std::lock_guard lock(runtime_mu_);
-          runtime_ = {{"vmm_pid", peer.pid}, {"regions", regions},
+          runtime_ = {{"vmm_pid", peer.pid},
+                      {"regions", regions},
                       {"memory_dev", static_cast<std::uint64_t>(st.st_dev)},
                       {"memory_ino", static_cast<std::uint64_t>(st.st_ino)}};
         }
@@ -86,7 +89,7 @@ Status SourceMigration::resume(const nlohmann::json& runtime) {
   auto fds = sys::findFds(pid, [&](const std::string&) { return true; });
   if (fds) {
     for (int fd : *fds) {
-      struct stat st{};
+      struct stat st {};
       std::string link = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd);
       if (::stat(link.c_str(), &st) != 0 || st.st_dev != dev || st.st_ino != ino) continue;
       auto copy = sys::takeFd(pid, fd);
@@ -119,9 +122,9 @@ nlohmann::json SourceMigration::runtime() const {
 }
 
 Status SourceMigration::useMemory(std::unique_ptr<SourceMemory> memory) {
-  log_.info("serving guest memory", {{"memory", memory->describe()},
-                                     {"bytes", memory->bytes()},
-                                     {"pages", memory->pageCount()}});
+  log_.info(
+      "serving guest memory",
+      {{"memory", memory->describe()}, {"bytes", memory->bytes()}, {"pages", memory->pageCount()}});
   page_count_.store(memory->pageCount());
   page_size_.store(memory->pageSize());
   memory_ = std::move(memory);
@@ -142,8 +145,8 @@ std::optional<std::string> SourceMigration::checkHello(const transport::Hello& h
   if (!conn.peer().matches(spec_.peer_identity)) {
     code = PeerErrorCode::kAuth;
     message = "not authorised for this migration";
-    log_.warn("peer identity refused", {{"presented", conn.peer().describe()},
-                                        {"remote", conn.remoteAddress()}});
+    log_.warn("peer identity refused",
+              {{"presented", conn.peer().describe()}, {"remote", conn.remoteAddress()}});
     return "identity";
   }
   if (hello.token.size() != spec_.token.size() ||
@@ -223,8 +226,9 @@ void SourceMigration::onUrgentFrame(const transport::FrameHeader& h,
       auto req = transport::decodePageRequest(payload, layout(), transport::Limits{});
       if (!req) break;
       if (urgent_->pendingOutputBytes() > kUrgentBacklogLimit) {
-        log_.warn("the peer floods page requests without reading the replies; closing the urgent channel",
-                  {{"queued_bytes", static_cast<std::uint64_t>(urgent_->pendingOutputBytes())}});
+        log_.warn(
+            "the peer floods page requests without reading the replies; closing the urgent channel",
+            {{"queued_bytes", static_cast<std::uint64_t>(urgent_->pendingOutputBytes())}});
         if (ctx_.metrics) ctx_.metrics->addRefusal("flood");
         urgent_->close();
         urgent_.reset();
@@ -282,7 +286,8 @@ std::uint64_t SourceMigration::sendRun(transport::Connection& conn, std::uint64_
       wire += frame.size();
       stats_.served_zero_pages.fetch_add(q - p, std::memory_order_relaxed);
     } else {
-      auto prefix = transport::encodePageDataPrefix(p, static_cast<std::uint32_t>(q - p), page_size);
+      auto prefix =
+          transport::encodePageDataPrefix(p, static_cast<std::uint32_t>(q - p), page_size);
       auto body = memory_->pages(p, q - p);
       if (urgent) {
         // One buffer, so one TLS record: a vCPU waits on this reply, and a record split in
@@ -317,7 +322,8 @@ void SourceMigration::onBulkFrame(const transport::FrameHeader& h,
   if (h.type == FrameType::kResume) {
     auto r = transport::decodeResume(payload, layout());
     if (r) {
-      for (std::size_t i = 0; i < r->words.size(); ++i) resume_bitmap_[r->first_page / 64 + i] = r->words[i];
+      for (std::size_t i = 0; i < r->words.size(); ++i)
+        resume_bitmap_[r->first_page / 64 + i] = r->words[i];
       if (r->last) {
         schedule_->reset(resume_bitmap_);
         resumed_ = true;
@@ -328,7 +334,8 @@ void SourceMigration::onBulkFrame(const transport::FrameHeader& h,
       return;
     }
   }
-  log_.warn("bad frame on the bulk channel; closing it", {{"frame", transport::frameTypeName(h.type)}});
+  log_.warn("bad frame on the bulk channel; closing it",
+            {{"frame", transport::frameTypeName(h.type)}});
   if (ctx_.metrics) ctx_.metrics->addRefusal("protocol");
   bulk_->close();
   bulk_.reset();
@@ -348,7 +355,8 @@ void SourceMigration::pumpBulk() {
         auto wait = std::chrono::microseconds(
             static_cast<std::int64_t>((batch_bytes - bulk_tokens_) / bulk_rate_bytes_s_ * 1e6) + 1);
         bulk_timer_ = peer_loop_.postDelayed(
-            std::max(std::chrono::duration_cast<std::chrono::milliseconds>(wait), std::chrono::milliseconds(1)),
+            std::max(std::chrono::duration_cast<std::chrono::milliseconds>(wait),
+                     std::chrono::milliseconds(1)),
             [this] {
               bulk_timer_ = 0;
               pumpBulk();
@@ -366,7 +374,8 @@ void SourceMigration::pumpBulk() {
       return;
     }
     // Charge what went on the wire: runs pulled forward by faults are often a few pages.
-    bulk_tokens_ -= static_cast<double>(sendRun(*bulk_, run->first, run->count, stats_.served_bulk_pages));
+    bulk_tokens_ -=
+        static_cast<double>(sendRun(*bulk_, run->first, run->count, stats_.served_bulk_pages));
   }
 }
 
@@ -428,8 +437,10 @@ void SourceMigration::shutdown() {
     urgent_.reset();
     bulk_.reset();
   };
-  if (peer_loop_.inLoopThread()) drop();
-  else runOnLoop(peer_loop_, drop);
+  if (peer_loop_.inLoopThread())
+    drop();
+  else
+    runOnLoop(peer_loop_, drop);
 }
 
 void SourceMigration::addDetails(nlohmann::json& out) const {
@@ -442,9 +453,7 @@ void SourceMigration::addDetails(nlohmann::json& out) const {
   out["memory_released"] = released_.load();
 }
 
-std::uint64_t SourceMigration::pagesTotal() const {
-  return page_count_.load();
-}
+std::uint64_t SourceMigration::pagesTotal() const { return page_count_.load(); }
 std::uint64_t SourceMigration::pagesDone() const {
   // Pages re-sent after a reconnect count again; never report more than there are.
   return std::min(page_count_.load(), stats_.served_demand_pages.load() +

@@ -46,7 +46,8 @@ class SourceMigration final : public Migration {
   Status useMemory(std::unique_ptr<SourceMemory> memory);
   Status listenForHandover();
   std::optional<std::string> checkHello(const transport::Hello& hello, PeerErrorCode& code,
-                                        std::string& message, const transport::Connection& conn) const;
+                                        std::string& message,
+                                        const transport::Connection& conn) const;
   void onUrgentFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
   void onBulkFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
   void servePage(std::uint64_t page);

@@ -27,17 +27,18 @@ Status checkCredentials(const CredentialPolicy& policy, const sys::PeerCredentia
   return {};
 }
 
-Result<std::unique_ptr<VmmListener>> VmmListener::start(
-    const std::string& path, unsigned mode, std::chrono::milliseconds timeout,
-    CredentialPolicy policy, OnHandshake on_handshake, OnRefused on_refused, log::Logger logger) {
+Result<std::unique_ptr<VmmListener>> VmmListener::start(const std::string& path, unsigned mode,
+                                                        std::chrono::milliseconds timeout,
+                                                        CredentialPolicy policy,
+                                                        OnHandshake on_handshake,
+                                                        OnRefused on_refused, log::Logger logger) {
   auto socket = sys::UnixSocket::listen(path, mode);
   if (!socket) return std::unexpected(socket.error());
   auto stop = sys::EventFd::create();
   if (!stop) return std::unexpected(stop.error());
-  std::unique_ptr<VmmListener> out(new VmmListener(path, std::move(*socket), std::move(*stop),
-                                                   timeout, std::move(policy),
-                                                   std::move(on_handshake), std::move(on_refused),
-                                                   std::move(logger)));
+  std::unique_ptr<VmmListener> out(
+      new VmmListener(path, std::move(*socket), std::move(*stop), timeout, std::move(policy),
+                      std::move(on_handshake), std::move(on_refused), std::move(logger)));
   out->thread_ = std::thread([l = out.get()] { l->run(); });
   return out;
 }

@@ -34,9 +34,8 @@ class VmmListener {
  public:
   // Returns an error to refuse the handover (the connection is closed, the listener keeps
   // listening); on success it keeps `connection` open for as long as it needs.
-  using OnHandshake = std::function<Status(vmm::Handshake handshake,
-                                           const sys::PeerCredentials& peer,
-                                           sys::UnixSocket connection)>;
+  using OnHandshake = std::function<Status(
+      vmm::Handshake handshake, const sys::PeerCredentials& peer, sys::UnixSocket connection)>;
   using OnRefused = std::function<void(const std::string& reason, const Error& error)>;
 
   static Result<std::unique_ptr<VmmListener>> start(const std::string& path, unsigned mode,

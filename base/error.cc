@@ -6,18 +6,30 @@ namespace lazymig {
 
 std::string_view errcName(Errc code) {
   switch (code) {
-    case Errc::kSystem: return "system";
-    case Errc::kInvalidArgument: return "invalid_argument";
-    case Errc::kProtocol: return "protocol";
-    case Errc::kNotFound: return "not_found";
-    case Errc::kAlreadyExists: return "already_exists";
-    case Errc::kUnsupported: return "unsupported";
-    case Errc::kTimeout: return "timeout";
-    case Errc::kAuth: return "auth";
-    case Errc::kClosed: return "closed";
-    case Errc::kPeerGone: return "peer_gone";
-    case Errc::kConfig: return "config";
-    case Errc::kState: return "state";
+    case Errc::kSystem:
+      return "system";
+    case Errc::kInvalidArgument:
+      return "invalid_argument";
+    case Errc::kProtocol:
+      return "protocol";
+    case Errc::kNotFound:
+      return "not_found";
+    case Errc::kAlreadyExists:
+      return "already_exists";
+    case Errc::kUnsupported:
+      return "unsupported";
+    case Errc::kTimeout:
+      return "timeout";
+    case Errc::kAuth:
+      return "auth";
+    case Errc::kClosed:
+      return "closed";
+    case Errc::kPeerGone:
+      return "peer_gone";
+    case Errc::kConfig:
+      return "config";
+    case Errc::kState:
+      return "state";
   }
   return "unknown";
 }

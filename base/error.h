@@ -16,20 +16,20 @@ enum class Errc {
   kAlreadyExists,
   kUnsupported,  // this kernel or build cannot do what was asked
   kTimeout,
-  kAuth,       // identity, token or credential check failed
-  kClosed,     // the peer or the object went away
-  kPeerGone,   // the VMM owning a uffd exited (ESRCH)
+  kAuth,      // identity, token or credential check failed
+  kClosed,    // the peer or the object went away
+  kPeerGone,  // the VMM owning a uffd exited (ESRCH)
   kConfig,
-  kState,      // the operation does not fit the object's current state
+  kState,  // the operation does not fit the object's current state
 };
 
 std::string_view errcName(Errc code);
 
 struct Error {
   Errc code = Errc::kSystem;
-  int sys_errno = 0;      // 0 unless a system call failed
-  std::string op;         // the failing operation: "UFFDIO_COPY", "open", "frame decode"
-  std::string context;    // what it acted on and why it failed: path, key, field, page
+  int sys_errno = 0;    // 0 unless a system call failed
+  std::string op;       // the failing operation: "UFFDIO_COPY", "open", "frame decode"
+  std::string context;  // what it acted on and why it failed: path, key, field, page
 
   // "op: context: strerror (errno N)" -- one line, for logs and API bodies.
   std::string message() const;

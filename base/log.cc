@@ -16,10 +16,14 @@ std::atomic<int> g_fd{STDERR_FILENO};
 
 std::string_view levelName(Level l) {
   switch (l) {
-    case Level::kDebug: return "debug";
-    case Level::kInfo: return "info";
-    case Level::kWarn: return "warn";
-    case Level::kError: return "error";
+    case Level::kDebug:
+      return "debug";
+    case Level::kInfo:
+      return "info";
+    case Level::kWarn:
+      return "warn";
+    case Level::kError:
+      return "error";
   }
   return "info";
 }
@@ -149,8 +153,10 @@ std::string jsonLine(std::string_view ts, Level lvl, std::string_view msg,
       line += ',';
       appendJsonString(line, f.key);
       line += ':';
-      if (f.bare) line += f.value;
-      else appendJsonString(line, f.value);
+      if (f.bare)
+        line += f.value;
+      else
+        appendJsonString(line, f.value);
     }
   }
   line += '}';

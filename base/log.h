@@ -38,8 +38,10 @@ struct Field {
  private:
   template <class T>
   static std::string format(T v) {
-    if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
-    else return std::to_string(v);
+    if constexpr (std::is_same_v<T, bool>)
+      return v ? "true" : "false";
+    else
+      return std::to_string(v);
   }
 };
 

@@ -12,22 +12,22 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <filesystem>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <thread>
 #include <vector>
 
-#include "sys/mapping.h"
-#include "transport/connection.h"
-#include "transport/pki.h"
-#include <future>
 #include <condition_variable>
+#include <future>
 #include <mutex>
+#include "sys/mapping.h"
 #include "sys/uffd.h"
 #include "sys/unique_fd.h"
+#include "transport/connection.h"
+#include "transport/pki.h"
 
 using namespace lazymig;
 using Clock = std::chrono::steady_clock;
@@ -108,7 +108,8 @@ std::vector<double> tcpRoundTrips(std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
     auto t0 = Clock::now();
     if (::send(c.get(), req, sizeof req, 0) < 0) break;
-    if (::recv(c.get(), reply.data(), reply.size(), MSG_WAITALL) != static_cast<ssize_t>(kPage)) break;
+    if (::recv(c.get(), reply.data(), reply.size(), MSG_WAITALL) != static_cast<ssize_t>(kPage))
+      break;
     us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
   }
   server.join();
@@ -178,7 +179,8 @@ std::vector<double> transportRoundTrips(std::size_t n) {
   std::condition_variable cv;
   std::size_t replies = 0;
   std::promise<void> connected;
-  connect(**client_loop, *client_tls, ConnectOptions{address, {}, std::chrono::seconds(5), "spiffe://floors/peer"},
+  connect(**client_loop, *client_tls,
+          ConnectOptions{address, {}, std::chrono::seconds(5), "spiffe://floors/peer"},
           [&](Result<std::unique_ptr<Connection>> c) {
             client = std::move(*c);
             client->setHandlers({[&](const FrameHeader&, std::span<const std::byte>) {
@@ -199,7 +201,10 @@ std::vector<double> transportRoundTrips(std::size_t n) {
     us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
   }
   (*client_loop)->post([&] { client.reset(); });
-  (*server_loop)->post([&] { accepted.reset(); server.reset(); });
+  (*server_loop)->post([&] {
+    accepted.reset();
+    server.reset();
+  });
   (*client_loop)->stop();
   (*server_loop)->stop();
   std::filesystem::remove_all(dir);
@@ -219,15 +224,18 @@ int main() {
                "floors on this machine (medians of 20000):\n"
                "  local fault floor   p50 %8.1f us   p99 %8.1f us\n"
                "  network floor (TCP) p50 %8.1f us   p99 %8.1f us\n"
-               "  lazymig transport   p50 %8.1f us   p99 %8.1f us   (TLS request + 4 KiB reply, loop threads)\n"
+               "  lazymig transport   p50 %8.1f us   p99 %8.1f us   (TLS request + 4 KiB reply, "
+               "loop threads)\n"
                "  install floor       MADV_POPULATE_WRITE %7.0f MiB/s\n"
                "                      UFFDIO_COPY 1 page  %7.0f MiB/s, 64 pages %7.0f MiB/s\n",
-               medianUs(local), p99Us(local), medianUs(net), p99Us(net), medianUs(tls), p99Us(tls), populate,
-               copy1, copy64);
+               medianUs(local), p99Us(local), medianUs(net), p99Us(net), medianUs(tls), p99Us(tls),
+               populate, copy1, copy64);
   std::printf(
-      "{\"local_fault_us\":{\"p50\":%.2f,\"p99\":%.2f},\"network_rtt_us\":{\"p50\":%.2f,\"p99\":%.2f},"
+      "{\"local_fault_us\":{\"p50\":%.2f,\"p99\":%.2f},\"network_rtt_us\":{\"p50\":%.2f,\"p99\":%."
+      "2f},"
       "\"transport_rtt_us\":{\"p50\":%.2f,\"p99\":%.2f},"
       "\"populate_mib_s\":%.0f,\"uffd_copy_1page_mib_s\":%.0f,\"uffd_copy_64page_mib_s\":%.0f}\n",
-      medianUs(local), p99Us(local), medianUs(net), p99Us(net), medianUs(tls), p99Us(tls), populate, copy1, copy64);
+      medianUs(local), p99Us(local), medianUs(net), p99Us(net), medianUs(tls), p99Us(tls), populate,
+      copy1, copy64);
   return local.empty() || net.empty() ? 1 : 0;
 }

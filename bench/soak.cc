@@ -70,16 +70,17 @@ lazymig::Result<Proxy> startProxy(const DemoRun& run, const SoakOptions& o, std:
   std::string port_file = run.dir() + "/proxy.port";
   int lo = 150 + static_cast<int>(rng() % 300);
   auto p = lazymig::cli::ChildProcess::spawn(
-      {o.bindir + "/lazymig-chaos-proxy", "--listen", "127.0.0.1:0", "--target", run.agentAddress(Side::kSource),
-       "--port-file", port_file, "--cut-ms", std::to_string(lo) + ":" + std::to_string(lo * 3), "--seed",
-       std::to_string(rng())},
+      {o.bindir + "/lazymig-chaos-proxy", "--listen", "127.0.0.1:0", "--target",
+       run.agentAddress(Side::kSource), "--port-file", port_file, "--cut-ms",
+       std::to_string(lo) + ":" + std::to_string(lo * 3), "--seed", std::to_string(rng())},
       "", true);
   if (!p) return std::unexpected(p.error());
   std::string port;
   for (int i = 0; i < 1000 && !(std::ifstream(port_file) >> port); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  if (port.empty()) return lazymig::fail(lazymig::Errc::kTimeout, "chaos proxy", "no port after 10 s");
+  if (port.empty())
+    return lazymig::fail(lazymig::Errc::kTimeout, "chaos proxy", "no port after 10 s");
   return Proxy{std::move(*p), "127.0.0.1:" + port};
 }
 
@@ -109,8 +110,12 @@ nlohmann::json soakOne(const SoakOptions& o, int index, std::mt19937_64& rng, Ta
   d.verbose = false;
   d.extra_yaml = "migration:\n  bulk_rate_limit_mib_s: " + std::to_string(16 + rng() % 32) +
                  "\n  stall_timeout_ms: 600\n  checkpoint_interval_ms: 20\n"
-                 "  reconnect:\n    initial_backoff_ms: 20\n    max_backoff_ms: 200\n    give_up_after_s: 60\n";
-  nlohmann::json rec{{"index", index}, {"memory", d.memory}, {"pattern", d.pattern}, {"kills", nlohmann::json::array()}};
+                 "  reconnect:\n    initial_backoff_ms: 20\n    max_backoff_ms: 200\n    "
+                 "give_up_after_s: 60\n";
+  nlohmann::json rec{{"index", index},
+                     {"memory", d.memory},
+                     {"pattern", d.pattern},
+                     {"kills", nlohmann::json::array()}};
   auto lose = [&](const std::string& why) {
     ++tally.lost;
     rec["outcome"] = "lost";
@@ -133,9 +138,11 @@ nlohmann::json soakOne(const SoakOptions& o, int index, std::mt19937_64& rng, Ta
     if (!waitForProgress(*run, static_cast<std::uint64_t>(at * static_cast<double>(total)))) break;
     Side side = rng() % 2 ? Side::kSource : Side::kDestination;
     run->killAgent(side, SIGKILL);
-    if (auto ok = run->startAgent(side); !ok) return lose("restart failed: " + ok.error().message());
+    if (auto ok = run->startAgent(side); !ok)
+      return lose("restart failed: " + ok.error().message());
     ++tally.kills;
-    rec["kills"].push_back({{"side", side == Side::kSource ? "source" : "destination"}, {"at_fraction", at}});
+    rec["kills"].push_back(
+        {{"side", side == Side::kSource ? "source" : "destination"}, {"at_fraction", at}});
   }
   auto vm = run->waitDestinationVm();
   int cuts = cutsOf(*proxy);
@@ -175,7 +182,8 @@ std::uint64_t parseSize(const std::string& v) {
 SoakOptions parseArgs(int argc, char** argv) {
   SoakOptions o;
   std::string self = argv[0];
-  o.bindir = self.substr(0, self.find_last_of('/') == std::string::npos ? 0 : self.find_last_of('/'));
+  o.bindir =
+      self.substr(0, self.find_last_of('/') == std::string::npos ? 0 : self.find_last_of('/'));
   if (o.bindir.empty()) o.bindir = ".";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -183,13 +191,20 @@ SoakOptions parseArgs(int argc, char** argv) {
       if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
       return argv[++i];
     };
-    if (a == "--migrations") o.migrations = std::stoi(val());
-    else if (a == "--size") o.size = parseSize(val());
-    else if (a == "--seed") o.seed = std::stoull(val());
-    else if (a == "--max-kills") o.max_kills = std::stoi(val());
-    else if (a == "--bindir") o.bindir = val();
-    else if (a == "--json") o.json = true;
-    else throw std::invalid_argument("unknown argument '" + a + "'");
+    if (a == "--migrations")
+      o.migrations = std::stoi(val());
+    else if (a == "--size")
+      o.size = parseSize(val());
+    else if (a == "--seed")
+      o.seed = std::stoull(val());
+    else if (a == "--max-kills")
+      o.max_kills = std::stoi(val());
+    else if (a == "--bindir")
+      o.bindir = val();
+    else if (a == "--json")
+      o.json = true;
+    else
+      throw std::invalid_argument("unknown argument '" + a + "'");
   }
   if (o.migrations <= 0 || o.max_kills < 0 || o.size < (4ull << 20)) {
     throw std::invalid_argument("--migrations must be > 0, --max-kills >= 0, --size >= 4MiB");
@@ -204,8 +219,11 @@ int main(int argc, char** argv) {
   try {
     o = parseArgs(argc, argv);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "lazymig-soak: %s\nusage: lazymig-soak [--migrations N] [--size 128MiB] [--seed S] "
-                         "[--max-kills K] [--bindir DIR] [--json]\n", e.what());
+    std::fprintf(
+        stderr,
+        "lazymig-soak: %s\nusage: lazymig-soak [--migrations N] [--size 128MiB] [--seed S] "
+        "[--max-kills K] [--bindir DIR] [--json]\n",
+        e.what());
     return 2;
   }
   std::mt19937_64 rng(o.seed);
@@ -213,27 +231,35 @@ int main(int argc, char** argv) {
   auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < o.migrations; ++i) {
     auto rec = soakOne(o, i, rng, tally);
-    std::fprintf(stderr, "soak: migration %d/%d %s: %s %s, %zu kills, %d cuts%s%s\n", i + 1, o.migrations,
-                 rec.value("outcome", "?").c_str(), rec.value("memory", "").c_str(), rec.value("pattern", "").c_str(),
-                 rec["kills"].size(), rec.value("cuts", 0), rec.contains("why") ? ": " : "",
-                 rec.value("why", "").c_str());
+    std::fprintf(stderr, "soak: migration %d/%d %s: %s %s, %zu kills, %d cuts%s%s\n", i + 1,
+                 o.migrations, rec.value("outcome", "?").c_str(), rec.value("memory", "").c_str(),
+                 rec.value("pattern", "").c_str(), rec["kills"].size(), rec.value("cuts", 0),
+                 rec.contains("why") ? ": " : "", rec.value("why", "").c_str());
     tally.runs.push_back(rec);
   }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  nlohmann::json summary{{"migrations", o.migrations}, {"completed", tally.completed}, {"lost", tally.lost},
-                         {"kills_survived", tally.kills}, {"links_cut", tally.cuts},
-                         {"reconnects", tally.reconnects}, {"mismatches", tally.mismatches},
-                         {"seconds", secs}, {"seed", o.seed}};
+  nlohmann::json summary{{"migrations", o.migrations},
+                         {"completed", tally.completed},
+                         {"lost", tally.lost},
+                         {"kills_survived", tally.kills},
+                         {"links_cut", tally.cuts},
+                         {"reconnects", tally.reconnects},
+                         {"mismatches", tally.mismatches},
+                         {"seconds", secs},
+                         {"seed", o.seed}};
   if (o.json) {
     summary["runs"] = tally.runs;
     std::printf("%s\n", summary.dump().c_str());
   } else {
     std::printf("soak: %d migrations in %.0f s (seed %llu)\n", o.migrations, secs,
                 static_cast<unsigned long long>(o.seed));
-    std::printf("  completed        %d\n  lost             %d\n  kills survived   %d\n  links cut        %d\n"
-                "  reconnects       %llu\n  mismatches       %llu\n",
-                tally.completed, tally.lost, tally.kills, tally.cuts,
-                static_cast<unsigned long long>(tally.reconnects), static_cast<unsigned long long>(tally.mismatches));
+    std::printf(
+        "  completed        %d\n  lost             %d\n  kills survived   %d\n  links cut        "
+        "%d\n"
+        "  reconnects       %llu\n  mismatches       %llu\n",
+        tally.completed, tally.lost, tally.kills, tally.cuts,
+        static_cast<unsigned long long>(tally.reconnects),
+        static_cast<unsigned long long>(tally.mismatches));
   }
   return tally.lost == 0 && tally.mismatches == 0 ? 0 : 1;
 }

@@ -13,8 +13,8 @@
 
 namespace lazymig::cli {
 
-Result<ChildProcess> ChildProcess::spawn(const std::vector<std::string>& argv, const std::string& log_file,
-                                         bool capture_stdout) {
+Result<ChildProcess> ChildProcess::spawn(const std::vector<std::string>& argv,
+                                         const std::string& log_file, bool capture_stdout) {
   int pipefd[2] = {-1, -1};
   if (capture_stdout && ::pipe2(pipefd, O_CLOEXEC) != 0) return failSys("pipe2");
   std::vector<char*> args;
@@ -52,8 +52,11 @@ Result<ChildProcess> ChildProcess::spawn(const std::vector<std::string>& argv, c
 }
 
 ChildProcess::ChildProcess(ChildProcess&& o) noexcept
-    : pid_(o.pid_), pidfd_(std::move(o.pidfd_)), stdout_(std::move(o.stdout_)),
-      captured_(std::move(o.captured_)), exit_status_(o.exit_status_) {
+    : pid_(o.pid_),
+      pidfd_(std::move(o.pidfd_)),
+      stdout_(std::move(o.stdout_)),
+      captured_(std::move(o.captured_)),
+      exit_status_(o.exit_status_) {
   o.pid_ = -1;
 }
 
@@ -100,7 +103,8 @@ std::optional<int> ChildProcess::wait(std::chrono::milliseconds timeout) {
       exit_status_ = status;
       return status;
     }
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return std::nullopt;
     // Sleep until the child exits or writes, not a fixed period.
     pollfd fds[2] = {{pidfd_.get(), POLLIN, 0}, {stdout_ ? stdout_.get() : -1, POLLIN, 0}};

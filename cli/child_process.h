@@ -18,8 +18,8 @@ class ChildProcess {
  public:
   // Starts argv[0] (a path) with stdout and stderr appended to `log_file` (or inherited when
   // empty; with capture_stdout, stdout goes to a pipe read by output()).
-  static Result<ChildProcess> spawn(const std::vector<std::string>& argv, const std::string& log_file,
-                                    bool capture_stdout = false);
+  static Result<ChildProcess> spawn(const std::vector<std::string>& argv,
+                                    const std::string& log_file, bool capture_stdout = false);
   ChildProcess() = default;
   ChildProcess(ChildProcess&& other) noexcept;
   ChildProcess& operator=(ChildProcess&& other) noexcept;

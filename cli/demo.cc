@@ -58,7 +58,8 @@ Result<DemoRun> DemoRun::prepare(DemoOptions options) {
   if (options.bindir.empty()) options.bindir = selfDir();
   for (const char* bin : {"lazymig-agent", "lazymig-testvm"}) {
     if (::access((options.bindir + "/" + bin).c_str(), X_OK) != 0) {
-      return fail(Errc::kNotFound, "demo", options.bindir + "/" + bin + " is missing: build it first");
+      return fail(Errc::kNotFound, "demo",
+                  options.bindir + "/" + bin + " is missing: build it first");
     }
   }
   DemoRun run(std::move(options));
@@ -104,10 +105,16 @@ Status DemoRun::writePki() {
   return {};
 }
 
-std::string DemoRun::identity(Side s) { return std::string("spiffe://lazymig.demo/node/") + name(s); }
+std::string DemoRun::identity(Side s) {
+  return std::string("spiffe://lazymig.demo/node/") + name(s);
+}
 
-std::string DemoRun::controlEndpoint(Side s) const { return "unix:" + dir_ + "/" + name(s) + "-control.sock"; }
-std::string DemoRun::agentAddress(Side s) const { return "127.0.0.1:" + std::to_string(ports_[static_cast<int>(s)]); }
+std::string DemoRun::controlEndpoint(Side s) const {
+  return "unix:" + dir_ + "/" + name(s) + "-control.sock";
+}
+std::string DemoRun::agentAddress(Side s) const {
+  return "127.0.0.1:" + std::to_string(ports_[static_cast<int>(s)]);
+}
 std::string DemoRun::logPath(Side s) const { return dir_ + "/" + name(s) + ".log"; }
 
 Status DemoRun::writeConfig(Side s) {
@@ -128,7 +135,8 @@ Status DemoRun::startAgent(Side s) {
   auto& slot = agents_[static_cast<int>(s)];
   slot.reset();
   std::vector<std::string> argv = options_.agent_prefix;
-  argv.insert(argv.end(), {options_.bindir + "/lazymig-agent", "--config", dir_ + "/" + name(s) + ".yaml"});
+  argv.insert(argv.end(),
+              {options_.bindir + "/lazymig-agent", "--config", dir_ + "/" + name(s) + ".yaml"});
   auto child = ChildProcess::spawn(argv, logPath(s));
   if (!child) return std::unexpected(child.error());
   slot.emplace(std::move(*child));
@@ -142,7 +150,8 @@ Status DemoRun::startAgent(Side s) {
                   "exited at start-up (" + describeStatus(*st) + "); see " + logPath(s));
     }
   }
-  return fail(Errc::kTimeout, std::string(name(s)) + " agent", "not ready after 15 s; see " + logPath(s));
+  return fail(Errc::kTimeout, std::string(name(s)) + " agent",
+              "not ready after 15 s; see " + logPath(s));
 }
 
 void DemoRun::signalAgent(Side s, int sig) const {
@@ -180,9 +189,17 @@ Result<nlohmann::json> DemoRun::migration(Side s) const {
 
 Status DemoRun::prepareSourceMemory() {
   const auto& o = options_;
-  std::vector<std::string> argv = {o.bindir + "/lazymig-testvm", "source", "--memory", o.memory,
-                                   "--size", std::to_string(o.size), "--seed", std::to_string(o.seed),
-                                   "--zero-ratio", std::to_string(o.zero_ratio), "--regions",
+  std::vector<std::string> argv = {o.bindir + "/lazymig-testvm",
+                                   "source",
+                                   "--memory",
+                                   o.memory,
+                                   "--size",
+                                   std::to_string(o.size),
+                                   "--seed",
+                                   std::to_string(o.seed),
+                                   "--zero-ratio",
+                                   std::to_string(o.zero_ratio),
+                                   "--regions",
                                    std::to_string(o.regions)};
   if (o.memory == "memfd") {
     argv.insert(argv.end(), {"--handover-socket", dir_ + "/source-vmm.sock", "--hold"});
@@ -196,37 +213,64 @@ Status DemoRun::prepareSourceMemory() {
   say("source VM: writing the snapshot memory file");
   auto st = source_vm_->wait(std::chrono::seconds(o.timeout_s));
   if (!st || *st != 0) {
-    return fail(Errc::kState, "source test VM", (st ? describeStatus(*st) : std::string("timed out")) +
-                                                  "; see " + dir_ + "/source-vm.log");
+    return fail(
+        Errc::kState, "source test VM",
+        (st ? describeStatus(*st) : std::string("timed out")) + "; see " + dir_ + "/source-vm.log");
   }
   return {};
 }
 
 Status DemoRun::createMigrations(const std::string& source_address) {
-  nlohmann::json src{{"id", kMigrationId}, {"role", "source"}, {"token", token_},
+  nlohmann::json src{{"id", kMigrationId},
+                     {"role", "source"},
+                     {"token", token_},
                      {"peer_identity", identity(Side::kDestination)}};
   src["memory"] = options_.memory == "memfd"
                       ? nlohmann::json{{"handover_socket", dir_ + "/source-vmm.sock"}}
                       : nlohmann::json{{"snapshot_file", dir_ + "/guest.mem"}};
-  if (auto r = call(Side::kSource, "POST", "/v1/migrations", src.dump()); !r) return std::unexpected(r.error());
-  nlohmann::json dst{{"id", kMigrationId}, {"role", "destination"}, {"token", token_},
-                     {"peer_identity", identity(Side::kSource)},
-                     {"source_address", source_address.empty() ? agentAddress(Side::kSource) : source_address},
-                     {"handshake_socket", dir_ + "/destination-vmm/" + kMigrationId + ".sock"}};
+  if (auto r = call(Side::kSource, "POST", "/v1/migrations", src.dump()); !r)
+    return std::unexpected(r.error());
+  nlohmann::json dst{
+      {"id", kMigrationId},
+      {"role", "destination"},
+      {"token", token_},
+      {"peer_identity", identity(Side::kSource)},
+      {"source_address", source_address.empty() ? agentAddress(Side::kSource) : source_address},
+      {"handshake_socket", dir_ + "/destination-vmm/" + kMigrationId + ".sock"}};
   started_ = std::chrono::steady_clock::now();
-  if (auto r = call(Side::kDestination, "POST", "/v1/migrations", dst.dump()); !r) return std::unexpected(r.error());
+  if (auto r = call(Side::kDestination, "POST", "/v1/migrations", dst.dump()); !r)
+    return std::unexpected(r.error());
   return {};
 }
 
 Status DemoRun::startDestinationVm() {
   const auto& o = options_;
-  std::vector<std::string> argv = {
-      o.bindir + "/lazymig-testvm", "dest", "--memory", o.memory, "--size", std::to_string(o.size),
-      "--seed", std::to_string(o.seed), "--zero-ratio", std::to_string(o.zero_ratio), "--regions",
-      std::to_string(o.regions), "--handshake-socket", dir_ + "/destination-vmm/" + kMigrationId + ".sock",
-      "--vcpus", std::to_string(o.vcpus), "--pattern", o.pattern, "--accesses", std::to_string(o.accesses),
-      "--control", controlEndpoint(Side::kDestination), "--migration", kMigrationId,
-      "--timeout-s", std::to_string(o.timeout_s)};
+  std::vector<std::string> argv = {o.bindir + "/lazymig-testvm",
+                                   "dest",
+                                   "--memory",
+                                   o.memory,
+                                   "--size",
+                                   std::to_string(o.size),
+                                   "--seed",
+                                   std::to_string(o.seed),
+                                   "--zero-ratio",
+                                   std::to_string(o.zero_ratio),
+                                   "--regions",
+                                   std::to_string(o.regions),
+                                   "--handshake-socket",
+                                   dir_ + "/destination-vmm/" + kMigrationId + ".sock",
+                                   "--vcpus",
+                                   std::to_string(o.vcpus),
+                                   "--pattern",
+                                   o.pattern,
+                                   "--accesses",
+                                   std::to_string(o.accesses),
+                                   "--control",
+                                   controlEndpoint(Side::kDestination),
+                                   "--migration",
+                                   kMigrationId,
+                                   "--timeout-s",
+                                   std::to_string(o.timeout_s)};
   if (o.balloon) argv.push_back("--balloon");
   auto child = ChildProcess::spawn(argv, dir_ + "/destination-vm.log", true);
   if (!child) return std::unexpected(child.error());
@@ -246,8 +290,8 @@ Result<nlohmann::json> DemoRun::waitDestinationVm() {
   std::string last = out.substr(nl == std::string::npos ? 0 : nl + 1);
   auto j = nlohmann::json::parse(last, nullptr, false);
   if (j.is_discarded()) {
-    return fail(Errc::kState, "destination test VM", describeStatus(*st) + ", no result; see " + dir_ +
-                                                         "/destination-vm.log");
+    return fail(Errc::kState, "destination test VM",
+                describeStatus(*st) + ", no result; see " + dir_ + "/destination-vm.log");
   }
   return j;
 }
@@ -307,13 +351,14 @@ Result<nlohmann::json> runDemo(const DemoOptions& options) {
   if (!run) return std::unexpected(run.error());
   auto failWith = [&](const Error& e) -> Result<nlohmann::json> {
     run->stopAll();
-    std::fprintf(stderr, "demo: FAILED: %s\ndemo: logs kept in %s\n", e.message().c_str(), run->dir().c_str());
+    std::fprintf(stderr, "demo: FAILED: %s\ndemo: logs kept in %s\n", e.message().c_str(),
+                 run->dir().c_str());
     run->keepDirectory();
     return std::unexpected(e);
   };
   std::fprintf(stderr, "demo: two agents up (source %s, destination %s), working in %s\n",
-               run->agentAddress(Side::kSource).c_str(), run->agentAddress(Side::kDestination).c_str(),
-               run->dir().c_str());
+               run->agentAddress(Side::kSource).c_str(),
+               run->agentAddress(Side::kDestination).c_str(), run->dir().c_str());
   if (auto ok = run->prepareSourceMemory(); !ok) return failWith(ok.error());
   if (auto ok = run->createMigrations(); !ok) return failWith(ok.error());
   auto t0 = std::chrono::steady_clock::now();
@@ -322,7 +367,8 @@ Result<nlohmann::json> runDemo(const DemoOptions& options) {
   if (!vm) return failWith(vm.error());
   auto dst = run->migration(Side::kDestination);
   double total = dst ? dst->value("elapsed_seconds", 0.0) : 0.0;
-  if (total <= 0) total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (total <= 0)
+    total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   auto report = run->report(*vm, total);
   if (!report.value("verified", false)) {
     run->keepDirectory();

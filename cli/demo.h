@@ -27,9 +27,9 @@ struct DemoOptions {
   bool balloon = false;
   std::uint64_t seed = 42;
   int timeout_s = 600;
-  bool keep = false;     // keep the working directory
-  bool verbose = true;   // progress lines on stderr
-  std::string bindir;    // where lazymig-agent and lazymig-testvm live; default: beside this binary
+  bool keep = false;    // keep the working directory
+  bool verbose = true;  // progress lines on stderr
+  std::string bindir;   // where lazymig-agent and lazymig-testvm live; default: beside this binary
   std::string extra_yaml;  // appended to both agents' configs
   // Run each agent through this command (e.g. setpriv dropping capabilities); empty: directly.
   std::vector<std::string> agent_prefix;

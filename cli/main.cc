@@ -21,7 +21,8 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* kUsage = R"(usage: lazymig [--control ENDPOINT] [--json] [--token-file F] [--cacert F --cert F --key F] COMMAND [flags]
+constexpr const char* kUsage =
+    R"(usage: lazymig [--control ENDPOINT] [--json] [--token-file F] [--cacert F --cert F --key F] COMMAND [flags]
 
 commands:
   migrate --id ID --role source|destination --token HEX --peer-identity SAN
@@ -118,8 +119,8 @@ void printMigration(const json& m) {
   const json p = m.value("progress", json::object());
   std::uint64_t total = p.value("pages_total", 0), done = p.value("pages_installed", 0);
   double pct = total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 0;
-  std::printf("migration   %s (%s)\nstate       %s%s%s\npeer        %s\n", m.value("id", "").c_str(),
-              m.value("role", "").c_str(), m.value("state", "").c_str(),
+  std::printf("migration   %s (%s)\nstate       %s%s%s\npeer        %s\n",
+              m.value("id", "").c_str(), m.value("role", "").c_str(), m.value("state", "").c_str(),
               m.value("reason", "").empty() ? "" : ": ", m.value("reason", "").c_str(),
               m.value("peer", "").c_str());
   std::printf("pages       %llu / %llu (%.1f%%)\n", static_cast<unsigned long long>(done),
@@ -152,8 +153,10 @@ int cmdStatus(const Global& g, int argc, char** argv, int i) {
   if (!a.has("--watch")) {
     auto m = request(g, "GET", "/v1/migrations/" + a.positional[0], "", rc);
     if (!m) return rc;
-    if (g.json_out) std::printf("%s\n", m->dump(2).c_str());
-    else printMigration(*m);
+    if (g.json_out)
+      std::printf("%s\n", m->dump(2).c_str());
+    else
+      printMigration(*m);
     return 0;
   }
   auto interval = std::chrono::milliseconds(std::stoi(a.get("--interval-ms", "500")));
@@ -165,16 +168,19 @@ int cmdStatus(const Global& g, int argc, char** argv, int i) {
     std::uint64_t total = p.value("pages_total", 0), done = p.value("pages_installed", 0);
     double frac = total ? static_cast<double>(done) / static_cast<double>(total) : 0;
     int filled = static_cast<int>(frac * 30);
-    std::string bar = std::string(static_cast<std::size_t>(filled), '#') + std::string(static_cast<std::size_t>(30 - filled), '-');
+    std::string bar = std::string(static_cast<std::size_t>(filled), '#') +
+                      std::string(static_cast<std::size_t>(30 - filled), '-');
     std::string state = m->value("state", "");
-    std::printf("%s[%s] %3.0f%% %llu/%llu pages  %.0f MiB/s  p99 %.2f ms  %s%s", tty ? "\r" : "", bar.c_str(),
-                frac * 100, static_cast<unsigned long long>(done), static_cast<unsigned long long>(total),
-                m->value("throughput_mib_s", 0.0), m->value("fault_latency_us", json::object()).value("p99", 0.0) / 1000,
+    std::printf("%s[%s] %3.0f%% %llu/%llu pages  %.0f MiB/s  p99 %.2f ms  %s%s", tty ? "\r" : "",
+                bar.c_str(), frac * 100, static_cast<unsigned long long>(done),
+                static_cast<unsigned long long>(total), m->value("throughput_mib_s", 0.0),
+                m->value("fault_latency_us", json::object()).value("p99", 0.0) / 1000,
                 state.c_str(), tty ? "   " : "\n");
     std::fflush(stdout);
     if (isFinal(state)) {
       std::printf("\n");
-      if (!m->value("reason", "").empty()) std::printf("reason: %s\n", m->value("reason", "").c_str());
+      if (!m->value("reason", "").empty())
+        std::printf("reason: %s\n", m->value("reason", "").c_str());
       return state == "completed" ? 0 : 1;
     }
     std::this_thread::sleep_for(interval);
@@ -182,16 +188,21 @@ int cmdStatus(const Global& g, int argc, char** argv, int i) {
 }
 
 int cmdMigrate(const Global& g, int argc, char** argv, int i) {
-  Args a = parse(argc, argv, i, {"--id", "--role", "--token", "--peer-identity", "--snapshot-file",
-                                 "--handover-socket", "--source-address", "--handshake-socket", "--vmm-pid"}, {});
+  Args a = parse(argc, argv, i,
+                 {"--id", "--role", "--token", "--peer-identity", "--snapshot-file",
+                  "--handover-socket", "--source-address", "--handshake-socket", "--vmm-pid"},
+                 {});
   for (const char* f : {"--id", "--role", "--token", "--peer-identity"}) {
     if (!a.has(f)) usage(std::string("migrate needs ") + f);
   }
-  json body{{"id", a.get("--id")}, {"role", a.get("--role")}, {"token", a.get("--token")},
+  json body{{"id", a.get("--id")},
+            {"role", a.get("--role")},
+            {"token", a.get("--token")},
             {"peer_identity", a.get("--peer-identity")}};
   if (a.get("--role") == "source") {
-    body["memory"] = a.has("--snapshot-file") ? json{{"snapshot_file", a.get("--snapshot-file")}}
-                                              : json{{"handover_socket", a.get("--handover-socket")}};
+    body["memory"] = a.has("--snapshot-file")
+                         ? json{{"snapshot_file", a.get("--snapshot-file")}}
+                         : json{{"handover_socket", a.get("--handover-socket")}};
   } else {
     body["source_address"] = a.get("--source-address");
     if (a.has("--handshake-socket")) body["handshake_socket"] = a.get("--handshake-socket");
@@ -200,8 +211,10 @@ int cmdMigrate(const Global& g, int argc, char** argv, int i) {
   int rc = 0;
   auto m = request(g, "POST", "/v1/migrations", body.dump(), rc);
   if (!m) return rc;
-  if (g.json_out) std::printf("%s\n", m->dump(2).c_str());
-  else printMigration(*m);
+  if (g.json_out)
+    std::printf("%s\n", m->dump(2).c_str());
+  else
+    printMigration(*m);
   return 0;
 }
 
@@ -216,8 +229,9 @@ int cmdList(const Global& g) {
   std::printf("%-24s %-12s %-18s %10s %10s\n", "ID", "ROLE", "STATE", "PAGES", "TOTAL");
   for (const auto& m : r->value("migrations", json::array())) {
     const json p = m.value("progress", json::object());
-    std::printf("%-24s %-12s %-18s %10llu %10llu\n", m.value("id", "").c_str(), m.value("role", "").c_str(),
-                m.value("state", "").c_str(), static_cast<unsigned long long>(p.value("pages_installed", 0)),
+    std::printf("%-24s %-12s %-18s %10llu %10llu\n", m.value("id", "").c_str(),
+                m.value("role", "").c_str(), m.value("state", "").c_str(),
+                static_cast<unsigned long long>(p.value("pages_installed", 0)),
                 static_cast<unsigned long long>(p.value("pages_total", 0)));
   }
   return 0;
@@ -225,11 +239,14 @@ int cmdList(const Global& g) {
 
 int cmdCerts(int argc, char** argv, int i) {
   Args a = parse(argc, argv, i, {"--dir", "--node", "--san", "--ca-name"}, {});
-  if (!a.has("--dir") || !a.has("--node") || !a.has("--san")) usage("certs needs --dir, --node and --san");
+  if (!a.has("--dir") || !a.has("--node") || !a.has("--san"))
+    usage("certs needs --dir, --node and --san");
   std::string dir = a.get("--dir"), ca_name = a.get("--ca-name", "lazymig-ca");
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  if (ec) return std::fprintf(stderr, "lazymig: certs --dir %s: %s\n", dir.c_str(), ec.message().c_str()), 1;
+  if (ec)
+    return std::fprintf(stderr, "lazymig: certs --dir %s: %s\n", dir.c_str(), ec.message().c_str()),
+           1;
   std::filesystem::permissions(dir, std::filesystem::perms::owner_all, ec);  // keys live here
   transport::PemFiles ca{dir + "/" + ca_name + ".crt", dir + "/" + ca_name + ".key"};
   if (::access(ca.cert_file.c_str(), R_OK) != 0) {
@@ -238,7 +255,8 @@ int cmdCerts(int argc, char** argv, int i) {
   }
   transport::LeafSpec spec;
   spec.common_name = a.get("--node");
-  for (const auto& san : a.flags["--san"]) (san.find("://") != std::string::npos ? spec.uris : spec.dns_names).push_back(san);
+  for (const auto& san : a.flags["--san"])
+    (san.find("://") != std::string::npos ? spec.uris : spec.dns_names).push_back(san);
   auto leaf = transport::issueLeaf(ca, dir, a.get("--node"), spec);
   if (!leaf) return std::fprintf(stderr, "lazymig: %s\n", leaf.error().message().c_str()), 1;
   std::printf("%s\n%s\n", leaf->cert_file.c_str(), leaf->key_file.c_str());
@@ -249,14 +267,20 @@ std::uint64_t parseSize(const std::string& v) {
   char* end = nullptr;
   double n = std::strtod(v.c_str(), &end);
   std::string unit = end;
-  std::uint64_t mult = unit == "KiB" ? 1ull << 10 : unit == "MiB" ? 1ull << 20 : unit == "GiB" ? 1ull << 30 : 1;
-  if (end == v.c_str() || n <= 0 || (mult == 1 && !unit.empty())) usage("--size: expected e.g. 256MiB, got '" + v + "'");
+  std::uint64_t mult = unit == "KiB"   ? 1ull << 10
+                       : unit == "MiB" ? 1ull << 20
+                       : unit == "GiB" ? 1ull << 30
+                                       : 1;
+  if (end == v.c_str() || n <= 0 || (mult == 1 && !unit.empty()))
+    usage("--size: expected e.g. 256MiB, got '" + v + "'");
   return static_cast<std::uint64_t>(n * static_cast<double>(mult));
 }
 
 int cmdDemo(int argc, char** argv, int i) {
-  Args a = parse(argc, argv, i, {"--size", "--memory", "--pattern", "--vcpus", "--accesses", "--regions",
-                                 "--zero-ratio", "--timeout-s", "--seed", "--extra-yaml"}, {"--balloon", "--keep"});
+  Args a = parse(argc, argv, i,
+                 {"--size", "--memory", "--pattern", "--vcpus", "--accesses", "--regions",
+                  "--zero-ratio", "--timeout-s", "--seed", "--extra-yaml"},
+                 {"--balloon", "--keep"});
   cli::DemoOptions o;
   if (a.has("--size")) o.size = parseSize(a.get("--size"));
   o.memory = a.get("--memory", o.memory);
@@ -280,20 +304,23 @@ int cmdDemo(int argc, char** argv, int i) {
   const json& r = *report;
   const json l = r.value("fault_latency_us", json::object());
   const json v = r.value("vcpu_access_latency_us", json::object());
-  std::printf("lazymig demo: %s of %s memory, %s pattern, %u vCPUs\n", a.get("--size", "1GiB").c_str(),
-              o.memory.c_str(), o.pattern.c_str(), o.vcpus);
-  std::printf("  pages            %llu (%llu on demand, %llu by the bulk stream, %llu zero markers)\n",
-              static_cast<unsigned long long>(r.value("pages", 0)),
-              static_cast<unsigned long long>(r.value("demand_pages", 0)),
-              static_cast<unsigned long long>(r.value("bulk_pages", 0)),
-              static_cast<unsigned long long>(r.value("zero_pages", 0)));
+  std::printf("lazymig demo: %s of %s memory, %s pattern, %u vCPUs\n",
+              a.get("--size", "1GiB").c_str(), o.memory.c_str(), o.pattern.c_str(), o.vcpus);
+  std::printf(
+      "  pages            %llu (%llu on demand, %llu by the bulk stream, %llu zero markers)\n",
+      static_cast<unsigned long long>(r.value("pages", 0)),
+      static_cast<unsigned long long>(r.value("demand_pages", 0)),
+      static_cast<unsigned long long>(r.value("bulk_pages", 0)),
+      static_cast<unsigned long long>(r.value("zero_pages", 0)));
   std::printf("  demand faults    %llu; served in p50 %.0f us, p99 %.0f us, max %.0f us\n",
               static_cast<unsigned long long>(r.value("demand_faults", 0)), l.value("p50", 0.0),
               l.value("p99", 0.0), l.value("max", 0.0));
-  std::printf("  vCPU stalls      p50 %.0f us, p99 %.0f us (accesses that faulted)\n", v.value("p50", 0.0),
-              v.value("p99", 0.0));
-  std::printf("  time             %.2f s, %.0f MiB/s\n", r.value("total_seconds", 0.0), r.value("throughput_mib_s", 0.0));
-  std::printf("  verified         %s (%llu mismatches)\n", r.value("verified", false) ? "yes" : "NO",
+  std::printf("  vCPU stalls      p50 %.0f us, p99 %.0f us (accesses that faulted)\n",
+              v.value("p50", 0.0), v.value("p99", 0.0));
+  std::printf("  time             %.2f s, %.0f MiB/s\n", r.value("total_seconds", 0.0),
+              r.value("throughput_mib_s", 0.0));
+  std::printf("  verified         %s (%llu mismatches)\n",
+              r.value("verified", false) ? "yes" : "NO",
               static_cast<unsigned long long>(r.value("mismatches", 0)));
   std::printf("%s\n", r.dump().c_str());
   return r.value("verified", false) ? 0 : 1;
@@ -308,16 +335,22 @@ int main(int argc, char** argv) {
   int i = 1;
   for (; i < argc; ++i) {
     std::string s = argv[i];
-    if (s == "--control" && i + 1 < argc) g.control = argv[++i];
-    else if (s == "--json") g.json_out = true;
+    if (s == "--control" && i + 1 < argc)
+      g.control = argv[++i];
+    else if (s == "--json")
+      g.json_out = true;
     else if (s == "--token-file" && i + 1 < argc) {
       std::ifstream in(argv[++i]);
       if (!in) usage(std::string("--token-file: cannot read ") + argv[i]);
       std::getline(in, g.token);
-    } else if (s == "--cacert" && i + 1 < argc) g.cacert = argv[++i];
-    else if (s == "--cert" && i + 1 < argc) g.cert = argv[++i];
-    else if (s == "--key" && i + 1 < argc) g.key = argv[++i];
-    else break;
+    } else if (s == "--cacert" && i + 1 < argc)
+      g.cacert = argv[++i];
+    else if (s == "--cert" && i + 1 < argc)
+      g.cert = argv[++i];
+    else if (s == "--key" && i + 1 < argc)
+      g.key = argv[++i];
+    else
+      break;
   }
   if (i >= argc) usage("missing command");
   std::string cmd = argv[i++];
@@ -327,7 +360,8 @@ int main(int argc, char** argv) {
   if (cmd == "certs") return cmdCerts(argc, argv, i);
   if (cmd == "token") {
     unsigned char b[32];
-    if (RAND_bytes(b, sizeof b) != 1) return std::fprintf(stderr, "lazymig: no randomness for a token\n"), 1;
+    if (RAND_bytes(b, sizeof b) != 1)
+      return std::fprintf(stderr, "lazymig: no randomness for a token\n"), 1;
     for (auto c : b) std::printf("%02x", c);
     std::printf("\n");
     return 0;
@@ -344,10 +378,14 @@ int main(int argc, char** argv) {
   if (cmd == "cancel") {
     Args a = parse(argc, argv, i, {}, {"--force"});
     if (a.positional.size() != 1) usage("cancel needs exactly one migration id");
-    auto r = request(g, "DELETE", "/v1/migrations/" + a.positional[0] + (a.has("--force") ? "?force=true" : ""), "", rc);
+    auto r = request(g, "DELETE",
+                     "/v1/migrations/" + a.positional[0] + (a.has("--force") ? "?force=true" : ""),
+                     "", rc);
     if (!r) return rc;
-    if (g.json_out) std::printf("%s\n", r->dump(2).c_str());
-    else printMigration(*r);
+    if (g.json_out)
+      std::printf("%s\n", r->dump(2).c_str());
+    else
+      printMigration(*r);
     return 0;
   }
   usage("unknown command '" + cmd + "'");

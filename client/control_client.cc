@@ -33,7 +33,8 @@ Result<Target> parseEndpoint(const std::string& endpoint) {
   if (endpoint.rfind("unix:", 0) == 0) {
     t.unix_socket = true;
     t.path = endpoint.substr(5);
-    if (t.path.empty()) return fail(Errc::kInvalidArgument, "control endpoint", "unix: needs a path");
+    if (t.path.empty())
+      return fail(Errc::kInvalidArgument, "control endpoint", "unix: needs a path");
     return t;
   }
   std::string rest = endpoint;
@@ -56,7 +57,8 @@ Result<Target> parseEndpoint(const std::string& endpoint) {
 
 Status waitFor(int fd, short events, Clock::time_point deadline, const std::string& what) {
   for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     if (left <= 0) return fail(Errc::kTimeout, "control api", what + ": timed out");
     pollfd p{fd, events, 0};
     int r = ::poll(&p, 1, static_cast<int>(left));
@@ -65,12 +67,14 @@ Status waitFor(int fd, short events, Clock::time_point deadline, const std::stri
   }
 }
 
-Result<sys::UniqueFd> connectTo(const Target& t, const std::string& endpoint, Clock::time_point deadline) {
+Result<sys::UniqueFd> connectTo(const Target& t, const std::string& endpoint,
+                                Clock::time_point deadline) {
   if (t.unix_socket) {
     sys::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
-    if (t.path.size() >= sizeof addr.sun_path) return fail(Errc::kInvalidArgument, "control endpoint", "path too long");
+    if (t.path.size() >= sizeof addr.sun_path)
+      return fail(Errc::kInvalidArgument, "control endpoint", "path too long");
     std::memcpy(addr.sun_path, t.path.c_str(), t.path.size() + 1);
     if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
       return failSys("control api: connect", endpoint);
@@ -81,7 +85,8 @@ Result<sys::UniqueFd> connectTo(const Target& t, const std::string& endpoint, Cl
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* res = nullptr;
   int rc = ::getaddrinfo(t.host.c_str(), t.port.c_str(), &hints, &res);
-  if (rc != 0) return fail(Errc::kInvalidArgument, "control api: resolve", endpoint + ": " + gai_strerror(rc));
+  if (rc != 0)
+    return fail(Errc::kInvalidArgument, "control api: resolve", endpoint + ": " + gai_strerror(rc));
   std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> owned(res, &::freeaddrinfo);
   // "localhost" may resolve to ::1 first while the agent listens on 127.0.0.1: try each.
   Error last = fail(Errc::kSystem, "control api: connect", endpoint + ": no address").error();
@@ -93,7 +98,8 @@ Result<sys::UniqueFd> connectTo(const Target& t, const std::string& endpoint, Cl
       continue;
     }
     if (r != 0) {
-      if (auto ok = waitFor(fd.get(), POLLOUT, deadline, "connect " + endpoint); !ok) return std::unexpected(ok.error());
+      if (auto ok = waitFor(fd.get(), POLLOUT, deadline, "connect " + endpoint); !ok)
+        return std::unexpected(ok.error());
       int err = 0;
       socklen_t len = sizeof err;
       ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
@@ -119,24 +125,29 @@ std::string tlsErrors() {
 
 // One HTTPS exchange, blocking with socket timeouts (the CLI sends one request per
 // connection): TLS 1.3, the agent's certificate checked against `ca` and the host name.
-Result<std::string> exchangeTls(int fd, const std::string& host, const std::string& ca, const std::string& cert,
-                                const std::string& key, const std::string& request, Clock::time_point deadline,
+Result<std::string> exchangeTls(int fd, const std::string& host, const std::string& ca,
+                                const std::string& cert, const std::string& key,
+                                const std::string& request, Clock::time_point deadline,
                                 const std::string& endpoint) {
-  auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
+  auto left =
+      std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
   timeval tv{static_cast<time_t>(std::max<long long>(left, 1000) / 1000000),
              static_cast<suseconds_t>(std::max<long long>(left, 1000) % 1000000)};
   int flags = ::fcntl(fd, F_GETFL);
   ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()),
+                                                        &SSL_CTX_free);
   SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION);
   if (ca.empty() || SSL_CTX_load_verify_locations(ctx.get(), ca.c_str(), nullptr) != 1) {
-    return fail(Errc::kConfig, "control api: --cacert", (ca.empty() ? std::string("required for https") : ca) +
-                                                            (ca.empty() ? "" : ": " + tlsErrors()));
+    return fail(Errc::kConfig, "control api: --cacert",
+                (ca.empty() ? std::string("required for https") : ca) +
+                    (ca.empty() ? "" : ": " + tlsErrors()));
   }
-  if (!cert.empty() && (SSL_CTX_use_certificate_chain_file(ctx.get(), cert.c_str()) != 1 ||
-                        SSL_CTX_use_PrivateKey_file(ctx.get(), key.c_str(), SSL_FILETYPE_PEM) != 1)) {
+  if (!cert.empty() &&
+      (SSL_CTX_use_certificate_chain_file(ctx.get(), cert.c_str()) != 1 ||
+       SSL_CTX_use_PrivateKey_file(ctx.get(), key.c_str(), SSL_FILETYPE_PEM) != 1)) {
     return fail(Errc::kConfig, "control api: --cert/--key", cert + ": " + tlsErrors());
   }
   SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
@@ -144,20 +155,24 @@ Result<std::string> exchangeTls(int fd, const std::string& host, const std::stri
   SSL_set_fd(ssl.get(), fd);
   SSL_set_tlsext_host_name(ssl.get(), host.c_str());
   SSL_set1_host(ssl.get(), host.c_str());
-  if (SSL_connect(ssl.get()) != 1) return fail(Errc::kProtocol, "control api: TLS", endpoint + ": " + tlsErrors());
+  if (SSL_connect(ssl.get()) != 1)
+    return fail(Errc::kProtocol, "control api: TLS", endpoint + ": " + tlsErrors());
   if (SSL_write(ssl.get(), request.data(), static_cast<int>(request.size())) <= 0) {
-    return fail(Errc::kProtocol, "control api: TLS", endpoint + ": the agent closed the connection (" +
-                                                         tlsErrors() + "); is this client's certificate accepted?");
+    return fail(Errc::kProtocol, "control api: TLS",
+                endpoint + ": the agent closed the connection (" + tlsErrors() +
+                    "); is this client's certificate accepted?");
   }
   std::string raw;
   char buf[16384];
   for (int n; (n = SSL_read(ssl.get(), buf, sizeof buf)) > 0;) {
     raw.append(buf, static_cast<std::size_t>(n));
-    if (raw.size() > (16u << 20)) return fail(Errc::kProtocol, "control api", "response larger than 16 MiB");
+    if (raw.size() > (16u << 20))
+      return fail(Errc::kProtocol, "control api", "response larger than 16 MiB");
   }
   if (raw.empty()) {
-    return fail(Errc::kProtocol, "control api: TLS", endpoint + ": no response (" + tlsErrors() +
-                                                         "); is this client's certificate accepted?");
+    return fail(
+        Errc::kProtocol, "control api: TLS",
+        endpoint + ": no response (" + tlsErrors() + "); is this client's certificate accepted?");
   }
   return raw;
 }
@@ -185,7 +200,8 @@ Result<HttpResponse> parseResponse(const std::string& raw, const std::string& en
     }
     body = std::move(out);
   } else if (auto cl = headers.find("content-length:"); cl != std::string::npos) {
-    body.resize(std::min<std::size_t>(body.size(), std::strtoul(headers.c_str() + cl + 15, nullptr, 10)));
+    body.resize(
+        std::min<std::size_t>(body.size(), std::strtoul(headers.c_str() + cl + 15, nullptr, 10)));
   }
   resp.body = std::move(body);
   return resp;
@@ -193,11 +209,15 @@ Result<HttpResponse> parseResponse(const std::string& raw, const std::string& en
 
 }  // namespace
 
-Result<HttpResponse> ControlClient::get(const std::string& path) const { return request("GET", path, ""); }
+Result<HttpResponse> ControlClient::get(const std::string& path) const {
+  return request("GET", path, "");
+}
 Result<HttpResponse> ControlClient::post(const std::string& path, const std::string& body) const {
   return request("POST", path, body);
 }
-Result<HttpResponse> ControlClient::del(const std::string& path) const { return request("DELETE", path, ""); }
+Result<HttpResponse> ControlClient::del(const std::string& path) const {
+  return request("DELETE", path, "");
+}
 
 Result<HttpResponse> ControlClient::request(const std::string& method, const std::string& path,
                                             const std::string& body) const {
@@ -213,12 +233,14 @@ Result<HttpResponse> ControlClient::request(const std::string& method, const std
   if (!bearer_.empty()) req += "Authorization: Bearer " + bearer_ + "\r\n";
   req += "\r\n" + body;
   if (target->tls) {
-    auto raw = exchangeTls(fd->get(), target->host, tls_ca_, tls_cert_, tls_key_, req, deadline, endpoint_);
+    auto raw = exchangeTls(fd->get(), target->host, tls_ca_, tls_cert_, tls_key_, req, deadline,
+                           endpoint_);
     if (!raw) return std::unexpected(raw.error());
     return parseResponse(*raw, endpoint_);
   }
   for (std::size_t off = 0; off < req.size();) {
-    if (auto ok = waitFor(fd->get(), POLLOUT, deadline, method + " " + path); !ok) return std::unexpected(ok.error());
+    if (auto ok = waitFor(fd->get(), POLLOUT, deadline, method + " " + path); !ok)
+      return std::unexpected(ok.error());
     ssize_t n = ::send(fd->get(), req.data() + off, req.size() - off, MSG_NOSIGNAL);
     if (n < 0 && errno != EAGAIN && errno != EINTR) return failSys("control api: send", endpoint_);
     if (n > 0) off += static_cast<std::size_t>(n);
@@ -226,13 +248,15 @@ Result<HttpResponse> ControlClient::request(const std::string& method, const std
   std::string raw;
   char buf[16384];
   for (;;) {
-    if (auto ok = waitFor(fd->get(), POLLIN, deadline, method + " " + path); !ok) return std::unexpected(ok.error());
+    if (auto ok = waitFor(fd->get(), POLLIN, deadline, method + " " + path); !ok)
+      return std::unexpected(ok.error());
     ssize_t n = ::recv(fd->get(), buf, sizeof buf, 0);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
     if (n < 0) return failSys("control api: recv", endpoint_);
     if (n == 0) break;
     raw.append(buf, static_cast<std::size_t>(n));
-    if (raw.size() > (16u << 20)) return fail(Errc::kProtocol, "control api", "response larger than 16 MiB");
+    if (raw.size() > (16u << 20))
+      return fail(Errc::kProtocol, "control api", "response larger than 16 MiB");
   }
   return parseResponse(raw, endpoint_);
 }

@@ -19,14 +19,17 @@ class Parser {
  public:
   explicit Parser(std::string source) : source_(std::move(source)) {}
 
-  std::unexpected<Error> error(const std::string& path, const YAML::Node& node, const std::string& why) const {
+  std::unexpected<Error> error(const std::string& path, const YAML::Node& node,
+                               const std::string& why) const {
     std::string where = "key '" + path + "'";
-    if (node.IsDefined() && node.Mark().line >= 0) where += " (line " + std::to_string(node.Mark().line + 1) + ")";
+    if (node.IsDefined() && node.Mark().line >= 0)
+      where += " (line " + std::to_string(node.Mark().line + 1) + ")";
     return std::unexpected(Error::make(Errc::kConfig, source_, where + ": " + why));
   }
 
   // Rejects keys this mapping does not know, suggesting the closest known one.
-  Status onlyKnown(const YAML::Node& map, const std::string& path, const std::vector<std::string>& known) const {
+  Status onlyKnown(const YAML::Node& map, const std::string& path,
+                   const std::vector<std::string>& known) const {
     if (!map.IsMap()) return error(path.empty() ? "(root)" : path, map, "must be a mapping");
     for (auto it = map.begin(); it != map.end(); ++it) {
       std::string key = it->first.as<std::string>();
@@ -68,28 +71,35 @@ class Parser {
     if (!n.IsDefined() || n.IsNull()) return {};
     long long v = 0;
     if (!n.IsScalar() || !YAML::convert<long long>::decode(n, v)) {
-      return error(full, n, "must be an integer from " + std::to_string(min) + " to " + std::to_string(max) +
-                                ", got '" + (n.IsScalar() ? n.Scalar() : std::string("a non-scalar")) + "'");
+      return error(full, n,
+                   "must be an integer from " + std::to_string(min) + " to " + std::to_string(max) +
+                       ", got '" + (n.IsScalar() ? n.Scalar() : std::string("a non-scalar")) + "'");
     }
     if (v < min || v > max) {
-      return error(full, n, "must be an integer from " + std::to_string(min) + " to " +
-                                std::to_string(max) + ", got " + std::to_string(v));
+      return error(full, n,
+                   "must be an integer from " + std::to_string(min) + " to " + std::to_string(max) +
+                       ", got " + std::to_string(v));
     }
     out = static_cast<T>(v);
     return {};
   }
 
-  Status hostPort(const std::string& full, const YAML::Node& n, const std::string& v, bool allow_unix) const {
+  Status hostPort(const std::string& full, const YAML::Node& n, const std::string& v,
+                  bool allow_unix) const {
     if (allow_unix && v.rfind("unix:", 0) == 0) {
-      if (v.size() < 7 || v[5] != '/') return error(full, n, "unix: needs an absolute path, got '" + v + "'");
+      if (v.size() < 7 || v[5] != '/')
+        return error(full, n, "unix: needs an absolute path, got '" + v + "'");
       return {};
     }
     auto colon = v.rfind(':');
     if (colon == std::string::npos || colon == 0 || colon + 1 == v.size()) {
-      return error(full, n, std::string("must be host:port") + (allow_unix ? " or unix:/path" : "") + ", got '" + v + "'");
+      return error(full, n,
+                   std::string("must be host:port") + (allow_unix ? " or unix:/path" : "") +
+                       ", got '" + v + "'");
     }
     std::string port = v.substr(colon + 1);
-    if (port.find_first_not_of("0123456789") != std::string::npos || port.size() > 5 || std::stoi(port) > 65535) {
+    if (port.find_first_not_of("0123456789") != std::string::npos || port.size() > 5 ||
+        std::stoi(port) > 65535) {
       return error(full, n, "port must be 0..65535, got '" + port + "'");
     }
     return {};
@@ -102,7 +112,8 @@ class Parser {
     for (std::size_t i = 1; i <= a.size(); ++i) {
       cur[0] = i;
       for (std::size_t j = 1; j <= b.size(); ++j) {
-        cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+        cur[j] =
+            std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
       }
       prev.swap(cur);
     }
@@ -111,11 +122,11 @@ class Parser {
   std::string source_;
 };
 
-#define TRY(expr)                 \
-  do {                            \
-    if (auto s_ = (expr); !s_) {  \
+#define TRY(expr)                         \
+  do {                                    \
+    if (auto s_ = (expr); !s_) {          \
       return std::unexpected(s_.error()); \
-    }                             \
+    }                                     \
   } while (0)
 
 Status parseListen(const Parser& p, const YAML::Node& root, Config& c) {
@@ -136,9 +147,10 @@ Status parseListen(const Parser& p, const YAML::Node& root, Config& c) {
 Status parseMigration(const Parser& p, const YAML::Node& root, Config& c) {
   YAML::Node n = root["migration"];
   if (!n.IsDefined() || n.IsNull()) return {};
-  TRY(p.onlyKnown(n, "migration", {"bulk_batch_pages", "bulk_window_kib", "checkpoint_interval_ms",
-                                   "stall_timeout_ms", "handshake_timeout_ms", "reconnect",
-                                   "bulk_rate_limit_mib_s"}));
+  TRY(p.onlyKnown(
+      n, "migration",
+      {"bulk_batch_pages", "bulk_window_kib", "checkpoint_interval_ms", "stall_timeout_ms",
+       "handshake_timeout_ms", "reconnect", "bulk_rate_limit_mib_s"}));
   auto& m = c.migration;
   TRY(p.integer(n, "migration", "bulk_batch_pages", m.bulk_batch_pages, 1, 1024));
   TRY(p.integer(n, "migration", "bulk_window_kib", m.bulk_window_bytes_kib, 64, 1 << 20));
@@ -154,7 +166,8 @@ Status parseMigration(const Parser& p, const YAML::Node& root, Config& c) {
   m.handshake_timeout = std::chrono::milliseconds(ms);
   YAML::Node r = n["reconnect"];
   if (r.IsDefined() && !r.IsNull()) {
-    TRY(p.onlyKnown(r, "migration.reconnect", {"initial_backoff_ms", "max_backoff_ms", "give_up_after_s"}));
+    TRY(p.onlyKnown(r, "migration.reconnect",
+                    {"initial_backoff_ms", "max_backoff_ms", "give_up_after_s"}));
     ms = m.reconnect.initial_backoff.count();
     TRY(p.integer(r, "migration.reconnect", "initial_backoff_ms", ms, 1, 60000));
     m.reconnect.initial_backoff = std::chrono::milliseconds(ms);
@@ -178,8 +191,10 @@ Status idList(const Parser& p, const YAML::Node& n, const std::string& full, std
   if (!n.IsSequence()) return p.error(full, n, "must be a list of integers");
   for (std::size_t i = 0; i < n.size(); ++i) {
     long long v = 0;
-    if (!n[i].IsScalar() || !YAML::convert<long long>::decode(n[i], v) || v < 0 || v > 4294967294LL) {
-      return p.error(full + "[" + std::to_string(i) + "]", n[i], "must be a non-negative integer id");
+    if (!n[i].IsScalar() || !YAML::convert<long long>::decode(n[i], v) || v < 0 ||
+        v > 4294967294LL) {
+      return p.error(full + "[" + std::to_string(i) + "]", n[i],
+                     "must be a non-negative integer id");
     }
     out.push_back(static_cast<T>(v));
   }
@@ -198,7 +213,8 @@ Status parseHandshake(const Parser& p, const YAML::Node& root, Config& c) {
     char* end = nullptr;
     unsigned long v = std::strtoul(text.c_str(), &end, 8);
     if (text.empty() || *end != '\0' || v > 0777) {
-      return p.error("handshake.socket_mode", mode, "must be an octal mode like \"0660\", got '" + text + "'");
+      return p.error("handshake.socket_mode", mode,
+                     "must be an octal mode like \"0660\", got '" + text + "'");
     }
     c.handshake.socket_mode = static_cast<unsigned>(v);
   }
@@ -212,34 +228,41 @@ Result<Config> parseConfig(std::string_view yaml_text, const std::string& source
   try {
     root = YAML::Load(std::string(yaml_text));
   } catch (const YAML::Exception& e) {
-    return fail(Errc::kConfig, source, "line " + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
+    return fail(Errc::kConfig, source,
+                "line " + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
   }
   Parser p(source);
   if (!root.IsDefined() || root.IsNull()) return fail(Errc::kConfig, source, "the config is empty");
   Config c;
   try {
-    TRY(p.onlyKnown(root, "", {"node_name", "listen", "tls", "state_dir", "handshake_dir", "log_level",
-                               "log_format", "control_token_file", "control_tls", "migration", "handshake"}));
+    TRY(p.onlyKnown(root, "",
+                    {"node_name", "listen", "tls", "state_dir", "handshake_dir", "log_level",
+                     "log_format", "control_token_file", "control_tls", "migration", "handshake"}));
     TRY(p.string(root, "", "node_name", c.node_name, true));
     TRY(parseListen(p, root, c));
     YAML::Node tls = root["tls"];
-    if (!tls.IsDefined() || tls.IsNull()) return p.error("tls", root, "is required (ca_file, cert_file, key_file)");
+    if (!tls.IsDefined() || tls.IsNull())
+      return p.error("tls", root, "is required (ca_file, cert_file, key_file)");
     TRY(p.onlyKnown(tls, "tls", {"ca_file", "cert_file", "key_file"}));
     TRY(p.string(tls, "tls", "ca_file", c.tls.ca_file, true));
     TRY(p.string(tls, "tls", "cert_file", c.tls.cert_file, true));
     TRY(p.string(tls, "tls", "key_file", c.tls.key_file, true));
     TRY(p.string(root, "", "state_dir", c.state_dir));
     TRY(p.string(root, "", "handshake_dir", c.handshake_dir));
-    for (auto [key, value] : {std::pair{"state_dir", &c.state_dir}, std::pair{"handshake_dir", &c.handshake_dir}}) {
-      if (value->empty() || value->front() != '/') return p.error(key, root[key], "must be an absolute path");
+    for (auto [key, value] :
+         {std::pair{"state_dir", &c.state_dir}, std::pair{"handshake_dir", &c.handshake_dir}}) {
+      if (value->empty() || value->front() != '/')
+        return p.error(key, root[key], "must be an absolute path");
     }
     TRY(p.string(root, "", "log_level", c.log_level));
     if (!log::parseLevel(c.log_level)) {
-      return p.error("log_level", root["log_level"], "must be debug, info, warn or error, got '" + c.log_level + "'");
+      return p.error("log_level", root["log_level"],
+                     "must be debug, info, warn or error, got '" + c.log_level + "'");
     }
     TRY(p.string(root, "", "log_format", c.log_format));
     if (!log::parseFormat(c.log_format)) {
-      return p.error("log_format", root["log_format"], "must be logfmt or json, got '" + c.log_format + "'");
+      return p.error("log_format", root["log_format"],
+                     "must be logfmt or json, got '" + c.log_format + "'");
     }
     TRY(p.string(root, "", "control_token_file", c.control_token_file));
     if (YAML::Node ct = root["control_tls"]; ct.IsDefined() && !ct.IsNull()) {
@@ -248,7 +271,9 @@ Result<Config> parseConfig(std::string_view yaml_text, const std::string& source
       TRY(p.string(ct, "control_tls", "key_file", c.control_tls.key_file, true));
       TRY(p.string(ct, "control_tls", "client_ca_file", c.control_tls.client_ca_file, true));
       if (c.control_listen.rfind("unix:", 0) == 0) {
-        return p.error("control_tls", ct, "needs a host:port listen.control (a UNIX socket is guarded by its file mode)");
+        return p.error(
+            "control_tls", ct,
+            "needs a host:port listen.control (a UNIX socket is guarded by its file mode)");
       }
     }
     TRY(parseMigration(p, root, c));
@@ -261,14 +286,18 @@ Result<Config> parseConfig(std::string_view yaml_text, const std::string& source
 
 Result<Config> loadConfig(const std::string& path) {
   std::ifstream in(path);
-  if (!in) return fail(Errc::kConfig, path, "cannot read the config file: " + std::string(std::strerror(errno)));
+  if (!in)
+    return fail(Errc::kConfig, path,
+                "cannot read the config file: " + std::string(std::strerror(errno)));
   std::stringstream text;
   text << in.rdbuf();
   auto c = parseConfig(text.str(), path);
   if (!c) return c;
-  std::vector<std::pair<std::string, std::string>> files = {
-      {"tls.ca_file", c->tls.ca_file}, {"tls.cert_file", c->tls.cert_file}, {"tls.key_file", c->tls.key_file}};
-  if (!c->control_token_file.empty()) files.emplace_back("control_token_file", c->control_token_file);
+  std::vector<std::pair<std::string, std::string>> files = {{"tls.ca_file", c->tls.ca_file},
+                                                            {"tls.cert_file", c->tls.cert_file},
+                                                            {"tls.key_file", c->tls.key_file}};
+  if (!c->control_token_file.empty())
+    files.emplace_back("control_token_file", c->control_token_file);
   if (!c->control_tls.cert_file.empty()) {
     files.emplace_back("control_tls.cert_file", c->control_tls.cert_file);
     files.emplace_back("control_tls.key_file", c->control_tls.key_file);
@@ -276,7 +305,8 @@ Result<Config> loadConfig(const std::string& path) {
   }
   for (const auto& [key, file] : files) {
     if (::access(file.c_str(), R_OK) != 0) {
-      return fail(Errc::kConfig, path, "key '" + key + "': cannot read '" + file + "': " + std::strerror(errno));
+      return fail(Errc::kConfig, path,
+                  "key '" + key + "': cannot read '" + file + "': " + std::strerror(errno));
     }
   }
   return c;

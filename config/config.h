@@ -25,9 +25,9 @@ struct ReconnectConfig {
 };
 
 struct MigrationDefaults {
-  std::uint32_t bulk_batch_pages = 64;           // pages per bulk PageData frame (1..1024)
-  std::uint32_t bulk_window_bytes_kib = 4096;    // bulk output kept queued per connection
-  std::uint32_t bulk_rate_limit_mib_s = 0;       // cap on the bulk stream per migration; 0 = none
+  std::uint32_t bulk_batch_pages = 64;         // pages per bulk PageData frame (1..1024)
+  std::uint32_t bulk_window_bytes_kib = 4096;  // bulk output kept queued per connection
+  std::uint32_t bulk_rate_limit_mib_s = 0;     // cap on the bulk stream per migration; 0 = none
   std::chrono::milliseconds checkpoint_interval{50};
   std::chrono::milliseconds stall_timeout{5000};
   std::chrono::milliseconds handshake_timeout{10000};

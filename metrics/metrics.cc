@@ -18,12 +18,14 @@ using prometheus::Counter;
 using prometheus::Gauge;
 using prometheus::Histogram;
 
-const Histogram::BucketBoundaries kFaultBuckets = {5e-6,  10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6,
-                                                   1e-3,  2.5e-3, 5e-3, 10e-3, 25e-3,  50e-3,  100e-3,
-                                                   250e-3, 500e-3, 1,   2.5,   5,      10};
-const Histogram::BucketBoundaries kDurationBuckets = {0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600};
-const Histogram::BucketBoundaries kStoreBuckets = {10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3,
-                                                   2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 1};
+const Histogram::BucketBoundaries kFaultBuckets = {
+    5e-6,  10e-6, 25e-6, 50e-6,  100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3,
+    10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1,      2.5,  5,      10};
+const Histogram::BucketBoundaries kDurationBuckets = {0.1, 0.5, 1,   2.5, 5,    10,  30,
+                                                      60,  120, 300, 600, 1800, 3600};
+const Histogram::BucketBoundaries kStoreBuckets = {10e-6,  25e-6, 50e-6,  100e-6, 250e-6,
+                                                   500e-6, 1e-3,  2.5e-3, 5e-3,   10e-3,
+                                                   25e-3,  50e-3, 100e-3, 1};
 
 double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }
 
@@ -33,7 +35,9 @@ class PrometheusMetrics final : public AgentMetrics {
       : registry_(std::make_shared<prometheus::Registry>()), labels_{{"node", node}} {
     auto& fault = prometheus::BuildHistogram()
                       .Name("lazymig_fault_latency_seconds")
-                      .Help("Time from reading a guest page fault to the install that wakes it, by how it was served")
+                      .Help(
+                          "Time from reading a guest page fault to the install that wakes it, by "
+                          "how it was served")
                       .Labels(labels_)
                       .Register(*registry_);
     fault_[0] = &fault.Add({{"path", "network"}}, kFaultBuckets);
@@ -56,12 +60,13 @@ class PrometheusMetrics final : public AgentMetrics {
     wire_[0][1] = &wire.Add({{"channel", "urgent"}, {"direction", "received"}});
     wire_[1][0] = &wire.Add({{"channel", "bulk"}, {"direction", "sent"}});
     wire_[1][1] = &wire.Add({{"channel", "bulk"}, {"direction", "received"}});
-    remaining_ = &prometheus::BuildGauge()
-                      .Name("lazymig_pages_remaining")
-                      .Help("Pages not yet installed, over all destination migrations on this agent")
-                      .Labels(labels_)
-                      .Register(*registry_)
-                      .Add({});
+    remaining_ =
+        &prometheus::BuildGauge()
+             .Name("lazymig_pages_remaining")
+             .Help("Pages not yet installed, over all destination migrations on this agent")
+             .Labels(labels_)
+             .Register(*registry_)
+             .Add({});
     migrations_ = &prometheus::BuildGauge()
                        .Name("lazymig_migrations")
                        .Help("Migrations on this agent by state")
@@ -95,15 +100,18 @@ class PrometheusMetrics final : public AgentMetrics {
                   .Labels(labels_)
                   .Register(*registry_)
                   .Add({}, kStoreBuckets);
-    eexist_ = &prometheus::BuildCounter()
-                   .Name("lazymig_uffd_eexist_total")
-                   .Help("Installs that found the page already present (a fault raced the bulk stream)")
-                   .Labels(labels_)
-                   .Register(*registry_)
-                   .Add({});
+    eexist_ =
+        &prometheus::BuildCounter()
+             .Name("lazymig_uffd_eexist_total")
+             .Help("Installs that found the page already present (a fault raced the bulk stream)")
+             .Labels(labels_)
+             .Register(*registry_)
+             .Add({});
     blocked_ = &prometheus::BuildCounter()
                     .Name("lazymig_vcpu_blocked_seconds_total")
-                    .Help("Time vCPUs spent blocked in page faults, summed over every fault the agent served")
+                    .Help(
+                        "Time vCPUs spent blocked in page faults, summed over every fault the "
+                        "agent served")
                     .Labels(labels_)
                     .Register(*registry_)
                     .Add({});
@@ -143,9 +151,12 @@ class PrometheusMetrics final : public AgentMetrics {
     if (pages) pages_[static_cast<int>(path)]->Increment(static_cast<double>(pages));
   }
   void addWireBytes(Channel channel, Direction direction, std::uint64_t bytes) override {
-    wire_[static_cast<int>(channel)][static_cast<int>(direction)]->Increment(static_cast<double>(bytes));
+    wire_[static_cast<int>(channel)][static_cast<int>(direction)]->Increment(
+        static_cast<double>(bytes));
   }
-  void addPagesRemaining(std::int64_t delta) override { remaining_->Increment(static_cast<double>(delta)); }
+  void addPagesRemaining(std::int64_t delta) override {
+    remaining_->Increment(static_cast<double>(delta));
+  }
   void migrationState(std::string_view from, std::string_view to) override {
     std::lock_guard lock(mu_);
     if (!from.empty()) migrations_->Add({{"state", std::string(from)}}).Decrement();
@@ -155,12 +166,16 @@ class PrometheusMetrics final : public AgentMetrics {
     std::lock_guard lock(mu_);
     duration_->Add({{"outcome", std::string(outcome)}}, kDurationBuckets).Observe(seconds(d));
   }
-  void addReconnect(Channel channel) override { reconnects_[static_cast<int>(channel)]->Increment(); }
+  void addReconnect(Channel channel) override {
+    reconnects_[static_cast<int>(channel)]->Increment();
+  }
   void addRefusal(std::string_view reason) override {
     std::lock_guard lock(mu_);
     refusals_->Add({{"reason", std::string(reason)}}).Increment();
   }
-  void observeStoreWrite(std::chrono::nanoseconds latency) override { store_->Observe(seconds(latency)); }
+  void observeStoreWrite(std::chrono::nanoseconds latency) override {
+    store_->Observe(seconds(latency));
+  }
   void addUffdExists(std::uint64_t n) override { eexist_->Increment(static_cast<double>(n)); }
 
  private:

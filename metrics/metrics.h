@@ -42,7 +42,7 @@ inline constexpr std::string_view kRefusalReasons[] = {
     "handshake_credentials", "handshake_malformed", "handshake_rejected"};
 inline constexpr std::string_view kMigrationStates[] = {
     "waiting_for_vmm", "waiting_for_memory", "running", "serving",
-    "completing", "completed", "failed", "cancelled"};
+    "completing",      "completed",          "failed",  "cancelled"};
 inline constexpr std::string_view kMigrationOutcomes[] = {"completed", "failed", "cancelled"};
 
 class AgentMetrics {

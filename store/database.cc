@@ -28,10 +28,14 @@ std::unexpected<Error> dbError(const std::string& op, const std::string& what,
 }
 
 nlohmann::json toJson(const MigrationRecord& r) {
-  return {{"id", r.id},         {"role", r.role},
-          {"state", r.state},   {"peer", r.peer},
-          {"reason", r.reason}, {"spec", r.spec_json},
-          {"counters", r.counters}, {"created_unix_ms", r.created_unix_ms},
+  return {{"id", r.id},
+          {"role", r.role},
+          {"state", r.state},
+          {"peer", r.peer},
+          {"reason", r.reason},
+          {"spec", r.spec_json},
+          {"counters", r.counters},
+          {"created_unix_ms", r.created_unix_ms},
           {"updated_unix_ms", r.updated_unix_ms}};
 }
 
@@ -68,14 +72,14 @@ class RocksDatabase final : public Database {
   }
 
   Status putMigration(const MigrationRecord& record) override {
-    if (record.id.empty()) return fail(Errc::kInvalidArgument, "putMigration", "empty migration id");
+    if (record.id.empty())
+      return fail(Errc::kInvalidArgument, "putMigration", "empty migration id");
     rocksdb::WriteOptions wo;
     // Records change rarely and say what a restarted agent must resume: make them survive
     // a machine crash, not only a process crash.
     wo.sync = true;
-    return timed("put", "migration '" + record.id + "'", [&] {
-      return db_->Put(wo, migrations(), record.id, toJson(record).dump());
-    });
+    return timed("put", "migration '" + record.id + "'",
+                 [&] { return db_->Put(wo, migrations(), record.id, toJson(record).dump()); });
   }
 
   Result<std::optional<MigrationRecord>> getMigration(const std::string& id) override {
@@ -137,7 +141,8 @@ class RocksDatabase final : public Database {
     for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
       std::string key = it->key().ToString();
       if (key.size() != prefix.size() + 8 || it->value().size() != kChunkBytes) {
-        return fail(Errc::kProtocol, "page map", "corrupt chunk under migration '" + migration_id + "'");
+        return fail(Errc::kProtocol, "page map",
+                    "corrupt chunk under migration '" + migration_id + "'");
       }
       std::uint64_t chunk = 0;
       for (int i = 0; i < 8; ++i) {
@@ -150,8 +155,10 @@ class RocksDatabase final : public Database {
         std::memcpy(&out[first_word + w], bytes + w * sizeof(std::uint64_t), sizeof(std::uint64_t));
       }
     }
-    if (!it->status().ok()) return dbError("load", "page map of '" + migration_id + "'", it->status());
-    if (page_count % 64 != 0 && !out.empty()) out.back() &= (std::uint64_t{1} << (page_count % 64)) - 1;
+    if (!it->status().ok())
+      return dbError("load", "page map of '" + migration_id + "'", it->status());
+    if (page_count % 64 != 0 && !out.empty())
+      out.back() &= (std::uint64_t{1} << (page_count % 64)) - 1;
     return out;
   }
 

@@ -23,8 +23,8 @@ void PageMap::clearRequested(PageIndex page) {
 }
 
 bool PageMap::transitionToDone(PageIndex page, PageState target) {
-  auto prev = states_[page.value].exchange(static_cast<std::uint8_t>(target),
-                                           std::memory_order_acq_rel);
+  auto prev =
+      states_[page.value].exchange(static_cast<std::uint8_t>(target), std::memory_order_acq_rel);
   bool was_done = prev == static_cast<std::uint8_t>(PageState::kInstalled) ||
                   prev == static_cast<std::uint8_t>(PageState::kRemoved);
   if (prev != static_cast<std::uint8_t>(target)) markDirty(page);
@@ -32,7 +32,9 @@ bool PageMap::transitionToDone(PageIndex page, PageState target) {
   return !was_done;
 }
 
-bool PageMap::markInstalled(PageIndex page) { return transitionToDone(page, PageState::kInstalled); }
+bool PageMap::markInstalled(PageIndex page) {
+  return transitionToDone(page, PageState::kInstalled);
+}
 bool PageMap::markRemoved(PageIndex page) { return transitionToDone(page, PageState::kRemoved); }
 
 void PageMap::markDirty(PageIndex page) {

@@ -35,9 +35,8 @@ Result<Mapping> Mapping::anonymous(Bytes size, bool huge) {
 Result<Mapping> Mapping::ofFd(int fd, Bytes size, GuestOffset offset, int prot, int flags) {
   void* p = ::mmap(nullptr, size.value, prot, flags, fd, static_cast<off_t>(offset.value));
   if (p == MAP_FAILED) {
-    return failSys("mmap", "fd " + std::to_string(fd) + " offset " +
-                               std::to_string(offset.value) + " length " +
-                               std::to_string(size.value));
+    return failSys("mmap", "fd " + std::to_string(fd) + " offset " + std::to_string(offset.value) +
+                               " length " + std::to_string(size.value));
   }
   return Mapping(p, size.value);
 }

@@ -19,7 +19,7 @@ Result<UniqueFd> createMemfd(const std::string& name, Bytes size, bool huge) {
 }
 
 Result<Bytes> fileSize(int fd) {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) return failSys("fstat", "fd " + std::to_string(fd));
   return Bytes{static_cast<std::uint64_t>(st.st_size)};
 }
@@ -50,8 +50,9 @@ Status preadAll(int fd, void* buf, std::size_t len, std::uint64_t offset) {
       if (errno == EINTR) continue;
       return failSys("pread", "offset " + std::to_string(offset));
     }
-    if (n == 0) return fail(Errc::kInvalidArgument, "pread", "file ends before offset " +
-                                                                 std::to_string(offset));
+    if (n == 0)
+      return fail(Errc::kInvalidArgument, "pread",
+                  "file ends before offset " + std::to_string(offset));
     p += n;
     len -= static_cast<std::size_t>(n);
     offset += static_cast<std::uint64_t>(n);

@@ -30,8 +30,9 @@ Result<UniqueFd> openRaw() {
   }
   long fd = ::syscall(SYS_userfaultfd, kFlags);
   if (fd < 0) {
-    return failSys("userfaultfd", "neither /dev/userfaultfd nor the system call gave a uffd "
-                                  "(check vm.unprivileged_userfaultfd or CAP_SYS_PTRACE)");
+    return failSys("userfaultfd",
+                   "neither /dev/userfaultfd nor the system call gave a uffd "
+                   "(check vm.unprivileged_userfaultfd or CAP_SYS_PTRACE)");
   }
   return UniqueFd(static_cast<int>(fd));
 }
@@ -45,11 +46,12 @@ Result<Uffd> Uffd::open(std::uint64_t features) {
   api.api = UFFD_API;
   api.features = features;
   if (::ioctl(fd->get(), UFFDIO_API, &api) != 0) {
-    return failSys("UFFDIO_API", "features 0x" + [&] {
-      char b[24];
-      std::snprintf(b, sizeof b, "%llx", static_cast<unsigned long long>(features));
-      return std::string(b);
-    }() + " not all supported by this kernel");
+    return failSys(
+        "UFFDIO_API", "features 0x" + [&] {
+          char b[24];
+          std::snprintf(b, sizeof b, "%llx", static_cast<unsigned long long>(features));
+          return std::string(b);
+        }() + " not all supported by this kernel");
   }
   return Uffd(std::move(*fd));
 }
@@ -80,10 +82,14 @@ Result<InstallResult> Uffd::interpret(const char* op, std::int64_t result, HostA
   if (result > 0) return InstallResult{InstallOutcome::kInstalled, Bytes{std::uint64_t(result)}};
   int err = result < 0 ? static_cast<int>(-result) : errno;
   switch (err) {
-    case EEXIST: return InstallResult{InstallOutcome::kAlreadyPresent, Bytes{0}};
-    case EAGAIN: return InstallResult{InstallOutcome::kRetry, Bytes{0}};
-    case ESRCH: return fail(Errc::kPeerGone, op, "the VMM owning the guest memory has exited");
-    default: return failSys(op, rangeText(dst, Bytes{0}), err);
+    case EEXIST:
+      return InstallResult{InstallOutcome::kAlreadyPresent, Bytes{0}};
+    case EAGAIN:
+      return InstallResult{InstallOutcome::kRetry, Bytes{0}};
+    case ESRCH:
+      return fail(Errc::kPeerGone, op, "the VMM owning the guest memory has exited");
+    default:
+      return failSys(op, rangeText(dst, Bytes{0}), err);
   }
 }
 
@@ -93,7 +99,8 @@ Result<InstallResult> Uffd::copy(HostAddr dst, const void* src, Bytes len, bool 
   c.src = reinterpret_cast<std::uintptr_t>(src);
   c.len = len.value;
   c.mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE;
-  if (::ioctl(fd_.get(), UFFDIO_COPY, &c) == 0) return InstallResult{InstallOutcome::kInstalled, len};
+  if (::ioctl(fd_.get(), UFFDIO_COPY, &c) == 0)
+    return InstallResult{InstallOutcome::kInstalled, len};
   if (c.copy == 0) c.copy = -errno;
   return interpret("UFFDIO_COPY", c.copy, dst);
 }
@@ -134,7 +141,8 @@ Result<std::size_t> Uffd::readEvents(std::span<uffd_msg> out) const {
     ssize_t n = ::read(fd_.get(), out.data(), out.size_bytes());
     if (n >= 0) {
       if (n % sizeof(uffd_msg) != 0) {
-        return fail(Errc::kProtocol, "uffd read", "short uffd_msg of " + std::to_string(n) + " bytes");
+        return fail(Errc::kProtocol, "uffd read",
+                    "short uffd_msg of " + std::to_string(n) + " bytes");
       }
       return static_cast<std::size_t>(n) / sizeof(uffd_msg);
     }

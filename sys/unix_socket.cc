@@ -31,7 +31,7 @@ Result<UnixSocket> UnixSocket::listen(const std::string& path, unsigned mode, in
   if (!addr) return std::unexpected(addr.error());
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return failSys("socket", "AF_UNIX for " + path);
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) != 0) {
     return failSys("bind", path);
@@ -123,8 +123,9 @@ Status UnixSocket::waitReadable(std::chrono::milliseconds timeout) const {
     r = ::poll(&p, 1, static_cast<int>(timeout.count()));
   } while (r < 0 && errno == EINTR);
   if (r < 0) return failSys("poll");
-  if (r == 0) return fail(Errc::kTimeout, "unix socket", "nothing to read within " +
-                                                             std::to_string(timeout.count()) + " ms");
+  if (r == 0)
+    return fail(Errc::kTimeout, "unix socket",
+                "nothing to read within " + std::to_string(timeout.count()) + " ms");
   return {};
 }
 

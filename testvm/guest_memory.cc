@@ -23,14 +23,16 @@ Result<GuestMemory> GuestMemory::create(MemoryKind kind, std::uint64_t bytes, un
   std::uint64_t first = 0;
   for (unsigned r = 0; r < regions; ++r) {
     std::uint64_t n = r + 1 == regions ? pages - first : pages / regions;
-    Result<sys::Mapping> m = kind == MemoryKind::kMemfd
-                                 ? sys::Mapping::ofFd(g.memfd_.get(), Bytes{n * 4096}, GuestOffset{first * 4096},
-                                                      PROT_READ | PROT_WRITE, MAP_SHARED)
-                                 : sys::Mapping::anonymous(Bytes{n * 4096});
+    Result<sys::Mapping> m =
+        kind == MemoryKind::kMemfd
+            ? sys::Mapping::ofFd(g.memfd_.get(), Bytes{n * 4096}, GuestOffset{first * 4096},
+                                 PROT_READ | PROT_WRITE, MAP_SHARED)
+            : sys::Mapping::anonymous(Bytes{n * 4096});
     if (!m) return std::unexpected(m.error());
     g.regions_.push_back(Region{std::move(*m), first, n});
     // A PROT_NONE page between regions keeps their host ranges apart, as a VMM's are.
-    auto guard = sys::Mapping::ofFd(-1, Bytes{4096}, GuestOffset{0}, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS);
+    auto guard =
+        sys::Mapping::ofFd(-1, Bytes{4096}, GuestOffset{0}, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS);
     if (guard) g.guards_.push_back(std::move(*guard));
     first += n;
   }
@@ -48,7 +50,8 @@ std::byte* GuestMemory::page(std::uint64_t index) const {
 
 bool GuestMemory::sameRegion(std::uint64_t first, std::uint64_t count) const {
   for (const auto& r : regions_) {
-    if (first >= r.first_page && first < r.first_page + r.pages) return first + count <= r.first_page + r.pages;
+    if (first >= r.first_page && first < r.first_page + r.pages)
+      return first + count <= r.first_page + r.pages;
   }
   return false;
 }

@@ -34,11 +34,15 @@ namespace {
 
 constexpr const char* kUsage =
     "usage:\n"
-    "  lazymig-testvm source --memory anon|memfd --size SIZE [--seed N] [--zero-ratio R] [--regions N]\n"
+    "  lazymig-testvm source --memory anon|memfd --size SIZE [--seed N] [--zero-ratio R] "
+    "[--regions N]\n"
     "                        (--snapshot-file PATH | --handover-socket PATH [--hold])\n"
-    "  lazymig-testvm dest   --memory anon|memfd --size SIZE [--seed N] [--zero-ratio R] [--regions N]\n"
-    "                        --handshake-socket PATH [--vcpus N] [--pattern sequential|random|hot|write]\n"
-    "                        [--accesses N] [--balloon] --control ENDPOINT --migration ID [--timeout-s N]\n";
+    "  lazymig-testvm dest   --memory anon|memfd --size SIZE [--seed N] [--zero-ratio R] "
+    "[--regions N]\n"
+    "                        --handshake-socket PATH [--vcpus N] [--pattern "
+    "sequential|random|hot|write]\n"
+    "                        [--accesses N] [--balloon] --control ENDPOINT --migration ID "
+    "[--timeout-s N]\n";
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr, "lazymig-testvm: %s\n%s", why.c_str(), kUsage);
@@ -55,10 +59,14 @@ std::uint64_t parseSize(const std::string& flag, const std::string& v) {
   double n = std::strtod(v.c_str(), &end);
   std::string unit = end;
   std::uint64_t mult = 1;
-  if (unit == "KiB" || unit == "K" || unit == "k") mult = 1ull << 10;
-  else if (unit == "MiB" || unit == "M") mult = 1ull << 20;
-  else if (unit == "GiB" || unit == "G") mult = 1ull << 30;
-  else if (!unit.empty()) usage(flag + ": unknown unit '" + unit + "' (use KiB, MiB or GiB)");
+  if (unit == "KiB" || unit == "K" || unit == "k")
+    mult = 1ull << 10;
+  else if (unit == "MiB" || unit == "M")
+    mult = 1ull << 20;
+  else if (unit == "GiB" || unit == "G")
+    mult = 1ull << 30;
+  else if (!unit.empty())
+    usage(flag + ": unknown unit '" + unit + "' (use KiB, MiB or GiB)");
   if (end == v.c_str() || n <= 0) usage(flag + ": expected a size like 256MiB, got '" + v + "'");
   return static_cast<std::uint64_t>(n * static_cast<double>(mult));
 }
@@ -124,8 +132,10 @@ Result<sys::UnixSocket> connectWithRetry(const std::string& path, std::chrono::s
 }
 
 int sourceMain(int argc, char** argv) {
-  Flags f = parseFlags(argc, argv, {"--memory", "--size", "--seed", "--zero-ratio", "--regions",
-                                    "--snapshot-file", "--handover-socket"}, {"--hold"});
+  Flags f = parseFlags(argc, argv,
+                       {"--memory", "--size", "--seed", "--zero-ratio", "--regions",
+                        "--snapshot-file", "--handover-socket"},
+                       {"--hold"});
   if (!f.has("--size")) usage("--size is required");
   MemoryKind kind = parseMemory(f);
   Pattern pattern = parsePattern(f);
@@ -133,7 +143,8 @@ int sourceMain(int argc, char** argv) {
   if (f.has("--snapshot-file") == f.has("--handover-socket")) {
     usage("give exactly one of --snapshot-file and --handover-socket");
   }
-  if (f.has("--handover-socket") && kind != MemoryKind::kMemfd) usage("--handover-socket needs --memory memfd");
+  if (f.has("--handover-socket") && kind != MemoryKind::kMemfd)
+    usage("--handover-socket needs --memory memfd");
   auto t0 = Clock::now();
   auto mem = GuestMemory::create(kind, size, static_cast<unsigned>(f.number("--regions", 1)));
   if (!mem) die(mem.error().message());
@@ -147,9 +158,11 @@ int sourceMain(int argc, char** argv) {
     if (!fd) die(fd.error().message());
     for (std::uint64_t p = 0; p < mem->pageCount(); ++p) {
       if (pattern.isZeroPage(p)) continue;  // leave a hole: the file reads as zeros there
-      if (auto ok = sys::pwriteAll(fd->get(), mem->page(p), kPageSize, p * kPageSize); !ok) die(ok.error().message());
+      if (auto ok = sys::pwriteAll(fd->get(), mem->page(p), kPageSize, p * kPageSize); !ok)
+        die(ok.error().message());
     }
-    if (::ftruncate(fd->get(), static_cast<off_t>(size)) != 0) die("ftruncate: " + std::string(std::strerror(errno)));
+    if (::ftruncate(fd->get(), static_cast<off_t>(size)) != 0)
+      die("ftruncate: " + std::string(std::strerror(errno)));
   }
   double fill = std::chrono::duration<double>(Clock::now() - t0).count();
   if (f.has("--handover-socket")) {
@@ -157,11 +170,14 @@ int sourceMain(int argc, char** argv) {
     if (!sock) die("handover: " + sock.error().message());
     int fds[] = {mem->memfd().get()};
     if (auto ok = vmm::sendHandshake(*sock, mem->mappings(), fds); !ok) die(ok.error().message());
-    std::fprintf(stderr, "lazymig-testvm: memory handed over on %s\n", f.get("--handover-socket").c_str());
+    std::fprintf(stderr, "lazymig-testvm: memory handed over on %s\n",
+                 f.get("--handover-socket").c_str());
   }
-  std::printf("{\"role\":\"source\",\"pages\":%llu,\"zero_pages\":%llu,\"bytes\":%llu,\"fill_seconds\":%.3f}\n",
-              static_cast<unsigned long long>(mem->pageCount()), static_cast<unsigned long long>(zero),
-              static_cast<unsigned long long>(size), fill);
+  std::printf(
+      "{\"role\":\"source\",\"pages\":%llu,\"zero_pages\":%llu,\"bytes\":%llu,\"fill_seconds\":%."
+      "3f}\n",
+      static_cast<unsigned long long>(mem->pageCount()), static_cast<unsigned long long>(zero),
+      static_cast<unsigned long long>(size), fill);
   std::fflush(stdout);
   if (f.has("--hold")) {
     // A paused source VM keeps its memory until the orchestrator ends it.
@@ -178,7 +194,8 @@ int sourceMain(int argc, char** argv) {
 
 double percentileUs(std::vector<std::uint64_t>& v, double q) {
   if (v.empty()) return 0;
-  std::size_t k = std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size() - 1)));
+  std::size_t k =
+      std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size() - 1)));
   std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
   return static_cast<double>(v[k]) / 1000.0;
 }
@@ -189,8 +206,8 @@ nlohmann::json latencyJson(std::vector<std::uint64_t> v) {
 }
 
 // Polls the destination agent until the migration is final; returns its state.
-std::string waitForMigration(const std::string& endpoint, const std::string& id, std::chrono::seconds timeout,
-                             std::string& reason) {
+std::string waitForMigration(const std::string& endpoint, const std::string& id,
+                             std::chrono::seconds timeout, std::string& reason) {
   client::ControlClient c(endpoint, std::chrono::seconds(5));
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
@@ -209,9 +226,11 @@ std::string waitForMigration(const std::string& endpoint, const std::string& id,
 }
 
 int destMain(int argc, char** argv) {
-  Flags f = parseFlags(argc, argv, {"--memory", "--size", "--seed", "--zero-ratio", "--regions",
-                                    "--handshake-socket", "--vcpus", "--pattern", "--accesses",
-                                    "--control", "--migration", "--timeout-s"}, {"--balloon"});
+  Flags f =
+      parseFlags(argc, argv,
+                 {"--memory", "--size", "--seed", "--zero-ratio", "--regions", "--handshake-socket",
+                  "--vcpus", "--pattern", "--accesses", "--control", "--migration", "--timeout-s"},
+                 {"--balloon"});
   for (const char* req : {"--size", "--handshake-socket", "--control", "--migration"}) {
     if (!f.has(req)) usage(std::string(req) + " is required");
   }
@@ -223,11 +242,13 @@ int destMain(int argc, char** argv) {
   auto mem = GuestMemory::create(kind, parseSize("--size", f.get("--size")),
                                  static_cast<unsigned>(f.number("--regions", 1)));
   if (!mem) die(mem.error().message());
-  std::uint64_t features = UFFD_FEATURE_EVENT_REMOVE | (kind == MemoryKind::kMemfd ? UFFD_FEATURE_MISSING_SHMEM : 0);
+  std::uint64_t features =
+      UFFD_FEATURE_EVENT_REMOVE | (kind == MemoryKind::kMemfd ? UFFD_FEATURE_MISSING_SHMEM : 0);
   auto uffd = sys::Uffd::open(features);
   if (!uffd) die(uffd.error().message());
   for (const auto& r : mem->mappings()) {
-    auto ok = uffd->registerRange(HostAddr{r.base_host_virt_addr}, Bytes{r.size}, sys::RegisterMode::kMissing);
+    auto ok = uffd->registerRange(HostAddr{r.base_host_virt_addr}, Bytes{r.size},
+                                  sys::RegisterMode::kMissing);
     if (!ok) die(ok.error().message());
   }
   auto sock = connectWithRetry(f.get("--handshake-socket"), std::chrono::seconds(10));
@@ -241,14 +262,15 @@ int destMain(int argc, char** argv) {
   auto t_start = Clock::now();
   std::thread watcher([&] {
     std::string reason;
-    std::string state = waitForMigration(f.get("--control"), f.get("--migration"),
-                                         std::chrono::seconds(f.number("--timeout-s", 600)), reason);
+    std::string state =
+        waitForMigration(f.get("--control"), f.get("--migration"),
+                         std::chrono::seconds(f.number("--timeout-s", 600)), reason);
     if (state == "completed") {
       completed = true;
       return;
     }
-    std::fprintf(stderr, "lazymig-testvm: migration %s%s%s\n", state.c_str(), reason.empty() ? "" : ": ",
-                 reason.c_str());
+    std::fprintf(stderr, "lazymig-testvm: migration %s%s%s\n", state.c_str(),
+                 reason.empty() ? "" : ": ", reason.c_str());
     std::printf("{\"role\":\"dest\",\"verified\":false,\"state\":\"%s\"}\n", state.c_str());
     std::fflush(stdout);
     std::_Exit(state == "timeout" ? 4 : 3);
@@ -284,10 +306,12 @@ int destMain(int argc, char** argv) {
                      {"faulting_latency_us", latencyJson(faulting)},
                      {"workload_seconds", work.seconds},
                      {"wait_seconds", wait}};
-  for (auto [page, off] : v.first_mismatches) out["first_mismatches"].push_back({{"page", page}, {"offset", off}});
-  std::fprintf(stderr, "lazymig-testvm: %llu pages verified, %llu mismatches, %llu guest writes kept\n",
-               static_cast<unsigned long long>(v.pages), static_cast<unsigned long long>(v.mismatches),
-               static_cast<unsigned long long>(work.stamps.size()));
+  for (auto [page, off] : v.first_mismatches)
+    out["first_mismatches"].push_back({{"page", page}, {"offset", off}});
+  std::fprintf(
+      stderr, "lazymig-testvm: %llu pages verified, %llu mismatches, %llu guest writes kept\n",
+      static_cast<unsigned long long>(v.pages), static_cast<unsigned long long>(v.mismatches),
+      static_cast<unsigned long long>(work.stamps.size()));
   std::printf("%s\n", out.dump().c_str());
   std::fflush(stdout);
   return v.mismatches == 0 ? 0 : 1;

@@ -23,7 +23,9 @@ struct Pattern {
 // A guest write: 64 bytes at a page-dependent offset, derived from (page, generation).
 struct Stamp {
   static constexpr std::size_t kBytes = 64;
-  static std::size_t offsetIn(std::uint64_t page) { return (page * 8 * 13) % (kPageSize - kBytes) & ~std::size_t{7}; }
+  static std::size_t offsetIn(std::uint64_t page) {
+    return (page * 8 * 13) % (kPageSize - kBytes) & ~std::size_t{7};
+  }
   static void fill(std::uint64_t page, std::uint64_t generation, std::span<std::byte, kBytes> out);
 };
 

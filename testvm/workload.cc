@@ -35,8 +35,8 @@ struct VcpuResult {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> stamps;
 };
 
-void runVcpu(const GuestMemory& mem, const WorkloadOptions& o, unsigned id, std::uint64_t write_limit,
-             std::atomic<std::uint64_t>& progress, VcpuResult& out) {
+void runVcpu(const GuestMemory& mem, const WorkloadOptions& o, unsigned id,
+             std::uint64_t write_limit, std::atomic<std::uint64_t>& progress, VcpuResult& out) {
   const std::uint64_t pages = mem.pageCount();
   std::mt19937_64 rng(o.seed * 1000 + id);
   const std::uint64_t slice = std::max<std::uint64_t>(1, pages / o.vcpus);
@@ -48,10 +48,16 @@ void runVcpu(const GuestMemory& mem, const WorkloadOptions& o, unsigned id, std:
   for (std::uint64_t i = 0; i < o.accesses; ++i) {
     std::uint64_t page = 0;
     switch (o.pattern) {
-      case AccessPattern::kSequential: page = slice_start + (i % slice); break;
+      case AccessPattern::kSequential:
+        page = slice_start + (i % slice);
+        break;
       case AccessPattern::kRandom:
-      case AccessPattern::kWrite: page = rng() % pages; break;
-      case AccessPattern::kHot: page = rng() % 10 != 0 ? hot_start + rng() % hot_count : rng() % pages; break;
+      case AccessPattern::kWrite:
+        page = rng() % pages;
+        break;
+      case AccessPattern::kHot:
+        page = rng() % 10 != 0 ? hot_start + rng() % hot_count : rng() % pages;
+        break;
     }
     page = std::min(page, pages - 1);
     bool write = o.pattern == AccessPattern::kWrite && i % 2 == 1 && o.vcpus > 0;
@@ -73,7 +79,8 @@ void runVcpu(const GuestMemory& mem, const WorkloadOptions& o, unsigned id, std:
       }
       out.stamps.emplace_back(page, generation);
     } else {
-      volatile std::uint64_t sink = guestWord(p + 8 * (rng() % 512)).load(std::memory_order_relaxed);
+      volatile std::uint64_t sink =
+          guestWord(p + 8 * (rng() % 512)).load(std::memory_order_relaxed);
       (void)sink;
     }
     out.latencies.push_back(static_cast<std::uint64_t>((Clock::now() - t0).count()));
@@ -81,8 +88,8 @@ void runVcpu(const GuestMemory& mem, const WorkloadOptions& o, unsigned id, std:
   }
 }
 
-void runBalloon(const GuestMemory& mem, const WorkloadOptions& o, std::atomic<std::uint64_t>& progress,
-                std::vector<bool>& ballooned) {
+void runBalloon(const GuestMemory& mem, const WorkloadOptions& o,
+                std::atomic<std::uint64_t>& progress, std::vector<bool>& ballooned) {
   const std::uint64_t pages = mem.pageCount();
   const std::uint64_t first = pages * 7 / 8;
   const std::uint64_t ranges = (pages - first) / 16;
@@ -125,11 +132,13 @@ WorkloadResult runWorkload(const GuestMemory& mem, const WorkloadOptions& o) {
     result.writes += v.stamps.size();
   }
   result.accesses = result.latencies_ns.size();
-  result.ballooned_pages = static_cast<std::uint64_t>(std::count(result.ballooned.begin(), result.ballooned.end(), true));
+  result.ballooned_pages = static_cast<std::uint64_t>(
+      std::count(result.ballooned.begin(), result.ballooned.end(), true));
   return result;
 }
 
-VerifyResult verifyMemory(const GuestMemory& mem, const Pattern& pattern, const WorkloadResult& work) {
+VerifyResult verifyMemory(const GuestMemory& mem, const Pattern& pattern,
+                          const WorkloadResult& work) {
   VerifyResult r;
   r.pages = mem.pageCount();
   alignas(8) std::byte expect[kPageSize];
@@ -140,7 +149,8 @@ VerifyResult verifyMemory(const GuestMemory& mem, const Pattern& pattern, const 
       pattern.fillPage(p, expect);
     }
     if (auto it = work.stamps.find(p); it != work.stamps.end()) {
-      Stamp::fill(p, it->second, std::span<std::byte, Stamp::kBytes>(expect + Stamp::offsetIn(p), Stamp::kBytes));
+      Stamp::fill(p, it->second,
+                  std::span<std::byte, Stamp::kBytes>(expect + Stamp::offsetIn(p), Stamp::kBytes));
     }
     const std::byte* got = mem.page(p);
     if (std::memcmp(got, expect, kPageSize) != 0) {

@@ -42,6 +42,7 @@ struct VerifyResult {
 };
 
 // Every page equals the pattern, with the guest's stamps applied and zeros where ballooned.
-VerifyResult verifyMemory(const GuestMemory& memory, const Pattern& pattern, const WorkloadResult& work);
+VerifyResult verifyMemory(const GuestMemory& memory, const Pattern& pattern,
+                          const WorkloadResult& work);
 
 }  // namespace lazymig::testvm

@@ -78,7 +78,8 @@ void ConnectionImpl::sendEncoded(std::string_view frame) {
   evbuffer_add(bufferevent_get_output(bev_), frame.data(), frame.size());
 }
 
-void ConnectionImpl::sendWithBody(std::span<const std::byte> prefix, std::span<const std::byte> body) {
+void ConnectionImpl::sendWithBody(std::span<const std::byte> prefix,
+                                  std::span<const std::byte> body) {
   if (bev_ == nullptr) return;
   evbuffer* out = bufferevent_get_output(bev_);
   evbuffer_add(out, prefix.data(), prefix.size());
@@ -126,7 +127,9 @@ void ConnectionImpl::close() {
   bufferevent_setcb(bev, nullptr, &lingerWrite, &lingerDone, nullptr);
 }
 
-void ConnectionImpl::onRead(bufferevent*, void* arg) { static_cast<ConnectionImpl*>(arg)->readFrames(); }
+void ConnectionImpl::onRead(bufferevent*, void* arg) {
+  static_cast<ConnectionImpl*>(arg)->readFrames();
+}
 
 void ConnectionImpl::readFrames() {
   std::shared_ptr<bool> alive = alive_;
@@ -140,7 +143,8 @@ void ConnectionImpl::readFrames() {
     if (!header) return fail(header.error());
     std::size_t total = kHeaderSize + header->length;
     if (available < total) return;
-    auto* data = reinterpret_cast<const std::byte*>(evbuffer_pullup(in, static_cast<ev_ssize_t>(total)));
+    auto* data =
+        reinterpret_cast<const std::byte*>(evbuffer_pullup(in, static_cast<ev_ssize_t>(total)));
     std::shared_ptr<Handlers> handlers = handlers_;
     if (handlers->on_frame) {
       handlers->on_frame(*header, std::span(data + kHeaderSize, header->length));

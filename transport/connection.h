@@ -124,7 +124,7 @@ class Server {
     std::string address = "127.0.0.1:0";  // host:port; port 0 picks a free port
     Limits limits;
     std::chrono::milliseconds handshake_timeout{10000};
-    std::function<void(std::unique_ptr<Connection>)> on_connection;  // loop thread
+    std::function<void(std::unique_ptr<Connection>)> on_connection;            // loop thread
     std::function<void(RefusalReason, const std::string& detail)> on_refused;  // loop thread
   };
   // Must be called on `loop`'s thread (or before anything else uses the loop).

@@ -116,8 +116,10 @@ std::uint64_t EventLoop::postDelayed(std::chrono::milliseconds delay, std::funct
     event_add(t->ev, &tv);
     impl->timers.emplace(id, std::move(t));
   };
-  if (inLoopThread()) arm();
-  else post(std::move(arm));
+  if (inLoopThread())
+    arm();
+  else
+    post(std::move(arm));
   return id;
 }
 
@@ -140,8 +142,10 @@ void EventLoop::stop() {
   }
   event_base_loopbreak(impl_->base);
   if (impl_->thread.joinable()) {
-    if (inLoopThread()) impl_->thread.detach();
-    else impl_->thread.join();
+    if (inLoopThread())
+      impl_->thread.detach();
+    else
+      impl_->thread.join();
   }
   for (auto& [id, t] : impl_->timers) event_free(t->ev);
   impl_->timers.clear();

@@ -60,14 +60,15 @@ class Reader {
 };
 
 std::unexpected<Error> bad(FrameType type, const std::string& what) {
-  return std::unexpected(Error::make(
-      Errc::kProtocol, "frame decode", std::string(frameTypeName(type)) + ": " + what));
+  return std::unexpected(
+      Error::make(Errc::kProtocol, "frame decode", std::string(frameTypeName(type)) + ": " + what));
 }
 
 std::string frame(FrameType type, const std::string& payload) {
   std::string out(kHeaderSize, '\0');
-  encodeHeader(type, static_cast<std::uint32_t>(payload.size()),
-               std::span<std::byte, kHeaderSize>(reinterpret_cast<std::byte*>(out.data()), kHeaderSize));
+  encodeHeader(
+      type, static_cast<std::uint32_t>(payload.size()),
+      std::span<std::byte, kHeaderSize>(reinterpret_cast<std::byte*>(out.data()), kHeaderSize));
   out += payload;
   return out;
 }
@@ -96,17 +97,28 @@ std::string rangeText(std::uint64_t first, std::uint64_t count, std::uint64_t pa
 
 std::string_view frameTypeName(FrameType type) {
   switch (type) {
-    case FrameType::kHello: return "Hello";
-    case FrameType::kHelloOk: return "HelloOk";
-    case FrameType::kError: return "Error";
-    case FrameType::kPageRequest: return "PageRequest";
-    case FrameType::kPageData: return "PageData";
-    case FrameType::kZeroRange: return "ZeroRange";
-    case FrameType::kResume: return "Resume";
-    case FrameType::kBulkDone: return "BulkDone";
-    case FrameType::kComplete: return "Complete";
-    case FrameType::kPing: return "Ping";
-    case FrameType::kPong: return "Pong";
+    case FrameType::kHello:
+      return "Hello";
+    case FrameType::kHelloOk:
+      return "HelloOk";
+    case FrameType::kError:
+      return "Error";
+    case FrameType::kPageRequest:
+      return "PageRequest";
+    case FrameType::kPageData:
+      return "PageData";
+    case FrameType::kZeroRange:
+      return "ZeroRange";
+    case FrameType::kResume:
+      return "Resume";
+    case FrameType::kBulkDone:
+      return "BulkDone";
+    case FrameType::kComplete:
+      return "Complete";
+    case FrameType::kPing:
+      return "Ping";
+    case FrameType::kPong:
+      return "Pong";
   }
   return "Unknown";
 }
@@ -137,8 +149,8 @@ Result<FrameHeader> decodeHeader(std::span<const std::byte, kHeaderSize> in, con
   };
   if (magic != kMagic) return err("bad magic (not a lazymig peer)");
   if (version != kProtocolVersion) {
-    return err("protocol version " + std::to_string(version) + " is not supported (this agent speaks " +
-               std::to_string(kProtocolVersion) + ")");
+    return err("protocol version " + std::to_string(version) +
+               " is not supported (this agent speaks " + std::to_string(kProtocolVersion) + ")");
   }
   if (type < static_cast<std::uint8_t>(FrameType::kHello) ||
       type > static_cast<std::uint8_t>(FrameType::kPong)) {
@@ -169,16 +181,20 @@ Result<Hello> decodeHello(std::span<const std::byte> payload) {
   Hello m;
   std::uint8_t channel = 0;
   if (!r.str16(m.migration_id)) return bad(FrameType::kHello, "truncated migration_id");
-  if (!validId(m.migration_id)) return bad(FrameType::kHello, "migration_id must be 1..128 of [A-Za-z0-9._-]");
+  if (!validId(m.migration_id))
+    return bad(FrameType::kHello, "migration_id must be 1..128 of [A-Za-z0-9._-]");
   if (!r.str16(m.token)) return bad(FrameType::kHello, "truncated token");
-  if (m.token.size() < 16 || m.token.size() > 128) return bad(FrameType::kHello, "token must be 16..128 bytes");
+  if (m.token.size() < 16 || m.token.size() > 128)
+    return bad(FrameType::kHello, "token must be 16..128 bytes");
   if (!r.u8(channel) || !r.u32(m.page_size) || !r.u64(m.memory_bytes)) {
     return bad(FrameType::kHello, "truncated channel/page_size/memory_bytes");
   }
-  if (channel != 1 && channel != 2) return bad(FrameType::kHello, "channel must be 1 (urgent) or 2 (bulk)");
+  if (channel != 1 && channel != 2)
+    return bad(FrameType::kHello, "channel must be 1 (urgent) or 2 (bulk)");
   m.channel = static_cast<ChannelKind>(channel);
   if (m.page_size < 4096 || (m.page_size & (m.page_size - 1)) != 0) {
-    return bad(FrameType::kHello, "page_size " + std::to_string(m.page_size) + " is not a power of two >= 4096");
+    return bad(FrameType::kHello,
+               "page_size " + std::to_string(m.page_size) + " is not a power of two >= 4096");
   }
   if (r.remaining() != 0) return bad(FrameType::kHello, "trailing bytes");
   return m;
@@ -236,14 +252,16 @@ Result<PageRequest> decodePageRequest(std::span<const std::byte> payload, const 
   }
   if (r.remaining() != std::size_t{n} * 8) {
     return bad(FrameType::kPageRequest, "payload holds " + std::to_string(r.remaining()) +
-                                            " bytes of pages, count says " + std::to_string(n * 8ull));
+                                            " bytes of pages, count says " +
+                                            std::to_string(n * 8ull));
   }
   PageRequest m;
   m.pages.resize(n);
   for (auto& page : m.pages) {
     r.u64(page);
     if (page >= layout.page_count) {
-      return bad(FrameType::kPageRequest, "page " + std::to_string(page) + " out of range (page_count " +
+      return bad(FrameType::kPageRequest, "page " + std::to_string(page) +
+                                              " out of range (page_count " +
                                               std::to_string(layout.page_count) + ")");
     }
   }
@@ -254,7 +272,8 @@ std::array<std::byte, kPageDataPrefixSize> encodePageDataPrefix(std::uint64_t fi
                                                                 std::uint32_t count,
                                                                 std::uint32_t page_size) {
   std::array<std::byte, kPageDataPrefixSize> out{};
-  encodeHeader(FrameType::kPageData, static_cast<std::uint32_t>(12 + std::uint64_t{count} * page_size),
+  encodeHeader(FrameType::kPageData,
+               static_cast<std::uint32_t>(12 + std::uint64_t{count} * page_size),
                std::span<std::byte, kHeaderSize>(out.data(), kHeaderSize));
   std::string tail;
   Writer w(tail);
@@ -267,7 +286,8 @@ std::array<std::byte, kPageDataPrefixSize> encodePageDataPrefix(std::uint64_t fi
 Result<PageData> decodePageData(std::span<const std::byte> payload, const Layout& layout) {
   Reader r(payload);
   PageData m;
-  if (!r.u64(m.first_page) || !r.u32(m.count)) return bad(FrameType::kPageData, "truncated first_page/count");
+  if (!r.u64(m.first_page) || !r.u32(m.count))
+    return bad(FrameType::kPageData, "truncated first_page/count");
   if (m.count == 0) return bad(FrameType::kPageData, "count must be at least 1");
   if (!runInRange(m.first_page, m.count, layout.page_count)) {
     return bad(FrameType::kPageData, rangeText(m.first_page, m.count, layout.page_count));
@@ -275,7 +295,8 @@ Result<PageData> decodePageData(std::span<const std::byte> payload, const Layout
   std::uint64_t want = std::uint64_t{m.count} * layout.page_size;
   if (r.remaining() != want) {
     return bad(FrameType::kPageData, "data is " + std::to_string(r.remaining()) + " bytes, " +
-                                         std::to_string(m.count) + " pages need " + std::to_string(want));
+                                         std::to_string(m.count) + " pages need " +
+                                         std::to_string(want));
   }
   m.data = r.rest();
   return m;
@@ -341,7 +362,8 @@ std::string encodeBulkDone(const BulkDone& m) {
 Result<BulkDone> decodeBulkDone(std::span<const std::byte> payload) {
   Reader r(payload);
   BulkDone m;
-  if (!r.u64(m.pages_sent) || r.remaining() != 0) return bad(FrameType::kBulkDone, "payload must be 8 bytes");
+  if (!r.u64(m.pages_sent) || r.remaining() != 0)
+    return bad(FrameType::kBulkDone, "payload must be 8 bytes");
   return m;
 }
 
@@ -359,7 +381,8 @@ Result<Complete> decodeComplete(std::span<const std::byte> payload, const Layout
   }
   if (m.pages_installed > layout.page_count) {
     return bad(FrameType::kComplete, "pages_installed " + std::to_string(m.pages_installed) +
-                                         " exceeds page_count " + std::to_string(layout.page_count));
+                                         " exceeds page_count " +
+                                         std::to_string(layout.page_count));
   }
   return m;
 }
@@ -373,7 +396,8 @@ std::string encodePing(FrameType ping_or_pong, const Ping& m) {
 Result<Ping> decodePing(std::span<const std::byte> payload) {
   Reader r(payload);
   Ping m;
-  if (!r.u64(m.nonce) || r.remaining() != 0) return bad(FrameType::kPing, "payload must be 8 bytes");
+  if (!r.u64(m.nonce) || r.remaining() != 0)
+    return bad(FrameType::kPing, "payload must be 8 bytes");
   return m;
 }
 

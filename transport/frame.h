@@ -62,8 +62,8 @@ struct Layout {
 };
 
 struct Hello {
-  std::string migration_id;     // 1..128 bytes of [A-Za-z0-9._-]
-  std::string token;            // 16..128 bytes, compared in constant time by the server
+  std::string migration_id;  // 1..128 bytes of [A-Za-z0-9._-]
+  std::string token;         // 16..128 bytes, compared in constant time by the server
   ChannelKind channel = ChannelKind::kUrgent;
   std::uint32_t page_size = 0;
   std::uint64_t memory_bytes = 0;  // what the destination expects; the source checks it

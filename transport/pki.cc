@@ -25,7 +25,8 @@ Status addExt(X509* cert, X509* issuer, int nid, const std::string& value) {
   X509V3_set_ctx_nodb(&ctx);
   X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
   X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
-  if (ext == nullptr) return fail(Errc::kInvalidArgument, "x509 extension", value + ": " + opensslErrors());
+  if (ext == nullptr)
+    return fail(Errc::kInvalidArgument, "x509 extension", value + ": " + opensslErrors());
   X509_add_ext(cert, ext, -1);
   X509_EXTENSION_free(ext);
   return {};
@@ -52,7 +53,8 @@ Result<CertPtr> makeCert(EVP_PKEY* key, const std::string& cn, X509* issuer, EVP
   BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert.get()));
   BN_free(bn);
   X509_gmtime_adj(X509_getm_notBefore(cert.get()), static_cast<long>(offset_days) * 86400);
-  X509_gmtime_adj(X509_getm_notAfter(cert.get()), static_cast<long>(offset_days + valid_days) * 86400);
+  X509_gmtime_adj(X509_getm_notAfter(cert.get()),
+                  static_cast<long>(offset_days + valid_days) * 86400);
   X509_set_pubkey(cert.get(), key);
   X509_NAME* name = X509_get_subject_name(cert.get());
   X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
@@ -71,7 +73,8 @@ Result<std::pair<KeyPtr, CertPtr>> loadCa(const PemFiles& ca) {
   if (cf == nullptr) return failSys("fopen", ca.cert_file);
   CertPtr cert(PEM_read_X509(cf, nullptr, nullptr, nullptr), &X509_free);
   std::fclose(cf);
-  if (!key || !cert) return fail(Errc::kInvalidArgument, "load CA", ca.cert_file + ": " + opensslErrors());
+  if (!key || !cert)
+    return fail(Errc::kInvalidArgument, "load CA", ca.cert_file + ": " + opensslErrors());
   return std::make_pair(std::move(key), std::move(cert));
 }
 
@@ -79,14 +82,21 @@ Result<std::pair<KeyPtr, CertPtr>> loadCa(const PemFiles& ca) {
 // <dir>/<name>.crt and .key.
 Result<PemFiles> signAndWrite(X509* cert, EVP_PKEY* signer, EVP_PKEY* key, const std::string& dir,
                               const std::string& name) {
-  if (X509_sign(cert, signer, EVP_sha256()) == 0) return fail(Errc::kSystem, "X509_sign", opensslErrors());
+  if (X509_sign(cert, signer, EVP_sha256()) == 0)
+    return fail(Errc::kSystem, "X509_sign", opensslErrors());
   PemFiles out{dir + "/" + name + ".crt", dir + "/" + name + ".key"};
-  if (auto ok = writePem(out.key_file, [&](FILE* f) {
-        return PEM_write_PrivateKey(f, key, nullptr, nullptr, 0, nullptr, nullptr);
-      }, 0600); !ok) {
+  if (auto ok = writePem(
+          out.key_file,
+          [&](FILE* f) {
+            return PEM_write_PrivateKey(f, key, nullptr, nullptr, 0, nullptr, nullptr);
+          },
+          0600);
+      !ok) {
     return std::unexpected(ok.error());
   }
-  if (auto ok = writePem(out.cert_file, [&](FILE* f) { return PEM_write_X509(f, cert); }, 0644); !ok) {
+  if (auto ok = writePem(
+          out.cert_file, [&](FILE* f) { return PEM_write_X509(f, cert); }, 0644);
+      !ok) {
     return std::unexpected(ok.error());
   }
   return out;

@@ -29,7 +29,8 @@ Result<std::pair<std::string, std::string>> splitAddress(const std::string& addr
     return fail(Errc::kInvalidArgument, "address", "'" + address + "' is not host:port");
   }
   std::string host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
   return std::make_pair(host, address.substr(colon + 1));
 }
 
@@ -69,8 +70,10 @@ class ServerImpl final : public Server {
     if (listener_) evconnlistener_free(listener_);
     for (auto& [p, owned] : pending_) {
       if (owned->peek) event_free(owned->peek);
-      if (owned->bev) bufferevent_free(owned->bev);
-      else evutil_closesocket(owned->fd);
+      if (owned->bev)
+        bufferevent_free(owned->bev);
+      else
+        evutil_closesocket(owned->fd);
     }
   }
 
@@ -78,10 +81,10 @@ class ServerImpl final : public Server {
     socklen_t len = 0;
     auto ss = resolve(options_.address, len);
     if (!ss) return std::unexpected(ss.error());
-    listener_ = evconnlistener_new_bind(
-        loop_.base(), &ServerImpl::onAccept, this,
-        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 128,
-        reinterpret_cast<sockaddr*>(&*ss), static_cast<int>(len));
+    listener_ =
+        evconnlistener_new_bind(loop_.base(), &ServerImpl::onAccept, this,
+                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+                                128, reinterpret_cast<sockaddr*>(&*ss), static_cast<int>(len));
     if (listener_ == nullptr) return failSys("listen", options_.address);
     sockaddr_storage bound{};
     socklen_t blen = sizeof bound;
@@ -118,12 +121,14 @@ class ServerImpl final : public Server {
     ServerImpl* self = p->server;
     event_free(p->peek);
     p->peek = nullptr;
-    if (what & EV_TIMEOUT) return self->refuse(p, RefusalReason::kTlsHandshake, "no data before the handshake timeout");
+    if (what & EV_TIMEOUT)
+      return self->refuse(p, RefusalReason::kTlsHandshake, "no data before the handshake timeout");
     unsigned char first = 0;
     ssize_t n = recv(fd, &first, 1, MSG_PEEK);
     if (n <= 0) return self->refuse(p, RefusalReason::kOther, "closed before sending anything");
     // 0x16 is a TLS handshake record; anything else is not TLS at all.
-    if (first != 0x16) return self->refuse(p, RefusalReason::kPlaintext, "the first byte is not a TLS record");
+    if (first != 0x16)
+      return self->refuse(p, RefusalReason::kPlaintext, "the first byte is not a TLS record");
     SSL* ssl = self->tls_->newSession();
     p->bev = bufferevent_openssl_socket_new(self->loop_.base(), fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                             BEV_OPT_CLOSE_ON_FREE);
@@ -161,8 +166,10 @@ class ServerImpl final : public Server {
     auto owned = std::move(pending_.at(p));
     pending_.erase(p);
     std::string remote = addressOf(static_cast<int>(owned->fd));
-    if (owned->bev) bufferevent_free(owned->bev);
-    else evutil_closesocket(owned->fd);
+    if (owned->bev)
+      bufferevent_free(owned->bev);
+    else
+      evutil_closesocket(owned->fd);
     if (options_.on_refused) options_.on_refused(reason, remote + ": " + detail);
   }
 
@@ -206,9 +213,9 @@ struct ConnectAttempt {
     PeerIdentity peer = identityOf(ssl);
     if (!peer.matches(self->options.expected_peer)) {
       bufferevent_free(bev);
-      return self->done(fail(Errc::kAuth, "connect " + self->options.address,
-                             "the peer presented " + peer.describe() + ", expected " +
-                                 self->options.expected_peer));
+      return self->done(fail(
+          Errc::kAuth, "connect " + self->options.address,
+          "the peer presented " + peer.describe() + ", expected " + self->options.expected_peer));
     }
     setNoDelay(static_cast<int>(bufferevent_getfd(bev)));
     self->done(std::make_unique<ConnectionImpl>(bev, std::move(peer), self->options.limits));
@@ -228,22 +235,25 @@ void connect(EventLoop& loop, std::shared_ptr<TlsContext> tls, ConnectOptions op
     }
     SSL* ssl = tls->newSession();
     auto* attempt = new ConnectAttempt{std::move(options), std::move(done)};
-    bufferevent* bev = bufferevent_openssl_socket_new(loop.base(), -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-                                                      BEV_OPT_CLOSE_ON_FREE);
+    bufferevent* bev = bufferevent_openssl_socket_new(
+        loop.base(), -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
     attempt->bev = bev;
     auto ms = attempt->options.timeout.count();
     timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
     bufferevent_set_timeouts(bev, &tv, &tv);
     bufferevent_setcb(bev, nullptr, nullptr, &ConnectAttempt::onEvent, attempt);
-    if (bufferevent_socket_connect(bev, reinterpret_cast<sockaddr*>(&*ss), static_cast<int>(len)) != 0) {
+    if (bufferevent_socket_connect(bev, reinterpret_cast<sockaddr*>(&*ss), static_cast<int>(len)) !=
+        0) {
       std::string err = evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR());
       bufferevent_free(bev);
       std::unique_ptr<ConnectAttempt> owned(attempt);
       return owned->done(fail(Errc::kClosed, "connect " + owned->options.address, err));
     }
   };
-  if (loop.inLoopThread()) start();
-  else loop.post(std::move(start));
+  if (loop.inLoopThread())
+    start();
+  else
+    loop.post(std::move(start));
 }
 
 }  // namespace lazymig::transport

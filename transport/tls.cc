@@ -25,7 +25,8 @@ namespace {
 Result<SSL_CTX*> buildContext(TlsContext::Side side, const TlsFiles& files) {
   using Side = TlsContext::Side;
   std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> owned(
-      SSL_CTX_new(side == Side::kServer ? TLS_server_method() : TLS_client_method()), &SSL_CTX_free);
+      SSL_CTX_new(side == Side::kServer ? TLS_server_method() : TLS_client_method()),
+      &SSL_CTX_free);
   SSL_CTX* ctx = owned.get();
   if (ctx == nullptr) return fail(Errc::kSystem, "SSL_CTX_new", opensslErrors());
   auto err = [&](const std::string& op, const std::string& file) {
@@ -110,7 +111,8 @@ PeerIdentity identityOf(SSL* ssl) {
   if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn) > 0) {
     id.common_name = cn;
   }
-  auto* names = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  auto* names =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
   for (int i = 0; names != nullptr && i < sk_GENERAL_NAME_num(names); ++i) {
     const GENERAL_NAME* n = sk_GENERAL_NAME_value(names, i);
     if (n->type != GEN_DNS && n->type != GEN_URI) continue;
@@ -126,11 +128,16 @@ PeerIdentity identityOf(SSL* ssl) {
 
 std::string_view refusalReasonName(RefusalReason reason) {
   switch (reason) {
-    case RefusalReason::kTlsHandshake: return "tls_handshake";
-    case RefusalReason::kNoCertificate: return "no_certificate";
-    case RefusalReason::kBadCertificate: return "bad_certificate";
-    case RefusalReason::kPlaintext: return "plaintext";
-    case RefusalReason::kOther: return "other";
+    case RefusalReason::kTlsHandshake:
+      return "tls_handshake";
+    case RefusalReason::kNoCertificate:
+      return "no_certificate";
+    case RefusalReason::kBadCertificate:
+      return "bad_certificate";
+    case RefusalReason::kPlaintext:
+      return "plaintext";
+    case RefusalReason::kOther:
+      return "other";
   }
   return "other";
 }

@@ -13,12 +13,14 @@ std::unexpected<Error> bad(const std::string& what) {
   return std::unexpected(Error::make(Errc::kInvalidArgument, "handshake", what));
 }
 
-std::unexpected<Error> badField(std::size_t region, const std::string& field, const std::string& why) {
+std::unexpected<Error> badField(std::size_t region, const std::string& field,
+                                const std::string& why) {
   return bad("region " + std::to_string(region) + " field '" + field + "': " + why);
 }
 
 // A non-negative integer field, or nothing when absent/null.
-Result<std::optional<std::uint64_t>> optionalU64(const json& obj, std::size_t region, const char* field) {
+Result<std::optional<std::uint64_t>> optionalU64(const json& obj, std::size_t region,
+                                                 const char* field) {
   auto it = obj.find(field);
   if (it == obj.end() || it->is_null()) return std::optional<std::uint64_t>();
   if (!it->is_number_unsigned() && !(it->is_number_integer() && it->get<std::int64_t>() >= 0)) {
@@ -38,13 +40,15 @@ bool isPowerOfTwo(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
 }  // namespace
 
-Result<std::vector<GuestRegionMapping>> parseMappings(std::string_view text, const ParseLimits& limits) {
+Result<std::vector<GuestRegionMapping>> parseMappings(std::string_view text,
+                                                      const ParseLimits& limits) {
   json doc = json::parse(text, nullptr, false);
   if (doc.is_discarded()) return bad("the mappings are not valid JSON");
   if (!doc.is_array()) return bad("the mappings must be a JSON array of regions");
   if (doc.empty()) return bad("no regions");
   if (doc.size() > limits.max_regions) {
-    return bad(std::to_string(doc.size()) + " regions exceed the limit of " + std::to_string(limits.max_regions));
+    return bad(std::to_string(doc.size()) + " regions exceed the limit of " +
+               std::to_string(limits.max_regions));
   }
   std::vector<GuestRegionMapping> out;
   for (std::size_t i = 0; i < doc.size(); ++i) {
@@ -73,14 +77,17 @@ Result<std::vector<GuestRegionMapping>> parseMappings(std::string_view text, con
     m.size = *size;
     m.offset = *offset;
     if (!isPowerOfTwo(m.page_size) || m.page_size < 4096) {
-      return badField(i, "page_size", "must be a power of two >= 4096, got " + std::to_string(m.page_size));
+      return badField(i, "page_size",
+                      "must be a power of two >= 4096, got " + std::to_string(m.page_size));
     }
     if (!out.empty() && m.page_size != out.front().page_size) {
-      return badField(i, "page_size", "differs from region 0 (" + std::to_string(out.front().page_size) + ")");
+      return badField(i, "page_size",
+                      "differs from region 0 (" + std::to_string(out.front().page_size) + ")");
     }
     if (m.size == 0 || m.size % m.page_size != 0) {
-      return badField(i, "size", "must be a non-zero multiple of page_size " +
-                                     std::to_string(m.page_size) + ", got " + std::to_string(m.size));
+      return badField(i, "size",
+                      "must be a non-zero multiple of page_size " + std::to_string(m.page_size) +
+                          ", got " + std::to_string(m.size));
     }
     if (m.base_host_virt_addr % m.page_size != 0) {
       return badField(i, "base_host_virt_addr", "must be aligned to page_size");
@@ -96,19 +103,22 @@ Result<std::vector<GuestRegionMapping>> parseMappings(std::string_view text, con
   }
   std::vector<std::size_t> order(out.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](auto a, auto b) { return out[a].offset < out[b].offset; });
+  std::sort(order.begin(), order.end(),
+            [&](auto a, auto b) { return out[a].offset < out[b].offset; });
   std::uint64_t expect = 0;
   for (auto i : order) {
     if (out[i].offset != expect) {
-      return badField(i, "offset", "expected " + std::to_string(expect) +
-                                       " (the sum of the earlier regions' sizes), got " +
-                                       std::to_string(out[i].offset));
+      return badField(i, "offset",
+                      "expected " + std::to_string(expect) +
+                          " (the sum of the earlier regions' sizes), got " +
+                          std::to_string(out[i].offset));
     }
     expect += out[i].size;
     if (expect > limits.max_total_bytes) return bad("regions total more than the limit");
   }
-  std::sort(order.begin(), order.end(),
-            [&](auto a, auto b) { return out[a].base_host_virt_addr < out[b].base_host_virt_addr; });
+  std::sort(order.begin(), order.end(), [&](auto a, auto b) {
+    return out[a].base_host_virt_addr < out[b].base_host_virt_addr;
+  });
   for (std::size_t k = 1; k < order.size(); ++k) {
     const auto& prev = out[order[k - 1]];
     if (prev.base_host_virt_addr + prev.size > out[order[k]].base_host_virt_addr) {
@@ -116,15 +126,19 @@ Result<std::vector<GuestRegionMapping>> parseMappings(std::string_view text, con
                       "overlaps region " + std::to_string(order[k - 1]));
     }
   }
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.offset < b.offset; });
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return a.offset < b.offset; });
   return out;
 }
 
 std::string encodeMappings(const std::vector<GuestRegionMapping>& regions) {
   json out = json::array();
   for (const auto& r : regions) {
-    json j{{"base_host_virt_addr", r.base_host_virt_addr}, {"size", r.size}, {"offset", r.offset},
-           {"page_size", r.page_size}, {"page_size_kib", r.page_size}};
+    json j{{"base_host_virt_addr", r.base_host_virt_addr},
+           {"size", r.size},
+           {"offset", r.offset},
+           {"page_size", r.page_size},
+           {"page_size_kib", r.page_size}};
     if (r.gpa_start) j["gpa_start"] = *r.gpa_start;
     if (r.is_guest_memfd) j["is_guest_memfd"] = true;
     out.push_back(j);
@@ -137,7 +151,8 @@ Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::m
   auto deadline = std::chrono::steady_clock::now() + timeout;
   auto remaining = [&] {
     return std::max(std::chrono::milliseconds(1),
-                    std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()));
+                    std::chrono::duration_cast<std::chrono::milliseconds>(
+                        deadline - std::chrono::steady_clock::now()));
   };
   if (auto ok = socket.waitReadable(remaining()); !ok) return std::unexpected(ok.error());
   auto msg = socket.receiveWithFds(64 * 1024, 3);
@@ -152,8 +167,9 @@ Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::m
   } else if (nfds == 3) {
     h.kind = HandshakeKind::kGuestMemfd;
   } else {
-    return bad("expected 1 file descriptor (uffd) or 3 (uffd, guest_memfd, userfault bitmap), got " +
-               std::to_string(nfds));
+    return bad(
+        "expected 1 file descriptor (uffd) or 3 (uffd, guest_memfd, userfault bitmap), got " +
+        std::to_string(nfds));
   }
   // A long region list may arrive in several reads; only the first carries the fds.
   std::string text = std::move(msg->data);
@@ -190,20 +206,27 @@ Result<std::optional<std::string>> JsonObjectStream::next() {
   while (i < buffer_.size() && std::isspace(static_cast<unsigned char>(buffer_[i]))) ++i;
   buffer_.erase(0, i);
   if (buffer_.empty()) return std::optional<std::string>();
-  if (buffer_[0] != '{') return bad("VMM message stream: expected '{', got '" + buffer_.substr(0, 1) + "'");
+  if (buffer_[0] != '{')
+    return bad("VMM message stream: expected '{', got '" + buffer_.substr(0, 1) + "'");
   int depth = 0;
   bool in_string = false, escaped = false;
   for (std::size_t k = 0; k < buffer_.size(); ++k) {
-    if (k >= max_object_bytes_) return bad("VMM message larger than " + std::to_string(max_object_bytes_) + " bytes");
+    if (k >= max_object_bytes_)
+      return bad("VMM message larger than " + std::to_string(max_object_bytes_) + " bytes");
     char c = buffer_[k];
     if (in_string) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') in_string = false;
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
       continue;
     }
-    if (c == '"') in_string = true;
-    else if (c == '{') ++depth;
+    if (c == '"')
+      in_string = true;
+    else if (c == '{')
+      ++depth;
     else if (c == '}' && --depth == 0) {
       std::string obj = buffer_.substr(0, k + 1);
       buffer_.erase(0, k + 1);
@@ -233,7 +256,8 @@ Result<std::optional<std::uint64_t>> faultField(const json& j, std::string_view 
   return std::optional<std::uint64_t>(it->get<std::uint64_t>());
 }
 
-Result<std::optional<std::uint32_t>> vcpuField(const json& j, std::string_view message, bool required) {
+Result<std::optional<std::uint32_t>> vcpuField(const json& j, std::string_view message,
+                                               bool required) {
   auto v = faultField(j, message, "vcpu", required);
   if (!v) return std::unexpected(v.error());
   if (!*v) return std::optional<std::uint32_t>();

@@ -19,10 +19,10 @@ namespace lazymig::vmm {
 
 // One guest memory region as Firecracker describes it.
 struct GuestRegionMapping {
-  std::uint64_t base_host_virt_addr = 0;  // start in the VMM's address space
-  std::uint64_t size = 0;                 // bytes
-  std::uint64_t offset = 0;               // where its bytes start in guest memory / the file
-  std::uint64_t page_size = 4096;         // bytes (Firecracker's page_size, or page_size_kib)
+  std::uint64_t base_host_virt_addr = 0;   // start in the VMM's address space
+  std::uint64_t size = 0;                  // bytes
+  std::uint64_t offset = 0;                // where its bytes start in guest memory / the file
+  std::uint64_t page_size = 4096;          // bytes (Firecracker's page_size, or page_size_kib)
   std::optional<std::uint64_t> gpa_start;  // guest_memfd variant only
   bool is_guest_memfd = false;
 };
@@ -59,11 +59,9 @@ std::string encodeMappings(const std::vector<GuestRegionMapping>& regions);
 
 // Receives one handshake message (JSON + 1 or 3 fds) from an accepted connection, waiting at
 // most `timeout`. The fd count selects the kind; any other count is an error.
-Result<Handshake> receiveHandshake(const sys::UnixSocket& socket,
-                                   std::chrono::milliseconds timeout,
+Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::milliseconds timeout,
                                    const ParseLimits& limits = {});
-Status sendHandshake(const sys::UnixSocket& socket,
-                     const std::vector<GuestRegionMapping>& regions,
+Status sendHandshake(const sys::UnixSocket& socket, const std::vector<GuestRegionMapping>& regions,
                      std::span<const int> fds);
 
 // guest_memfd variant messages, JSON objects back to back on the same socket.

@@ -73,9 +73,10 @@ void hammer(bool shared) {
   ASSERT_TRUE(uffd) << uffd.error().message();
   ASSERT_TRUE(uffd->registerRange(guest.mapping.address(), guest.mapping.size(),
                                   sys::RegisterMode::kMissing));
-  auto layout = GuestLayout::fromMappings(
-      {{.base_host_virt_addr = guest.mapping.address().value, .size = pages * kPage, .offset = 0,
-        .page_size = kPage}});
+  auto layout = GuestLayout::fromMappings({{.base_host_virt_addr = guest.mapping.address().value,
+                                            .size = pages * kPage,
+                                            .offset = 0,
+                                            .page_size = kPage}});
   ASSERT_TRUE(layout);
   store::PageMap map(pages);
   PageInstaller installer(*uffd, *layout, map);
@@ -120,8 +121,9 @@ void hammer(bool shared) {
     for (auto first : runs) {
       bool zero_run = true;
       for (std::uint64_t p = first; p < first + 64; ++p) zero_run &= isZero(src.data() + p * kPage);
-      auto r = installer.install(PageIndex{first}, 64, zero_run ? nullptr : src.data() + first * kPage,
-                                 [] { std::this_thread::yield(); }, /*fault_thread=*/false);
+      auto r = installer.install(
+          PageIndex{first}, 64, zero_run ? nullptr : src.data() + first * kPage,
+          [] { std::this_thread::yield(); }, /*fault_thread=*/false);
       ASSERT_TRUE(r) << r.error().message();
       bulk_installed += r->installed;
     }
@@ -191,9 +193,10 @@ TEST(FaultRace, RemovedPagesReadAsZerosNotOldContents) {
   ASSERT_TRUE(uffd);
   ASSERT_TRUE(uffd->registerRange(guest.mapping.address(), guest.mapping.size(),
                                   sys::RegisterMode::kMissing));
-  auto layout = GuestLayout::fromMappings(
-      {{.base_host_virt_addr = guest.mapping.address().value, .size = pages * kPage, .offset = 0,
-        .page_size = kPage}});
+  auto layout = GuestLayout::fromMappings({{.base_host_virt_addr = guest.mapping.address().value,
+                                            .size = pages * kPage,
+                                            .offset = 0,
+                                            .page_size = kPage}});
   store::PageMap map(pages);
   PageInstaller installer(*uffd, *layout, map);
   MigrationStats stats;
@@ -203,17 +206,17 @@ TEST(FaultRace, RemovedPagesReadAsZerosNotOldContents) {
   runOnLoop(**loop, [&] {
     faults = std::make_unique<FaultService>(
         **loop, *uffd, *layout, map, installer, stats, nullptr, log::root(),
-        FaultService::Hooks{[&](std::span<const std::uint64_t> req) {
-                              std::vector<std::uint64_t> copy(req.begin(), req.end());
-                              (*loop)->post([&, copy] {
-                                for (auto p : copy) {
-                                  faults->onPageData(
-                                      {p, 1, std::span(src.data() + p * kPage, kPage)});
-                                }
-                              });
-                              return true;
-                            },
-                            [](const Error& e) { ADD_FAILURE() << e.message(); }, [] {}});
+        FaultService::Hooks{
+            [&](std::span<const std::uint64_t> req) {
+              std::vector<std::uint64_t> copy(req.begin(), req.end());
+              (*loop)->post([&, copy] {
+                for (auto p : copy) {
+                  faults->onPageData({p, 1, std::span(src.data() + p * kPage, kPage)});
+                }
+              });
+              return true;
+            },
+            [](const Error& e) { ADD_FAILURE() << e.message(); }, [] {}});
     ASSERT_TRUE(faults->start());
   });
   // Touch page 1 so it is installed, then discard pages 0..15 as a balloon would.
@@ -221,8 +224,9 @@ TEST(FaultRace, RemovedPagesReadAsZerosNotOldContents) {
   (void)b;
   ASSERT_TRUE(guest.mapping.advise(MADV_DONTNEED, 0, 16 * kPage));
   // The bulk stream now delivers those pages: they must be skipped.
-  auto r = installer.install(PageIndex{0}, 16, src.data(), [] { std::this_thread::yield(); },
-                             /*fault_thread=*/false);
+  auto r = installer.install(
+      PageIndex{0}, 16, src.data(), [] { std::this_thread::yield(); },
+      /*fault_thread=*/false);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->installed, 0u);
   for (std::uint64_t p = 0; p < 16; ++p) {

@@ -9,12 +9,18 @@ using nlohmann::json;
 const std::string kToken(32, 'a');
 
 json source() {
-  return {{"id", "vm-1"}, {"role", "source"}, {"token", kToken},
-          {"peer_identity", "spiffe://x/dst"}, {"memory", {{"snapshot_file", "/tmp/mem"}}}};
+  return {{"id", "vm-1"},
+          {"role", "source"},
+          {"token", kToken},
+          {"peer_identity", "spiffe://x/dst"},
+          {"memory", {{"snapshot_file", "/tmp/mem"}}}};
 }
 json destination() {
-  return {{"id", "vm-1"}, {"role", "destination"}, {"token", kToken},
-          {"peer_identity", "spiffe://x/src"}, {"source_address", "127.0.0.1:7443"}};
+  return {{"id", "vm-1"},
+          {"role", "destination"},
+          {"token", kToken},
+          {"peer_identity", "spiffe://x/src"},
+          {"source_address", "127.0.0.1:7443"}};
 }
 
 std::string errorOf(const json& body) {
@@ -40,8 +46,10 @@ TEST(MigrationSpec, EachBadFieldIsNamed) {
   };
   std::vector<Case> cases;
   auto with = [](json b, const std::string& k, json v) {
-    if (v.is_null()) b.erase(k);
-    else b[k] = v;
+    if (v.is_null())
+      b.erase(k);
+    else
+      b[k] = v;
     return b;
   };
   cases.push_back({json::array(), "(body)"});
@@ -53,10 +61,11 @@ TEST(MigrationSpec, EachBadFieldIsNamed) {
   cases.push_back({with(source(), "token", std::string(32, 'z')), "'token'"});
   cases.push_back({with(source(), "peer_identity", ""), "'peer_identity'"});
   cases.push_back({with(source(), "memory", nullptr), "'memory'"});
-  cases.push_back({with(source(), "memory", json{{"snapshot_file", "/a"}, {"handover_socket", "/b"}}),
-                   "'memory'"});
-  cases.push_back({with(source(), "memory", json{{"snapshot_file", "relative"}}),
-                   "'memory.snapshot_file'"});
+  cases.push_back(
+      {with(source(), "memory", json{{"snapshot_file", "/a"}, {"handover_socket", "/b"}}),
+       "'memory'"});
+  cases.push_back(
+      {with(source(), "memory", json{{"snapshot_file", "relative"}}), "'memory.snapshot_file'"});
   cases.push_back({with(destination(), "source_address", nullptr), "'source_address'"});
   cases.push_back({with(destination(), "source_address", "nohost"), "'source_address'"});
   cases.push_back({with(destination(), "handshake_socket", "rel.sock"), "'handshake_socket'"});

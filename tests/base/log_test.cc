@@ -1,10 +1,10 @@
 #include "base/log.h"
 
+#include <unistd.h>
 #include <cstdio>
 #include <memory>
 #include <sstream>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -45,7 +45,8 @@ TEST(Log, JsonLinesCarryTheSubjectFieldsAndTypedValues) {
   LogCapture cap;
   setFormat(Format::kJson);
   Logger migration({{"migration", "vm-1"}, {"role", "destination"}, {"peer", "spiffe://x/node/a"}});
-  migration.info("migration report", {{"demand_pages", 42}, {"ok", true}, {"note", "a \"quoted\"\nline"}});
+  migration.info("migration report",
+                 {{"demand_pages", 42}, {"ok", true}, {"note", "a \"quoted\"\nline"}});
   auto lines = cap.lines();
   ASSERT_EQ(lines.size(), 1u);
   auto j = nlohmann::json::parse(lines[0]);  // throws (fails the test) if not one JSON object
@@ -66,8 +67,10 @@ TEST(Log, LogfmtQuotesWhatNeedsQuoting) {
   l.warn("link lost", {{"error", "connection reset"}, {"attempt", 3}});
   auto lines = cap.lines();
   ASSERT_EQ(lines.size(), 1u);
-  EXPECT_NE(lines[0].find(" level=warn msg=\"link lost\" migration=vm-2 error=\"connection reset\" attempt=3"),
-            std::string::npos)
+  EXPECT_NE(
+      lines[0].find(
+          " level=warn msg=\"link lost\" migration=vm-2 error=\"connection reset\" attempt=3"),
+      std::string::npos)
       << lines[0];
 }
 

@@ -48,10 +48,13 @@ TEST(Config, EachBadKeyIsNamedWithItsLine) {
       {"tls: {ca_file: /c, cert_file: /d, key_file: /e}\n", "key 'node_name'"},
       {"node_name: a\n", "key 'tls'"},
       {"node_name: a\ntls: {ca_file: /c, cert_file: /d}\n", "key 'tls.key_file'"},
-      {kMinimal + "migration:\n  bulk_batch_pages: 0\n", "key 'migration.bulk_batch_pages' (line 4): must be an integer from 1 to 1024, got 0"},
+      {kMinimal + "migration:\n  bulk_batch_pages: 0\n",
+       "key 'migration.bulk_batch_pages' (line 4): must be an integer from 1 to 1024, got 0"},
       {kMinimal + "migration:\n  bulk_batch_pages: lots\n", "got 'lots'"},
-      {kMinimal + "migration:\n  reconnect:\n    give_up_after_s: -1\n", "key 'migration.reconnect.give_up_after_s' (line 5)"},
-      {kMinimal + "migration:\n  reconnect: {initial_backoff_ms: 500, max_backoff_ms: 10}\n", "max_backoff_ms"},
+      {kMinimal + "migration:\n  reconnect:\n    give_up_after_s: -1\n",
+       "key 'migration.reconnect.give_up_after_s' (line 5)"},
+      {kMinimal + "migration:\n  reconnect: {initial_backoff_ms: 500, max_backoff_ms: 10}\n",
+       "max_backoff_ms"},
       {kMinimal + "listen:\n  agent: nowhere\n", "key 'listen.agent' (line 4): must be host:port"},
       {kMinimal + "listen:\n  control: unix:rel\n", "key 'listen.control'"},
       {kMinimal + "listen:\n  metrics: \"h:99999\"\n", "port must be 0..65535"},
@@ -73,10 +76,12 @@ TEST(Config, EachBadKeyIsNamedWithItsLine) {
 
 TEST(Config, LoadConfigChecksNamedFilesExist) {
   std::string path = "/tmp/lazymig-config-test.yaml";
-  std::ofstream(path) << "node_name: a\ntls: {ca_file: /etc/hostname, cert_file: /nonexistent.crt, key_file: /etc/hostname}\n";
+  std::ofstream(path) << "node_name: a\ntls: {ca_file: /etc/hostname, cert_file: /nonexistent.crt, "
+                         "key_file: /etc/hostname}\n";
   auto c = loadConfig(path);
   ASSERT_FALSE(c);
-  EXPECT_NE(c.error().message().find("key 'tls.cert_file': cannot read '/nonexistent.crt'"), std::string::npos)
+  EXPECT_NE(c.error().message().find("key 'tls.cert_file': cannot read '/nonexistent.crt'"),
+            std::string::npos)
       << c.error().message();
   EXPECT_FALSE(loadConfig("/nonexistent/lazymig.yaml"));
   std::remove(path.c_str());

@@ -67,7 +67,8 @@ TEST(ControlApi, EveryErrorPathAnswersItsDocumentedCode) {
       {"POST", "/v1/migrations/x", "{}", 405, "method_not_allowed", "DELETE"},
       {"POST", "/v1/migrations", "{not json", 400, "bad_request", "JSON"},
       {"POST", "/v1/migrations", R"({"id":"a","role":"source"})", 400, "bad_request", "token"},
-      {"POST", "/v1/migrations", R"({"id":"a/../b","role":"source","token":"00112233445566778899aabbccddeeff"})", 400,
+      {"POST", "/v1/migrations",
+       R"({"id":"a/../b","role":"source","token":"00112233445566778899aabbccddeeff"})", 400,
        "bad_request", "id"},
       {"POST", "/v1/migrations", big, 413, "too_large", "limit"},
   };
@@ -76,7 +77,8 @@ TEST(ControlApi, EveryErrorPathAnswersItsDocumentedCode) {
     EXPECT_EQ(a.status, k.status) << k.method << " " << k.path << ": " << a.body.dump();
     EXPECT_EQ(a.code, k.code) << k.method << " " << k.path;
     EXPECT_NE(a.message.find(k.message_mentions), std::string::npos)
-        << k.method << " " << k.path << ": message '" << a.message << "' should mention " << k.message_mentions;
+        << k.method << " " << k.path << ": message '" << a.message << "' should mention "
+        << k.message_mentions;
   }
 
   // A source whose snapshot file is missing is refused and not kept: the same id works after.

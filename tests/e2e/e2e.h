@@ -60,8 +60,9 @@ inline void expectVerified(const nlohmann::json& r, std::uint64_t size, bool one
   EXPECT_EQ(r.value("destination_state", ""), "completed") << r.dump();
   EXPECT_EQ(r.value("source_state", ""), "completed") << r.dump();
   if (!one_lifetime) return;
-  std::uint64_t arrived = r.value("demand_pages", std::uint64_t{0}) + r.value("bulk_pages", std::uint64_t{0}) +
-                          r.value("zero_pages", std::uint64_t{0}) + r.value("removed_pages", std::uint64_t{0});
+  std::uint64_t arrived =
+      r.value("demand_pages", std::uint64_t{0}) + r.value("bulk_pages", std::uint64_t{0}) +
+      r.value("zero_pages", std::uint64_t{0}) + r.value("removed_pages", std::uint64_t{0});
   EXPECT_EQ(arrived, size / 4096) << "every page arrives exactly once: " << r.dump();
 }
 

@@ -34,7 +34,8 @@ TEST(LeastPrivilege, AgentsWithNoCapabilityMigrate) {
   auto run = DemoRun::prepare(o);
   ASSERT_TRUE(run) << run.error().message();
   for (Side s : {Side::kSource, Side::kDestination}) {
-    EXPECT_EQ(effectiveCapabilities(run->agentPid(s)), "0000000000000000") << "the agent kept capabilities";
+    EXPECT_EQ(effectiveCapabilities(run->agentPid(s)), "0000000000000000")
+        << "the agent kept capabilities";
   }
   ASSERT_TRUE(run->prepareSourceMemory());
   ASSERT_TRUE(run->createMigrations());
@@ -57,8 +58,9 @@ TEST(LeastPrivilege, RestartRecoveryNeedsOnlyCapSysPtrace) {
   ASSERT_TRUE(run->createMigrations());
   ASSERT_TRUE(run->startDestinationVm());
   const std::uint64_t total = o.size / 4096;
-  ASSERT_TRUE(waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > total / 3; },
-                        std::chrono::seconds(60)));
+  ASSERT_TRUE(
+      waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > total / 3; },
+                std::chrono::seconds(60)));
   run->killAgent(Side::kDestination, SIGKILL);
   ASSERT_TRUE(run->startAgent(Side::kDestination));
   auto vm = run->waitDestinationVm();
@@ -87,11 +89,14 @@ TEST(LeastPrivilege, RestartRecoveryWithoutCapSysPtraceFailsSayingWhy) {
   run->killAgent(Side::kDestination, SIGKILL);
   ASSERT_TRUE(run->startAgent(Side::kDestination));
   nlohmann::json m;
-  ASSERT_TRUE(waitUntil([&] {
-    auto got = run->migration(Side::kDestination);
-    if (got) m = *got;
-    return m.value("state", "") == "failed";
-  }, std::chrono::seconds(30))) << m.dump();
+  ASSERT_TRUE(waitUntil(
+      [&] {
+        auto got = run->migration(Side::kDestination);
+        if (got) m = *got;
+        return m.value("state", "") == "failed";
+      },
+      std::chrono::seconds(30)))
+      << m.dump();
   EXPECT_NE(m.value("reason", "").find("CAP_SYS_PTRACE"), std::string::npos) << m.dump();
 }
 

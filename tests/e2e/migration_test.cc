@@ -25,12 +25,14 @@ TEST_P(MemoryAndPattern, EveryByteArrives) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Matrix, MemoryAndPattern,
-    ::testing::Values(Case{"anon", "sequential"}, Case{"anon", "random"}, Case{"anon", "hot"},
-                      Case{"anon", "write"}, Case{"memfd", "sequential"}, Case{"memfd", "random"},
-                      Case{"memfd", "hot"}, Case{"memfd", "write"}),
-    [](const auto& param_info) { return param_info.param.memory + "_" + param_info.param.pattern; });
+INSTANTIATE_TEST_SUITE_P(Matrix, MemoryAndPattern,
+                         ::testing::Values(Case{"anon", "sequential"}, Case{"anon", "random"},
+                                           Case{"anon", "hot"}, Case{"anon", "write"},
+                                           Case{"memfd", "sequential"}, Case{"memfd", "random"},
+                                           Case{"memfd", "hot"}, Case{"memfd", "write"}),
+                         [](const auto& param_info) {
+                           return param_info.param.memory + "_" + param_info.param.pattern;
+                         });
 
 TEST(Migration, OnePage) {
   auto o = baseOptions();

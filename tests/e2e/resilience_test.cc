@@ -15,7 +15,8 @@ using cli::Side;
 
 // Slow enough that every kill and cut lands while pages are still moving.
 constexpr const char* kSlowBulk =
-    "migration:\n  bulk_rate_limit_mib_s: 48\n  stall_timeout_ms: 600\n  checkpoint_interval_ms: 20\n"
+    "migration:\n  bulk_rate_limit_mib_s: 48\n  stall_timeout_ms: 600\n  checkpoint_interval_ms: "
+    "20\n"
     "  reconnect:\n    initial_backoff_ms: 20\n    max_backoff_ms: 200\n    give_up_after_s: 60\n";
 
 cli::DemoOptions slowOptions() {
@@ -32,8 +33,13 @@ struct Proxy {
 
 Proxy startProxy(const cli::DemoRun& run, const std::vector<std::string>& extra) {
   std::string port_file = run.dir() + "/proxy.port";
-  std::vector<std::string> argv = {std::string(LAZYMIG_BIN_DIR) + "/lazymig-chaos-proxy", "--listen", "127.0.0.1:0",
-                                   "--target", run.agentAddress(Side::kSource), "--port-file", port_file};
+  std::vector<std::string> argv = {std::string(LAZYMIG_BIN_DIR) + "/lazymig-chaos-proxy",
+                                   "--listen",
+                                   "127.0.0.1:0",
+                                   "--target",
+                                   run.agentAddress(Side::kSource),
+                                   "--port-file",
+                                   port_file};
   argv.insert(argv.end(), extra.begin(), extra.end());
   auto p = cli::ChildProcess::spawn(argv, "", true);
   EXPECT_TRUE(p) << p.error().message();
@@ -61,7 +67,8 @@ TEST(Resilience, LinkCutManyTimesCompletesVerified) {
   proxy.process.signal(SIGTERM);
   proxy.process.wait(std::chrono::seconds(5));
   expectVerified(r, run->options().size);
-  EXPECT_GE(r.value("reconnects", 0), 2) << "the link must actually have been cut: " << proxy.process.output();
+  EXPECT_GE(r.value("reconnects", 0), 2)
+      << "the link must actually have been cut: " << proxy.process.output();
 }
 
 TEST(Resilience, StalledLinkIsDetectedAndReplaced) {
@@ -98,8 +105,9 @@ TEST_P(DestinationKilled, RestartedAgentRecoversAndFinishes) {
       break;
     case KillPoint::kHeavyFaulting:
       ASSERT_TRUE(run->startDestinationVm());
-      ASSERT_TRUE(waitUntil([&] { return progressOf(*run, Side::kDestination, "demand_faults") > 50; },
-                            std::chrono::seconds(30)));
+      ASSERT_TRUE(
+          waitUntil([&] { return progressOf(*run, Side::kDestination, "demand_faults") > 50; },
+                    std::chrono::seconds(30)));
       run->killAgent(Side::kDestination, SIGKILL);
       ASSERT_TRUE(run->startAgent(Side::kDestination));
       break;
@@ -107,8 +115,9 @@ TEST_P(DestinationKilled, RestartedAgentRecoversAndFinishes) {
     case KillPoint::kNearCompletion: {
       ASSERT_TRUE(run->startDestinationVm());
       double at = GetParam() == KillPoint::kMidBulk ? 0.4 : 0.9;
-      ASSERT_TRUE(waitUntil([&] { return installed() > static_cast<std::uint64_t>(at * static_cast<double>(total)); },
-                            std::chrono::seconds(60)));
+      ASSERT_TRUE(waitUntil(
+          [&] { return installed() > static_cast<std::uint64_t>(at * static_cast<double>(total)); },
+          std::chrono::seconds(60)));
       run->killAgent(Side::kDestination, SIGKILL);
       ASSERT_TRUE(run->startAgent(Side::kDestination));
       break;
@@ -124,8 +133,9 @@ TEST_P(DestinationKilled, RestartedAgentRecoversAndFinishes) {
     // agent's installs plus the recovered pages add up to exactly every page.
     auto p = m->value("progress", nlohmann::json::object());
     std::uint64_t restored = p.value("restored_pages", std::uint64_t{0});
-    std::uint64_t installed_after = p.value("demand_pages", std::uint64_t{0}) + p.value("bulk_pages", std::uint64_t{0}) +
-                                    p.value("zero_pages", std::uint64_t{0}) + p.value("removed_pages", std::uint64_t{0});
+    std::uint64_t installed_after =
+        p.value("demand_pages", std::uint64_t{0}) + p.value("bulk_pages", std::uint64_t{0}) +
+        p.value("zero_pages", std::uint64_t{0}) + p.value("removed_pages", std::uint64_t{0});
     EXPECT_GT(restored, 0u) << m->dump();
     EXPECT_EQ(restored + installed_after, total) << m->dump();
   }
@@ -136,10 +146,14 @@ INSTANTIATE_TEST_SUITE_P(Points, DestinationKilled,
                                            KillPoint::kMidBulk, KillPoint::kNearCompletion),
                          [](const auto& param_info) {
                            switch (param_info.param) {
-                             case KillPoint::kBeforeHandshake: return std::string("BeforeHandshake");
-                             case KillPoint::kHeavyFaulting: return std::string("HeavyFaulting");
-                             case KillPoint::kMidBulk: return std::string("MidBulk");
-                             case KillPoint::kNearCompletion: return std::string("NearCompletion");
+                             case KillPoint::kBeforeHandshake:
+                               return std::string("BeforeHandshake");
+                             case KillPoint::kHeavyFaulting:
+                               return std::string("HeavyFaulting");
+                             case KillPoint::kMidBulk:
+                               return std::string("MidBulk");
+                             case KillPoint::kNearCompletion:
+                               return std::string("NearCompletion");
                            }
                            return std::string("Unknown");
                          });
@@ -155,8 +169,9 @@ TEST_P(SourceKilled, RestartedSourceServesTheRest) {
   ASSERT_TRUE(run->createMigrations());
   ASSERT_TRUE(run->startDestinationVm());
   const std::uint64_t total = o.size / 4096;
-  ASSERT_TRUE(waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > total / 3; },
-                        std::chrono::seconds(60)));
+  ASSERT_TRUE(
+      waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > total / 3; },
+                std::chrono::seconds(60)));
   run->killAgent(Side::kSource, SIGKILL);
   ASSERT_TRUE(run->startAgent(Side::kSource));
   auto r = finish(*run);
@@ -168,31 +183,37 @@ INSTANTIATE_TEST_SUITE_P(Memory, SourceKilled, ::testing::Values("anon", "memfd"
 
 TEST(Resilience, SourceGoneForGoodFailsLoudlyWithinDeadline) {
   auto o = slowOptions();
-  o.extra_yaml = "migration:\n  bulk_rate_limit_mib_s: 16\n  stall_timeout_ms: 500\n"
-                 "  reconnect:\n    initial_backoff_ms: 20\n    max_backoff_ms: 200\n    give_up_after_s: 2\n";
+  o.extra_yaml =
+      "migration:\n  bulk_rate_limit_mib_s: 16\n  stall_timeout_ms: 500\n"
+      "  reconnect:\n    initial_backoff_ms: 20\n    max_backoff_ms: 200\n    give_up_after_s: 2\n";
   auto run = cli::DemoRun::prepare(o);
   ASSERT_TRUE(run) << run.error().message();
   ASSERT_TRUE(run->prepareSourceMemory());
   ASSERT_TRUE(run->createMigrations());
   ASSERT_TRUE(run->startDestinationVm());
-  ASSERT_TRUE(waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 1000; },
-                        std::chrono::seconds(30)));
+  ASSERT_TRUE(
+      waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 1000; },
+                std::chrono::seconds(30)));
   run->killAgent(Side::kSource, SIGKILL);
   auto t0 = std::chrono::steady_clock::now();
   std::string state;
-  ASSERT_TRUE(waitUntil([&] {
-    auto m = run->migration(Side::kDestination);
-    state = m ? m->value("state", "") : "";
-    return state == "failed";
-  }, std::chrono::seconds(20)));
+  ASSERT_TRUE(waitUntil(
+      [&] {
+        auto m = run->migration(Side::kDestination);
+        state = m ? m->value("state", "") : "";
+        return state == "failed";
+      },
+      std::chrono::seconds(20)));
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(15));
   auto m = run->migration(Side::kDestination);
   ASSERT_TRUE(m);
   EXPECT_NE(m->value("reason", "").find("pages never received"), std::string::npos) << m->dump();
   // ...and in the metric the LazymigMigrationFailed alert watches.
   std::string metrics = scrapeMetrics(*run, Side::kDestination);
-  EXPECT_NE(metrics.find(R"(lazymig_migration_duration_seconds_count{node="destination",outcome="failed"} 1)"),
-            std::string::npos)
+  EXPECT_NE(
+      metrics.find(
+          R"(lazymig_migration_duration_seconds_count{node="destination",outcome="failed"} 1)"),
+      std::string::npos)
       << metrics;
   // The test VM sees the failure and leaves (exit 3) instead of hanging the suite.
   auto vm = run->waitDestinationVm();
@@ -209,8 +230,9 @@ TEST(Resilience, SourceRefusesCancelWhileDestinationRuns) {
   ASSERT_TRUE(run->createMigrations());
   ASSERT_TRUE(run->startDestinationVm());
   const std::uint64_t total = run->options().size / 4096;
-  ASSERT_TRUE(waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > total / 4; },
-                        std::chrono::seconds(60)));
+  ASSERT_TRUE(
+      waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > total / 4; },
+                std::chrono::seconds(60)));
   client::ControlClient source(run->controlEndpoint(Side::kSource));
   auto refused = source.del("/v1/migrations/" + run->migration(Side::kSource)->value("id", ""));
   ASSERT_TRUE(refused) << refused.error().message();

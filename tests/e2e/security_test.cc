@@ -19,9 +19,9 @@
 #include "client/control_client.h"
 #include "sys/unique_fd.h"
 #include "tests/e2e/e2e.h"
+#include "transport/connection.h"
 #include "transport/frame.h"
 #include "transport/pki.h"
-#include "transport/connection.h"
 
 namespace lazymig::e2e {
 namespace {
@@ -49,14 +49,14 @@ sys::UniqueFd dialTcp(const std::string& host_port) {
 // What an attacker's connection got from the source agent.
 struct Outcome {
   bool tls_established = false;
-  bool hello_ok = false;        // the one thing no attack may get
-  std::string refusal;          // the Error frame's message, if one came
+  bool hello_ok = false;  // the one thing no attack may get
+  std::string refusal;    // the Error frame's message, if one came
 };
 
 // A blocking TLS client with its own certificate that sends one Hello, independent of the
 // agent's own transport code (a bug there must not hide here).
-Outcome helloAttack(const std::string& address, const transport::TlsFiles& cert, const std::string& token,
-                    int max_tls_version = 0) {
+Outcome helloAttack(const std::string& address, const transport::TlsFiles& cert,
+                    const std::string& token, int max_tls_version = 0) {
   Outcome out;
   SslCtx ctx(SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
   if (max_tls_version != 0) SSL_CTX_set_max_proto_version(ctx.get(), max_tls_version);
@@ -67,20 +67,23 @@ Outcome helloAttack(const std::string& address, const transport::TlsFiles& cert,
   Ssl ssl(SSL_new(ctx.get()), &SSL_free);
   SSL_set_fd(ssl.get(), fd.get());
   if (SSL_connect(ssl.get()) != 1) return out;
-  transport::Hello h{DemoRun::kMigrationId, token, transport::ChannelKind::kUrgent, 4096, 64ull << 20};
+  transport::Hello h{DemoRun::kMigrationId, token, transport::ChannelKind::kUrgent, 4096,
+                     64ull << 20};
   std::string frame = transport::encodeHello(h);
   // TLS 1.3 lets the server reject a client certificate after the client's handshake is
   // done: the refusal shows as the write or the read below failing.
   if (SSL_write(ssl.get(), frame.data(), static_cast<int>(frame.size())) <= 0) return out;
   std::string reply;
   char buf[2048];
-  for (int n; (n = SSL_read(ssl.get(), buf, sizeof buf)) > 0;) reply.append(buf, static_cast<std::size_t>(n));
+  for (int n; (n = SSL_read(ssl.get(), buf, sizeof buf)) > 0;)
+    reply.append(buf, static_cast<std::size_t>(n));
   out.tls_established = !reply.empty();
   if (reply.size() < transport::kHeaderSize) return out;
   auto type = static_cast<transport::FrameType>(static_cast<unsigned char>(reply[5]));
   out.hello_ok = type == transport::FrameType::kHelloOk;
   if (type == transport::FrameType::kError) {
-    auto e = transport::decodeError(std::as_bytes(std::span(reply).subspan(transport::kHeaderSize)));
+    auto e =
+        transport::decodeError(std::as_bytes(std::span(reply).subspan(transport::kHeaderSize)));
     if (e) out.refusal = e->message;
   }
   return out;
@@ -99,7 +102,8 @@ std::string fingerprint(X509* cert) {
 std::string fileFingerprint(const std::string& pem) {
   std::unique_ptr<FILE, decltype(&std::fclose)> f(std::fopen(pem.c_str(), "r"), &std::fclose);
   if (!f) return "";
-  std::unique_ptr<X509, decltype(&X509_free)> cert(PEM_read_X509(f.get(), nullptr, nullptr, nullptr), &X509_free);
+  std::unique_ptr<X509, decltype(&X509_free)> cert(
+      PEM_read_X509(f.get(), nullptr, nullptr, nullptr), &X509_free);
   return fingerprint(cert.get());
 }
 
@@ -113,7 +117,8 @@ std::string presentedFingerprint(const std::string& address, const transport::Tl
   Ssl ssl(SSL_new(ctx.get()), &SSL_free);
   SSL_set_fd(ssl.get(), fd.get());
   if (SSL_connect(ssl.get()) != 1) return "";
-  std::unique_ptr<X509, decltype(&X509_free)> cert(SSL_get1_peer_certificate(ssl.get()), &X509_free);
+  std::unique_ptr<X509, decltype(&X509_free)> cert(SSL_get1_peer_certificate(ssl.get()),
+                                                   &X509_free);
   return fingerprint(cert.get());
 }
 
@@ -137,7 +142,8 @@ TEST(Security, EveryAttackOnTheSourceIsRefusedCountedAndTheMigrationCompletes) {
   ASSERT_TRUE(run->prepareSourceMemory());
   ASSERT_TRUE(run->createMigrations());
   ASSERT_TRUE(run->startDestinationVm());
-  ASSERT_TRUE(waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 0; }, 30s));
+  ASSERT_TRUE(
+      waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 0; }, 30s));
 
   const std::string dir = run->dir();
   const std::string source = run->agentAddress(Side::kSource);
@@ -165,29 +171,36 @@ TEST(Security, EveryAttackOnTheSourceIsRefusedCountedAndTheMigrationCompletes) {
   };
   std::vector<Attack> attacks;
   // The destination's own identity, signed by a CA the fleet does not trust.
-  attacks.push_back({"wrong CA", helloAttack(source, leaf(*mallory_ca, "wrong-ca", dest_id), token), "bad_certificate"});
+  attacks.push_back({"wrong CA", helloAttack(source, leaf(*mallory_ca, "wrong-ca", dest_id), token),
+                     "bad_certificate"});
   // The destination's identity from the fleet CA, but expired yesterday.
-  attacks.push_back({"expired certificate", helloAttack(source, leaf(fleet_ca, "expired", dest_id, -10, 9), token),
+  attacks.push_back({"expired certificate",
+                     helloAttack(source, leaf(fleet_ca, "expired", dest_id, -10, 9), token),
                      "bad_certificate"});
   // A valid fleet certificate for another node, even with the right token.
-  attacks.push_back({"another node's identity",
-                     helloAttack(source, leaf(fleet_ca, "mallory", "spiffe://lazymig.demo/node/mallory"), token),
-                     "identity"});
+  attacks.push_back(
+      {"another node's identity",
+       helloAttack(source, leaf(fleet_ca, "mallory", "spiffe://lazymig.demo/node/mallory"), token),
+       "identity"});
   // The right identity (a stolen certificate) without the migration's token.
-  attacks.push_back({"right identity, wrong token", helloAttack(source, leaf(fleet_ca, "thief", dest_id), wrong_token),
-                     "token"});
+  attacks.push_back({"right identity, wrong token",
+                     helloAttack(source, leaf(fleet_ca, "thief", dest_id), wrong_token), "token"});
   // TLS 1.2 only, with an otherwise perfect certificate and token.
   attacks.push_back({"TLS 1.2-only client",
-                     helloAttack(source, leaf(fleet_ca, "old-tls", dest_id), token, TLS1_2_VERSION), "tls_handshake"});
+                     helloAttack(source, leaf(fleet_ca, "old-tls", dest_id), token, TLS1_2_VERSION),
+                     "tls_handshake"});
   {
     auto fd = dialTcp(source);
     ASSERT_TRUE(fd);
-    std::string hello = transport::encodeHello({DemoRun::kMigrationId, token, transport::ChannelKind::kUrgent, 4096, 0});
+    std::string hello = transport::encodeHello(
+        {DemoRun::kMigrationId, token, transport::ChannelKind::kUrgent, 4096, 0});
     ASSERT_GT(::write(fd.get(), hello.data(), hello.size()), 0);
     char buf[64];
     Outcome plain;
-    plain.hello_ok = ::read(fd.get(), buf, sizeof buf) >= static_cast<ssize_t>(transport::kHeaderSize) &&
-                     static_cast<transport::FrameType>(static_cast<unsigned char>(buf[5])) == transport::FrameType::kHelloOk;
+    plain.hello_ok =
+        ::read(fd.get(), buf, sizeof buf) >= static_cast<ssize_t>(transport::kHeaderSize) &&
+        static_cast<transport::FrameType>(static_cast<unsigned char>(buf[5])) ==
+            transport::FrameType::kHelloOk;
     attacks.push_back({"plaintext Hello", plain, "plaintext"});
   }
 
@@ -201,19 +214,24 @@ TEST(Security, EveryAttackOnTheSourceIsRefusedCountedAndTheMigrationCompletes) {
   std::map<std::string, double> want;
   for (const auto& a : attacks) want[a.counted_as] += 1;
   std::map<std::string, double> counted;
-  EXPECT_TRUE(waitUntil([&] {
-    counted = refusalsOf(*run, Side::kSource);
-    for (const auto& [reason, n] : want) {
-      if (counted[reason] < n) return false;
-    }
-    return true;
-  }, 10s)) << "refusals counted: " << nlohmann::json(counted).dump() << " wanted at least " << nlohmann::json(want).dump();
+  EXPECT_TRUE(waitUntil(
+      [&] {
+        counted = refusalsOf(*run, Side::kSource);
+        for (const auto& [reason, n] : want) {
+          if (counted[reason] < n) return false;
+        }
+        return true;
+      },
+      10s))
+      << "refusals counted: " << nlohmann::json(counted).dump() << " wanted at least "
+      << nlohmann::json(want).dump();
 
   auto vm = run->waitDestinationVm();
   ASSERT_TRUE(vm) << vm.error().message();
   auto report = run->report(*vm, 0);
   expectVerified(report, o.size);
-  EXPECT_EQ(progressOf(*run, Side::kDestination, "reconnects"), 0u) << "no attack disturbed the good links";
+  EXPECT_EQ(progressOf(*run, Side::kDestination, "reconnects"), 0u)
+      << "no attack disturbed the good links";
 }
 
 // An authorised destination (right identity, right token) that floods page requests and never
@@ -244,7 +262,8 @@ TEST(Security, PageRequestFloodIsCutOffAndCounted) {
   ASSERT_GT(SSL_write(ssl.get(), hello.data(), static_cast<int>(hello.size())), 0);
   char head[transport::kHeaderSize];
   ASSERT_EQ(SSL_read(ssl.get(), head, sizeof head), static_cast<int>(sizeof head));
-  ASSERT_EQ(static_cast<transport::FrameType>(static_cast<unsigned char>(head[5])), transport::FrameType::kHelloOk);
+  ASSERT_EQ(static_cast<transport::FrameType>(static_cast<unsigned char>(head[5])),
+            transport::FrameType::kHelloOk);
 
   transport::PageRequest req;
   for (std::uint64_t p = 0; p < 1024; ++p) req.pages.push_back(p);
@@ -255,7 +274,8 @@ TEST(Security, PageRequestFloodIsCutOffAndCounted) {
     if (SSL_write(ssl.get(), frame.data(), static_cast<int>(frame.size())) <= 0) break;
   }
   EXPECT_LT(sent, 1000) << "the source never cut the flood off";
-  EXPECT_TRUE(waitUntil([&] { return refusalsOf(*run, Side::kSource)["flood"] >= 1; }, std::chrono::seconds(10)))
+  EXPECT_TRUE(waitUntil([&] { return refusalsOf(*run, Side::kSource)["flood"] >= 1; },
+                        std::chrono::seconds(10)))
       << nlohmann::json(refusalsOf(*run, Side::kSource)).dump();
 
   ASSERT_TRUE(run->startDestinationVm());
@@ -275,12 +295,14 @@ TEST(Security, CertificatesReloadOnSighupWithoutDroppingTheMigration) {
   ASSERT_TRUE(run->prepareSourceMemory());
   ASSERT_TRUE(run->createMigrations());
   ASSERT_TRUE(run->startDestinationVm());
-  ASSERT_TRUE(waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 0; }, 30s));
+  ASSERT_TRUE(
+      waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 0; }, 30s));
 
   const std::string dir = run->dir();
   const std::string source = run->agentAddress(Side::kSource);
   transport::PemFiles fleet_ca{dir + "/ca.crt", dir + "/ca.key"};
-  transport::TlsFiles dest_files{fleet_ca.cert_file, dir + "/destination.crt", dir + "/destination.key"};
+  transport::TlsFiles dest_files{fleet_ca.cert_file, dir + "/destination.crt",
+                                 dir + "/destination.key"};
   const std::string before = presentedFingerprint(source, dest_files);
   ASSERT_EQ(before, fileFingerprint(dir + "/source.crt"));
 
@@ -291,7 +313,8 @@ TEST(Security, CertificatesReloadOnSighupWithoutDroppingTheMigration) {
   ASSERT_TRUE(transport::issueLeaf(fleet_ca, dir, "source", spec));
   const std::string rotated = fileFingerprint(dir + "/source.crt");
   ASSERT_NE(rotated, before);
-  EXPECT_EQ(presentedFingerprint(source, dest_files), before) << "nothing changes before the signal";
+  EXPECT_EQ(presentedFingerprint(source, dest_files), before)
+      << "nothing changes before the signal";
   run->signalAgent(Side::kSource, SIGHUP);
   EXPECT_TRUE(waitUntil([&] { return presentedFingerprint(source, dest_files) == rotated; }, 10s));
 
@@ -300,17 +323,21 @@ TEST(Security, CertificatesReloadOnSighupWithoutDroppingTheMigration) {
   std::ofstream(dir + "/source.crt", std::ios::trunc) << "not a certificate\n";
   run->signalAgent(Side::kSource, SIGHUP);
   std::string log;
-  EXPECT_TRUE(waitUntil([&] {
-    std::ifstream in(run->logPath(Side::kSource));
-    log.assign(std::istreambuf_iterator<char>(in), {});
-    return log.find("certificate reload failed") != std::string::npos;
-  }, 10s)) << log;
+  EXPECT_TRUE(waitUntil(
+      [&] {
+        std::ifstream in(run->logPath(Side::kSource));
+        log.assign(std::istreambuf_iterator<char>(in), {});
+        return log.find("certificate reload failed") != std::string::npos;
+      },
+      10s))
+      << log;
   EXPECT_EQ(presentedFingerprint(source, dest_files), rotated);
 
   auto vm = run->waitDestinationVm();
   ASSERT_TRUE(vm) << vm.error().message();
   expectVerified(run->report(*vm, 0), o.size);
-  EXPECT_EQ(progressOf(*run, Side::kDestination, "reconnects"), 0u) << "the links made before the reload stayed up";
+  EXPECT_EQ(progressOf(*run, Side::kDestination, "reconnects"), 0u)
+      << "the links made before the reload stayed up";
 }
 
 // A second VMM handshake for a migration that already has its VMM is refused and counted;
@@ -324,7 +351,8 @@ TEST(Security, SecondHandshakeForARunningMigrationIsRefused) {
   ASSERT_TRUE(run->prepareSourceMemory());
   ASSERT_TRUE(run->createMigrations());
   ASSERT_TRUE(run->startDestinationVm());
-  ASSERT_TRUE(waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 0; }, 30s));
+  ASSERT_TRUE(
+      waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 0; }, 30s));
   const std::string socket = run->dir() + "/destination-vmm/" + DemoRun::kMigrationId + ".sock";
   const std::string script =
       "import socket,sys,os\n"
@@ -332,10 +360,12 @@ TEST(Security, SecondHandshakeForARunningMigrationIsRefused) {
       "r,w=os.pipe()\n"
       "msg=b'[{\"base_host_virt_addr\":4096,\"size\":4096,\"offset\":0,\"page_size\":4096}]'\n"
       "socket.send_fds(s,[msg],[r]); print('sent', flush=True); s.recv(100)\n";
-  auto second = cli::ChildProcess::spawn({"/usr/bin/python3", "-c", script, socket}, run->dir() + "/second.log");
+  auto second = cli::ChildProcess::spawn({"/usr/bin/python3", "-c", script, socket},
+                                         run->dir() + "/second.log");
   ASSERT_TRUE(second) << second.error().message();
   ASSERT_TRUE(second->wait(20s).has_value());
-  EXPECT_TRUE(waitUntil([&] { return refusalsOf(*run, Side::kDestination)["handshake_rejected"] >= 1; }, 10s))
+  EXPECT_TRUE(waitUntil(
+      [&] { return refusalsOf(*run, Side::kDestination)["handshake_rejected"] >= 1; }, 10s))
       << nlohmann::json(refusalsOf(*run, Side::kDestination)).dump();
   std::string log;
   std::ifstream in(run->logPath(Side::kDestination));
@@ -368,9 +398,10 @@ TEST(Security, HandshakeFromADisallowedUidIsRefused) {
       "try:\n"
       "  time.sleep(0.2); socket.send_fds(s,[msg],[r]); print('reply', s.recv(100), flush=True)\n"
       "except OSError as e: print('refused:', e, flush=True)\n";
-  auto nobody = cli::ChildProcess::spawn(
-      {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script, socket},
-      run->dir() + "/nobody.log");
+  auto nobody =
+      cli::ChildProcess::spawn({"/usr/bin/setpriv", "--reuid=65534", "--regid=65534",
+                                "--clear-groups", "/usr/bin/python3", "-c", script, socket},
+                               run->dir() + "/nobody.log");
   ASSERT_TRUE(nobody) << nobody.error().message();
   auto st = nobody->wait(20s);
   ASSERT_TRUE(st.has_value());
@@ -379,7 +410,8 @@ TEST(Security, HandshakeFromADisallowedUidIsRefused) {
   // The socket let nobody connect (mode 0666): SO_PEERCRED is what turned it away.
   EXPECT_NE(said.find("connected as 65534"), std::string::npos) << said;
   EXPECT_EQ(said.find("reply b'"), std::string::npos) << "nobody must not be answered: " << said;
-  EXPECT_TRUE(waitUntil([&] { return refusalsOf(*run, Side::kDestination)["handshake_credentials"] >= 1; }, 10s))
+  EXPECT_TRUE(waitUntil(
+      [&] { return refusalsOf(*run, Side::kDestination)["handshake_credentials"] >= 1; }, 10s))
       << nlohmann::json(refusalsOf(*run, Side::kDestination)).dump();
   auto m = run->migration(Side::kDestination);
   ASSERT_TRUE(m);

@@ -46,14 +46,20 @@ TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
         "lazymig_uffd_eexist_total", "lazymig_vcpu_blocked_seconds_total", "lazymig_build_info"}) {
     EXPECT_NE(text.find(family), std::string::npos) << family;
   }
-  EXPECT_NE(text.find(R"(lazymig_pages_total{node="node-a",path="bulk"} 64)"), std::string::npos) << text;
+  EXPECT_NE(text.find(R"(lazymig_pages_total{node="node-a",path="bulk"} 64)"), std::string::npos)
+      << text;
   EXPECT_NE(text.find(R"(lazymig_pages_remaining{node="node-a"} 23)"), std::string::npos);
-  EXPECT_NE(text.find(R"(lazymig_migrations{node="node-a",state="completed"} 1)"), std::string::npos);
+  EXPECT_NE(text.find(R"(lazymig_migrations{node="node-a",state="completed"} 1)"),
+            std::string::npos);
   EXPECT_NE(text.find(R"(lazymig_migrations{node="node-a",state="running"} 0)"), std::string::npos);
-  EXPECT_NE(text.find(R"(lazymig_fault_latency_seconds_count{node="node-a",path="network"} 1)"), std::string::npos);
+  EXPECT_NE(text.find(R"(lazymig_fault_latency_seconds_count{node="node-a",path="network"} 1)"),
+            std::string::npos);
   // A vCPU is blocked for every fault, whichever way it was served: 150 + 2 + 90 us.
-  EXPECT_NE(text.find(R"(lazymig_vcpu_blocked_seconds_total{node="node-a"} 0.000242)"), std::string::npos) << text;
-  EXPECT_EQ(text.find("migration=\""), std::string::npos) << "no per-migration label on fleet series";
+  EXPECT_NE(text.find(R"(lazymig_vcpu_blocked_seconds_total{node="node-a"} 0.000242)"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(text.find("migration=\""), std::string::npos)
+      << "no per-migration label on fleet series";
 }
 
 // Prometheus sees no increase() in a series whose first sample is already 1: the alerts on
@@ -62,13 +68,16 @@ TEST(Metrics, AlertedSeriesExistAtZeroBeforeTheFirstEvent) {
   auto m = AgentMetrics::create("n");
   std::string text = m->scrapeText();
   for (auto reason : kRefusalReasons) {
-    EXPECT_NE(text.find("lazymig_refusals_total{node=\"n\",reason=\"" + std::string(reason) + "\"} 0"),
-              std::string::npos) << reason;
+    EXPECT_NE(
+        text.find("lazymig_refusals_total{node=\"n\",reason=\"" + std::string(reason) + "\"} 0"),
+        std::string::npos)
+        << reason;
   }
   for (auto outcome : kMigrationOutcomes) {
     EXPECT_NE(text.find("lazymig_migration_duration_seconds_count{node=\"n\",outcome=\"" +
                         std::string(outcome) + "\"} 0"),
-              std::string::npos) << outcome;
+              std::string::npos)
+        << outcome;
   }
   EXPECT_NE(text.find(R"(lazymig_migrations{node="n",state="failed"} 0)"), std::string::npos);
 }
@@ -82,8 +91,9 @@ TEST(Metrics, ConcurrentObservationsAddUp) {
     });
   }
   for (auto& t : ts) t.join();
-  EXPECT_NE(m->scrapeText().find(R"(lazymig_fault_latency_seconds_count{node="n",path="network"} 40000)"),
-            std::string::npos);
+  EXPECT_NE(
+      m->scrapeText().find(R"(lazymig_fault_latency_seconds_count{node="n",path="network"} 40000)"),
+      std::string::npos);
 }
 
 TEST(Metrics, ExposerServesTheTextOverHttp) {
@@ -109,7 +119,8 @@ TEST(Metrics, ExposerServesTheTextOverHttp) {
 }
 
 TEST(Metrics, PromtoolAcceptsTheExposition) {
-  if (::access("/usr/bin/promtool", X_OK) != 0) GTEST_SKIP() << "promtool not installed (Debian package prometheus)";
+  if (::access("/usr/bin/promtool", X_OK) != 0)
+    GTEST_SKIP() << "promtool not installed (Debian package prometheus)";
   auto m = AgentMetrics::create("n");
   touchEverything(*m);
   std::string path = "/tmp/lazymig-metrics-" + std::to_string(::getpid()) + ".txt";

@@ -87,7 +87,8 @@ TEST_F(Db, SecondOpenOfALockedDatabaseIsAClearError) {
 TEST_F(Db, KilledWriterChild) {
   const char* dir = std::getenv("LAZYMIG_DB_CHILD_DIR");
   const char* fd = std::getenv("LAZYMIG_DB_CHILD_FD");
-  if (dir == nullptr || fd == nullptr) GTEST_SKIP() << "runs only as the child of WritesSurviveAKilledWriter";
+  if (dir == nullptr || fd == nullptr)
+    GTEST_SKIP() << "runs only as the child of WritesSurviveAKilledWriter";
   auto db = std::move(*Database::open(dir));
   BitmapChunk c{1, std::vector<std::uint64_t>(kPagesPerChunk / 64, 0x5555)};
   bool ok = db->writePageChunks("vm-k", std::vector{c}) && db->putMigration(record("vm-k"));

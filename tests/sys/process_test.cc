@@ -11,7 +11,8 @@ namespace lazymig::sys {
 TEST(Process, FindsAndTakesOwnUffd) {
   auto uffd = Uffd::open(0);
   ASSERT_TRUE(uffd);
-  auto fds = findFds(::getpid(), [](const std::string& t) { return t == "anon_inode:[userfaultfd]"; });
+  auto fds =
+      findFds(::getpid(), [](const std::string& t) { return t == "anon_inode:[userfaultfd]"; });
   ASSERT_TRUE(fds) << fds.error().message();
   ASSERT_FALSE(fds->empty());
   auto copy = takeFd(::getpid(), uffd->pollFd());

@@ -74,7 +74,8 @@ TEST(Uffd, FaultIsReadAndWokenByCopy) {
 TEST(Uffd, SharedMemoryMissingMode) {
   auto fd = createMemfd("t", Bytes{2 * kPage});
   ASSERT_TRUE(fd);
-  auto mem = Mapping::ofFd(fd->get(), Bytes{2 * kPage}, GuestOffset{0}, PROT_READ | PROT_WRITE, MAP_SHARED);
+  auto mem = Mapping::ofFd(fd->get(), Bytes{2 * kPage}, GuestOffset{0}, PROT_READ | PROT_WRITE,
+                           MAP_SHARED);
   ASSERT_TRUE(mem);
   auto uffd = Uffd::open(UFFD_FEATURE_MISSING_SHMEM);
   ASSERT_TRUE(uffd) << uffd.error().message();

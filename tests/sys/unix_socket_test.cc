@@ -18,7 +18,7 @@ TEST(UnixSocket, PassesFdsAndCredentials) {
   auto path = tempSocketPath();
   auto server = UnixSocket::listen(path, 0600);
   ASSERT_TRUE(server) << server.error().message();
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   auto ev = EventFd::create();

@@ -161,19 +161,26 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--listen") o.listen = val();
-    else if (a == "--target") o.target = val();
-    else if (a == "--port-file") o.port_file = val();
+    if (a == "--listen")
+      o.listen = val();
+    else if (a == "--target")
+      o.target = val();
+    else if (a == "--port-file")
+      o.port_file = val();
     else if (a == "--cut-ms") {
       std::string v = val();
       if (std::sscanf(v.c_str(), "%d:%d", &o.cut_min_ms, &o.cut_max_ms) != 2 || o.cut_min_ms <= 0 ||
           o.cut_max_ms < o.cut_min_ms) {
-        std::fprintf(stderr, "chaos-proxy: --cut-ms wants MIN:MAX milliseconds, got '%s'\n", v.c_str());
+        std::fprintf(stderr, "chaos-proxy: --cut-ms wants MIN:MAX milliseconds, got '%s'\n",
+                     v.c_str());
         return 2;
       }
-    } else if (a == "--max-cuts") o.max_cuts = std::atoi(val().c_str());
-    else if (a == "--stall") o.stall = true;
-    else if (a == "--seed") o.seed = static_cast<unsigned>(std::atoi(val().c_str()));
+    } else if (a == "--max-cuts")
+      o.max_cuts = std::atoi(val().c_str());
+    else if (a == "--stall")
+      o.stall = true;
+    else if (a == "--seed")
+      o.seed = static_cast<unsigned>(std::atoi(val().c_str()));
     else {
       std::fprintf(stderr, "chaos-proxy: unknown argument '%s'\n", a.c_str());
       return 2;
@@ -197,7 +204,8 @@ int main(int argc, char** argv) {
   if (::inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1 ||
       ::bind(lst.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
       ::listen(lst.get(), 16) != 0) {
-    std::fprintf(stderr, "chaos-proxy: cannot listen on %s: %s\n", o.listen.c_str(), std::strerror(errno));
+    std::fprintf(stderr, "chaos-proxy: cannot listen on %s: %s\n", o.listen.c_str(),
+                 std::strerror(errno));
     return 1;
   }
   socklen_t len = sizeof addr;

@@ -10,7 +10,9 @@ namespace {
 std::span<const std::byte> bytes(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
-std::span<const std::byte> payloadOf(const std::string& frame) { return bytes(frame).subspan(kHeaderSize); }
+std::span<const std::byte> payloadOf(const std::string& frame) {
+  return bytes(frame).subspan(kHeaderSize);
+}
 
 const Layout kLayout{4096, 1000};
 
@@ -29,17 +31,21 @@ TEST(Frame, HeaderRoundTripAndLimits) {
 
   std::string bad = f;
   bad[0] = 'X';
-  EXPECT_NE(errorOf(decodeHeader(bytes(bad).first<kHeaderSize>(), Limits{})).find("magic"), std::string::npos);
+  EXPECT_NE(errorOf(decodeHeader(bytes(bad).first<kHeaderSize>(), Limits{})).find("magic"),
+            std::string::npos);
   bad = f;
   bad[4] = 9;
-  EXPECT_NE(errorOf(decodeHeader(bytes(bad).first<kHeaderSize>(), Limits{})).find("version 9"), std::string::npos);
+  EXPECT_NE(errorOf(decodeHeader(bytes(bad).first<kHeaderSize>(), Limits{})).find("version 9"),
+            std::string::npos);
   bad = f;
   bad[5] = 99;
-  EXPECT_NE(errorOf(decodeHeader(bytes(bad).first<kHeaderSize>(), Limits{})).find("unknown frame type 99"),
+  EXPECT_NE(errorOf(decodeHeader(bytes(bad).first<kHeaderSize>(), Limits{}))
+                .find("unknown frame type 99"),
             std::string::npos);
   bad = f;
   bad[6] = 1;
-  EXPECT_NE(errorOf(decodeHeader(bytes(bad).first<kHeaderSize>(), Limits{})).find("flags"), std::string::npos);
+  EXPECT_NE(errorOf(decodeHeader(bytes(bad).first<kHeaderSize>(), Limits{})).find("flags"),
+            std::string::npos);
   // An oversized length is refused from the header alone, before any payload is buffered.
   std::array<std::byte, kHeaderSize> big;
   encodeHeader(FrameType::kPageData, 0xfffffff0u, big);
@@ -56,7 +62,8 @@ TEST(Frame, HelloRoundTripAndValidation) {
   EXPECT_EQ(d->channel, ChannelKind::kBulk);
   EXPECT_EQ(d->memory_bytes, 1u << 20);
   h.migration_id = "../x";
-  EXPECT_NE(errorOf(decodeHello(payloadOf(encodeHello(h)))).find("migration_id"), std::string::npos);
+  EXPECT_NE(errorOf(decodeHello(payloadOf(encodeHello(h)))).find("migration_id"),
+            std::string::npos);
   h.migration_id = "vm";
   h.token = "short";
   EXPECT_NE(errorOf(decodeHello(payloadOf(encodeHello(h)))).find("token"), std::string::npos);
@@ -73,14 +80,17 @@ TEST(Frame, PageRequestBoundsEveryIndex) {
   EXPECT_EQ(ok->pages, (std::vector<std::uint64_t>{0, 999}));
   auto e = errorOf(decodePageRequest(payloadOf(encodePageRequest({{5, 1000}})), kLayout, Limits{}));
   EXPECT_NE(e.find("PageRequest: page 1000 out of range"), std::string::npos) << e;
-  EXPECT_NE(errorOf(decodePageRequest(payloadOf(encodePageRequest({{}})), kLayout, Limits{})).find("count 0"),
+  EXPECT_NE(errorOf(decodePageRequest(payloadOf(encodePageRequest({{}})), kLayout, Limits{}))
+                .find("count 0"),
             std::string::npos);
   PageRequest many;
   many.pages.assign(2000, 1);
-  EXPECT_NE(errorOf(decodePageRequest(payloadOf(encodePageRequest(many)), kLayout, Limits{})).find("count 2000"),
+  EXPECT_NE(errorOf(decodePageRequest(payloadOf(encodePageRequest(many)), kLayout, Limits{}))
+                .find("count 2000"),
             std::string::npos);
   std::string f = encodePageRequest({{1, 2}});
-  EXPECT_NE(errorOf(decodePageRequest(payloadOf(f.substr(0, f.size() - 3)), kLayout, Limits{})).find("payload holds"),
+  EXPECT_NE(errorOf(decodePageRequest(payloadOf(f.substr(0, f.size() - 3)), kLayout, Limits{}))
+                .find("payload holds"),
             std::string::npos);
 }
 
@@ -98,7 +108,8 @@ TEST(Frame, PageDataViewsThePayloadAndChecksLength) {
   EXPECT_EQ(d->count, 2u);
   EXPECT_EQ(d->data.size(), pages.size());
   EXPECT_EQ(d->data[4096], std::byte{0x5a});
-  EXPECT_NE(errorOf(decodePageData(payloadOf(f.substr(0, f.size() - 1)), kLayout)).find("data is"), std::string::npos);
+  EXPECT_NE(errorOf(decodePageData(payloadOf(f.substr(0, f.size() - 1)), kLayout)).find("data is"),
+            std::string::npos);
   auto far = encodePageDataPrefix(999, 2, 4096);
   std::string g(reinterpret_cast<const char*>(far.data()), far.size());
   g.append(2 * 4096, 'x');
@@ -107,7 +118,8 @@ TEST(Frame, PageDataViewsThePayloadAndChecksLength) {
 
 TEST(Frame, RangesNeverWrapAround) {
   // first_page near 2^64 with a count that wraps must not pass a naive first+count check.
-  auto e = errorOf(decodeZeroRange(payloadOf(encodeZeroRange({~std::uint64_t{0} - 1, 5})), kLayout));
+  auto e =
+      errorOf(decodeZeroRange(payloadOf(encodeZeroRange({~std::uint64_t{0} - 1, 5})), kLayout));
   EXPECT_NE(e.find("ZeroRange"), std::string::npos);
   e = errorOf(decodeZeroRange(payloadOf(encodeZeroRange({10, ~std::uint64_t{0}})), kLayout));
   EXPECT_NE(e.find("out of range"), std::string::npos);
@@ -121,15 +133,18 @@ TEST(Frame, ResumeBitmapBounds) {
   EXPECT_TRUE(d->last);
   EXPECT_EQ(d->words.size(), 16u);
   r.words.assign(17, 0);  // 1000 pages need 16 words
-  EXPECT_NE(errorOf(decodeResume(payloadOf(encodeResume(r)), kLayout)).find("out of range"), std::string::npos);
+  EXPECT_NE(errorOf(decodeResume(payloadOf(encodeResume(r)), kLayout)).find("out of range"),
+            std::string::npos);
   r = Resume{3, false, {1}};
-  EXPECT_NE(errorOf(decodeResume(payloadOf(encodeResume(r)), kLayout)).find("multiple of 64"), std::string::npos);
+  EXPECT_NE(errorOf(decodeResume(payloadOf(encodeResume(r)), kLayout)).find("multiple of 64"),
+            std::string::npos);
 }
 
 TEST(Frame, SmallFramesRejectTrailingBytesAndTruncation) {
   std::string f = encodeComplete({1000});
   EXPECT_TRUE(decodeComplete(payloadOf(f), kLayout));
-  EXPECT_NE(errorOf(decodeComplete(payloadOf(encodeComplete({1001})), kLayout)).find("exceeds"), std::string::npos);
+  EXPECT_NE(errorOf(decodeComplete(payloadOf(encodeComplete({1001})), kLayout)).find("exceeds"),
+            std::string::npos);
   EXPECT_FALSE(decodeComplete(payloadOf(f + "x"), kLayout));
   EXPECT_FALSE(decodePing(payloadOf(f.substr(0, kHeaderSize + 3))));
   auto err = decodeError(payloadOf(encodeError({3, "no"})));

@@ -40,7 +40,8 @@ class Tls : public ::testing::Test {
     loop_->stop();
     std::filesystem::remove_all(dir_);
   }
-  TlsFiles leaf(const PemFiles& ca, const std::string& name, const std::string& uri, int offset = 0, int days = 30) {
+  TlsFiles leaf(const PemFiles& ca, const std::string& name, const std::string& uri, int offset = 0,
+                int days = 30) {
     LeafSpec s;
     s.uris = {uri};
     s.not_before_offset_days = offset;
@@ -66,7 +67,8 @@ class Tls : public ::testing::Test {
       o.on_connection = [&](std::unique_ptr<Connection> c) {
         Connection* raw = c.get();
         c->setHandlers({[this, raw](const FrameHeader& h, std::span<const std::byte> p) {
-                          if (h.type == FrameType::kPing) raw->sendEncoded(encodePing(FrameType::kPong, *decodePing(p)));
+                          if (h.type == FrameType::kPing)
+                            raw->sendEncoded(encodePing(FrameType::kPong, *decodePing(p)));
                           if (h.type == FrameType::kPageData) {
                             std::lock_guard lock(mu_);
                             big_frames_ += p.size() > (1 << 20);

@@ -24,7 +24,8 @@ TEST(Mappings, AcceptsAllThreeFirecrackerShapes) {
   ASSERT_TRUE(modern) << modern.error().message();
   EXPECT_EQ(modern->front().page_size, 4096u);
   // Before v1.12 only page_size_kib, which holds bytes despite its name.
-  auto kib = parseMappings(R"([{"base_host_virt_addr":0,"size":2097152,"offset":0,"page_size_kib":2097152}])");
+  auto kib = parseMappings(
+      R"([{"base_host_virt_addr":0,"size":2097152,"offset":0,"page_size_kib":2097152}])");
   ASSERT_TRUE(kib) << kib.error().message();
   EXPECT_EQ(kib->front().page_size, 2097152u);
   // Before v1.7 neither: 4 KiB implied.
@@ -46,15 +47,19 @@ TEST(Mappings, EveryRejectionNamesRegionAndField) {
   EXPECT_NE(errorOf(R"({"a":1})").find("array"), std::string::npos);
   EXPECT_NE(errorOf("[]").find("no regions"), std::string::npos);
   EXPECT_NE(errorOf("[1]").find("region 0 is not an object"), std::string::npos);
-  EXPECT_NE(errorOf(R"([{"size":4096,"offset":0}])").find("region 0 field 'base_host_virt_addr': is required"),
+  EXPECT_NE(errorOf(R"([{"size":4096,"offset":0}])")
+                .find("region 0 field 'base_host_virt_addr': is required"),
             std::string::npos);
   EXPECT_NE(errorOf(R"([{"base_host_virt_addr":-1,"size":4096,"offset":0}])").find("non-negative"),
             std::string::npos);
-  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":0,"size":1000,"offset":0}])").find("region 0 field 'size'"),
+  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":0,"size":1000,"offset":0}])")
+                .find("region 0 field 'size'"),
             std::string::npos);
-  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":100,"size":4096,"offset":0}])").find("'base_host_virt_addr'"),
+  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":100,"size":4096,"offset":0}])")
+                .find("'base_host_virt_addr'"),
             std::string::npos);
-  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":0,"size":4096,"offset":0,"page_size":3000}])").find("'page_size'"),
+  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":0,"size":4096,"offset":0,"page_size":3000}])")
+                .find("'page_size'"),
             std::string::npos);
   EXPECT_NE(errorOf(R"([{"base_host_virt_addr":0,"size":4096,"offset":0,"page_size":4096},
                         {"base_host_virt_addr":2097152,"size":2097152,"offset":4096,"page_size":2097152}])")
@@ -66,7 +71,8 @@ TEST(Mappings, EveryRejectionNamesRegionAndField) {
                         {"base_host_virt_addr":4096,"size":4096,"offset":8192}])")
                 .find("overlaps region 0"),
             std::string::npos);
-  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":18446744073709547520,"size":8192,"offset":0}])").find("overflows"),
+  EXPECT_NE(errorOf(R"([{"base_host_virt_addr":18446744073709547520,"size":8192,"offset":0}])")
+                .find("overflows"),
             std::string::npos);
   EXPECT_NE(errorOf(R"([{"base_host_virt_addr":0,"size":4096,"offset":0,"is_guest_memfd":"yes"}])")
                 .find("'is_guest_memfd'"),
@@ -74,7 +80,8 @@ TEST(Mappings, EveryRejectionNamesRegionAndField) {
 }
 
 TEST(Mappings, EncodeRoundTrips) {
-  std::vector<GuestRegionMapping> in = {{.base_host_virt_addr = 0x10000, .size = 8192, .offset = 0, .page_size = 4096}};
+  std::vector<GuestRegionMapping> in = {
+      {.base_host_virt_addr = 0x10000, .size = 8192, .offset = 0, .page_size = 4096}};
   auto out = parseMappings(encodeMappings(in));
   ASSERT_TRUE(out);
   EXPECT_EQ(out->front().base_host_virt_addr, 0x10000u);
@@ -92,14 +99,16 @@ Pair socketPair() {
 TEST(Handshake, ClassicCarriesTheUffdFd) {
   auto p = socketPair();
   auto memfd = sys::createMemfd("h", Bytes{4096});
-  std::vector<GuestRegionMapping> regions = {{.base_host_virt_addr = 0x20000, .size = 4096, .offset = 0}};
+  std::vector<GuestRegionMapping> regions = {
+      {.base_host_virt_addr = 0x20000, .size = 4096, .offset = 0}};
   int fds[] = {memfd->get()};
   ASSERT_TRUE(sendHandshake(p.a, regions, fds));
   auto h = receiveHandshake(p.b, std::chrono::seconds(2));
   ASSERT_TRUE(h) << h.error().message();
   EXPECT_EQ(h->kind, HandshakeKind::kClassic);
   EXPECT_EQ(h->total_bytes, 4096u);
-  struct stat s1{}, s2{};
+  struct stat s1 {
+  }, s2{};
   ::fstat(memfd->get(), &s1);
   ::fstat(h->uffd.get(), &s2);
   EXPECT_EQ(s1.st_ino, s2.st_ino);
@@ -126,7 +135,8 @@ TEST(Handshake, WrongFdCountsTimeoutAndCloseAreClearErrors) {
     ASSERT_TRUE(sendHandshake(p.a, regions, fds));
     auto h = receiveHandshake(p.b, std::chrono::seconds(2));
     ASSERT_FALSE(h);
-    EXPECT_NE(h.error().message().find("got " + std::to_string(n)), std::string::npos) << h.error().message();
+    EXPECT_NE(h.error().message().find("got " + std::to_string(n)), std::string::npos)
+        << h.error().message();
   }
   {
     auto p = socketPair();
@@ -188,8 +198,10 @@ TEST(FaultMessages, RoundTripAndOldTokenName) {
   auto r = parseFaultRequest(R"({"vcpu":1,"offset":8192,"flags":3,"token":12288})");
   ASSERT_TRUE(r);
   EXPECT_EQ(*r->gpa, 12288u);
-  EXPECT_NE(parseFaultRequest(R"({"offset":1})").error().message().find("'vcpu'"), std::string::npos);
-  EXPECT_NE(parseFaultRequest(R"({"vcpu":"a","offset":1})").error().message().find("'vcpu'"), std::string::npos);
+  EXPECT_NE(parseFaultRequest(R"({"offset":1})").error().message().find("'vcpu'"),
+            std::string::npos);
+  EXPECT_NE(parseFaultRequest(R"({"vcpu":"a","offset":1})").error().message().find("'vcpu'"),
+            std::string::npos);
   FaultReply rep{1, 4096, 4096, 3, 8192, false};
   auto back = parseFaultReply(encodeFaultReply(rep));
   ASSERT_TRUE(back);
@@ -213,7 +225,8 @@ TEST(FaultMessages, FloatsNegativesAndOverflowsAreRefusedByField) {
   for (auto& [text, field] : bad_replies) {
     auto r = parseFaultReply(text);
     ASSERT_FALSE(r) << text;
-    EXPECT_NE(r.error().message().find(field), std::string::npos) << text << ": " << r.error().message();
+    EXPECT_NE(r.error().message().find(field), std::string::npos)
+        << text << ": " << r.error().message();
   }
   auto r = parseFaultRequest(R"({"vcpu":1,"offset":4.06e72})");
   ASSERT_FALSE(r);
