@@ -32,6 +32,17 @@ Result<Mapping> Mapping::anonymous(Bytes size, bool huge) {
   return Mapping(p, size.value);
 }
 
+Result<Mapping> Mapping::anonymousHugetlb(Bytes size, Bytes page_size) {
+  int shift = __builtin_ctzll(page_size.value);
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (shift << MAP_HUGE_SHIFT);
+  void* p = ::mmap(nullptr, size.value, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (p == MAP_FAILED) {
+    return failSys("mmap", "anonymous hugetlb " + std::to_string(size.value) +
+                               " bytes in pages of " + std::to_string(page_size.value));
+  }
+  return Mapping(p, size.value);
+}
+
 Result<Mapping> Mapping::ofFd(int fd, Bytes size, GuestOffset offset, int prot, int flags) {
   void* p = ::mmap(nullptr, size.value, prot, flags, fd, static_cast<off_t>(offset.value));
   if (p == MAP_FAILED) {

@@ -23,6 +23,9 @@ class Mapping {
 
   // Private anonymous read/write memory, optionally on huge pages (MAP_HUGETLB).
   static Result<Mapping> anonymous(Bytes size, bool huge = false);
+  // Private anonymous read/write memory on huge pages of exactly `page_size` bytes
+  // (MAP_HUGETLB with the size encoded), whatever the system's default huge page size.
+  static Result<Mapping> anonymousHugetlb(Bytes size, Bytes page_size);
   // A mapping of fd at offset; flags MAP_SHARED or MAP_PRIVATE, prot PROT_*.
   static Result<Mapping> ofFd(int fd, Bytes size, GuestOffset offset, int prot, int flags);
 

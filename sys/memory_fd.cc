@@ -6,6 +6,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <optional>
+
+#ifndef MFD_HUGE_SHIFT
+#define MFD_HUGE_SHIFT 26  // linux/memfd.h; glibc's sys/mman.h stops at MFD_HUGETLB
+#endif
+
 namespace lazymig::sys {
 
 Result<UniqueFd> createMemfd(const std::string& name, Bytes size, bool huge) {
@@ -16,6 +23,49 @@ Result<UniqueFd> createMemfd(const std::string& name, Bytes size, bool huge) {
     return failSys("ftruncate", name + " to " + std::to_string(size.value) + " bytes");
   }
   return fd;
+}
+
+Result<UniqueFd> createHugetlbMemfd(const std::string& name, Bytes size, Bytes page_size) {
+  unsigned shift = static_cast<unsigned>(__builtin_ctzll(page_size.value));
+  unsigned flags = MFD_CLOEXEC | MFD_HUGETLB | (shift << MFD_HUGE_SHIFT);
+  UniqueFd fd(::memfd_create(name.c_str(), flags));
+  if (!fd) {
+    return failSys("memfd_create",
+                   name + " (hugetlb, pages of " + std::to_string(page_size.value) + " bytes)");
+  }
+  if (::ftruncate(fd.get(), static_cast<off_t>(size.value)) != 0) {
+    return failSys("ftruncate", name + " to " + std::to_string(size.value) + " bytes");
+  }
+  return fd;
+}
+
+Result<HugePagePool> defaultHugePagePool() {
+  constexpr const char* kPath = "/proc/meminfo";
+  auto fd = openFile(kPath, O_RDONLY);
+  if (!fd) return std::unexpected(fd.error());
+  std::string text;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd->get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return failSys("read", kPath);
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  auto field = [&](const char* name) -> std::optional<std::uint64_t> {
+    std::string key = std::string("\n") + name + ":";
+    auto at = text.find(key);
+    if (at == std::string::npos) return std::nullopt;
+    return std::strtoull(text.c_str() + at + key.size(), nullptr, 10);
+  };
+  auto total = field("HugePages_Total");
+  auto free = field("HugePages_Free");
+  auto size_kib = field("Hugepagesize");
+  if (!total || !free || !size_kib) {
+    return fail(Errc::kUnsupported, kPath,
+                "no HugePages_Total/HugePages_Free/Hugepagesize: this kernel has no hugetlbfs");
+  }
+  return HugePagePool{*total, *free, Bytes{*size_kib * 1024}};
 }
 
 Result<Bytes> fileSize(int fd) {

@@ -14,6 +14,19 @@ namespace lazymig::sys {
 
 // A memfd of `size` bytes (MFD_CLOEXEC; MFD_HUGETLB when huge).
 Result<UniqueFd> createMemfd(const std::string& name, Bytes size, bool huge = false);
+// A hugetlbfs memfd of `size` bytes in huge pages of exactly `page_size` bytes (MFD_HUGETLB with
+// the size encoded). Its huge pages are reserved when it is mapped, not here.
+Result<UniqueFd> createHugetlbMemfd(const std::string& name, Bytes size, Bytes page_size);
+
+// The default huge page pool as /proc/meminfo reports it (HugePages_Total, HugePages_Free,
+// Hugepagesize); /proc/sys/vm/nr_hugepages sizes it.
+struct HugePagePool {
+  std::uint64_t total = 0;
+  std::uint64_t free = 0;
+  Bytes page_size{0};
+};
+Result<HugePagePool> defaultHugePagePool();
+
 Result<Bytes> fileSize(int fd);
 Result<UniqueFd> openFile(const std::string& path, int flags, unsigned mode = 0600);
 // pidfd_open(2) and pidfd_getfd(2): take a copy of descriptor `target_fd` of process `pid`.

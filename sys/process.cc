@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -44,6 +45,20 @@ Result<UniqueFd> takeFd(pid_t pid, int fd) {
   auto pidfd = pidfdOpen(pid);
   if (!pidfd) return std::unexpected(pidfd.error());
   return pidfdGetFd(*pidfd, fd);
+}
+
+Result<UniqueFd> takeFdByInode(pid_t pid, std::uint64_t dev, std::uint64_t ino) {
+  auto fds = findFds(pid, [](const std::string&) { return true; });
+  if (!fds) return std::unexpected(fds.error());
+  for (int fd : *fds) {
+    struct stat st {};
+    std::string link = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd);
+    if (::stat(link.c_str(), &st) != 0 || st.st_dev != dev || st.st_ino != ino) continue;
+    return takeFd(pid, fd);
+  }
+  return fail(Errc::kNotFound, "take fd",
+              "pid " + std::to_string(pid) + " no longer holds the guest memory file (inode " +
+                  std::to_string(ino) + ")");
 }
 
 Result<std::vector<std::uint64_t>> presentPages(pid_t pid, HostAddr start, std::uint64_t pages,

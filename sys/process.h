@@ -24,6 +24,10 @@ Result<std::vector<int>> findFds(pid_t pid, const std::function<bool(const std::
 // CAP_SYS_PTRACE over the target, or the same uid with ptrace scope 0).
 Result<UniqueFd> takeFd(pid_t pid, int fd);
 
+// Takes a copy of whichever descriptor of `pid` refers to the file with this device and
+// inode (recorded with fstat when the VMM handed it over).
+Result<UniqueFd> takeFdByInode(pid_t pid, std::uint64_t dev, std::uint64_t ino);
+
 // For `pages` pages of `page_size` from `start` in `pid`'s address space, sets bit i of the
 // result when page i is present in RAM or swapped out (/proc/PID/pagemap bits 63 and 62).
 Result<std::vector<std::uint64_t>> presentPages(pid_t pid, HostAddr start, std::uint64_t pages,

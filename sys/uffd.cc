@@ -88,6 +88,8 @@ Result<InstallResult> Uffd::interpret(const char* op, std::int64_t result, HostA
       return InstallResult{InstallOutcome::kRetry, Bytes{0}};
     case ESRCH:
       return fail(Errc::kPeerGone, op, "the VMM owning the guest memory has exited");
+    case ENOENT:
+      return InstallResult{InstallOutcome::kNotRegistered, Bytes{0}};
     default:
       return failSys(op, rangeText(dst, Bytes{0}), err);
   }

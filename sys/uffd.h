@@ -3,6 +3,8 @@
 //   EEXIST  the page is already present (another installer, or the guest) -- not an error
 //   EAGAIN  the VMM's address space is changing (a remove event is queued): read it, retry
 //   ESRCH   the process whose memory this uffd serves has exited
+//   ENOENT  the address is not in a range registered with this uffd (a VMM that could not
+//           register its guest_memfd mapping): the page is reached by other means
 #pragma once
 
 #include <linux/userfaultfd.h>
@@ -20,6 +22,7 @@ enum class InstallOutcome {
   kInstalled,       // `done` bytes were installed from the start of the range
   kAlreadyPresent,  // the first page of the range was present; nothing was installed
   kRetry,           // the address space was changing; read the uffd's events and retry
+  kNotRegistered,   // no range of this uffd covers the address (ENOENT): nothing to install
 };
 
 struct InstallResult {

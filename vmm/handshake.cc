@@ -164,11 +164,14 @@ Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::m
   std::size_t nfds = msg->fds.size();
   if (nfds == 1) {
     h.kind = HandshakeKind::kClassic;
+  } else if (nfds == 2) {
+    h.kind = HandshakeKind::kSharedMinor;
   } else if (nfds == 3) {
     h.kind = HandshakeKind::kGuestMemfd;
   } else {
     return bad(
-        "expected 1 file descriptor (uffd) or 3 (uffd, guest_memfd, userfault bitmap), got " +
+        "expected 1 file descriptor (uffd), 2 (uffd, shared memory fd) or 3 (uffd, guest_memfd, "
+        "userfault bitmap), got " +
         std::to_string(nfds));
   }
   // A long region list may arrive in several reads; only the first carries the fds.
@@ -189,11 +192,21 @@ Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::m
   h.page_size = h.regions.front().page_size;
   for (const auto& r : h.regions) h.total_bytes += r.size;
   h.uffd = std::move(msg->fds[0]);
-  if (nfds == 3) {
-    h.guest_memfd = std::move(msg->fds[1]);
-    h.userfault_bitmap = std::move(msg->fds[2]);
-  }
+  if (nfds >= 2) h.guest_memfd = std::move(msg->fds[1]);
+  if (nfds == 3) h.userfault_bitmap = std::move(msg->fds[2]);
   return h;
+}
+
+std::string_view handshakeKindName(HandshakeKind kind) {
+  switch (kind) {
+    case HandshakeKind::kClassic:
+      return "classic";
+    case HandshakeKind::kSharedMinor:
+      return "shared_minor";
+    case HandshakeKind::kGuestMemfd:
+      return "guest_memfd";
+  }
+  return "unknown";
 }
 
 Status sendHandshake(const sys::UnixSocket& socket, const std::vector<GuestRegionMapping>& regions,

@@ -28,9 +28,14 @@ struct GuestRegionMapping {
 };
 
 enum class HandshakeKind {
-  kClassic,     // one fd: the uffd
+  kClassic,  // one fd: the uffd
+  // Two fds: the uffd and the shared memory (memfd, hugetlbfs) the regions map, registered
+  // MISSING | MINOR. A lazymig extension of the classic handshake: with the memory fd the
+  // handler fills the page cache through its own mapping and maps pages with UFFDIO_CONTINUE.
+  kSharedMinor,
   kGuestMemfd,  // three fds: uffd, guest_memfd, userfault bitmap
 };
+std::string_view handshakeKindName(HandshakeKind kind);
 
 struct Handshake {
   HandshakeKind kind = HandshakeKind::kClassic;
@@ -38,7 +43,7 @@ struct Handshake {
   std::uint64_t page_size = 4096;
   std::uint64_t total_bytes = 0;  // sum of region sizes
   sys::UniqueFd uffd;
-  sys::UniqueFd guest_memfd;       // kGuestMemfd only
+  sys::UniqueFd guest_memfd;       // kGuestMemfd: the guest_memfd; kSharedMinor: the memfd
   sys::UniqueFd userfault_bitmap;  // kGuestMemfd only
 };
 
@@ -57,7 +62,7 @@ Result<std::vector<GuestRegionMapping>> parseMappings(std::string_view json,
                                                       const ParseLimits& limits = {});
 std::string encodeMappings(const std::vector<GuestRegionMapping>& regions);
 
-// Receives one handshake message (JSON + 1 or 3 fds) from an accepted connection, waiting at
+// Receives one handshake message (JSON + 1, 2 or 3 fds) from an accepted connection, waiting at
 // most `timeout`. The fd count selects the kind; any other count is an error.
 Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::milliseconds timeout,
                                    const ParseLimits& limits = {});

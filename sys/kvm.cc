@@ -1,0 +1,95 @@
+#include "sys/kvm.h"
+
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <string>
+#include <string_view>
+
+namespace lazymig::sys {
+namespace {
+
+// struct kvm_create_guest_memfd, as the kernel defines it (Linux 6.8+).
+struct CreateGuestMemfd {
+  std::uint64_t size;
+  std::uint64_t flags;
+  std::uint64_t reserved[6];
+};
+static_assert(sizeof(CreateGuestMemfd) == 64);
+
+constexpr unsigned long kIoctlCreateGuestMemfd = _IOWR(KVMIO, 0xd4, CreateGuestMemfd);
+
+constexpr const char* kDevice = "/dev/kvm";
+
+std::string hex(std::uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+}  // namespace
+
+Result<KvmVm> KvmVm::open() {
+  UniqueFd kvm(::open(kDevice, O_RDWR | O_CLOEXEC));
+  if (!kvm) {
+    int err = errno;
+    std::string why = kDevice;
+    if (err == ENOENT || err == ENODEV || err == ENXIO) {
+      why += " (no KVM on this host)";
+    } else if (err == EACCES || err == EPERM) {
+      why += " (this user may not use KVM: join the kvm group or run as root)";
+    }
+    return failSys("open", why, err);
+  }
+  int api = ::ioctl(kvm.get(), KVM_GET_API_VERSION, 0);
+  if (api != KVM_API_VERSION) {
+    if (api < 0) return failSys("KVM_GET_API_VERSION", kDevice);
+    return fail(Errc::kUnsupported, "KVM_GET_API_VERSION",
+                std::string(kDevice) + " speaks API " + std::to_string(api) + ", expected " +
+                    std::to_string(KVM_API_VERSION));
+  }
+  int vm;
+  do {
+    vm = ::ioctl(kvm.get(), KVM_CREATE_VM, 0);  // EINTR is documented for KVM_CREATE_VM
+  } while (vm < 0 && errno == EINTR);
+  if (vm < 0) return failSys("KVM_CREATE_VM", std::string(kDevice) + " type 0");
+  return KvmVm(std::move(kvm), UniqueFd(vm));
+}
+
+Result<int> KvmVm::checkExtension(unsigned long cap) const {
+  int r = ::ioctl(vm_.get(), KVM_CHECK_EXTENSION, cap);
+  if (r < 0) return failSys("KVM_CHECK_EXTENSION", "capability " + std::to_string(cap));
+  return r;
+}
+
+Result<UniqueFd> KvmVm::createGuestMemfd(Bytes size, std::uint64_t flags) const {
+  CreateGuestMemfd args{};
+  args.size = size.value;
+  args.flags = flags;
+  int fd = ::ioctl(vm_.get(), kIoctlCreateGuestMemfd, &args);
+  if (fd < 0) {
+    int err = errno;
+    std::string what = std::to_string(size.value) + " bytes, flags " + hex(flags);
+    if (err == ENOTTY) {
+      what += " (this kernel has no guest_memfd: needs Linux 6.8+)";
+    } else if (err == EINVAL && flags != 0) {
+      what += " (flags not all supported: see KVM_CAP_GUEST_MEMFD_FLAGS)";
+    }
+    return failSys("KVM_CREATE_GUEST_MEMFD", what, err);
+  }
+  return UniqueFd(fd);
+}
+
+bool isGuestMemfd(int fd) {
+  char target[64];
+  std::string link = "/proc/self/fd/" + std::to_string(fd);
+  ssize_t n = ::readlink(link.c_str(), target, sizeof target);
+  if (n < 0 || static_cast<std::size_t>(n) >= sizeof target) return false;
+  return std::string_view(target, static_cast<std::size_t>(n)) == "anon_inode:[kvm-gmem]";
+}
+
+}  // namespace lazymig::sys
