@@ -296,7 +296,7 @@ std::uint64_t SourceMigration::sendRun(transport::Connection& conn, std::uint64_
         frame.append(reinterpret_cast<const char*>(body.data()), body.size());
         conn.sendEncoded(frame);
       } else {
-        conn.sendWithBody(prefix, body);
+        conn.sendWithBody(prefix, body, memory_);
       }
       wire += prefix.size() + (q - p) * page_size;
       counter.fetch_add(q - p, std::memory_order_relaxed);

@@ -63,7 +63,9 @@ class SourceMigration final : public Migration {
   SourceSpec spec_;
   transport::EventLoop& peer_loop_;
   std::unique_ptr<VmmListener> listener_;
-  std::unique_ptr<SourceMemory> memory_;  // set once, before ready_
+  // Set once, before ready_. Queued page frames share it (sendWithBody), so the mapping
+  // outlives a release while a closing connection still flushes them.
+  std::shared_ptr<SourceMemory> memory_;
   std::atomic<bool> ready_{false};
   std::atomic<bool> released_{false};
   // Copies of the memory's shape for readers on other threads (the control API).

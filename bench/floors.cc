@@ -166,7 +166,7 @@ std::vector<double> transportRoundTrips(std::size_t n) {
       accepted->setHandlers({[&](const FrameHeader&, std::span<const std::byte> p) {
                                auto req = decodePageRequest(p, Layout{4096, 1 << 20}, Limits{});
                                auto prefix = encodePageDataPrefix(req->pages[0], 1, 4096);
-                               accepted->sendWithBody(prefix, page);
+                               accepted->sendWithBody(prefix, page, nullptr);
                              },
                              nullptr, nullptr});
     };

@@ -79,11 +79,21 @@ void ConnectionImpl::sendEncoded(std::string_view frame) {
 }
 
 void ConnectionImpl::sendWithBody(std::span<const std::byte> prefix,
-                                  std::span<const std::byte> body) {
+                                  std::span<const std::byte> body,
+                                  std::shared_ptr<const void> owner) {
   if (bev_ == nullptr) return;
   evbuffer* out = bufferevent_get_output(bev_);
   evbuffer_add(out, prefix.data(), prefix.size());
-  evbuffer_add_reference(out, body.data(), body.size(), nullptr, nullptr);
+  if (!owner) {
+    evbuffer_add_reference(out, body.data(), body.size(), nullptr, nullptr);
+    return;
+  }
+  // libevent calls this once the referenced bytes are written or the buffer is freed.
+  auto release = [](const void*, size_t, void* held) {
+    delete static_cast<std::shared_ptr<const void>*>(held);
+  };
+  auto* held = new std::shared_ptr<const void>(std::move(owner));
+  if (evbuffer_add_reference(out, body.data(), body.size(), release, held) != 0) delete held;
 }
 
 std::size_t ConnectionImpl::pendingOutputBytes() const {

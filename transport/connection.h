@@ -101,9 +101,12 @@ class Connection {
   virtual void setHandlers(Handlers handlers) = 0;
   // Frames already fully encoded (header included).
   virtual void sendEncoded(std::string_view frame) = 0;
-  // A frame as a prefix plus a body that libevent references without copying; `body` must
-  // stay valid and unchanged until the connection is closed (e.g. a paused guest's memory).
-  virtual void sendWithBody(std::span<const std::byte> prefix, std::span<const std::byte> body) = 0;
+  // A frame as a prefix plus a body that libevent references without copying. The body must
+  // stay unchanged while queued; `owner` (e.g. the guest memory's mapping) is held until the
+  // bytes are sent or dropped, so that releasing memory never pulls it from under a close
+  // that is still flushing. Null when the caller guarantees the body outlives the connection.
+  virtual void sendWithBody(std::span<const std::byte> prefix, std::span<const std::byte> body,
+                            std::shared_ptr<const void> owner) = 0;
   virtual std::size_t pendingOutputBytes() const = 0;
   virtual void setLowWatermark(std::size_t bytes) = 0;
   // libevent priority of this connection's events (0 is served first).

@@ -17,7 +17,8 @@ class ConnectionImpl final : public Connection {
 
   void setHandlers(Handlers handlers) override;
   void sendEncoded(std::string_view frame) override;
-  void sendWithBody(std::span<const std::byte> prefix, std::span<const std::byte> body) override;
+  void sendWithBody(std::span<const std::byte> prefix, std::span<const std::byte> body,
+                    std::shared_ptr<const void> owner) override;
   std::size_t pendingOutputBytes() const override;
   void setLowWatermark(std::size_t bytes) override;
   void setPriority(int priority) override;

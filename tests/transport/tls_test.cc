@@ -143,13 +143,39 @@ TEST_F(Tls, MutualTlsCarriesFramesBothWaysIncludingFourMiB) {
                        },
                        nullptr, nullptr});
     auto prefix = encodePageDataPrefix(0, 1024, 4096);
-    (*c)->sendWithBody(prefix, big);
+    (*c)->sendWithBody(prefix, big, nullptr);
     (*c)->sendEncoded(encodePing(FrameType::kPing, {42}));
   });
   auto f = pong.get_future();
   ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
   EXPECT_EQ(f.get(), 42u);
   EXPECT_TRUE(waitFor([&] { return big_frames_ == 1; }));
+  post([&] { c->reset(); });
+}
+
+// A closed connection still flushing a zero-copy body keeps the body's owner alive (the
+// source releasing guest memory must not unmap what is being sent), and lets it go after.
+TEST_F(Tls, QueuedBodyKeepsItsOwnerUntilFlushedAfterClose) {
+  auto port = listen();
+  auto c = dial(client_, port);
+  ASSERT_TRUE(c) << c.error().message();
+  auto body = std::make_shared<std::vector<std::byte>>(4 << 20, std::byte{7});
+  std::weak_ptr<std::vector<std::byte>> watch = body;
+  std::promise<bool> alive_after_close;
+  post([&] {
+    auto prefix = encodePageDataPrefix(0, 1024, 4096);
+    for (int i = 0; i < 8; ++i) (*c)->sendWithBody(prefix, *body, body);
+    (*c)->close();
+    body.reset();
+    alive_after_close.set_value(!watch.expired());
+  });
+  EXPECT_TRUE(alive_after_close.get_future().get()) << "released while still queued";
+  EXPECT_TRUE(waitFor([&] { return big_frames_ == 8; }));
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!watch.expired() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_TRUE(watch.expired()) << "the owner was never released";
   post([&] { c->reset(); });
 }
 
