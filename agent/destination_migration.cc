@@ -320,11 +320,14 @@ void DestinationMigration::sendComplete() {
   if (!urgent_->send(transport::encodeComplete(c))) return;
   complete_sent_ = true;
   setState(MigrationState::kCompleted);
-  // The source releases the memory and closes; closing first (Complete is flushed by the
-  // close) keeps that from looking like a lost link.
-  urgent_->stop();
-  bulk_loop_->post([this] {
-    if (bulk_) bulk_->stop();
+  // The source releases the memory and closes both channels when Complete arrives; until
+  // then keep them open (see SourceChannel::finish), so that Complete is never lost to a
+  // reset and neither side takes the close for a lost link.
+  const auto linger = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::max(ctx_.config.migration.stall_timeout, std::chrono::milliseconds(1000)));
+  urgent_->finish(linger);
+  bulk_loop_->post([this, linger] {
+    if (bulk_) bulk_->finish(linger);
   });
 }
 

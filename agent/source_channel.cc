@@ -30,9 +30,25 @@ void SourceChannel::stop() {
   *alive_ = false;
   if (retry_timer_ != 0) loop_.cancelTimer(retry_timer_);
   if (stall_timer_ != 0) loop_.cancelTimer(stall_timer_);
+  if (linger_timer_ != 0) loop_.cancelTimer(linger_timer_);
+  retry_timer_ = stall_timer_ = linger_timer_ = 0;
   if (conn_) conn_->close();
   conn_.reset();
   open_ = false;
+}
+
+void SourceChannel::finish(std::chrono::milliseconds linger) {
+  if (stopped_ || finishing_) return;
+  if (!conn_) return stop();
+  finishing_ = true;
+  if (stall_timer_ != 0) {
+    loop_.cancelTimer(stall_timer_);
+    stall_timer_ = 0;
+  }
+  linger_timer_ = loop_.postDelayed(linger, [this] {
+    linger_timer_ = 0;
+    stop();
+  });
 }
 
 bool SourceChannel::send(std::string_view frame) {
@@ -81,6 +97,7 @@ void SourceChannel::onConnected(Result<std::unique_ptr<transport::Connection>> c
 
 void SourceChannel::onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload) {
   last_rx_ = std::chrono::steady_clock::now();
+  if (finishing_) return;  // replies to requests the bulk stream answered first
   if (!open_) {
     if (h.type == FrameType::kHelloOk) {
       auto ok = transport::decodeHelloOk(payload);
@@ -136,6 +153,7 @@ void SourceChannel::scheduleStallCheck() {
 }
 
 void SourceChannel::linkDown(const Error& why, bool fatal) {
+  if (finishing_) return stop();  // the source closed after our last frame, as it should
   bool was_open = open_;
   open_ = false;
   if (stall_timer_ != 0) {

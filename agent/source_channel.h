@@ -49,6 +49,11 @@ class SourceChannel {
 
   void start();
   void stop();
+  // The migration is complete and the last frame is sent: keep reading (and dropping) what
+  // the source still sends until it closes the link, or `linger` passes, then stop. Closing
+  // with unread bytes makes the kernel answer with RST, and an RST makes the source's kernel
+  // drop whatever it has not read yet -- the Complete just sent among it.
+  void finish(std::chrono::milliseconds linger);
   bool isOpen() const { return open_; }
   // Sends a fully encoded frame; false when the channel is not open.
   bool send(std::string_view frame);
@@ -72,6 +77,8 @@ class SourceChannel {
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   bool open_ = false;
   bool stopped_ = false;
+  bool finishing_ = false;
+  std::uint64_t linger_timer_ = 0;
   std::uint64_t reconnects_ = 0;
   std::chrono::milliseconds backoff_{0};
   std::chrono::steady_clock::time_point down_since_;
