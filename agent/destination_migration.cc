@@ -1,5 +1,7 @@
 #include "agent/destination_migration.h"
 
+#include <sys/stat.h>
+
 #include "agent/loop_sync.h"
 #include "sys/process.h"
 
@@ -43,10 +45,16 @@ Status DestinationMigration::onHandshake(vmm::Handshake handshake, const sys::Pe
     return fail(Errc::kAlreadyExists, "vmm handshake",
                 "migration '" + id() + "' already has a VMM (a second handshake is refused)");
   }
-  if (handshake.kind != vmm::HandshakeKind::kClassic) {
+  auto choice = choosePopulation(handshake, kernelCapabilities());
+  if (!choice) {
     handshaken_ = false;
-    return fail(Errc::kUnsupported, "vmm handshake",
-                "the guest_memfd handshake (3 fds) is not supported by this agent yet");
+    return std::unexpected(choice.error());
+  }
+  kind_ = handshake.kind;
+  population_ = std::move(*choice);
+  if (auto ok = mapGuestMemory(handshake); !ok) {
+    handshaken_ = false;
+    return ok;
   }
   vmm_connection_ = std::move(connection);
   auto ok = adopt(sys::Uffd::adopt(std::move(handshake.uffd)), std::move(handshake.regions),
@@ -55,6 +63,19 @@ Status DestinationMigration::onHandshake(vmm::Handshake handshake, const sys::Pe
     if (!ready_.load()) handshaken_ = false;
     return ok;
   }
+  return {};
+}
+
+Status DestinationMigration::mapGuestMemory(vmm::Handshake& handshake) {
+  if (handshake.kind == vmm::HandshakeKind::kClassic) return {};
+  const bool bitmap = handshake.kind == vmm::HandshakeKind::kGuestMemfd;
+  auto view =
+      GuestMemoryView::map(handshake.guest_memfd, handshake.total_bytes, handshake.page_size,
+                           bitmap ? &handshake.userfault_bitmap : nullptr);
+  if (!view) return std::unexpected(view.error());
+  view_ = std::move(*view);
+  memory_fd_ = std::move(handshake.guest_memfd);
+  bitmap_fd_ = std::move(handshake.userfault_bitmap);
   return {};
 }
 
@@ -70,11 +91,18 @@ Status DestinationMigration::adopt(sys::Uffd uffd, std::vector<vmm::GuestRegionM
     pages_->restoreInstalled(restored);
     restored_pages_ = pages_->doneCount();
   }
-  installer_ = std::make_unique<PageInstaller>(uffd_, *layout_, *pages_);
+  installer_ = std::make_unique<PageInstaller>(uffd_, *layout_, *pages_, population_.path,
+                                               memory_fd_.valid() ? &view_ : nullptr);
   {
     std::lock_guard lock(runtime_mu_);
     runtime_ = {{"vmm_pid", vmm_pid},
+                {"handshake", std::string(vmm::handshakeKindName(kind_))},
                 {"regions", nlohmann::json::parse(vmm::encodeMappings(regions_), nullptr, false)}};
+    struct stat st {};
+    if (memory_fd_.valid() && ::fstat(memory_fd_.get(), &st) == 0) {
+      runtime_["memory_dev"] = static_cast<std::uint64_t>(st.st_dev);
+      runtime_["memory_ino"] = static_cast<std::uint64_t>(st.st_ino);
+    }
   }
   ready_.store(true, std::memory_order_release);
   log_.info(resumed_ ? "uffd recovered from the VMM" : "VMM handshake accepted",
@@ -82,6 +110,8 @@ Status DestinationMigration::adopt(sys::Uffd uffd, std::vector<vmm::GuestRegionM
              {"regions", regions_.size()},
              {"bytes", layout_->totalBytes().value},
              {"page_size", layout_->pageSize()},
+             {"handshake", vmm::handshakeKindName(kind_)},
+             {"population_path", installer_->pathName()},
              {"pages_already_installed", restored_pages_.load()}});
   if (auto ok = startServing(); !ok) {
     failMigration(ok.error());
@@ -125,6 +155,14 @@ Status DestinationMigration::resume(const nlohmann::json& runtime) {
   if (!sys::processAlive(pid)) {
     return fail(Errc::kPeerGone, "resume", "the VMM (pid " + std::to_string(pid) + ") has exited");
   }
+  const std::string kind = runtime.value("handshake", "classic");
+  if (kind == "guest_memfd") {
+    // Its FaultRequests came over the handshake socket, which closed with the old agent, and
+    // Firecracker does not connect again: vCPUs exiting on a set bit would wait forever.
+    return fail(Errc::kUnsupported, "resume",
+                "restart recovery is not possible for the guest_memfd handshake: the VMM's "
+                "fault socket closed with the previous agent");
+  }
   auto fds =
       sys::findFds(pid, [](const std::string& t) { return t == "anon_inode:[userfaultfd]"; });
   if (!fds) return std::unexpected(fds.error());
@@ -135,6 +173,23 @@ Status DestinationMigration::resume(const nlohmann::json& runtime) {
   }
   auto fd = sys::takeFd(pid, fds->front());
   if (!fd) return std::unexpected(fd.error());
+  if (kind == "shared_minor") {
+    auto memory = sys::takeFdByInode(pid, runtime.value("memory_dev", std::uint64_t{0}),
+                                     runtime.value("memory_ino", std::uint64_t{0}));
+    if (!memory) return std::unexpected(memory.error());
+    vmm::Handshake h;
+    h.kind = vmm::HandshakeKind::kSharedMinor;
+    h.guest_memfd = std::move(*memory);
+    auto rs = vmm::parseMappings(runtime["regions"].dump());
+    if (!rs) return std::unexpected(rs.error());
+    h.page_size = rs->front().page_size;
+    for (const auto& r : *rs) h.total_bytes += r.size;
+    auto choice = choosePopulation(h, kernelCapabilities());
+    if (!choice) return std::unexpected(choice.error());
+    kind_ = h.kind;
+    population_ = std::move(*choice);
+    if (auto ok = mapGuestMemory(h); !ok) return ok;
+  }
   auto regions = vmm::parseMappings(runtime["regions"].dump());
   if (!regions) return std::unexpected(regions.error());
   auto layout = GuestLayout::fromMappings(*regions);
@@ -146,6 +201,8 @@ Status DestinationMigration::resume(const nlohmann::json& runtime) {
   if (!ok) return ok;
   // Faults the dead agent read were never answered: their vCPUs sleep until woken. Wake
   // every region; a vCPU whose page is still missing faults again, and this agent hears it.
+  // (Pages a minor-mode agent wrote but had not yet mapped are not present in the VMM's page
+  // table, so they count as missing and are written again: the guest never saw them.)
   runOnLoop(*urgent_loop_, [this] {
     for (const auto& r : regions_) {
       if (auto w = uffd_.wake(HostAddr{r.base_host_virt_addr}, Bytes{r.size}); !w) {
@@ -200,9 +257,12 @@ Status DestinationMigration::startServing() {
     faults_ = std::make_unique<FaultService>(
         *urgent_loop_, uffd_, *layout_, *pages_, *installer_, stats_, ctx_.metrics, log_,
         FaultService::Hooks{[this](std::span<const std::uint64_t> p) { return requestPages(p); },
-                            [this](const Error& e) { failMigration(e); },
-                            [this] { progressed(); }});
+                            [this](const Error& e) { failMigration(e); }, [this] { progressed(); },
+                            [this](const vmm::FaultReply& r) {
+                              if (vmm_faults_) vmm_faults_->reply(r);
+                            }});
     started = faults_->start();
+    if (started && kind_ == vmm::HandshakeKind::kGuestMemfd) started = startFaultChannel();
     urgent_ = std::make_unique<SourceChannel>(
         *urgent_loop_, ctx_.tls_client, channelParams(ChannelKind::kUrgent),
         SourceChannel::Handlers{
@@ -280,6 +340,30 @@ void DestinationMigration::onUrgentFrame(const transport::FrameHeader& h,
   }
 }
 
+Status DestinationMigration::startFaultChannel() {
+  auto refuse = [this](const Error& e) {
+    log_.warn("FaultRequest refused", {{"error", e.message()}});
+    if (ctx_.metrics) ctx_.metrics->addRefusal("fault_request");
+  };
+  vmm_faults_ = std::make_unique<VmmFaultChannel>(
+      *urgent_loop_, vmm_connection_,
+      VmmFaultChannel::Handlers{.on_request =
+                                    [this, refuse](const vmm::FaultRequest& r) {
+                                      if (auto ok = faults_->onFaultRequest(r); !ok)
+                                        refuse(ok.error());
+                                    },
+                                .on_bad_request = refuse,
+                                .on_closed =
+                                    [this](const Error& e) {
+                                      if (isFinal(state())) return;
+                                      failMigration(Error::make(
+                                          Errc::kPeerGone, "VMM fault socket",
+                                          e.message() + "; vCPUs can no longer ask for pages"));
+                                    }},
+      log_);
+  return vmm_faults_->start();
+}
+
 bool DestinationMigration::requestPages(std::span<const std::uint64_t> pages) {
   transport::PageRequest req;
   req.pages.assign(pages.begin(), pages.end());
@@ -293,6 +377,13 @@ bool DestinationMigration::requestPages(std::span<const std::uint64_t> pages) {
 }
 
 void DestinationMigration::progressed() {
+  // A fault may wait on a page another path (the bulk stream) just populated: answer it now
+  // rather than when the source's reply to its own request arrives.
+  if (faults_ && faults_->anyWaiting()) {
+    urgent_loop_->post([this] {
+      if (faults_) faults_->answerDone();
+    });
+  }
   if (!pages_->complete() || finishing_.exchange(true)) return;
   urgent_loop_->post([this] { finish(); });
 }
@@ -347,6 +438,7 @@ void DestinationMigration::failMigration(const Error& why) {
     // the orchestrator decides what happens to it.
     if (urgent_loop_)
       urgent_loop_->post([this] {
+        if (vmm_faults_) vmm_faults_->stop();
         if (faults_) faults_->stop();
       });
   }
@@ -366,6 +458,7 @@ void DestinationMigration::stopEverything() {
   if (urgent_loop_) {
     runOnLoop(*urgent_loop_, [this] {
       if (urgent_) urgent_->stop();
+      if (vmm_faults_) vmm_faults_->stop();
       if (faults_) faults_->stop();
     });
   }
@@ -389,6 +482,16 @@ void DestinationMigration::addDetails(nlohmann::json& out) const {
   out["source_address"] = spec_.source_address;
   bool ready = ready_.load(std::memory_order_acquire);
   out["population_path"] = ready ? std::string(installer_->pathName()) : std::string();
+  out["capabilities"] = kernelCapabilities().toJson();
+  if (ready) {
+    nlohmann::json memory = {{"handshake", std::string(vmm::handshakeKindName(kind_))},
+                             {"page_size", layout_->pageSize()},
+                             {"population", population_.details}};
+    if (!population_.backing.empty()) memory["backing"] = population_.backing;
+    if (memory_fd_.valid()) memory["write_method"] = std::string(view_.methodName());
+    if (view_.hasBitmap()) memory["userfault_bits_set"] = view_.bitsSet();
+    out["memory"] = std::move(memory);
+  }
   out["resumed_after_restart"] = resumed_.load();
   out["progress"]["restored_pages"] = restored_pages_.load();
   out["progress"]["page_size"] = ready ? layout_->pageSize() : 0;

@@ -12,10 +12,13 @@
 #include "agent/bulk_receiver.h"
 #include "agent/fault_service.h"
 #include "agent/guest_layout.h"
+#include "agent/guest_memory_view.h"
+#include "agent/memory_capabilities.h"
 #include "agent/migration.h"
 #include "agent/migration_spec.h"
 #include "agent/page_installer.h"
 #include "agent/source_channel.h"
+#include "agent/vmm_fault_channel.h"
 #include "agent/vmm_listener.h"
 #include "store/page_map.h"
 #include "sys/uffd.h"
@@ -45,6 +48,9 @@ class DestinationMigration final : public Migration {
   // the done-bitmap a restarted agent recovered (empty on a first handshake).
   Status adopt(sys::Uffd uffd, std::vector<vmm::GuestRegionMapping> regions, pid_t vmm_pid,
                std::vector<std::uint64_t> restored);
+  // The write paths' own view of the memory fd (and bitmap) the VMM handed over.
+  Status mapGuestMemory(vmm::Handshake& handshake);
+  Status startFaultChannel();  // urgent loop; guest_memfd handshake only
   Result<std::vector<std::uint64_t>> recoverDoneBitmap(pid_t vmm_pid, const GuestLayout& layout);
   Status startServing();
   SourceChannelParams channelParams(transport::ChannelKind kind) const;
@@ -68,6 +74,11 @@ class DestinationMigration final : public Migration {
   sys::UnixSocket vmm_connection_;
   sys::Uffd uffd_;
   std::vector<vmm::GuestRegionMapping> regions_;
+  vmm::HandshakeKind kind_ = vmm::HandshakeKind::kClassic;
+  PopulationChoice population_;
+  sys::UniqueFd memory_fd_;  // kSharedMinor / kGuestMemfd
+  sys::UniqueFd bitmap_fd_;  // kGuestMemfd
+  GuestMemoryView view_;
   std::optional<GuestLayout> layout_;
   std::unique_ptr<store::PageMap> pages_;
   std::unique_ptr<PageInstaller> installer_;
@@ -75,6 +86,7 @@ class DestinationMigration final : public Migration {
   std::unique_ptr<transport::EventLoop> urgent_loop_;
   std::unique_ptr<transport::EventLoop> bulk_loop_;
   std::unique_ptr<FaultService> faults_;         // urgent loop
+  std::unique_ptr<VmmFaultChannel> vmm_faults_;  // urgent loop
   std::unique_ptr<SourceChannel> urgent_;        // urgent loop
   std::unique_ptr<SourceChannel> bulk_;          // bulk loop
   std::unique_ptr<BulkReceiver> bulk_receiver_;  // bulk loop

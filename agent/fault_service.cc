@@ -93,22 +93,69 @@ void FaultService::handlePageFault(std::uint64_t address, std::vector<std::uint6
   PageState state = pages_.state(*page);
   if (state == PageState::kInstalled) {
     // Installed between the fault and this read (the bulk stream's install woke it, or
-    // will): waking again is harmless and guarantees no vCPU is left behind.
-    wakeOrFail(*page);
+    // will), or, on the write paths, populated but not yet mapped for the VMM: making it
+    // visible again is harmless and guarantees no vCPU is left behind.
+    makeVisibleOrFail(*page);
     if (metrics_) metrics_->observeFault(metrics::FaultPath::kLocal, std::chrono::nanoseconds(0));
     return;
   }
   if (state == PageState::kRemoved) {
     auto r = installer_.installZeroForRemoved(*page, [this] { drainEvents(); });
     if (!r) return hooks_.fatal(r.error());
-    wakeOrFail(*page);
+    makeVisibleOrFail(*page);
     return;
   }
-  // Several vCPUs may fault on one page: one request, and its install wakes them all.
-  if (pending_.try_emplace(page->value, Pending{Clock::now()}).second) {
-    pages_.tryMarkRequested(*page);
-    to_request.push_back(page->value);
+  addPending(*page, to_request).by_uffd = true;
+}
+
+FaultService::Pending& FaultService::addPending(PageIndex page,
+                                                std::vector<std::uint64_t>& to_request) {
+  // Several vCPUs may fault on one page, by either route: one request to the source, and its
+  // install answers them all.
+  auto [it, fresh] = pending_.try_emplace(page.value, Pending{Clock::now()});
+  if (fresh) {
+    waiting_.store(pending_.size(), std::memory_order_relaxed);
+    pages_.tryMarkRequested(page);
+    to_request.push_back(page.value);
   }
+  return it->second;
+}
+
+Status FaultService::onFaultRequest(const vmm::FaultRequest& request) {
+  auto page = request.gpa ? layout_.pageOfGpa(*request.gpa) : layout_.pageOfOffset(request.offset);
+  if (!page) {
+    return fail(Errc::kInvalidArgument, "FaultRequest",
+                request.gpa
+                    ? "gpa " + std::to_string(*request.gpa) + " is in no region"
+                    : "offset " + std::to_string(request.offset) + " is beyond guest memory");
+  }
+  stats_.demand_faults.fetch_add(1, std::memory_order_relaxed);
+  if (pages_.isDone(*page)) {
+    if (pages_.state(*page) == PageState::kRemoved) {
+      auto r = installer_.installZeroForRemoved(*page, [this] { drainEvents(); });
+      if (!r) {
+        hooks_.fatal(r.error());
+        return {};
+      }
+    }
+    replyTo(request, *page, false);
+    if (metrics_) metrics_->observeFault(metrics::FaultPath::kLocal, std::chrono::nanoseconds(0));
+    return {};
+  }
+  std::vector<std::uint64_t> to_request;
+  addPending(*page, to_request).requests.push_back(request);
+  if (!to_request.empty()) hooks_.request_pages(to_request);
+  return {};
+}
+
+void FaultService::replyTo(const vmm::FaultRequest& request, PageIndex page, bool zero) {
+  if (!hooks_.reply) return;
+  hooks_.reply(vmm::FaultReply{.vcpu = request.vcpu,
+                               .offset = page.value * layout_.pageSize(),
+                               .len = layout_.pageSize(),
+                               .flags = request.flags,
+                               .gpa = request.gpa,
+                               .zero = zero});
 }
 
 void FaultService::handleRemove(std::uint64_t start, std::uint64_t end) {
@@ -145,50 +192,60 @@ void FaultService::installReply(PageIndex first, std::uint64_t count, const std:
       auto z = installer_.installZeroForRemoved(page, [this] { drainEvents(); });
       if (!z) return hooks_.fatal(z.error());
     }
-    // A page installed by the bulk stream first (EEXIST or skipped) woke its vCPUs then;
-    // wake again in case the fault was read after that install.
     if (pending_.count(p) != 0) {
       bool raced = r->installed == 0;
-      if (raced) wakeOrFail(page);
-      answered(page, raced ? metrics::FaultPath::kRaced : metrics::FaultPath::kNetwork);
+      finishPending(page, raced ? metrics::FaultPath::kRaced : metrics::FaultPath::kNetwork,
+                    data == nullptr);
     }
   }
   if (r->installed > 0) hooks_.progressed();
 }
 
-void FaultService::answered(PageIndex page, metrics::FaultPath path) {
+void FaultService::finishPending(PageIndex page, metrics::FaultPath path, bool zero) {
   auto it = pending_.find(page.value);
   if (it == pending_.end()) return;
-  auto latency = Clock::now() - it->second.first_fault;
+  Pending pending = std::move(it->second);
   pending_.erase(it);
+  waiting_.store(pending_.size(), std::memory_order_relaxed);
+  // uffd_copy and minor-mode installs wake the range themselves, but not when another path
+  // installed the page first (the fault may have been read after that wake-up), and a
+  // guest_memfd install only clears the bitmap bit: the uffd waiter needs its CONTINUE.
+  if (pending.by_uffd &&
+      (path != metrics::FaultPath::kNetwork || installer_.path() == PopulationPath::kGuestMemfd)) {
+    makeVisibleOrFail(page);
+  }
+  for (const auto& request : pending.requests) replyTo(request, page, zero);
+  auto latency = Clock::now() - pending.first_fault;
   stats_.fault_latency.record(latency);
   if (metrics_) metrics_->observeFault(path, latency);
 }
 
-void FaultService::wakeOrFail(PageIndex page) {
-  auto s = installer_.wake(page);
+void FaultService::makeVisibleOrFail(PageIndex page) {
+  auto s = installer_.makeVisible(page);
   if (!s) hooks_.fatal(s.error());
 }
 
-void FaultService::resendOutstanding() {
-  std::vector<std::uint64_t> again;
-  for (auto it = pending_.begin(); it != pending_.end();) {
-    PageIndex page{it->first};
-    if (pages_.isDone(page)) {
-      // Installed by the bulk stream while the urgent link was down.
-      std::uint64_t p = it->first;
-      ++it;
-      if (pages_.state(page) == PageState::kRemoved) {
-        auto z = installer_.installZeroForRemoved(page, [this] { drainEvents(); });
-        if (!z) return hooks_.fatal(z.error());
-      }
-      wakeOrFail(page);
-      answered(PageIndex{p}, metrics::FaultPath::kRaced);
-      continue;
-    }
-    again.push_back(it->first);
-    ++it;
+void FaultService::answerDone() {
+  std::vector<std::uint64_t> done;
+  for (const auto& [p, pending] : pending_) {
+    if (pages_.isDone(PageIndex{p})) done.push_back(p);
   }
+  for (auto p : done) {
+    PageIndex page{p};
+    if (pages_.state(page) == PageState::kRemoved) {
+      auto z = installer_.installZeroForRemoved(page, [this] { drainEvents(); });
+      if (!z) return hooks_.fatal(z.error());
+    }
+    finishPending(page, metrics::FaultPath::kRaced, false);
+  }
+}
+
+void FaultService::resendOutstanding() {
+  // Pages installed by the bulk stream while the urgent link was down are answered here.
+  answerDone();
+  std::vector<std::uint64_t> again;
+  again.reserve(pending_.size());
+  for (const auto& [p, pending] : pending_) again.push_back(p);
   for (std::size_t i = 0; i < again.size(); i += 512) {
     std::size_t n = std::min<std::size_t>(512, again.size() - i);
     hooks_.request_pages(std::span(again).subspan(i, n));

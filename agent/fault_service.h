@@ -1,12 +1,15 @@
 // Serves the guest's page faults on the destination. It lives on the urgent loop thread, so
 // that reading a fault, asking the source and installing the reply never cross a thread: the
-// whole round trip is one thread's work plus the network.
+// whole round trip is one thread's work plus the network. Faults arrive by two routes with
+// the same priority and latency metric: uffd events, and (guest_memfd handshake) the VMM's
+// FaultRequests, each answered with a FaultReply once its page is populated.
 //
 // Invariant 3: every fault read is answered (installed or woken) -- or the migration fails
 // loudly. A fault is never answered with zeros to "recover", except on a page the guest
 // itself discarded.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -23,6 +26,7 @@
 #include "sys/uffd.h"
 #include "transport/connection.h"
 #include "transport/frame.h"
+#include "vmm/handshake.h"
 
 struct event;
 
@@ -36,6 +40,8 @@ class FaultService {
     std::function<bool(std::span<const std::uint64_t>)> request_pages;
     std::function<void(const Error&)> fatal;
     std::function<void()> progressed;  // pages became done
+    // guest_memfd handshake only: answer a FaultRequest.
+    std::function<void(const vmm::FaultReply&)> reply = {};
   };
 
   FaultService(transport::EventLoop& loop, const sys::Uffd& uffd, const GuestLayout& layout,
@@ -50,6 +56,13 @@ class FaultService {
   void stop();
   void onPageData(const transport::PageData& data);
   void onZeroRange(const transport::ZeroRange& zeros);
+  // A vCPU exited on a page whose userfault bit is set (guest_memfd handshake). A request for
+  // a page outside guest memory is an error returned to the caller; the service goes on.
+  Status onFaultRequest(const vmm::FaultRequest& request);
+  // Answers every waiting fault whose page another path (the bulk stream) has populated.
+  void answerDone();
+  // Any thread: whether faults wait (so that the bulk path knows answerDone() has work).
+  bool anyWaiting() const { return waiting_.load(std::memory_order_relaxed) > 0; }
   // The urgent link is back: ask again for every page a vCPU still waits on.
   void resendOutstanding();
   // Reads and handles every queued uffd event.
@@ -59,13 +72,18 @@ class FaultService {
  private:
   struct Pending {
     std::chrono::steady_clock::time_point first_fault;
+    bool by_uffd = false;                     // a vCPU sleeps in a uffd fault on it
+    std::vector<vmm::FaultRequest> requests;  // and these wait for a FaultReply
   };
   static void onReadable(int fd, short what, void* arg);
   void handlePageFault(std::uint64_t address, std::vector<std::uint64_t>& to_request);
   void handleRemove(std::uint64_t start, std::uint64_t end);
-  void answered(PageIndex page, metrics::FaultPath path);
   void installReply(PageIndex first, std::uint64_t count, const std::byte* data);
-  void wakeOrFail(PageIndex page);
+  // A page a fault waits on is populated: let the vCPUs go, reply, record the latency.
+  void finishPending(PageIndex page, metrics::FaultPath path, bool zero);
+  void makeVisibleOrFail(PageIndex page);
+  void replyTo(const vmm::FaultRequest& request, PageIndex page, bool zero);
+  Pending& addPending(PageIndex page, std::vector<std::uint64_t>& to_request);
 
   transport::EventLoop& loop_;
   const sys::Uffd& uffd_;
@@ -79,6 +97,7 @@ class FaultService {
   event* event_ = nullptr;
   bool draining_ = false;
   std::unordered_map<std::uint64_t, Pending> pending_;
+  std::atomic<std::size_t> waiting_{0};  // pending_.size(), readable from any thread
 };
 
 }  // namespace lazymig::agent

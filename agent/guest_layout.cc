@@ -13,8 +13,8 @@ Result<GuestLayout> GuestLayout::fromMappings(
     if (m.page_size != out.page_size_ || m.offset % m.page_size != 0 || m.size % m.page_size != 0) {
       return fail(Errc::kInvalidArgument, "guest layout", "regions disagree on the page size");
     }
-    out.by_page_.push_back(
-        Region{HostAddr{m.base_host_virt_addr}, m.offset / m.page_size, m.size / m.page_size});
+    out.by_page_.push_back(Region{HostAddr{m.base_host_virt_addr}, m.offset / m.page_size,
+                                  m.size / m.page_size, m.gpa_start});
   }
   std::sort(out.by_page_.begin(), out.by_page_.end(),
             [](const Region& a, const Region& b) { return a.first_page < b.first_page; });
@@ -41,6 +41,20 @@ std::optional<PageIndex> GuestLayout::pageOf(HostAddr addr) const {
   std::uint64_t delta = addr.value - it->host_start.value;
   if (delta >= it->pages * page_size_) return std::nullopt;
   return PageIndex{it->first_page + delta / page_size_};
+}
+
+std::optional<PageIndex> GuestLayout::pageOfGpa(std::uint64_t gpa) const {
+  for (const Region& r : by_page_) {
+    if (r.gpa_start && gpa >= *r.gpa_start && gpa - *r.gpa_start < r.pages * page_size_) {
+      return PageIndex{r.first_page + (gpa - *r.gpa_start) / page_size_};
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<PageIndex> GuestLayout::pageOfOffset(std::uint64_t offset) const {
+  if (offset / page_size_ >= page_count_) return std::nullopt;
+  return PageIndex{offset / page_size_};
 }
 
 HostAddr GuestLayout::hostAddrOf(PageIndex page) const {

@@ -19,6 +19,7 @@ class GuestLayout {
     HostAddr host_start;
     std::uint64_t first_page = 0;
     std::uint64_t pages = 0;
+    std::optional<std::uint64_t> gpa_start;  // guest physical address (guest_memfd handshake)
   };
 
   // The regions must already be validated (vmm::parseMappings does).
@@ -30,6 +31,10 @@ class GuestLayout {
   const std::vector<Region>& regions() const { return by_page_; }
 
   std::optional<PageIndex> pageOf(HostAddr addr) const;
+  // A FaultRequest's page: by guest physical address when the regions carry gpa_start, else
+  // by byte offset in guest memory. Nothing when it is outside every region.
+  std::optional<PageIndex> pageOfGpa(std::uint64_t gpa) const;
+  std::optional<PageIndex> pageOfOffset(std::uint64_t offset) const;
   HostAddr hostAddrOf(PageIndex page) const;
 
   // Calls fn(first, count, host_addr) for each piece of [first, first+count) that is

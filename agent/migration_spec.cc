@@ -68,6 +68,22 @@ Result<SourceSpec> parseSource(const json& body, SourceSpec spec) {
   }
   spec.snapshot_file = *file;
   spec.handover_socket = *sock;
+  if (auto ps = mem->find("page_size"); ps != mem->end() && !ps->is_null()) {
+    if (!ps->is_number_unsigned()) {
+      return std::unexpected(bad("memory.page_size", "must be a positive integer (bytes)"));
+    }
+    auto v = ps->get<std::uint64_t>();
+    if (v < 4096 || v > (1ull << 30) || (v & (v - 1)) != 0) {
+      return std::unexpected(
+          bad("memory.page_size",
+              "must be a power of two from 4096 to 1 GiB, got " + std::to_string(v)));
+    }
+    if (file->empty()) {
+      return std::unexpected(
+          bad("memory.page_size", "goes with snapshot_file only (a handover says its own)"));
+    }
+    spec.page_size = v;
+  }
   return spec;
 }
 
@@ -137,6 +153,7 @@ nlohmann::json specToJson(const MigrationSpec& spec) {
   if (const auto* s = std::get_if<SourceSpec>(&spec)) {
     json mem = s->snapshot_file.empty() ? json{{"handover_socket", s->handover_socket}}
                                         : json{{"snapshot_file", s->snapshot_file}};
+    if (s->page_size != 4096) mem["page_size"] = s->page_size;
     return {{"id", s->id},
             {"role", "source"},
             {"token", s->token},

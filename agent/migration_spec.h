@@ -19,6 +19,8 @@ struct SourceSpec {
   std::string peer_identity;
   std::string snapshot_file;  // one of these two
   std::string handover_socket;
+  // A snapshot file's page size (2 MiB for hugetlbfs guests); a handover says its own.
+  std::uint64_t page_size = 4096;
 };
 
 struct DestinationSpec {

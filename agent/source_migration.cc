@@ -34,7 +34,7 @@ SourceMigration::~SourceMigration() { shutdown(); }
 
 Status SourceMigration::start() {
   if (!spec_.snapshot_file.empty()) {
-    auto mem = SourceMemory::fromSnapshotFile(spec_.snapshot_file);
+    auto mem = SourceMemory::fromSnapshotFile(spec_.snapshot_file, spec_.page_size);
     if (!mem) return std::unexpected(mem.error());
     return useMemory(std::move(*mem));
   }
@@ -86,23 +86,15 @@ Status SourceMigration::resume(const nlohmann::json& runtime) {
   auto pid = runtime["vmm_pid"].get<pid_t>();
   auto dev = runtime["memory_dev"].get<std::uint64_t>();
   auto ino = runtime["memory_ino"].get<std::uint64_t>();
-  auto fds = sys::findFds(pid, [&](const std::string&) { return true; });
-  if (fds) {
-    for (int fd : *fds) {
-      struct stat st {};
-      std::string link = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd);
-      if (::stat(link.c_str(), &st) != 0 || st.st_dev != dev || st.st_ino != ino) continue;
-      auto copy = sys::takeFd(pid, fd);
-      if (!copy) break;
-      auto regions = vmm::parseMappings(runtime["regions"].dump());
-      if (!regions) break;
-      vmm::Handshake h;
-      h.regions = *regions;
-      h.page_size = regions->front().page_size;
-      for (const auto& r : *regions) h.total_bytes += r.size;
-      h.uffd = std::move(*copy);
-      auto mem = SourceMemory::fromHandover(std::move(h));
-      if (!mem) break;
+  auto copy = sys::takeFdByInode(pid, dev, ino);
+  auto regions = vmm::parseMappings(runtime["regions"].dump());
+  if (copy && regions) {
+    vmm::Handshake h;
+    h.regions = *regions;
+    h.page_size = regions->front().page_size;
+    for (const auto& r : *regions) h.total_bytes += r.size;
+    h.uffd = std::move(*copy);
+    if (auto mem = SourceMemory::fromHandover(std::move(h))) {
       {
         std::lock_guard lock(runtime_mu_);
         runtime_ = runtime;
@@ -343,7 +335,11 @@ void SourceMigration::onBulkFrame(const transport::FrameHeader& h,
 
 void SourceMigration::pumpBulk() {
   if (!bulk_ || !resumed_ || isFinal(state()) || bulk_timer_ != 0) return;
-  const double batch_bytes = static_cast<double>(bulk_batch_pages_ * memory_->pageSize());
+  // bulk_batch_pages counts 4 KiB pages: a batch of huge pages is as many bytes, at least one
+  // page, so that a frame stays under the transport's payload limit.
+  const std::uint64_t batch_pages =
+      std::max<std::uint64_t>(1, bulk_batch_pages_ * 4096 / memory_->pageSize());
+  const double batch_bytes = static_cast<double>(batch_pages * memory_->pageSize());
   while (bulk_->pendingOutputBytes() < bulk_window_bytes_) {
     if (bulk_rate_bytes_s_ > 0) {
       auto now = std::chrono::steady_clock::now();
@@ -364,7 +360,7 @@ void SourceMigration::pumpBulk() {
         return;
       }
     }
-    auto run = schedule_->next(bulk_batch_pages_);
+    auto run = schedule_->next(batch_pages);
     if (!run) {
       if (!bulk_done_sent_) {
         bulk_done_sent_ = true;

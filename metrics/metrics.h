@@ -39,7 +39,9 @@ inline constexpr std::string_view kRefusalReasons[] = {
     // the peer protocol and the migration's checks of a Hello (agent/)
     "protocol", "unknown_migration", "identity", "token", "state", "not_ready", "layout", "flood",
     // VMM handshakes and memory handovers (agent/vmm_listener.cc)
-    "handshake_credentials", "handshake_malformed", "handshake_rejected"};
+    "handshake_credentials", "handshake_malformed", "handshake_rejected",
+    // guest_memfd FaultRequests the agent could not serve (agent/destination_migration.cc)
+    "fault_request"};
 inline constexpr std::string_view kMigrationStates[] = {
     "waiting_for_vmm", "waiting_for_memory", "running", "serving",
     "completing",      "completed",          "failed",  "cancelled"};

@@ -49,37 +49,92 @@ bool isZero(const std::byte* p) {
 
 struct Guest {
   sys::UniqueFd memfd;
+  sys::UniqueFd bitmap_fd;
   sys::Mapping mapping;
+  sys::Mapping bitmap;  // the VMM's (and KVM's) view of the userfault bitmap
 };
 
-Guest makeGuest(bool shared, std::uint64_t bytes) {
+// How guest memory is backed and registered, and so how the agent populates it.
+enum class Mode {
+  kAnonymous,     // uffd_copy
+  kShmemMissing,  // uffd_copy on a memfd
+  kShmemMinor,    // memfd registered MISSING | MINOR: write + UFFDIO_CONTINUE
+  // guest_memfd shape on a memfd stand-in (no /dev/kvm here): a userfault bitmap, faults by
+  // FaultRequest from vCPUs that check their bit and by uffd from those that do not.
+  kGuestMemfdShape,
+};
+
+// How the agent writes pages on the write paths: pwrite (memfd) or through its mapping (the
+// only way into a mainline guest_memfd).
+enum class Write { kPwrite, kMmap };
+
+Guest makeGuest(Mode mode, std::uint64_t bytes) {
   Guest g;
-  if (shared) {
-    g.memfd = *sys::createMemfd("guest", Bytes{bytes});
-    g.mapping = *sys::Mapping::ofFd(g.memfd.get(), Bytes{bytes}, GuestOffset{0},
-                                    PROT_READ | PROT_WRITE, MAP_SHARED);
-  } else {
+  if (mode == Mode::kAnonymous) {
     g.mapping = *sys::Mapping::anonymous(Bytes{bytes});
+    return g;
+  }
+  g.memfd = *sys::createMemfd("guest", Bytes{bytes});
+  g.mapping = *sys::Mapping::ofFd(g.memfd.get(), Bytes{bytes}, GuestOffset{0},
+                                  PROT_READ | PROT_WRITE, MAP_SHARED);
+  if (mode == Mode::kGuestMemfdShape) {
+    std::uint64_t words = (bytes / kPage + 63) / 64;
+    g.bitmap_fd = *sys::createMemfd("bitmap", Bytes{words * 8});
+    g.bitmap = *sys::Mapping::ofFd(g.bitmap_fd.get(), Bytes{words * 8}, GuestOffset{0},
+                                   PROT_READ | PROT_WRITE, MAP_SHARED);
+    std::memset(g.bitmap.data(), 0xff, words * 8);
   }
   return g;
 }
 
-void hammer(bool shared) {
+PopulationPath pathOf(Mode mode) {
+  switch (mode) {
+    case Mode::kShmemMinor:
+      return PopulationPath::kShmemMinorContinue;
+    case Mode::kGuestMemfdShape:
+      return PopulationPath::kGuestMemfd;
+    default:
+      return PopulationPath::kUffdCopy;
+  }
+}
+
+bool bitSet(const Guest& g, std::uint64_t page) {
+  auto word = std::atomic_ref<std::uint64_t>(
+      *reinterpret_cast<std::uint64_t*>(g.bitmap.data() + page / 64 * 8));
+  return (word.load(std::memory_order_acquire) >> (page % 64)) & 1;
+}
+
+void hammer(Mode mode, Write write = Write::kPwrite) {
   const std::uint64_t pages = 8192;  // 32 MiB
   const auto src = makeSource(pages);
-  Guest guest = makeGuest(shared, pages * kPage);
-  std::uint64_t features = UFFD_FEATURE_EVENT_REMOVE | (shared ? UFFD_FEATURE_MISSING_SHMEM : 0);
+  Guest guest = makeGuest(mode, pages * kPage);
+  const bool minor = mode == Mode::kShmemMinor || mode == Mode::kGuestMemfdShape;
+  std::uint64_t features = UFFD_FEATURE_EVENT_REMOVE |
+                           (mode != Mode::kAnonymous ? UFFD_FEATURE_MISSING_SHMEM : 0) |
+                           (minor ? UFFD_FEATURE_MINOR_SHMEM : 0);
   auto uffd = sys::Uffd::open(features);
   ASSERT_TRUE(uffd) << uffd.error().message();
-  ASSERT_TRUE(uffd->registerRange(guest.mapping.address(), guest.mapping.size(),
-                                  sys::RegisterMode::kMissing));
+  ASSERT_TRUE(uffd->registerRange(
+      guest.mapping.address(), guest.mapping.size(),
+      minor ? sys::RegisterMode::kMissingAndMinor : sys::RegisterMode::kMissing));
   auto layout = GuestLayout::fromMappings({{.base_host_virt_addr = guest.mapping.address().value,
                                             .size = pages * kPage,
                                             .offset = 0,
-                                            .page_size = kPage}});
+                                            .page_size = kPage,
+                                            .gpa_start = std::uint64_t{1} << 32}});
   ASSERT_TRUE(layout);
   store::PageMap map(pages);
-  PageInstaller installer(*uffd, *layout, map);
+  GuestMemoryView view;
+  if (minor) {
+    auto v = GuestMemoryView::map(guest.memfd, pages * kPage, kPage,
+                                  mode == Mode::kGuestMemfdShape ? &guest.bitmap_fd : nullptr,
+                                  write == Write::kPwrite);
+    ASSERT_TRUE(v) << v.error().message();
+    view = std::move(*v);
+    ASSERT_EQ(view.method(), write == Write::kPwrite ? WriteMethod::kPwrite : WriteMethod::kMmap);
+  }
+  PageInstaller installer(*uffd, *layout, map, pathOf(mode), minor ? &view : nullptr);
+  std::atomic<std::uint64_t> replies{0};
   MigrationStats stats;
   auto loop = transport::EventLoop::start("urgent-test");
   ASSERT_TRUE(loop) << loop.error().message();
@@ -109,7 +164,13 @@ void hammer(bool shared) {
               ADD_FAILURE() << e.message();
               fatal = true;
             },
-            [] {}});
+            [] {},
+            [&](const vmm::FaultReply& r) {
+              EXPECT_EQ(r.len, kPage);
+              EXPECT_FALSE(guest.bitmap.valid() && bitSet(guest, r.offset / kPage))
+                  << "replied before the page's bit was cleared";
+              replies.fetch_add(1);
+            }});
     ASSERT_TRUE(faults->start());
   });
 
@@ -134,11 +195,22 @@ void hammer(bool shared) {
   std::atomic<std::uint64_t> mismatches{0};
   std::vector<std::thread> vcpus;
   auto* mem = guest.mapping.data();
+  std::atomic<std::uint64_t> requests{0};
   for (int v = 0; v < kVcpus; ++v) {
     vcpus.emplace_back([&, v] {
       std::mt19937_64 rng(100 + v);
       for (int i = 0; i < 3000; ++i) {
         std::uint64_t p = rng() % pages;
+        if (mode == Mode::kGuestMemfdShape && v % 2 == 0 && bitSet(guest, p)) {
+          // As KVM would: a set bit makes the vCPU exit and the VMM ask for the page.
+          vmm::FaultRequest req{.vcpu = static_cast<std::uint32_t>(v),
+                                .offset = 0,
+                                .flags = 0,
+                                .gpa = (std::uint64_t{1} << 32) + p * kPage};
+          requests.fetch_add(1);
+          (*loop)->post([&, req] { ASSERT_TRUE(faults->onFaultRequest(req)); });
+          while (bitSet(guest, p)) std::this_thread::yield();
+        }
         if (p % kVcpus == static_cast<std::uint64_t>(v) && i % 3 == 0) {
           // A guest write: it must survive every later install attempt.
           std::uint64_t stamp = (std::uint64_t(v) << 48) | std::uint64_t(i);
@@ -157,10 +229,23 @@ void hammer(bool shared) {
   }
   for (auto& t : vcpus) t.join();
   bulk.join();
+  if (mode == Mode::kGuestMemfdShape) {
+    // Every request answered, and no bit left set.
+    // Replies for pages the bulk stream populated come with the source's late answer.
+    for (int i = 0; i < 5000 && replies.load() < requests.load(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    EXPECT_GT(requests.load(), 0u);
+    EXPECT_EQ(replies.load(), requests.load());
+    EXPECT_EQ(view.bitsSet(), 0u);
+  }
   runOnLoop(**loop, [&] { faults->stop(); });
   EXPECT_FALSE(fatal.load());
   EXPECT_EQ(mismatches.load(), 0u);
   ASSERT_TRUE(map.complete());
+  // As the agent does once every page is in: guest_memfd pages populated without a uffd
+  // fault are in the page cache but not yet in the guest's page table.
+  ASSERT_TRUE(uffd->unregisterRange(guest.mapping.address(), guest.mapping.size()));
 
   // Every page installed exactly once across both paths (EEXIST answers are not installs).
   std::uint64_t demand = stats.demand_pages + stats.zero_pages;
@@ -180,15 +265,23 @@ void hammer(bool shared) {
   faults.reset();
 }
 
-TEST(FaultRace, AnonymousMemory) { hammer(false); }
-TEST(FaultRace, SharedMemoryMissingMode) { hammer(true); }
+TEST(FaultRace, AnonymousMemory) { hammer(Mode::kAnonymous); }
+TEST(FaultRace, SharedMemoryMissingMode) { hammer(Mode::kShmemMissing); }
+TEST(FaultRace, SharedMemoryMinorModeByPwrite) { hammer(Mode::kShmemMinor, Write::kPwrite); }
+TEST(FaultRace, SharedMemoryMinorModeThroughTheMapping) { hammer(Mode::kShmemMinor, Write::kMmap); }
+TEST(FaultRace, GuestMemfdShapeBothRoutesByPwrite) {
+  hammer(Mode::kGuestMemfdShape, Write::kPwrite);
+}
+TEST(FaultRace, GuestMemfdShapeBothRoutesThroughTheMapping) {
+  hammer(Mode::kGuestMemfdShape, Write::kMmap);
+}
 
 // A guest that discards pages (balloon) while they are still on the way must read zeros
 // there afterwards, never the old contents.
 TEST(FaultRace, RemovedPagesReadAsZerosNotOldContents) {
   const std::uint64_t pages = 256;
   const auto src = makeSource(pages);
-  Guest guest = makeGuest(false, pages * kPage);
+  Guest guest = makeGuest(Mode::kAnonymous, pages * kPage);
   auto uffd = sys::Uffd::open(UFFD_FEATURE_EVENT_REMOVE);
   ASSERT_TRUE(uffd);
   ASSERT_TRUE(uffd->registerRange(guest.mapping.address(), guest.mapping.size(),
