@@ -1,18 +1,24 @@
 #include "cli/demo.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <thread>
+#include <utility>
 
 #include "client/control_client.h"
+#include "sys/kvm.h"
+#include "sys/memory_fd.h"
 #include "sys/unique_fd.h"
 #include "transport/pki.h"
 
@@ -52,7 +58,129 @@ std::string selfDir() {
   return ec ? "." : p.parent_path().string();
 }
 
+constexpr std::uint64_t kHugePage = 2ull << 20;
+constexpr const char* kNrHugepages = "/proc/sys/vm/nr_hugepages";
+// Beyond the two VMs' own: a margin for the rounding of region splits and anything else here.
+constexpr std::uint64_t kSpareHugePages = 4;
+
+Result<std::uint64_t> readNrHugepages() {
+  std::ifstream in(kNrHugepages);
+  std::uint64_t n = 0;
+  if (!(in >> n)) return fail(Errc::kSystem, "read", std::string(kNrHugepages) + ": unreadable");
+  return n;
+}
+
+Status writeNrHugepages(std::uint64_t n) {
+  sys::UniqueFd fd(::open(kNrHugepages, O_WRONLY | O_CLOEXEC));
+  if (!fd) return failSys("open", kNrHugepages);
+  std::string text = std::to_string(n) + "\n";
+  if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+    return failSys("write", std::string(kNrHugepages) + " <- " + std::to_string(n));
+  }
+  return {};
+}
+
 }  // namespace
+
+Status checkDemoOptions(const DemoOptions& o) {
+  static const char* const kinds[] = {"anon",        "memfd",   "memfd-minor",
+                                      "guest_memfd", "hugetlb", "hugetlb-shared"};
+  if (std::find(std::begin(kinds), std::end(kinds), o.memory) == std::end(kinds)) {
+    return fail(Errc::kInvalidArgument, "--memory",
+                std::string("must be one of ") + kDemoMemoryKinds + ", got '" + o.memory + "'");
+  }
+  if (demoUsesHugetlb(o.memory) && (o.size == 0 || o.size % kHugePage != 0)) {
+    return fail(Errc::kInvalidArgument, "--size",
+                "must be a multiple of 2 MiB for --memory " + o.memory + " (2 MiB pages), got " +
+                    std::to_string(o.size) + " bytes");
+  }
+  if (o.balloon && o.memory != "anon") {
+    return fail(Errc::kInvalidArgument, "--balloon", "needs --memory anon, got " + o.memory);
+  }
+  if (o.no_uffd_register && o.memory != "guest_memfd") {
+    return fail(Errc::kInvalidArgument, "--no-uffd-register", "needs --memory guest_memfd");
+  }
+  if (o.require_kvm && o.memory != "guest_memfd") {
+    return fail(Errc::kInvalidArgument, "--require-kvm", "needs --memory guest_memfd");
+  }
+  return {};
+}
+
+bool demoUsesHandover(const std::string& memory) { return memory != "anon" && memory != "hugetlb"; }
+
+bool demoUsesHugetlb(const std::string& memory) {
+  return memory == "hugetlb" || memory == "hugetlb-shared";
+}
+
+Result<HugePageReservation> HugePageReservation::ensureFree(std::uint64_t pages, bool verbose) {
+  auto pool = sys::defaultHugePagePool();
+  if (!pool) return std::unexpected(pool.error());
+  if (pool->page_size.value != kHugePage) {
+    return fail(Errc::kUnsupported, "huge pages",
+                "the default huge page size here is " + std::to_string(pool->page_size.value) +
+                    " bytes, not 2 MiB, so " + kNrHugepages +
+                    " does not size the pool the hugetlb VMs use");
+  }
+  HugePageReservation r;
+  r.verbose_ = verbose;
+  if (pool->free >= pages) return r;
+  const std::uint64_t shortfall = pages - pool->free;
+  auto before = readNrHugepages();
+  if (!before) return std::unexpected(before.error());
+  const std::uint64_t target = *before + shortfall;
+  auto need = [&] {
+    return "the demo needs " + std::to_string(pages) +
+           " free 2 MiB huge pages (HugePages_Free is " + std::to_string(pool->free) +
+           "); as root: echo " + std::to_string(target) + " > " + kNrHugepages;
+  };
+  if (auto ok = writeNrHugepages(target); !ok) {
+    return fail(
+        Errc::kUnsupported, "huge pages",
+        "cannot raise " + std::string(kNrHugepages) + " (" + ok.error().message() + "): " + need());
+  }
+  r.restore_to_ = *before;  // from here on the destructor puts it back
+  auto after = sys::defaultHugePagePool();
+  if (!after) return std::unexpected(after.error());
+  if (after->free < pages) {
+    return fail(Errc::kUnsupported, "huge pages",
+                "raised " + std::string(kNrHugepages) + " to " + std::to_string(target) +
+                    " but the kernel found memory for only " + std::to_string(after->free) +
+                    " free 2 MiB pages (not enough free memory): " + need());
+  }
+  if (verbose) {
+    std::fprintf(stderr,
+                 "demo: raised %s from %llu to %llu: %llu free 2 MiB huge pages needed for the "
+                 "source and destination VMs; it goes back to %llu when the demo ends\n",
+                 kNrHugepages, static_cast<unsigned long long>(*before),
+                 static_cast<unsigned long long>(target), static_cast<unsigned long long>(pages),
+                 static_cast<unsigned long long>(*before));
+  }
+  return r;
+}
+
+HugePageReservation::HugePageReservation(HugePageReservation&& other) noexcept
+    : restore_to_(std::exchange(other.restore_to_, std::nullopt)), verbose_(other.verbose_) {}
+
+HugePageReservation& HugePageReservation::operator=(HugePageReservation&& other) noexcept {
+  if (this != &other) {
+    HugePageReservation old(std::move(*this));  // restores on leaving this scope
+    restore_to_ = std::exchange(other.restore_to_, std::nullopt);
+    verbose_ = other.verbose_;
+  }
+  return *this;
+}
+
+HugePageReservation::~HugePageReservation() {
+  if (!restore_to_) return;
+  auto ok = writeNrHugepages(*restore_to_);
+  if (!ok) {
+    std::fprintf(stderr, "demo: could not put %s back to %llu: %s\n", kNrHugepages,
+                 static_cast<unsigned long long>(*restore_to_), ok.error().message().c_str());
+  } else if (verbose_) {
+    std::fprintf(stderr, "demo: %s back to %llu\n", kNrHugepages,
+                 static_cast<unsigned long long>(*restore_to_));
+  }
+}
 
 Result<DemoRun> DemoRun::prepare(DemoOptions options) {
   if (options.bindir.empty()) options.bindir = selfDir();
@@ -62,7 +190,21 @@ Result<DemoRun> DemoRun::prepare(DemoOptions options) {
                   options.bindir + "/" + bin + " is missing: build it first");
     }
   }
+  if (auto ok = checkDemoOptions(options); !ok) return std::unexpected(ok.error());
+  if (options.require_kvm) {
+    // Both test VMs would exit on it; say so before anything starts.
+    if (auto vm = sys::KvmVm::open(); !vm) {
+      return fail(Errc::kUnsupported, "--require-kvm", "no guest_memfd: " + vm.error().message());
+    }
+  }
   DemoRun run(std::move(options));
+  if (demoUsesHugetlb(run.options_.memory)) {
+    // Both VMs hold the whole guest in 2 MiB pages: the source until the migration ends.
+    std::uint64_t pages = 2 * (run.options_.size / kHugePage) + kSpareHugePages;
+    auto reserved = HugePageReservation::ensureFree(pages, run.options_.verbose);
+    if (!reserved) return std::unexpected(reserved.error());
+    run.huge_pages_ = std::move(*reserved);
+  }
   char tmpl[] = "/tmp/lazymig-demo-XXXXXX";
   if (::mkdtemp(tmpl) == nullptr) return failSys("mkdtemp");
   run.dir_ = tmpl;
@@ -201,7 +343,9 @@ Status DemoRun::prepareSourceMemory() {
                                    std::to_string(o.zero_ratio),
                                    "--regions",
                                    std::to_string(o.regions)};
-  if (o.memory == "memfd") {
+  if (o.require_kvm) argv.push_back("--require-kvm");
+  const bool handover = demoUsesHandover(o.memory);
+  if (handover) {
     argv.insert(argv.end(), {"--handover-socket", dir_ + "/source-vmm.sock", "--hold"});
   } else {
     argv.insert(argv.end(), {"--snapshot-file", dir_ + "/guest.mem"});
@@ -209,7 +353,7 @@ Status DemoRun::prepareSourceMemory() {
   auto child = ChildProcess::spawn(argv, dir_ + "/source-vm.log", true);
   if (!child) return std::unexpected(child.error());
   source_vm_.emplace(std::move(*child));
-  if (o.memory == "memfd") return {};  // it hands the memory over once the migration exists
+  if (handover) return {};  // it hands the memory over once the migration exists
   say("source VM: writing the snapshot memory file");
   auto st = source_vm_->wait(std::chrono::seconds(o.timeout_s));
   if (!st || *st != 0) {
@@ -225,9 +369,13 @@ Status DemoRun::createMigrations(const std::string& source_address) {
                      {"role", "source"},
                      {"token", token_},
                      {"peer_identity", identity(Side::kDestination)}};
-  src["memory"] = options_.memory == "memfd"
-                      ? nlohmann::json{{"handover_socket", dir_ + "/source-vmm.sock"}}
-                      : nlohmann::json{{"snapshot_file", dir_ + "/guest.mem"}};
+  if (demoUsesHandover(options_.memory)) {
+    src["memory"] = nlohmann::json{{"handover_socket", dir_ + "/source-vmm.sock"}};
+  } else {
+    src["memory"] = nlohmann::json{{"snapshot_file", dir_ + "/guest.mem"}};
+    // A snapshot file does not say its page size; the handover's mappings do.
+    if (demoUsesHugetlb(options_.memory)) src["memory"]["page_size"] = kHugePage;
+  }
   if (auto r = call(Side::kSource, "POST", "/v1/migrations", src.dump()); !r)
     return std::unexpected(r.error());
   nlohmann::json dst{
@@ -272,6 +420,8 @@ Status DemoRun::startDestinationVm() {
                                    "--timeout-s",
                                    std::to_string(o.timeout_s)};
   if (o.balloon) argv.push_back("--balloon");
+  if (o.no_uffd_register) argv.push_back("--no-uffd-register");
+  if (o.require_kvm) argv.push_back("--require-kvm");
   auto child = ChildProcess::spawn(argv, dir_ + "/destination-vm.log", true);
   if (!child) return std::unexpected(child.error());
   dest_vm_.emplace(std::move(*child));
@@ -303,6 +453,16 @@ bool DemoRun::destinationVmExited() {
 nlohmann::json DemoRun::report(const nlohmann::json& vm, double total_seconds) {
   auto dst = migration(Side::kDestination);
   auto src = migration(Side::kSource);
+  // The source completes when the destination's Complete reaches it, a moment after the
+  // destination (and its test VM) finished: give it that moment, as an orchestrator would.
+  auto final_state = [](const Result<nlohmann::json>& m) {
+    std::string s = m ? m->value("state", "") : "";
+    return s == "completed" || s == "failed" || s == "cancelled";
+  };
+  for (int i = 0; i < 500 && final_state(dst) && !final_state(src); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    src = migration(Side::kSource);
+  }
   nlohmann::json d = dst ? *dst : nlohmann::json::object();
   nlohmann::json p = d.value("progress", nlohmann::json::object());
   std::uint64_t pages = vm.value("pages", std::uint64_t{0});
@@ -324,9 +484,15 @@ nlohmann::json DemoRun::report(const nlohmann::json& vm, double total_seconds) {
       {"total_seconds", total_seconds},
       {"throughput_mib_s", total_seconds > 0 ? mib / total_seconds : 0.0},
       {"memory", options_.memory},
+      {"page_size", vm.value("page_size", nlohmann::json(nullptr))},
+      {"guest_memfd_backing", vm.value("guest_memfd_backing", nlohmann::json(nullptr))},
+      {"uffd_registered", vm.value("uffd_registered", nlohmann::json(nullptr))},
+      {"fault_requests", vm.value("fault_requests", 0)},
+      {"fault_replies", vm.value("fault_replies", 0)},
+      {"bitmap_bits_set", vm.value("bitmap_bits_set", 0)},
       {"pattern", options_.pattern},
       {"size_bytes", options_.size},
-      {"population_path", d.value("population_path", "")},
+      {"population_path", d.value("population_path", nlohmann::json(""))},
       {"source_state", src ? src->value("state", "") : "unknown"},
       {"destination_state", d.value("state", "unknown")},
       {"destination_reason", d.value("reason", "")}};
@@ -348,7 +514,10 @@ void DemoRun::stopAll() {
 
 Result<nlohmann::json> runDemo(const DemoOptions& options) {
   auto run = DemoRun::prepare(options);
-  if (!run) return std::unexpected(run.error());
+  if (!run) {
+    std::fprintf(stderr, "demo: FAILED: %s\n", run.error().message().c_str());
+    return std::unexpected(run.error());
+  }
   auto failWith = [&](const Error& e) -> Result<nlohmann::json> {
     run->stopAll();
     std::fprintf(stderr, "demo: FAILED: %s\ndemo: logs kept in %s\n", e.message().c_str(),

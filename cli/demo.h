@@ -16,15 +16,21 @@
 
 namespace lazymig::cli {
 
+// The guest memory kinds lazymig-testvm offers, in the order usage texts list them.
+inline constexpr const char* kDemoMemoryKinds =
+    "anon, memfd, memfd-minor, guest_memfd, hugetlb, hugetlb-shared";
+
 struct DemoOptions {
   std::uint64_t size = 1ull << 30;
-  std::string memory = "anon";  // anon | memfd
+  std::string memory = "anon";  // one of kDemoMemoryKinds
   std::string pattern = "hot";  // sequential | random | hot | write
   unsigned vcpus = 4;
   std::uint64_t accesses = 20000;
   unsigned regions = 1;
   double zero_ratio = 0.25;
-  bool balloon = false;
+  bool balloon = false;           // anon only
+  bool no_uffd_register = false;  // guest_memfd: the destination VM registers no uffd range
+  bool require_kvm = false;       // guest_memfd: fail rather than let a memfd stand in
   std::uint64_t seed = 42;
   int timeout_s = 600;
   bool keep = false;    // keep the working directory
@@ -33,6 +39,30 @@ struct DemoOptions {
   std::string extra_yaml;  // appended to both agents' configs
   // Run each agent through this command (e.g. setpriv dropping capabilities); empty: directly.
   std::vector<std::string> agent_prefix;
+};
+
+// Checks the options that lazymig-testvm would refuse, before anything starts: the memory
+// kind, hugetlb sizes (multiples of 2 MiB) and the flags that fit only some kinds.
+Status checkDemoOptions(const DemoOptions& options);
+// Whether the source VM hands its memory fd to the agent (else it writes a snapshot file).
+bool demoUsesHandover(const std::string& memory);
+bool demoUsesHugetlb(const std::string& memory);
+
+// Makes sure `pages` 2 MiB huge pages are free, raising /proc/sys/vm/nr_hugepages by the
+// shortfall if need be; puts the previous value back when destroyed.
+class HugePageReservation {
+ public:
+  HugePageReservation() = default;
+  static Result<HugePageReservation> ensureFree(std::uint64_t pages, bool verbose);
+  HugePageReservation(HugePageReservation&& other) noexcept;
+  HugePageReservation& operator=(HugePageReservation&& other) noexcept;
+  HugePageReservation(const HugePageReservation&) = delete;
+  HugePageReservation& operator=(const HugePageReservation&) = delete;
+  ~HugePageReservation();
+
+ private:
+  std::optional<std::uint64_t> restore_to_;  // the nr_hugepages to put back, if raised
+  bool verbose_ = false;
 };
 
 enum class Side { kSource, kDestination };
@@ -82,6 +112,8 @@ class DemoRun {
                               const std::string& body = "") const;
   void say(const std::string& line) const;
 
+  // Declared first so that it is destroyed last, after the VMs holding huge pages are gone.
+  HugePageReservation huge_pages_;
   DemoOptions options_;
   std::string dir_;
   std::string token_;

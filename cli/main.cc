@@ -34,9 +34,18 @@ commands:
   agent                     what the agent is and where it listens
   token                     print a fresh 256-bit migration token
   certs --dir D --node NAME --san SAN [--san SAN...] [--ca-name lazymig-ca]
-  demo [--size 1GiB] [--memory anon|memfd] [--pattern sequential|random|hot|write] [--vcpus 4]
+  demo [--size 1GiB] [--memory KIND] [--pattern sequential|random|hot|write] [--vcpus 4]
        [--accesses 20000] [--regions 1] [--zero-ratio 0.25] [--balloon] [--keep] [--timeout-s 600]
+       [--no-uffd-register] [--require-kvm]
        [--extra-yaml FILE]  (appended to both agents' configs, e.g. a migration: block)
+       KIND: anon (default), memfd, memfd-minor, guest_memfd, hugetlb, hugetlb-shared
+         anon and hugetlb migrate from a snapshot file, the others from the source VM's
+         memory fd; hugetlb kinds use 2 MiB pages (--size a multiple of 2 MiB) and raise
+         /proc/sys/vm/nr_hugepages for the run if too few are free (put back afterwards);
+         guest_memfd takes a guest_memfd from /dev/kvm, or a memfd stands in without KVM
+         (--require-kvm: fail instead). --balloon is for anon only.
+       --no-uffd-register  guest_memfd: the destination VM registers no uffd range, as on
+                           kernels that refuse uffd on a guest_memfd: faults go by FaultRequest
 
 ENDPOINT is unix:/path, host:port or https://host:port (default: $LAZYMIG_CONTROL or
 unix:/run/lazymig/control.sock). For https, --cacert is the CA of the agent's control
@@ -280,11 +289,10 @@ int cmdDemo(int argc, char** argv, int i) {
   Args a = parse(argc, argv, i,
                  {"--size", "--memory", "--pattern", "--vcpus", "--accesses", "--regions",
                   "--zero-ratio", "--timeout-s", "--seed", "--extra-yaml"},
-                 {"--balloon", "--keep"});
+                 {"--balloon", "--keep", "--no-uffd-register", "--require-kvm"});
   cli::DemoOptions o;
   if (a.has("--size")) o.size = parseSize(a.get("--size"));
   o.memory = a.get("--memory", o.memory);
-  if (o.memory != "anon" && o.memory != "memfd") usage("--memory must be anon or memfd");
   o.pattern = a.get("--pattern", o.pattern);
   o.vcpus = static_cast<unsigned>(std::stoul(a.get("--vcpus", "4")));
   o.accesses = std::stoull(a.get("--accesses", "20000"));
@@ -293,7 +301,10 @@ int cmdDemo(int argc, char** argv, int i) {
   o.timeout_s = std::stoi(a.get("--timeout-s", "600"));
   o.seed = std::stoull(a.get("--seed", "42"));
   o.balloon = a.has("--balloon");
+  o.no_uffd_register = a.has("--no-uffd-register");
+  o.require_kvm = a.has("--require-kvm");
   o.keep = a.has("--keep");
+  if (auto ok = cli::checkDemoOptions(o); !ok) usage(ok.error().message());
   if (a.has("--extra-yaml")) {
     std::ifstream in(a.get("--extra-yaml"));
     if (!in) usage("--extra-yaml: cannot read " + a.get("--extra-yaml"));
@@ -317,6 +328,25 @@ int cmdDemo(int argc, char** argv, int i) {
               l.value("p99", 0.0), l.value("max", 0.0));
   std::printf("  vCPU stalls      p50 %.0f us, p99 %.0f us (accesses that faulted)\n",
               v.value("p50", 0.0), v.value("p99", 0.0));
+  // How the pages got into the guest: the memory kind as the destination VM built it, and the
+  // path the destination agent populated it by.
+  const json backing = r.value("guest_memfd_backing", json());
+  const json path = r.value("population_path", json());
+  std::string kind = r.value("memory", o.memory);
+  if (backing.is_string()) kind += " (" + backing.get<std::string>() + ")";
+  if (r.value("page_size", json()).is_number()) {
+    kind += ", " + std::to_string(r.value("page_size", json()).get<std::uint64_t>() >> 10) +
+            " KiB pages";
+  }
+  std::printf("  memory           %s; population path %s\n", kind.c_str(),
+              path.is_string() && !path.get<std::string>().empty() ? path.get<std::string>().c_str()
+                                                                   : "(not reported)");
+  if (o.memory == "guest_memfd") {
+    std::printf("  FaultRequests    %llu sent by vCPUs, %llu replies; %llu bitmap bits left set\n",
+                static_cast<unsigned long long>(r.value("fault_requests", 0)),
+                static_cast<unsigned long long>(r.value("fault_replies", 0)),
+                static_cast<unsigned long long>(r.value("bitmap_bits_set", 0)));
+  }
   std::printf("  time             %.2f s, %.0f MiB/s\n", r.value("total_seconds", 0.0),
               r.value("throughput_mib_s", 0.0));
   std::printf("  verified         %s (%llu mismatches)\n",

@@ -1,8 +1,10 @@
 // lazymig-testvm: a stand-in VMM for lazymig's tests, demo and benchmarks. It plays
 // Firecracker's part on both hosts: on the source it fills guest memory with a known pattern
-// and writes a snapshot memory file or hands a memfd to the agent; on the destination it
-// hands the agent a uffd with Firecracker's handshake, runs vCPU threads on memory that is
-// still arriving, waits for the migration to complete, and verifies every page.
+// and writes a snapshot memory file or hands its memory fd to the agent; on the destination it
+// hands the agent a uffd (plus the memfd, or the guest_memfd and its userfault bitmap) with
+// Firecracker's handshake, runs vCPU threads on memory that is still arriving -- asking for
+// guest_memfd pages with FaultRequests, as KVM userfault makes Firecracker do -- waits for the
+// migration to complete, and verifies every page.
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -10,9 +12,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <memory>
+#include <optional>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -21,8 +26,10 @@
 #include "sys/memory_fd.h"
 #include "sys/uffd.h"
 #include "sys/unix_socket.h"
+#include "testvm/fault_channel.h"
 #include "testvm/guest_memory.h"
 #include "testvm/pattern.h"
+#include "testvm/userfault_bitmap.h"
 #include "testvm/workload.h"
 #include "vmm/handshake.h"
 
@@ -32,20 +39,43 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr const char* kUsage =
+constexpr const char* kSynopsis =
     "usage:\n"
-    "  lazymig-testvm source --memory anon|memfd --size SIZE [--seed N] [--zero-ratio R] "
-    "[--regions N]\n"
+    "  lazymig-testvm source --memory KIND --size SIZE [--seed N] [--zero-ratio R] [--regions N]\n"
+    "                        [--require-kvm]\n"
     "                        (--snapshot-file PATH | --handover-socket PATH [--hold])\n"
-    "  lazymig-testvm dest   --memory anon|memfd --size SIZE [--seed N] [--zero-ratio R] "
-    "[--regions N]\n"
-    "                        --handshake-socket PATH [--vcpus N] [--pattern "
-    "sequential|random|hot|write]\n"
-    "                        [--accesses N] [--balloon] --control ENDPOINT --migration ID "
-    "[--timeout-s N]\n";
+    "  lazymig-testvm dest   --memory KIND --size SIZE [--seed N] [--zero-ratio R] [--regions N]\n"
+    "                        [--require-kvm] [--no-uffd-register]\n"
+    "                        --handshake-socket PATH [--vcpus N]\n"
+    "                        [--pattern sequential|random|hot|write] [--accesses N] [--balloon]\n"
+    "                        --control ENDPOINT --migration ID [--timeout-s N]\n";
+constexpr const char* kDetails =
+    "\n"
+    "KIND (default anon), and what dest hands the agent:\n"
+    "  anon            private anonymous memory           1 fd [uffd], MISSING\n"
+    "  memfd           a memfd, MAP_SHARED                1 fd [uffd], MISSING\n"
+    "  memfd-minor     a memfd, MAP_SHARED                2 fds [uffd, memfd], MISSING|MINOR\n"
+    "  guest_memfd     a guest_memfd from /dev/kvm        3 fds [uffd, guest_memfd, userfault\n"
+    "                  (MMAP|INIT_SHARED), MAP_SHARED     bitmap], MISSING|MINOR where the kernel\n"
+    "                                                     allows it, and FaultRequests on the\n"
+    "                                                     handshake socket\n"
+    "  hugetlb         private anonymous 2 MiB pages      1 fd [uffd], MISSING\n"
+    "  hugetlb-shared  a hugetlbfs memfd (2 MiB pages),   1 fd [uffd], MISSING\n"
+    "                  MAP_SHARED\n"
+    "hugetlb kinds describe 2 MiB pages in the handshake: --size must be a multiple of 2 MiB, and\n"
+    "the huge pages must be free (/proc/sys/vm/nr_hugepages).\n"
+    "source: --snapshot-file for every KIND; --handover-socket hands the memory fd itself to the\n"
+    "agent (one fd), for memfd, memfd-minor, guest_memfd and hugetlb-shared.\n"
+    "--require-kvm      guest_memfd: exit 2 when /dev/kvm cannot give a guest_memfd, instead of\n"
+    "                   letting a memfd stand in (same handshake, bitmap and FaultRequests)\n"
+    "--no-uffd-register guest_memfd: do not register the guest memory with the uffd, as on\n"
+    "                   kernels that refuse it on a guest_memfd; vCPU faults go by FaultRequest\n"
+    "--balloon          anon only: discard pages while the workload runs (MADV_DONTNEED)\n";
 
 [[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr, "lazymig-testvm: %s\n%s", why.c_str(), kUsage);
+  std::fprintf(stderr,
+               "lazymig-testvm: %s\n%s(lazymig-testvm --help describes KIND and the flags)\n",
+               why.c_str(), kSynopsis);
   std::exit(2);
 }
 
@@ -93,6 +123,10 @@ Flags parseFlags(int argc, char** argv, const std::vector<std::string>& valued,
   Flags f;
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::printf("%s%s", kSynopsis, kDetails);
+      std::exit(0);
+    }
     if (std::find(switches.begin(), switches.end(), a) != switches.end()) {
       f.values[a] = "1";
     } else if (std::find(valued.begin(), valued.end(), a) != valued.end()) {
@@ -106,10 +140,38 @@ Flags parseFlags(int argc, char** argv, const std::vector<std::string>& valued,
 }
 
 MemoryKind parseMemory(const Flags& f) {
-  std::string m = f.get("--memory", "anon");
-  if (m == "anon") return MemoryKind::kAnonymous;
-  if (m == "memfd") return MemoryKind::kMemfd;
-  usage("--memory must be anon or memfd, got '" + m + "'");
+  auto kind = parseMemoryKind(f.get("--memory", "anon"));
+  if (!kind) usage(kind.error().message());
+  if (f.has("--require-kvm") && *kind != MemoryKind::kGuestMemfd) {
+    usage("--require-kvm needs --memory guest_memfd");
+  }
+  return *kind;
+}
+
+// Creates the guest memory or exits: 2 with the reason when it cannot be had (no free huge
+// pages, --require-kvm without KVM). Says once when a memfd stands in for the guest_memfd.
+GuestMemory createMemory(const Flags& f, MemoryKind kind, std::uint64_t size) {
+  GuestMemoryOptions options;
+  options.require_kvm = f.has("--require-kvm");
+  auto mem =
+      GuestMemory::create(kind, size, static_cast<unsigned>(f.number("--regions", 1)), options);
+  if (!mem) die(mem.error().message());
+  if (!mem->standInReason().empty()) {
+    std::fprintf(stderr,
+                 "lazymig-testvm: /dev/kvm unavailable (%s); a memfd stands in for the "
+                 "guest_memfd (same handshake, bitmap and FaultRequest protocol)\n",
+                 mem->standInReason().c_str());
+  }
+  return std::move(*mem);
+}
+
+// The memory description both roles print in their final JSON.
+void describeMemory(nlohmann::ordered_json& out, const GuestMemory& mem) {
+  out["memory"] = memoryKindName(mem.kind());
+  out["page_size"] = mem.pageSize();
+  out["guest_memfd_backing"] = mem.guestMemfdBacking().empty()
+                                   ? nlohmann::ordered_json(nullptr)
+                                   : nlohmann::ordered_json(mem.guestMemfdBacking());
 }
 
 Pattern parsePattern(const Flags& f) {
@@ -135,7 +197,7 @@ int sourceMain(int argc, char** argv) {
   Flags f = parseFlags(argc, argv,
                        {"--memory", "--size", "--seed", "--zero-ratio", "--regions",
                         "--snapshot-file", "--handover-socket"},
-                       {"--hold"});
+                       {"--hold", "--require-kvm"});
   if (!f.has("--size")) usage("--size is required");
   MemoryKind kind = parseMemory(f);
   Pattern pattern = parsePattern(f);
@@ -143,22 +205,24 @@ int sourceMain(int argc, char** argv) {
   if (f.has("--snapshot-file") == f.has("--handover-socket")) {
     usage("give exactly one of --snapshot-file and --handover-socket");
   }
-  if (f.has("--handover-socket") && kind != MemoryKind::kMemfd)
-    usage("--handover-socket needs --memory memfd");
+  if (f.has("--handover-socket") && !hasMemoryFd(kind)) {
+    usage(std::string("--handover-socket needs memory in a file descriptor (--memory memfd, "
+                      "memfd-minor, guest_memfd or hugetlb-shared); for --memory ") +
+          memoryKindName(kind) + " use --snapshot-file");
+  }
   auto t0 = Clock::now();
-  auto mem = GuestMemory::create(kind, size, static_cast<unsigned>(f.number("--regions", 1)));
-  if (!mem) die(mem.error().message());
+  GuestMemory mem = createMemory(f, kind, size);
   std::uint64_t zero = 0;
-  for (std::uint64_t p = 0; p < mem->pageCount(); ++p) {
-    pattern.fillPage(p, std::span(mem->page(p), kPageSize));
+  for (std::uint64_t p = 0; p < mem.pageCount(); ++p) {
+    pattern.fillPage(p, std::span(mem.page(p), kPageSize));
     zero += pattern.isZeroPage(p);
   }
   if (f.has("--snapshot-file")) {
     auto fd = sys::openFile(f.get("--snapshot-file"), O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (!fd) die(fd.error().message());
-    for (std::uint64_t p = 0; p < mem->pageCount(); ++p) {
+    for (std::uint64_t p = 0; p < mem.pageCount(); ++p) {
       if (pattern.isZeroPage(p)) continue;  // leave a hole: the file reads as zeros there
-      if (auto ok = sys::pwriteAll(fd->get(), mem->page(p), kPageSize, p * kPageSize); !ok)
+      if (auto ok = sys::pwriteAll(fd->get(), mem.page(p), kPageSize, p * kPageSize); !ok)
         die(ok.error().message());
     }
     if (::ftruncate(fd->get(), static_cast<off_t>(size)) != 0)
@@ -168,16 +232,22 @@ int sourceMain(int argc, char** argv) {
   if (f.has("--handover-socket")) {
     auto sock = connectWithRetry(f.get("--handover-socket"), std::chrono::seconds(10));
     if (!sock) die("handover: " + sock.error().message());
-    int fds[] = {mem->memfd().get()};
-    if (auto ok = vmm::sendHandshake(*sock, mem->mappings(), fds); !ok) die(ok.error().message());
+    // The classic handover: one fd, the guest memory itself, and the regions' layout in it.
+    auto regions = mem.mappings();
+    for (auto& r : regions) {
+      r.gpa_start.reset();
+      r.is_guest_memfd = false;
+    }
+    int fds[] = {mem.memfd().get()};
+    if (auto ok = vmm::sendHandshake(*sock, regions, fds); !ok) die(ok.error().message());
     std::fprintf(stderr, "lazymig-testvm: memory handed over on %s\n",
                  f.get("--handover-socket").c_str());
   }
-  std::printf(
-      "{\"role\":\"source\",\"pages\":%llu,\"zero_pages\":%llu,\"bytes\":%llu,\"fill_seconds\":%."
-      "3f}\n",
-      static_cast<unsigned long long>(mem->pageCount()), static_cast<unsigned long long>(zero),
-      static_cast<unsigned long long>(size), fill);
+  nlohmann::ordered_json out{
+      {"role", "source"}, {"pages", mem.pageCount()}, {"zero_pages", zero}, {"bytes", size}};
+  describeMemory(out, mem);
+  out["fill_seconds"] = std::round(fill * 1000) / 1000;
+  std::printf("%s\n", out.dump().c_str());
   std::fflush(stdout);
   if (f.has("--hold")) {
     // A paused source VM keeps its memory until the orchestrator ends it.
@@ -225,12 +295,73 @@ std::string waitForMigration(const std::string& endpoint, const std::string& id,
   return "timeout";
 }
 
+// The uffd features and registration mode the destination VMM asks for, per memory kind.
+std::uint64_t uffdFeatures(MemoryKind kind) {
+  std::uint64_t f = UFFD_FEATURE_EVENT_REMOVE;
+  switch (kind) {
+    case MemoryKind::kAnonymous:
+      break;
+    case MemoryKind::kMemfd:
+      f |= UFFD_FEATURE_MISSING_SHMEM;
+      break;
+    case MemoryKind::kMemfdMinor:
+    case MemoryKind::kGuestMemfd:
+      f |= UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM;
+      break;
+    case MemoryKind::kHugetlb:
+    case MemoryKind::kHugetlbShared:
+      f |= UFFD_FEATURE_MISSING_HUGETLBFS;
+      break;
+  }
+  return f;
+}
+
+sys::RegisterMode registerMode(MemoryKind kind) {
+  return kind == MemoryKind::kMemfdMinor || kind == MemoryKind::kGuestMemfd
+             ? sys::RegisterMode::kMissingAndMinor
+             : sys::RegisterMode::kMissing;
+}
+
+// Registers every region with the uffd. On guest_memfd a refusal is expected (a real
+// guest_memfd mapping takes no uffd on kernels without the KVM userfault work): undo what was
+// registered, say so, and leave the vCPUs to the FaultRequest path. Returns whether registered.
+bool registerRegions(const sys::Uffd& uffd, const GuestMemory& mem) {
+  const auto regions = mem.mappings();
+  for (std::size_t i = 0; i < regions.size(); ++i) {
+    const auto& r = regions[i];
+    auto ok = uffd.registerRange(HostAddr{r.base_host_virt_addr}, Bytes{r.size},
+                                 registerMode(mem.kind()));
+    if (ok) continue;
+    if (mem.kind() != MemoryKind::kGuestMemfd) die(ok.error().message());
+    for (std::size_t k = 0; k < i; ++k) {
+      (void)uffd.unregisterRange(HostAddr{regions[k].base_host_virt_addr}, Bytes{regions[k].size});
+    }
+    int err = ok.error().sys_errno;
+    const char* name = err != 0 ? strerrorname_np(err) : nullptr;
+    std::fprintf(stderr,
+                 "lazymig-testvm: uffd registration on the guest_memfd mapping refused (%s: %s): "
+                 "vCPU faults go by FaultRequest only\n",
+                 name ? name : "?", err != 0 ? std::strerror(err) : ok.error().message().c_str());
+    return false;
+  }
+  return true;
+}
+
+[[noreturn]] void dieWithResult(const std::string& state, const std::string& why, int code) {
+  std::fprintf(stderr, "lazymig-testvm: %s\n", why.c_str());
+  nlohmann::ordered_json out{{"role", "dest"}, {"verified", false}, {"state", state}};
+  if (!why.empty()) out["error"] = why;
+  std::printf("%s\n", out.dump().c_str());
+  std::fflush(stdout);
+  std::_Exit(code);
+}
+
 int destMain(int argc, char** argv) {
   Flags f =
       parseFlags(argc, argv,
                  {"--memory", "--size", "--seed", "--zero-ratio", "--regions", "--handshake-socket",
                   "--vcpus", "--pattern", "--accesses", "--control", "--migration", "--timeout-s"},
-                 {"--balloon"});
+                 {"--balloon", "--require-kvm", "--no-uffd-register"});
   for (const char* req : {"--size", "--handshake-socket", "--control", "--migration"}) {
     if (!f.has(req)) usage(std::string(req) + " is required");
   }
@@ -238,23 +369,40 @@ int destMain(int argc, char** argv) {
   Pattern pattern = parsePattern(f);
   auto access = parseAccessPattern(f.get("--pattern", "hot"));
   if (!access) usage(access.error().message());
-  if (f.has("--balloon") && kind != MemoryKind::kAnonymous) usage("--balloon needs --memory anon");
-  auto mem = GuestMemory::create(kind, parseSize("--size", f.get("--size")),
-                                 static_cast<unsigned>(f.number("--regions", 1)));
-  if (!mem) die(mem.error().message());
-  std::uint64_t features =
-      UFFD_FEATURE_EVENT_REMOVE | (kind == MemoryKind::kMemfd ? UFFD_FEATURE_MISSING_SHMEM : 0);
-  auto uffd = sys::Uffd::open(features);
-  if (!uffd) die(uffd.error().message());
-  for (const auto& r : mem->mappings()) {
-    auto ok = uffd->registerRange(HostAddr{r.base_host_virt_addr}, Bytes{r.size},
-                                  sys::RegisterMode::kMissing);
-    if (!ok) die(ok.error().message());
+  if (f.has("--balloon") && kind != MemoryKind::kAnonymous) {
+    usage(std::string("--balloon needs --memory anon, got ") + memoryKindName(kind));
   }
+  if (f.has("--no-uffd-register") && kind != MemoryKind::kGuestMemfd) {
+    usage("--no-uffd-register needs --memory guest_memfd");
+  }
+  GuestMemory mem = createMemory(f, kind, parseSize("--size", f.get("--size")));
+  const bool guest_memfd = kind == MemoryKind::kGuestMemfd;
+  std::optional<UserfaultBitmap> bitmap;
+  if (guest_memfd) {
+    auto b = UserfaultBitmap::create(mem.pageCount());
+    if (!b) die(b.error().message());
+    bitmap.emplace(std::move(*b));
+  }
+  auto uffd = sys::Uffd::open(uffdFeatures(kind));
+  if (!uffd) die(uffd.error().message());
+  bool registered = false;
+  if (!f.has("--no-uffd-register")) registered = registerRegions(*uffd, mem);
+  // The handshake socket stays open for the whole run, as Firecracker never closes it.
   auto sock = connectWithRetry(f.get("--handshake-socket"), std::chrono::seconds(10));
   if (!sock) die("handshake: " + sock.error().message());
-  int fds[] = {uffd->pollFd()};
-  if (auto ok = vmm::sendHandshake(*sock, mem->mappings(), fds); !ok) die(ok.error().message());
+  std::vector<int> fds = {uffd->pollFd()};
+  if (kind == MemoryKind::kMemfdMinor) fds.push_back(mem.memfd().get());
+  if (guest_memfd) fds.insert(fds.end(), {mem.memfd().get(), bitmap->fd().get()});
+  if (auto ok = vmm::sendHandshake(*sock, mem.mappings(), fds); !ok) die(ok.error().message());
+
+  std::unique_ptr<FaultChannel> channel;
+  if (guest_memfd) {
+    auto c = FaultChannel::start(*sock, mem, *bitmap, [](const std::string& why) {
+      dieWithResult("fault_protocol_error", "guest_memfd protocol: " + why, 2);
+    });
+    if (!c) die(c.error().message());
+    channel = std::move(*c);
+  }
 
   // Watch the migration from the start: if it fails, vCPUs blocked in faults the agent will
   // never answer would keep the workload from ever finishing, so leave from here.
@@ -282,39 +430,59 @@ int destMain(int argc, char** argv) {
   wo.accesses = f.number("--accesses", 20000);
   wo.balloon = f.has("--balloon");
   wo.seed = pattern.seed;
-  WorkloadResult work = runWorkload(*mem, wo);
+  if (channel) {
+    wo.before_access = [c = channel.get()](unsigned vcpu, std::uint64_t page) {
+      c->beforeAccess(vcpu, page);
+    };
+  }
+  WorkloadResult work = runWorkload(mem, wo);
   auto t_wait = Clock::now();
   watcher.join();
   double wait = std::chrono::duration<double>(Clock::now() - t_wait).count();
   (void)t_start;
   if (!completed) return 4;
-  VerifyResult v = verifyMemory(*mem, pattern, work);
+  VerifyResult v = verifyMemory(mem, pattern, work);
+  // Every page the handler populated has its bit cleared; one still set was never populated.
+  std::uint64_t bits_set = bitmap ? bitmap->countSet() : 0;
+  if (channel) channel->stop();
   std::vector<std::uint64_t> faulting;
   for (auto ns : work.latencies_ns) {
     if (ns > 5000) faulting.push_back(ns);
   }
-  nlohmann::json out{{"role", "dest"},
-                     {"verified", v.mismatches == 0},
-                     {"pages", v.pages},
-                     {"mismatches", v.mismatches},
-                     {"first_mismatches", nlohmann::json::array()},
-                     {"accesses", work.accesses},
-                     {"guest_writes", work.writes},
-                     {"ballooned_pages", work.ballooned_pages},
-                     {"access_latency_us", latencyJson(work.latencies_ns)},
-                     {"faulting_accesses", faulting.size()},
-                     {"faulting_latency_us", latencyJson(faulting)},
-                     {"workload_seconds", work.seconds},
-                     {"wait_seconds", wait}};
+  const bool verified = v.mismatches == 0 && bits_set == 0;
+  nlohmann::ordered_json out{{"role", "dest"},
+                             {"verified", verified},
+                             {"pages", v.pages},
+                             {"mismatches", v.mismatches},
+                             {"first_mismatches", nlohmann::json::array()},
+                             {"accesses", work.accesses},
+                             {"guest_writes", work.writes},
+                             {"ballooned_pages", work.ballooned_pages},
+                             {"access_latency_us", latencyJson(work.latencies_ns)},
+                             {"faulting_accesses", faulting.size()},
+                             {"faulting_latency_us", latencyJson(faulting)},
+                             {"workload_seconds", work.seconds},
+                             {"wait_seconds", wait}};
   for (auto [page, off] : v.first_mismatches)
     out["first_mismatches"].push_back({{"page", page}, {"offset", off}});
+  describeMemory(out, mem);
+  out["uffd_registered"] = registered;
+  out["fault_requests"] = channel ? channel->requests() : 0;
+  out["fault_replies"] = channel ? channel->replies() : 0;
+  out["bitmap_bits_set"] = bits_set;
   std::fprintf(
       stderr, "lazymig-testvm: %llu pages verified, %llu mismatches, %llu guest writes kept\n",
       static_cast<unsigned long long>(v.pages), static_cast<unsigned long long>(v.mismatches),
       static_cast<unsigned long long>(work.stamps.size()));
+  if (bits_set != 0) {
+    std::fprintf(stderr,
+                 "lazymig-testvm: %llu userfault bitmap bits still set after the migration "
+                 "completed: those pages were never populated\n",
+                 static_cast<unsigned long long>(bits_set));
+  }
   std::printf("%s\n", out.dump().c_str());
   std::fflush(stdout);
-  return v.mismatches == 0 ? 0 : 1;
+  return verified ? 0 : 1;
 }
 
 }  // namespace
@@ -326,7 +494,7 @@ int main(int argc, char** argv) {
   if (cmd == "source") return sourceMain(argc, argv);
   if (cmd == "dest") return destMain(argc, argv);
   if (cmd == "--help" || cmd == "-h" || cmd == "help") {
-    std::printf("%s", kUsage);
+    std::printf("%s%s", kSynopsis, kDetails);
     return 0;
   }
   usage("unknown command '" + cmd + "'");

@@ -69,6 +69,7 @@ void runVcpu(const GuestMemory& mem, const WorkloadOptions& o, unsigned id,
     }
     std::byte* p = mem.page(page);
     auto t0 = Clock::now();
+    if (o.before_access) o.before_access(id, page);
     if (write) {
       std::byte stamp[Stamp::kBytes];
       Stamp::fill(page, ++generation, stamp);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -21,6 +22,9 @@ struct WorkloadOptions {
   std::uint64_t accesses = 20000;  // per vCPU
   bool balloon = false;            // anonymous memory only
   std::uint64_t seed = 42;
+  // Runs on the vCPU thread before each access to 4 KiB page `page`, inside the timed span:
+  // the guest_memfd variant's userfault exit (FaultChannel::beforeAccess). Empty: none.
+  std::function<void(unsigned vcpu, std::uint64_t page)> before_access;
 };
 
 struct WorkloadResult {
