@@ -3,6 +3,8 @@
 //   local fault floor  a uffd fault served by a local thread from memory (read, COPY, wake)
 //   network floor      a loopback TCP round trip: small request, 4 KiB reply
 //   install floor      populating fresh memory (MADV_POPULATE_WRITE) and bulk UFFDIO_COPY
+//   population paths   the agent's PageInstaller on each kind of guest memory, as a ratio of
+//                      uffd_copy on anonymous memory measured in the same run
 // Prints a human table on stderr and one JSON object on stdout.
 #include <linux/userfaultfd.h>
 #include <netinet/in.h>
@@ -23,6 +25,7 @@
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include "bench/population.h"
 #include "sys/mapping.h"
 #include "sys/uffd.h"
 #include "sys/unique_fd.h"
@@ -220,6 +223,7 @@ int main() {
   double populate = populateMiBs(512ull << 20);
   double copy1 = bulkCopyMiBs(256ull << 20, 1);
   double copy64 = bulkCopyMiBs(256ull << 20, 64);
+  auto paths = bench::populationPathRates(256ull << 20, 5);
   std::fprintf(stderr,
                "floors on this machine (medians of 20000):\n"
                "  local fault floor   p50 %8.1f us   p99 %8.1f us\n"
@@ -230,12 +234,26 @@ int main() {
                "                      UFFDIO_COPY 1 page  %7.0f MiB/s, 64 pages %7.0f MiB/s\n",
                medianUs(local), p99Us(local), medianUs(net), p99Us(net), medianUs(tls), p99Us(tls),
                populate, copy1, copy64);
+  std::fprintf(stderr, "  population paths (PageInstaller, 256 KiB batches, median of 5):\n");
+  const double base = paths.front().mib_s;
+  std::string paths_json;
+  for (const auto& p : paths) {
+    if (!p.ran) {
+      std::fprintf(stderr, "    %-44s  not run: %s\n", p.name.c_str(), p.note.c_str());
+      continue;
+    }
+    std::fprintf(stderr, "    %-44s %7.0f MiB/s  %.2fx anonymous uffd_copy\n", p.name.c_str(),
+                 p.mib_s, base > 0 ? p.mib_s / base : 0.0);
+    paths_json += (paths_json.empty() ? "" : ",") + std::string("\"") + p.name +
+                  "\":" + std::to_string(static_cast<long>(p.mib_s));
+  }
   std::printf(
       "{\"local_fault_us\":{\"p50\":%.2f,\"p99\":%.2f},\"network_rtt_us\":{\"p50\":%.2f,\"p99\":%."
       "2f},"
       "\"transport_rtt_us\":{\"p50\":%.2f,\"p99\":%.2f},"
-      "\"populate_mib_s\":%.0f,\"uffd_copy_1page_mib_s\":%.0f,\"uffd_copy_64page_mib_s\":%.0f}\n",
+      "\"populate_mib_s\":%.0f,\"uffd_copy_1page_mib_s\":%.0f,\"uffd_copy_64page_mib_s\":%.0f,"
+      "\"population_path_mib_s\":{%s}}\n",
       medianUs(local), p99Us(local), medianUs(net), p99Us(net), medianUs(tls), p99Us(tls), populate,
-      copy1, copy64);
+      copy1, copy64, paths_json.c_str());
   return local.empty() || net.empty() ? 1 : 0;
 }

@@ -1,0 +1,136 @@
+#include "bench/population.h"
+
+#include <linux/userfaultfd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "agent/guest_layout.h"
+#include "agent/guest_memory_view.h"
+#include "agent/page_installer.h"
+#include "store/page_map.h"
+#include "sys/mapping.h"
+#include "sys/memory_fd.h"
+#include "sys/uffd.h"
+
+namespace lazymig::bench {
+namespace {
+
+using agent::PopulationPath;
+using Clock = std::chrono::steady_clock;
+
+enum class Memory {
+  kAnon,
+  kMemfd,
+  kMemfdMinor,
+  kGuestMemfdShape,         // pwrite, as a memfd (or a GUEST_MEMFD_FLAG_WRITE guest_memfd) allows
+  kGuestMemfdShapeMapping,  // through the mapping, as a mainline guest_memfd needs
+  kHugetlb,
+};
+
+// Installs `bytes` of non-zero pages in batches of 256 KiB (the bulk stream's default) and
+// returns MiB/s, or a negative number when the memory could not be set up.
+double installOnce(Memory kind, std::size_t bytes) {
+  const bool huge = kind == Memory::kHugetlb;
+  const std::uint64_t page = huge ? 2ull << 20 : 4096;
+  sys::UniqueFd memfd, bitmap_fd;
+  Result<sys::Mapping> guest = std::unexpected(Error::make(Errc::kSystem, "", ""));
+  if (kind == Memory::kAnon) {
+    guest = sys::Mapping::anonymous(Bytes{bytes});
+  } else if (huge) {
+    guest = sys::Mapping::anonymousHugetlb(Bytes{bytes}, Bytes{page});
+  } else {
+    auto fd = sys::createMemfd("bench", Bytes{bytes});
+    if (!fd) return -1;
+    memfd = std::move(*fd);
+    guest = sys::Mapping::ofFd(memfd.get(), Bytes{bytes}, GuestOffset{0}, PROT_READ | PROT_WRITE,
+                               MAP_SHARED);
+  }
+  if (!guest) return -1;
+  const bool gmem = kind == Memory::kGuestMemfdShape || kind == Memory::kGuestMemfdShapeMapping;
+  const bool minor = kind == Memory::kMemfdMinor || gmem;
+  std::uint64_t features = (kind == Memory::kAnon ? 0
+                            : huge                ? UFFD_FEATURE_MISSING_HUGETLBFS
+                                                  : UFFD_FEATURE_MISSING_SHMEM) |
+                           (minor ? UFFD_FEATURE_MINOR_SHMEM : 0);
+  auto uffd = sys::Uffd::open(features);
+  if (!uffd) return -1;
+  if (!uffd->registerRange(
+          guest->address(), guest->size(),
+          minor ? sys::RegisterMode::kMissingAndMinor : sys::RegisterMode::kMissing)) {
+    return -1;
+  }
+  auto layout = agent::GuestLayout::fromMappings({{.base_host_virt_addr = guest->address().value,
+                                                   .size = bytes,
+                                                   .offset = 0,
+                                                   .page_size = page}});
+  if (!layout) return -1;
+  agent::GuestMemoryView view;
+  if (minor) {
+    if (gmem) {
+      bitmap_fd = *sys::createMemfd("bitmap", Bytes{(bytes / page + 63) / 64 * 8});
+    }
+    auto v =
+        agent::GuestMemoryView::map(memfd, bytes, page, bitmap_fd.valid() ? &bitmap_fd : nullptr,
+                                    kind != Memory::kGuestMemfdShapeMapping);
+    if (!v) return -1;
+    view = std::move(*v);
+    if (bitmap_fd.valid()) {
+      auto b = sys::Mapping::ofFd(bitmap_fd.get(), Bytes{(bytes / page + 63) / 64 * 8},
+                                  GuestOffset{0}, PROT_READ | PROT_WRITE, MAP_SHARED);
+      std::memset(b->data(), 0xff, b->size().value);
+    }
+  }
+  store::PageMap pages(bytes / page);
+  agent::PageInstaller installer(*uffd, *layout, pages,
+                                 kind == Memory::kMemfdMinor ? PopulationPath::kShmemMinorContinue
+                                 : gmem                      ? PopulationPath::kGuestMemfd
+                                                             : PopulationPath::kUffdCopy,
+                                 minor ? &view : nullptr);
+  const std::uint64_t batch = std::max<std::uint64_t>(1, (256 << 10) / page);
+  std::vector<std::byte> src(batch * page, std::byte{0x5a});
+  auto t0 = Clock::now();
+  for (std::uint64_t p = 0; p < bytes / page; p += batch) {
+    auto r = installer.install(PageIndex{p}, std::min(batch, bytes / page - p), src.data(), {},
+                               /*fault_thread=*/false);
+    if (!r) return -1;
+  }
+  double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  return static_cast<double>(bytes) / (1 << 20) / s;
+}
+
+}  // namespace
+
+std::vector<PathRate> populationPathRates(std::size_t bytes, int runs) {
+  const std::pair<Memory, const char*> kinds[] = {
+      {Memory::kAnon, "uffd_copy (anonymous)"},
+      {Memory::kMemfd, "uffd_copy (memfd, missing mode)"},
+      {Memory::kMemfdMinor, "shmem_minor_continue (memfd, pwrite)"},
+      {Memory::kGuestMemfdShape, "guest_memfd_write (memfd stand-in, pwrite)"},
+      {Memory::kGuestMemfdShapeMapping, "guest_memfd_mmap (memfd stand-in, mapping)"},
+      {Memory::kHugetlb, "uffd_copy (hugetlbfs, 2 MiB pages)"},
+  };
+  std::vector<PathRate> out;
+  for (auto [kind, name] : kinds) {
+    std::vector<double> rates;
+    for (int i = 0; i < runs; ++i) {
+      double r = installOnce(kind, bytes);
+      if (r > 0) rates.push_back(r);
+    }
+    PathRate pr{name};
+    if (!rates.empty()) {
+      std::sort(rates.begin(), rates.end());
+      pr.mib_s = rates[rates.size() / 2];
+      pr.ran = true;
+    } else {
+      pr.note = kind == Memory::kHugetlb
+                    ? "no free 2 MiB huge pages (raise /proc/sys/vm/nr_hugepages)"
+                    : "could not set up the memory";
+    }
+    out.push_back(pr);
+  }
+  return out;
+}
+
+}  // namespace lazymig::bench
