@@ -112,29 +112,39 @@ Result<PageInstaller::Step> PageInstaller::copyRun(PageIndex first, std::uint64_
                                                    const std::byte* data_base, PageIndex data_first,
                                                    InstallCounts& counts) {
   const std::uint64_t page_size = layout_.pageSize();
-  const HostAddr host = layout_.hostAddrOf(first);
+  return ioctlRun(
+      first, n, "UFFDIO_COPY", "registered with its uffd",
+      [&](PageIndex page, HostAddr dst, Bytes len) -> Result<sys::InstallResult> {
+        if (data_base != nullptr) {
+          return uffd_.copy(dst, data_base + (page.value - data_first.value) * page_size, len);
+        }
+        if (!zero_page_.empty()) return uffd_.copy(dst, zero_page_.data(), Bytes{page_size});
+        return uffd_.zeroPage(dst, len);
+      },
+      counts);
+}
+
+Result<PageInstaller::Step> PageInstaller::ioctlRun(PageIndex first, std::uint64_t count,
+                                                    const char* op, const char* registered_how,
+                                                    const IssueInstall& issue,
+                                                    InstallCounts& counts) {
+  const std::uint64_t page_size = layout_.pageSize();
   std::uint64_t off = 0;
-  while (off < n) {
-    HostAddr dst{host.value + off * page_size};
-    Result<sys::InstallResult> r;
-    if (data_base != nullptr) {
-      const std::byte* src = data_base + (first.value - data_first.value + off) * page_size;
-      r = uffd_.copy(dst, src, Bytes{(n - off) * page_size});
-    } else if (!zero_page_.empty()) {
-      r = uffd_.copy(dst, zero_page_.data(), Bytes{page_size});
-    } else {
-      r = uffd_.zeroPage(dst, Bytes{(n - off) * page_size});
-    }
+  while (off < count) {
+    PageIndex page{first.value + off};
+    auto r = issue(page, layout_.hostAddrOf(page), Bytes{(count - off) * page_size});
     if (!r) return std::unexpected(r.error());
     switch (r->outcome) {
       case sys::InstallOutcome::kRetry:
+        // Pages not yet installed stay missing; on the write paths they were written into the
+        // page cache but not mapped, so rewriting them on the retry is safe.
         return Step::kRetry;
       case sys::InstallOutcome::kNotRegistered:
-        return fail(Errc::kProtocol, "UFFDIO_COPY",
-                    "guest page " + std::to_string(first.value + off) +
-                        " is not in a range the VMM registered with its uffd");
+        return fail(Errc::kProtocol, op,
+                    "guest page " + std::to_string(page.value) + " is not in a range the VMM " +
+                        registered_how);
       case sys::InstallOutcome::kAlreadyPresent:
-        pages_.markInstalled(PageIndex{first.value + off});
+        pages_.markInstalled(page);
         ++counts.already_present;
         ++off;
         continue;
@@ -143,7 +153,7 @@ Result<PageInstaller::Step> PageInstaller::copyRun(PageIndex first, std::uint64_
     }
     std::uint64_t done_pages = r->done.value / page_size;
     for (std::uint64_t i = 0; i < done_pages; ++i) {
-      pages_.markInstalled(PageIndex{first.value + off + i});
+      pages_.markInstalled(PageIndex{page.value + i});
     }
     counts.installed += done_pages;
     off += done_pages;
@@ -220,37 +230,9 @@ Result<PageInstaller::Step> PageInstaller::writeRun(PageIndex first, std::uint64
 // Minor mode: maps pages already in the page cache into the VMM's page table.
 Result<PageInstaller::Step> PageInstaller::continueRun(PageIndex first, std::uint64_t count,
                                                        InstallCounts& counts) {
-  const std::uint64_t page_size = layout_.pageSize();
-  std::uint64_t off = 0;
-  while (off < count) {
-    PageIndex page{first.value + off};
-    auto r = continueRange(layout_.hostAddrOf(page), Bytes{(count - off) * page_size});
-    if (!r) return std::unexpected(r.error());
-    switch (r->outcome) {
-      case sys::InstallOutcome::kRetry:
-        // The written pages stay unmapped and missing: rewriting them on the retry is safe,
-        // the guest cannot have seen them.
-        return Step::kRetry;
-      case sys::InstallOutcome::kNotRegistered:
-        return fail(Errc::kProtocol, "UFFDIO_CONTINUE",
-                    "guest page " + std::to_string(page.value) +
-                        " is not in a range the VMM registered in minor mode");
-      case sys::InstallOutcome::kAlreadyPresent:
-        pages_.markInstalled(page);
-        ++counts.already_present;
-        ++off;
-        continue;
-      case sys::InstallOutcome::kInstalled:
-        break;
-    }
-    std::uint64_t done_pages = r->done.value / page_size;
-    for (std::uint64_t i = 0; i < done_pages; ++i) {
-      pages_.markInstalled(PageIndex{page.value + i});
-    }
-    counts.installed += done_pages;
-    off += done_pages;
-  }
-  return Step::kDone;
+  return ioctlRun(
+      first, count, "UFFDIO_CONTINUE", "registered in minor mode",
+      [&](PageIndex, HostAddr dst, Bytes len) { return continueRange(dst, len); }, counts);
 }
 
 Result<sys::InstallResult> PageInstaller::continueRange(HostAddr dst, Bytes len) {

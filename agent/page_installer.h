@@ -94,6 +94,13 @@ class PageInstaller {
   Result<Step> writeRun(PageIndex first, std::uint64_t count, const std::byte* data,
                         PageIndex data_first, bool only_removed, InstallCounts& counts);
   Result<Step> continueRun(PageIndex first, std::uint64_t count, InstallCounts& counts);
+  // Issues an install ioctl over a contiguous run until every page is in or known present,
+  // accounting each outcome; issue(page, its host address, bytes to the run's end).
+  using IssueInstall =
+      std::function<Result<sys::InstallResult>(PageIndex page, HostAddr dst, Bytes len)>;
+  Result<Step> ioctlRun(PageIndex first, std::uint64_t count, const char* op,
+                        const char* registered_how, const IssueInstall& issue,
+                        InstallCounts& counts);
   Result<sys::InstallResult> continueRange(HostAddr dst, Bytes len);
 
   const sys::Uffd& uffd_;

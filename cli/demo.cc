@@ -58,28 +58,6 @@ std::string selfDir() {
   return ec ? "." : p.parent_path().string();
 }
 
-constexpr std::uint64_t kHugePage = 2ull << 20;
-constexpr const char* kNrHugepages = "/proc/sys/vm/nr_hugepages";
-// Beyond the two VMs' own: a margin for the rounding of region splits and anything else here.
-constexpr std::uint64_t kSpareHugePages = 4;
-
-Result<std::uint64_t> readNrHugepages() {
-  std::ifstream in(kNrHugepages);
-  std::uint64_t n = 0;
-  if (!(in >> n)) return fail(Errc::kSystem, "read", std::string(kNrHugepages) + ": unreadable");
-  return n;
-}
-
-Status writeNrHugepages(std::uint64_t n) {
-  sys::UniqueFd fd(::open(kNrHugepages, O_WRONLY | O_CLOEXEC));
-  if (!fd) return failSys("open", kNrHugepages);
-  std::string text = std::to_string(n) + "\n";
-  if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
-    return failSys("write", std::string(kNrHugepages) + " <- " + std::to_string(n));
-  }
-  return {};
-}
-
 }  // namespace
 
 Status checkDemoOptions(const DemoOptions& o) {
@@ -110,76 +88,6 @@ bool demoUsesHandover(const std::string& memory) { return memory != "anon" && me
 
 bool demoUsesHugetlb(const std::string& memory) {
   return memory == "hugetlb" || memory == "hugetlb-shared";
-}
-
-Result<HugePageReservation> HugePageReservation::ensureFree(std::uint64_t pages, bool verbose) {
-  auto pool = sys::defaultHugePagePool();
-  if (!pool) return std::unexpected(pool.error());
-  if (pool->page_size.value != kHugePage) {
-    return fail(Errc::kUnsupported, "huge pages",
-                "the default huge page size here is " + std::to_string(pool->page_size.value) +
-                    " bytes, not 2 MiB, so " + kNrHugepages +
-                    " does not size the pool the hugetlb VMs use");
-  }
-  HugePageReservation r;
-  r.verbose_ = verbose;
-  if (pool->free >= pages) return r;
-  const std::uint64_t shortfall = pages - pool->free;
-  auto before = readNrHugepages();
-  if (!before) return std::unexpected(before.error());
-  const std::uint64_t target = *before + shortfall;
-  auto need = [&] {
-    return "the demo needs " + std::to_string(pages) +
-           " free 2 MiB huge pages (HugePages_Free is " + std::to_string(pool->free) +
-           "); as root: echo " + std::to_string(target) + " > " + kNrHugepages;
-  };
-  if (auto ok = writeNrHugepages(target); !ok) {
-    return fail(
-        Errc::kUnsupported, "huge pages",
-        "cannot raise " + std::string(kNrHugepages) + " (" + ok.error().message() + "): " + need());
-  }
-  r.restore_to_ = *before;  // from here on the destructor puts it back
-  auto after = sys::defaultHugePagePool();
-  if (!after) return std::unexpected(after.error());
-  if (after->free < pages) {
-    return fail(Errc::kUnsupported, "huge pages",
-                "raised " + std::string(kNrHugepages) + " to " + std::to_string(target) +
-                    " but the kernel found memory for only " + std::to_string(after->free) +
-                    " free 2 MiB pages (not enough free memory): " + need());
-  }
-  if (verbose) {
-    std::fprintf(stderr,
-                 "demo: raised %s from %llu to %llu: %llu free 2 MiB huge pages needed for the "
-                 "source and destination VMs; it goes back to %llu when the demo ends\n",
-                 kNrHugepages, static_cast<unsigned long long>(*before),
-                 static_cast<unsigned long long>(target), static_cast<unsigned long long>(pages),
-                 static_cast<unsigned long long>(*before));
-  }
-  return r;
-}
-
-HugePageReservation::HugePageReservation(HugePageReservation&& other) noexcept
-    : restore_to_(std::exchange(other.restore_to_, std::nullopt)), verbose_(other.verbose_) {}
-
-HugePageReservation& HugePageReservation::operator=(HugePageReservation&& other) noexcept {
-  if (this != &other) {
-    HugePageReservation old(std::move(*this));  // restores on leaving this scope
-    restore_to_ = std::exchange(other.restore_to_, std::nullopt);
-    verbose_ = other.verbose_;
-  }
-  return *this;
-}
-
-HugePageReservation::~HugePageReservation() {
-  if (!restore_to_) return;
-  auto ok = writeNrHugepages(*restore_to_);
-  if (!ok) {
-    std::fprintf(stderr, "demo: could not put %s back to %llu: %s\n", kNrHugepages,
-                 static_cast<unsigned long long>(*restore_to_), ok.error().message().c_str());
-  } else if (verbose_) {
-    std::fprintf(stderr, "demo: %s back to %llu\n", kNrHugepages,
-                 static_cast<unsigned long long>(*restore_to_));
-  }
 }
 
 Result<DemoRun> DemoRun::prepare(DemoOptions options) {

@@ -13,6 +13,7 @@
 
 #include "base/error.h"
 #include "cli/child_process.h"
+#include "cli/huge_pages.h"
 
 namespace lazymig::cli {
 
@@ -47,23 +48,6 @@ Status checkDemoOptions(const DemoOptions& options);
 // Whether the source VM hands its memory fd to the agent (else it writes a snapshot file).
 bool demoUsesHandover(const std::string& memory);
 bool demoUsesHugetlb(const std::string& memory);
-
-// Makes sure `pages` 2 MiB huge pages are free, raising /proc/sys/vm/nr_hugepages by the
-// shortfall if need be; puts the previous value back when destroyed.
-class HugePageReservation {
- public:
-  HugePageReservation() = default;
-  static Result<HugePageReservation> ensureFree(std::uint64_t pages, bool verbose);
-  HugePageReservation(HugePageReservation&& other) noexcept;
-  HugePageReservation& operator=(HugePageReservation&& other) noexcept;
-  HugePageReservation(const HugePageReservation&) = delete;
-  HugePageReservation& operator=(const HugePageReservation&) = delete;
-  ~HugePageReservation();
-
- private:
-  std::optional<std::uint64_t> restore_to_;  // the nr_hugepages to put back, if raised
-  bool verbose_ = false;
-};
 
 enum class Side { kSource, kDestination };
 

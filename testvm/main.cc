@@ -29,6 +29,7 @@
 #include "testvm/fault_channel.h"
 #include "testvm/guest_memory.h"
 #include "testvm/pattern.h"
+#include "testvm/uffd_setup.h"
 #include "testvm/userfault_bitmap.h"
 #include "testvm/workload.h"
 #include "vmm/handshake.h"
@@ -295,56 +296,24 @@ std::string waitForMigration(const std::string& endpoint, const std::string& id,
   return "timeout";
 }
 
-// The uffd features and registration mode the destination VMM asks for, per memory kind.
-std::uint64_t uffdFeatures(MemoryKind kind) {
-  std::uint64_t f = UFFD_FEATURE_EVENT_REMOVE;
-  switch (kind) {
-    case MemoryKind::kAnonymous:
-      break;
-    case MemoryKind::kMemfd:
-      f |= UFFD_FEATURE_MISSING_SHMEM;
-      break;
-    case MemoryKind::kMemfdMinor:
-    case MemoryKind::kGuestMemfd:
-      f |= UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM;
-      break;
-    case MemoryKind::kHugetlb:
-    case MemoryKind::kHugetlbShared:
-      f |= UFFD_FEATURE_MISSING_HUGETLBFS;
-      break;
-  }
-  return f;
-}
-
-sys::RegisterMode registerMode(MemoryKind kind) {
-  return kind == MemoryKind::kMemfdMinor || kind == MemoryKind::kGuestMemfd
-             ? sys::RegisterMode::kMissingAndMinor
-             : sys::RegisterMode::kMissing;
-}
-
-// Registers every region with the uffd. On guest_memfd a refusal is expected (a real
-// guest_memfd mapping takes no uffd on kernels without the KVM userfault work): undo what was
-// registered, say so, and leave the vCPUs to the FaultRequest path. Returns whether registered.
-bool registerRegions(const sys::Uffd& uffd, const GuestMemory& mem) {
-  const auto regions = mem.mappings();
-  for (std::size_t i = 0; i < regions.size(); ++i) {
-    const auto& r = regions[i];
-    auto ok = uffd.registerRange(HostAddr{r.base_host_virt_addr}, Bytes{r.size},
-                                 registerMode(mem.kind()));
-    if (ok) continue;
-    if (mem.kind() != MemoryKind::kGuestMemfd) die(ok.error().message());
-    for (std::size_t k = 0; k < i; ++k) {
-      (void)uffd.unregisterRange(HostAddr{regions[k].base_host_virt_addr}, Bytes{regions[k].size});
+// Watches the migration from the start: if it fails, vCPUs blocked in faults the agent will
+// never answer would keep the workload from ever finishing, so the process leaves from here.
+std::thread watchMigration(const Flags& f, std::atomic<bool>& completed) {
+  return std::thread([&f, &completed] {
+    std::string reason;
+    std::string state =
+        waitForMigration(f.get("--control"), f.get("--migration"),
+                         std::chrono::seconds(f.number("--timeout-s", 600)), reason);
+    if (state == "completed") {
+      completed = true;
+      return;
     }
-    int err = ok.error().sys_errno;
-    const char* name = err != 0 ? strerrorname_np(err) : nullptr;
-    std::fprintf(stderr,
-                 "lazymig-testvm: uffd registration on the guest_memfd mapping refused (%s: %s): "
-                 "vCPU faults go by FaultRequest only\n",
-                 name ? name : "?", err != 0 ? std::strerror(err) : ok.error().message().c_str());
-    return false;
-  }
-  return true;
+    std::fprintf(stderr, "lazymig-testvm: migration %s%s%s\n", state.c_str(),
+                 reason.empty() ? "" : ": ", reason.c_str());
+    std::printf("{\"role\":\"dest\",\"verified\":false,\"state\":\"%s\"}\n", state.c_str());
+    std::fflush(stdout);
+    std::_Exit(state == "timeout" ? 4 : 3);
+  });
 }
 
 [[noreturn]] void dieWithResult(const std::string& state, const std::string& why, int code) {
@@ -354,6 +323,31 @@ bool registerRegions(const sys::Uffd& uffd, const GuestMemory& mem) {
   std::printf("%s\n", out.dump().c_str());
   std::fflush(stdout);
   std::_Exit(code);
+}
+
+// The destination's verdict and the workload's numbers, as its last stdout line starts.
+nlohmann::ordered_json destResult(const VerifyResult& v, const WorkloadResult& work, double wait,
+                                  bool verified) {
+  std::vector<std::uint64_t> faulting;
+  for (auto ns : work.latencies_ns) {
+    if (ns > 5000) faulting.push_back(ns);
+  }
+  nlohmann::ordered_json out{{"role", "dest"},
+                             {"verified", verified},
+                             {"pages", v.pages},
+                             {"mismatches", v.mismatches},
+                             {"first_mismatches", nlohmann::json::array()},
+                             {"accesses", work.accesses},
+                             {"guest_writes", work.writes},
+                             {"ballooned_pages", work.ballooned_pages},
+                             {"access_latency_us", latencyJson(work.latencies_ns)},
+                             {"faulting_accesses", faulting.size()},
+                             {"faulting_latency_us", latencyJson(faulting)},
+                             {"workload_seconds", work.seconds},
+                             {"wait_seconds", wait}};
+  for (auto [page, off] : v.first_mismatches)
+    out["first_mismatches"].push_back({{"page", page}, {"offset", off}});
+  return out;
 }
 
 int destMain(int argc, char** argv) {
@@ -386,7 +380,11 @@ int destMain(int argc, char** argv) {
   auto uffd = sys::Uffd::open(uffdFeatures(kind));
   if (!uffd) die(uffd.error().message());
   bool registered = false;
-  if (!f.has("--no-uffd-register")) registered = registerRegions(*uffd, mem);
+  if (!f.has("--no-uffd-register")) {
+    auto r = registerRegions(*uffd, mem);
+    if (!r) die(r.error().message());
+    registered = *r;
+  }
   // The handshake socket stays open for the whole run, as Firecracker never closes it.
   auto sock = connectWithRetry(f.get("--handshake-socket"), std::chrono::seconds(10));
   if (!sock) die("handshake: " + sock.error().message());
@@ -404,25 +402,8 @@ int destMain(int argc, char** argv) {
     channel = std::move(*c);
   }
 
-  // Watch the migration from the start: if it fails, vCPUs blocked in faults the agent will
-  // never answer would keep the workload from ever finishing, so leave from here.
   std::atomic<bool> completed{false};
-  auto t_start = Clock::now();
-  std::thread watcher([&] {
-    std::string reason;
-    std::string state =
-        waitForMigration(f.get("--control"), f.get("--migration"),
-                         std::chrono::seconds(f.number("--timeout-s", 600)), reason);
-    if (state == "completed") {
-      completed = true;
-      return;
-    }
-    std::fprintf(stderr, "lazymig-testvm: migration %s%s%s\n", state.c_str(),
-                 reason.empty() ? "" : ": ", reason.c_str());
-    std::printf("{\"role\":\"dest\",\"verified\":false,\"state\":\"%s\"}\n", state.c_str());
-    std::fflush(stdout);
-    std::_Exit(state == "timeout" ? 4 : 3);
-  });
+  std::thread watcher = watchMigration(f, completed);
 
   WorkloadOptions wo;
   wo.vcpus = static_cast<unsigned>(f.number("--vcpus", 4));
@@ -439,32 +420,13 @@ int destMain(int argc, char** argv) {
   auto t_wait = Clock::now();
   watcher.join();
   double wait = std::chrono::duration<double>(Clock::now() - t_wait).count();
-  (void)t_start;
   if (!completed) return 4;
   VerifyResult v = verifyMemory(mem, pattern, work);
   // Every page the handler populated has its bit cleared; one still set was never populated.
   std::uint64_t bits_set = bitmap ? bitmap->countSet() : 0;
   if (channel) channel->stop();
-  std::vector<std::uint64_t> faulting;
-  for (auto ns : work.latencies_ns) {
-    if (ns > 5000) faulting.push_back(ns);
-  }
   const bool verified = v.mismatches == 0 && bits_set == 0;
-  nlohmann::ordered_json out{{"role", "dest"},
-                             {"verified", verified},
-                             {"pages", v.pages},
-                             {"mismatches", v.mismatches},
-                             {"first_mismatches", nlohmann::json::array()},
-                             {"accesses", work.accesses},
-                             {"guest_writes", work.writes},
-                             {"ballooned_pages", work.ballooned_pages},
-                             {"access_latency_us", latencyJson(work.latencies_ns)},
-                             {"faulting_accesses", faulting.size()},
-                             {"faulting_latency_us", latencyJson(faulting)},
-                             {"workload_seconds", work.seconds},
-                             {"wait_seconds", wait}};
-  for (auto [page, off] : v.first_mismatches)
-    out["first_mismatches"].push_back({{"page", page}, {"offset", off}});
+  nlohmann::ordered_json out = destResult(v, work, wait, verified);
   describeMemory(out, mem);
   out["uffd_registered"] = registered;
   out["fault_requests"] = channel ? channel->requests() : 0;
