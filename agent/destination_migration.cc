@@ -347,6 +347,11 @@ void DestinationMigration::failMigration(const Error& why) {
         if (vmm_faults_) vmm_faults_->stop();
         if (faults_) faults_->stop();
       });
+    // Nothing more can be installed: keep the bulk stream from asking again and again.
+    if (bulk_loop_)
+      bulk_loop_->post([this] {
+        if (bulk_) bulk_->stop();
+      });
   }
 }
 

@@ -53,6 +53,7 @@ void FaultService::drainEvents() {
   draining_ = true;
   std::array<uffd_msg, 64> msgs;
   std::vector<std::uint64_t> to_request;
+  std::vector<PageIndex> to_zero;
   for (;;) {
     auto lock = installer_.eventsLock();
     auto n = uffd_.readEvents(msgs);
@@ -67,7 +68,7 @@ void FaultService::drainEvents() {
       const uffd_msg& m = msgs[i];
       switch (m.event) {
         case UFFD_EVENT_PAGEFAULT:
-          handlePageFault(m.arg.pagefault.address, to_request);
+          handlePageFault(m.arg.pagefault.address, to_request, to_zero);
           break;
         case UFFD_EVENT_REMOVE:
           handleRemove(m.arg.remove.start, m.arg.remove.end);
@@ -79,10 +80,18 @@ void FaultService::drainEvents() {
     }
   }
   draining_ = false;
+  // Outside the drain: a zero install that meets EAGAIN (another remove queued) must be able
+  // to read that event, which it cannot while this drain holds the events lock.
+  for (PageIndex page : to_zero) {
+    auto r = installer_.installZeroForRemoved(page, [this] { drainEvents(); });
+    if (!r) return hooks_.fatal(r.error());
+    makeVisibleOrFail(page);
+  }
   if (!to_request.empty()) hooks_.request_pages(to_request);
 }
 
-void FaultService::handlePageFault(std::uint64_t address, std::vector<std::uint64_t>& to_request) {
+void FaultService::handlePageFault(std::uint64_t address, std::vector<std::uint64_t>& to_request,
+                                   std::vector<PageIndex>& to_zero) {
   stats_.demand_faults.fetch_add(1, std::memory_order_relaxed);
   auto page = layout_.pageOf(HostAddr{address});
   if (!page) {
@@ -100,9 +109,7 @@ void FaultService::handlePageFault(std::uint64_t address, std::vector<std::uint6
     return;
   }
   if (state == PageState::kRemoved) {
-    auto r = installer_.installZeroForRemoved(*page, [this] { drainEvents(); });
-    if (!r) return hooks_.fatal(r.error());
-    makeVisibleOrFail(*page);
+    to_zero.push_back(*page);  // the guest discarded it: zeros, once the drain is over
     return;
   }
   addPending(*page, to_request).by_uffd = true;

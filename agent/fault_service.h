@@ -76,7 +76,8 @@ class FaultService {
     std::vector<vmm::FaultRequest> requests;  // and these wait for a FaultReply
   };
   static void onReadable(int fd, short what, void* arg);
-  void handlePageFault(std::uint64_t address, std::vector<std::uint64_t>& to_request);
+  void handlePageFault(std::uint64_t address, std::vector<std::uint64_t>& to_request,
+                       std::vector<PageIndex>& to_zero);
   void handleRemove(std::uint64_t start, std::uint64_t end);
   void installReply(PageIndex first, std::uint64_t count, const std::byte* data);
   // A page a fault waits on is populated: let the vCPUs go, reply, record the latency.
