@@ -61,8 +61,8 @@ std::string selfDir() {
 }  // namespace
 
 Status checkDemoOptions(const DemoOptions& o) {
-  static const char* const kinds[] = {"anon",        "memfd",   "memfd-minor",
-                                      "guest_memfd", "hugetlb", "hugetlb-shared"};
+  static const char* const kinds[] = {"anon",    "memfd",          "memfd-minor",  "guest_memfd",
+                                      "hugetlb", "hugetlb-shared", "hugetlb-minor"};
   if (std::find(std::begin(kinds), std::end(kinds), o.memory) == std::end(kinds)) {
     return fail(Errc::kInvalidArgument, "--memory",
                 std::string("must be one of ") + kDemoMemoryKinds + ", got '" + o.memory + "'");
@@ -87,7 +87,7 @@ Status checkDemoOptions(const DemoOptions& o) {
 bool demoUsesHandover(const std::string& memory) { return memory != "anon" && memory != "hugetlb"; }
 
 bool demoUsesHugetlb(const std::string& memory) {
-  return memory == "hugetlb" || memory == "hugetlb-shared";
+  return memory == "hugetlb" || memory == "hugetlb-shared" || memory == "hugetlb-minor";
 }
 
 Result<DemoRun> DemoRun::prepare(DemoOptions options) {

@@ -19,7 +19,7 @@ namespace lazymig::cli {
 
 // The guest memory kinds lazymig-testvm offers, in the order usage texts list them.
 inline constexpr const char* kDemoMemoryKinds =
-    "anon, memfd, memfd-minor, guest_memfd, hugetlb, hugetlb-shared";
+    "anon, memfd, memfd-minor, guest_memfd, hugetlb, hugetlb-shared, hugetlb-minor";
 
 struct DemoOptions {
   std::uint64_t size = 1ull << 30;

@@ -38,7 +38,8 @@ commands:
        [--accesses 20000] [--regions 1] [--zero-ratio 0.25] [--balloon] [--keep] [--timeout-s 600]
        [--no-uffd-register] [--require-kvm]
        [--extra-yaml FILE]  (appended to both agents' configs, e.g. a migration: block)
-       KIND: anon (default), memfd, memfd-minor, guest_memfd, hugetlb, hugetlb-shared
+       KIND: anon (default), memfd, memfd-minor, guest_memfd, hugetlb, hugetlb-shared,
+             hugetlb-minor
          anon and hugetlb migrate from a snapshot file, the others from the source VM's
          memory fd; hugetlb kinds use 2 MiB pages (--size a multiple of 2 MiB) and raise
          /proc/sys/vm/nr_hugepages for the run if too few are free (put back afterwards);

@@ -32,7 +32,8 @@ Error hugePagesShort(const Error& e, std::uint64_t bytes) {
 
 Result<MemoryKind> parseMemoryKind(const std::string& name) {
   for (MemoryKind k : {MemoryKind::kAnonymous, MemoryKind::kMemfd, MemoryKind::kMemfdMinor,
-                       MemoryKind::kGuestMemfd, MemoryKind::kHugetlb, MemoryKind::kHugetlbShared}) {
+                       MemoryKind::kGuestMemfd, MemoryKind::kHugetlb, MemoryKind::kHugetlbShared,
+                       MemoryKind::kHugetlbMinor}) {
     if (name == memoryKindName(k)) return k;
   }
   return fail(Errc::kInvalidArgument, "--memory",
@@ -53,12 +54,19 @@ const char* memoryKindName(MemoryKind kind) {
       return "hugetlb";
     case MemoryKind::kHugetlbShared:
       return "hugetlb-shared";
+    case MemoryKind::kHugetlbMinor:
+      return "hugetlb-minor";
   }
   return "unknown";
 }
 
 bool isHugetlb(MemoryKind kind) {
-  return kind == MemoryKind::kHugetlb || kind == MemoryKind::kHugetlbShared;
+  return kind == MemoryKind::kHugetlb || kind == MemoryKind::kHugetlbShared ||
+         kind == MemoryKind::kHugetlbMinor;
+}
+
+bool isMinorMode(MemoryKind kind) {
+  return kind == MemoryKind::kMemfdMinor || kind == MemoryKind::kHugetlbMinor;
 }
 
 bool hasMemoryFd(MemoryKind kind) {
@@ -124,7 +132,8 @@ Result<GuestMemory> GuestMemory::create(MemoryKind kind, std::uint64_t bytes, un
       g.memfd_ = std::move(*fd);
       break;
     }
-    case MemoryKind::kHugetlbShared: {
+    case MemoryKind::kHugetlbShared:
+    case MemoryKind::kHugetlbMinor: {
       auto fd = sys::createHugetlbMemfd("lazymig-testvm-guest", Bytes{bytes}, Bytes{kHugePage});
       if (!fd) return std::unexpected(fd.error());
       g.memfd_ = std::move(*fd);

@@ -22,11 +22,14 @@ enum class MemoryKind {
   kGuestMemfd,     // guest_memfd: a KVM guest_memfd (or a memfd standing in) mapped MAP_SHARED
   kHugetlb,        // hugetlb: anonymous private MAP_HUGETLB, 2 MiB pages
   kHugetlbShared,  // hugetlb-shared: a MFD_HUGETLB memfd mapped MAP_SHARED, 2 MiB pages
+  kHugetlbMinor,   // hugetlb-minor: the same, handed to the handler, registered MISSING|MINOR
 };
 
-// "anon|memfd|memfd-minor|guest_memfd|hugetlb|hugetlb-shared", for usage texts.
+// "anon|memfd|memfd-minor|guest_memfd|hugetlb|hugetlb-shared|hugetlb-minor", for usage texts.
 inline constexpr const char* kMemoryKindNames =
-    "anon|memfd|memfd-minor|guest_memfd|hugetlb|hugetlb-shared";
+    "anon|memfd|memfd-minor|guest_memfd|hugetlb|hugetlb-shared|hugetlb-minor";
+// Whether the destination hands its memory fd to the handler and registers MISSING|MINOR.
+bool isMinorMode(MemoryKind kind);
 Result<MemoryKind> parseMemoryKind(const std::string& name);
 const char* memoryKindName(MemoryKind kind);
 bool isHugetlb(MemoryKind kind);

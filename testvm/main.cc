@@ -63,10 +63,11 @@ constexpr const char* kDetails =
     "  hugetlb         private anonymous 2 MiB pages      1 fd [uffd], MISSING\n"
     "  hugetlb-shared  a hugetlbfs memfd (2 MiB pages),   1 fd [uffd], MISSING\n"
     "                  MAP_SHARED\n"
+    "  hugetlb-minor   the same hugetlbfs memfd           2 fds [uffd, memfd], MISSING|MINOR\n"
     "hugetlb kinds describe 2 MiB pages in the handshake: --size must be a multiple of 2 MiB, and\n"
     "the huge pages must be free (/proc/sys/vm/nr_hugepages).\n"
     "source: --snapshot-file for every KIND; --handover-socket hands the memory fd itself to the\n"
-    "agent (one fd), for memfd, memfd-minor, guest_memfd and hugetlb-shared.\n"
+    "agent (one fd), for memfd, memfd-minor, guest_memfd, hugetlb-shared and hugetlb-minor.\n"
     "--require-kvm      guest_memfd: exit 2 when /dev/kvm cannot give a guest_memfd, instead of\n"
     "                   letting a memfd stand in (same handshake, bitmap and FaultRequests)\n"
     "--no-uffd-register guest_memfd: do not register the guest memory with the uffd, as on\n"
@@ -208,7 +209,7 @@ int sourceMain(int argc, char** argv) {
   }
   if (f.has("--handover-socket") && !hasMemoryFd(kind)) {
     usage(std::string("--handover-socket needs memory in a file descriptor (--memory memfd, "
-                      "memfd-minor, guest_memfd or hugetlb-shared); for --memory ") +
+                      "memfd-minor, guest_memfd, hugetlb-shared or hugetlb-minor); for --memory ") +
           memoryKindName(kind) + " use --snapshot-file");
   }
   auto t0 = Clock::now();
@@ -389,7 +390,7 @@ int destMain(int argc, char** argv) {
   auto sock = connectWithRetry(f.get("--handshake-socket"), std::chrono::seconds(10));
   if (!sock) die("handshake: " + sock.error().message());
   std::vector<int> fds = {uffd->pollFd()};
-  if (kind == MemoryKind::kMemfdMinor) fds.push_back(mem.memfd().get());
+  if (isMinorMode(kind)) fds.push_back(mem.memfd().get());
   if (guest_memfd) fds.insert(fds.end(), {mem.memfd().get(), bitmap->fd().get()});
   if (auto ok = vmm::sendHandshake(*sock, mem.mappings(), fds); !ok) die(ok.error().message());
 

@@ -23,14 +23,16 @@ std::uint64_t uffdFeatures(MemoryKind kind) {
     case MemoryKind::kHugetlbShared:
       f |= UFFD_FEATURE_MISSING_HUGETLBFS;
       break;
+    case MemoryKind::kHugetlbMinor:
+      f |= UFFD_FEATURE_MISSING_HUGETLBFS | UFFD_FEATURE_MINOR_HUGETLBFS;
+      break;
   }
   return f;
 }
 
 sys::RegisterMode registerMode(MemoryKind kind) {
-  return kind == MemoryKind::kMemfdMinor || kind == MemoryKind::kGuestMemfd
-             ? sys::RegisterMode::kMissingAndMinor
-             : sys::RegisterMode::kMissing;
+  return isMinorMode(kind) || kind == MemoryKind::kGuestMemfd ? sys::RegisterMode::kMissingAndMinor
+                                                              : sys::RegisterMode::kMissing;
 }
 
 Result<bool> registerRegions(const sys::Uffd& uffd, const GuestMemory& mem) {
