@@ -318,9 +318,13 @@ int cmdDemo(int argc, char** argv, int i) {
   const json v = r.value("vcpu_access_latency_us", json::object());
   std::printf("lazymig demo: %s of %s memory, %s pattern, %u vCPUs\n",
               a.get("--size", "1GiB").c_str(), o.memory.c_str(), o.pattern.c_str(), o.vcpus);
+  // The agent counts pages of the handshake's size (2 MiB on hugetlbfs), the verifier 4 KiB.
+  const std::uint64_t page_size = r.value("page_size", std::uint64_t{4096});
   std::printf(
-      "  pages            %llu (%llu on demand, %llu by the bulk stream, %llu zero markers)\n",
-      static_cast<unsigned long long>(r.value("pages", 0)),
+      "  pages            %llu of %llu KiB (%llu on demand, %llu by the bulk stream, %llu zero "
+      "markers)\n",
+      static_cast<unsigned long long>(r.value("size_bytes", std::uint64_t{0}) / page_size),
+      static_cast<unsigned long long>(page_size / 1024),
       static_cast<unsigned long long>(r.value("demand_pages", 0)),
       static_cast<unsigned long long>(r.value("bulk_pages", 0)),
       static_cast<unsigned long long>(r.value("zero_pages", 0)));
