@@ -1,5 +1,7 @@
 #include "agent/agent.h"
 
+#include <algorithm>
+
 #include <sys/stat.h>
 
 #include <fstream>
@@ -75,9 +77,15 @@ Status Agent::init() {
   if (!client) return std::unexpected(client.error());
   tls_server_ = std::move(*server);
   tls_client_ = std::move(*client);
-  ctx_ = std::make_unique<AgentContext>(AgentContext{config_, tls_client_, *db_, metrics_.get()});
+  auto retire_loop = transport::EventLoop::start("retire");
+  if (!retire_loop) return std::unexpected(retire_loop.error());
+  retire_loop_ = std::move(*retire_loop);
+  ctx_ = std::make_unique<AgentContext>(
+      AgentContext{config_, tls_client_, *db_, metrics_.get(),
+                   [this](const std::string& id) { scheduleRetire(id); }});
   if (auto ok = startPeerListener(); !ok) return ok;
   loadMigrations();
+  forgetOldHistory();
   if (auto ok = startControlApi(); !ok) return ok;
   ready_ = true;
   log_.info("agent ready", {{"node", config_.node_name},
@@ -281,9 +289,42 @@ nlohmann::json Agent::info() const {
           {"migrations_active", registry_.activeCount()}};
 }
 
+void Agent::scheduleRetire(const std::string& id) {
+  // Longer than a completed destination lingers on its channels (SourceChannel::finish), so
+  // that retiring never cuts a Complete short.
+  auto grace = std::max(config_.migration.stall_timeout, std::chrono::milliseconds(1000)) +
+               std::chrono::milliseconds(2000);
+  retire_loop_->postDelayed(std::chrono::duration_cast<std::chrono::milliseconds>(grace),
+                            [this, id] { retire(id); });
+}
+
+void Agent::retire(const std::string& id) {
+  auto m = registry_.find(id);
+  if (!m || !isFinal(m->state())) return;
+  auto report = m->toJson();
+  // Stops its threads; the object (and with it the mappings and fds it holds) goes when the
+  // last reference does -- here, or in a control API call still reading it.
+  m->shutdown();
+  registry_.retire(id, std::move(report));
+  m.reset();
+  log_.info("finished migration retired; its report stays", {{"migration", id}});
+  forgetOldHistory();
+}
+
+void Agent::forgetOldHistory() {
+  for (const auto& old : registry_.pruneHistory(kHistoryLimit)) {
+    if (auto ok = db_->deleteMigration(old); !ok) {
+      log_.warn("could not delete an old migration record",
+                {{"migration", old}, {"error", ok.error().message()}});
+    }
+  }
+}
+
 void Agent::stop() {
   if (stopped_.exchange(true)) return;
   log_.info("agent stopping");
+  // No retirement may run while (or after) migrations are shut down below.
+  if (retire_loop_) retire_loop_->stop();
   if (control_loop_) runOnLoop(*control_loop_, [this] { control_.reset(); });
   for (auto& m : registry_.all()) m->shutdown();
   if (peer_loop_)

@@ -34,6 +34,12 @@ class Agent {
   // Finished migrations become history; unfinished ones are resumed (invariant 4).
   void loadMigrations();
   void resumeMigration(store::MigrationRecord record);
+  // A finished migration keeps its threads, fds and mappings (a minor-mode or guest_memfd
+  // destination maps the guest's memory) until retired: after a grace period that lets its
+  // channels close cleanly, it is shut down and only its report stays, as history.
+  void scheduleRetire(const std::string& id);
+  void retire(const std::string& id);
+  void forgetOldHistory();
   std::expected<std::shared_ptr<Migration>, ApiError> create(const nlohmann::json& body,
                                                              bool& created);
   nlohmann::json info() const;
@@ -48,6 +54,7 @@ class Agent {
   Registry registry_;
   std::unique_ptr<transport::EventLoop> peer_loop_;
   std::unique_ptr<transport::EventLoop> control_loop_;
+  std::unique_ptr<transport::EventLoop> retire_loop_;  // started first, stopped first
   std::unique_ptr<PeerListener> peer_listener_;
   std::unique_ptr<ControlApi> control_;
   std::string control_address_;
@@ -56,6 +63,8 @@ class Agent {
   std::atomic<bool> ready_{false};
   std::atomic<bool> stopped_{false};
   log::Logger log_ = log::root().with({{"component", "agent"}});
+  // Finished migrations kept (live reports and RocksDB records); older ones are forgotten.
+  static constexpr std::size_t kHistoryLimit = 1000;
 };
 
 }  // namespace lazymig::agent

@@ -93,7 +93,10 @@ bool Migration::setState(MigrationState next, std::string reason) {
               {{"state", stateName(next)}, {"from", stateName(prev)}, {"reason", reason}});
   }
   persist();
-  if (isFinal(next)) logReport();
+  if (isFinal(next)) {
+    logReport();
+    if (ctx_.on_final) ctx_.on_final(id_);
+  }
   return true;
 }
 

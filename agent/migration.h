@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -40,6 +41,9 @@ struct AgentContext {
   std::shared_ptr<transport::TlsContext> tls_client;
   store::Database& db;
   metrics::AgentMetrics* metrics;  // may be null in tests
+  // Called (from whichever thread made it so) once a migration reaches a final state; the
+  // agent retires it after a grace period. May be empty in tests.
+  std::function<void(const std::string& id)> on_final = {};
 };
 
 class Migration {

@@ -1,5 +1,7 @@
 #include "agent/registry.h"
 
+#include <algorithm>
+
 namespace lazymig::agent {
 
 std::shared_ptr<Migration> Registry::addIfAbsent(std::shared_ptr<Migration> m, bool& added) {
@@ -39,6 +41,24 @@ std::vector<std::shared_ptr<Migration>> Registry::all() const {
 void Registry::addHistory(const std::string& id, nlohmann::json record) {
   std::lock_guard lock(mu_);
   if (live_.count(id) == 0) history_[id] = std::move(record);
+}
+
+void Registry::retire(const std::string& id, nlohmann::json report) {
+  std::lock_guard lock(mu_);
+  live_.erase(id);
+  history_[id] = std::move(report);
+}
+
+std::vector<std::string> Registry::pruneHistory(std::size_t keep) {
+  std::lock_guard lock(mu_);
+  std::vector<std::string> dropped;
+  if (history_.size() <= keep) return dropped;
+  std::vector<std::pair<std::string, std::string>> by_age;  // updated_at (ISO 8601), id
+  for (auto& [id, j] : history_) by_age.emplace_back(j.value("updated_at", ""), id);
+  std::sort(by_age.begin(), by_age.end());
+  for (std::size_t i = 0; i < history_.size() - keep; ++i) dropped.push_back(by_age[i].second);
+  for (auto& id : dropped) history_.erase(id);
+  return dropped;
 }
 
 std::vector<nlohmann::json> Registry::history() const {

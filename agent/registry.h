@@ -25,6 +25,10 @@ class Registry {
   // Records of earlier runs of this agent that are not live migrations (finished, or from
   // before a restart); shown by the control API.
   void addHistory(const std::string& id, nlohmann::json record);
+  // A finished migration leaves the live set; its final report stays as history.
+  void retire(const std::string& id, nlohmann::json report);
+  // Drops the oldest history records (by updated_at) beyond `keep`; returns their ids.
+  std::vector<std::string> pruneHistory(std::size_t keep);
   std::vector<nlohmann::json> history() const;
   std::optional<nlohmann::json> findHistory(const std::string& id) const;
   std::size_t activeCount() const;

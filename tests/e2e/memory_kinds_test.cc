@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
+#include <string>
 
 #include "tests/e2e/e2e.h"
 
@@ -202,6 +204,43 @@ TEST(MemoryKinds, MinorModeDestinationKilledMidBulkRecovers) {
   ASSERT_TRUE(m);
   EXPECT_TRUE(m->value("resumed_after_restart", false)) << m->dump();
   EXPECT_EQ(m->value("population_path", ""), "shmem_minor_continue") << m->dump();
+}
+
+// Whether the agent process maps the test VM's guest memory fd.
+bool agentMapsGuestMemory(pid_t agent) {
+  std::ifstream maps("/proc/" + std::to_string(agent) + "/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    if (line.find("memfd:lazymig-testvm-guest") != std::string::npos) return true;
+  }
+  return false;
+}
+
+// A write-path destination maps the guest's memory; once the migration is over the agent must
+// let go of it (and of the migration's threads), or every migrated VM's memory would stay
+// allocated on the host after the VM is gone. Its report stays readable.
+TEST(MemoryKinds, FinishedMigrationLetsGoOfGuestMemoryAndKeepsItsReport) {
+  auto o = baseOptions();
+  o.memory = "memfd-minor";
+  o.extra_yaml = "migration:\n  stall_timeout_ms: 1000\n";
+  auto run = cli::DemoRun::prepare(o);
+  ASSERT_TRUE(run) << run.error().message();
+  ASSERT_TRUE(run->prepareSourceMemory());
+  ASSERT_TRUE(run->createMigrations());
+  ASSERT_TRUE(run->startDestinationVm());
+  const pid_t agent = run->agentPid(cli::Side::kDestination);
+  ASSERT_TRUE(waitUntil([&] { return agentMapsGuestMemory(agent); }, std::chrono::seconds(30)))
+      << "the minor-mode destination writes through its own mapping of the memfd";
+  auto vm = run->waitDestinationVm();
+  ASSERT_TRUE(vm) << vm.error().message();
+  EXPECT_TRUE(vm->value("verified", false)) << vm->dump();
+  EXPECT_TRUE(waitUntil([&] { return !agentMapsGuestMemory(agent); }, std::chrono::seconds(30)))
+      << "the agent still maps the guest's memory after the migration finished";
+  auto m = run->migration(cli::Side::kDestination);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->value("state", ""), "completed") << m->dump();
+  EXPECT_EQ(m->value("population_path", ""), "shmem_minor_continue") << m->dump();
+  EXPECT_EQ((*m)["progress"].value("pages_remaining", 1), 0) << m->dump();
 }
 
 // guest_memfd cannot be recovered (its FaultRequest socket died with the agent, and the VMM
