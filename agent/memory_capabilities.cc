@@ -83,7 +83,7 @@ void probeGuestMemfd(MemoryCapabilities& caps) {
   auto reg = uffd->registerRange(map->address(), map->size(), sys::RegisterMode::kMissingAndMinor);
   caps.uffd_on_guest_memfd =
       reg ? yes("UFFDIO_REGISTER MISSING | MINOR on a guest_memfd mapping accepted")
-          : no("UFFDIO_REGISTER on a guest_memfd mapping: " + reg.error().message() +
+          : no("refused on a guest_memfd mapping: " + reg.error().message() +
                " (vCPU faults come only as FaultRequests)");
 }
 

@@ -81,6 +81,12 @@ Status checkDemoOptions(const DemoOptions& o) {
   if (o.require_kvm && o.memory != "guest_memfd") {
     return fail(Errc::kInvalidArgument, "--require-kvm", "needs --memory guest_memfd");
   }
+  if (o.memfd_standin && o.memory != "guest_memfd") {
+    return fail(Errc::kInvalidArgument, "--memfd-standin", "needs --memory guest_memfd");
+  }
+  if (o.memfd_standin && o.require_kvm) {
+    return fail(Errc::kInvalidArgument, "--memfd-standin", "contradicts --require-kvm");
+  }
   return {};
 }
 
@@ -252,6 +258,7 @@ Status DemoRun::prepareSourceMemory() {
                                    "--regions",
                                    std::to_string(o.regions)};
   if (o.require_kvm) argv.push_back("--require-kvm");
+  if (o.memfd_standin) argv.push_back("--memfd-standin");
   const bool handover = demoUsesHandover(o.memory);
   if (handover) {
     argv.insert(argv.end(), {"--handover-socket", dir_ + "/source-vmm.sock", "--hold"});
@@ -330,6 +337,7 @@ Status DemoRun::startDestinationVm() {
   if (o.balloon) argv.push_back("--balloon");
   if (o.no_uffd_register) argv.push_back("--no-uffd-register");
   if (o.require_kvm) argv.push_back("--require-kvm");
+  if (o.memfd_standin) argv.push_back("--memfd-standin");
   auto child = ChildProcess::spawn(argv, dir_ + "/destination-vm.log", true);
   if (!child) return std::unexpected(child.error());
   dest_vm_.emplace(std::move(*child));

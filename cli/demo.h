@@ -32,6 +32,7 @@ struct DemoOptions {
   bool balloon = false;           // anon only
   bool no_uffd_register = false;  // guest_memfd: the destination VM registers no uffd range
   bool require_kvm = false;       // guest_memfd: fail rather than let a memfd stand in
+  bool memfd_standin = false;     // guest_memfd: a memfd stands in even where KVM is there
   std::uint64_t seed = 42;
   int timeout_s = 600;
   bool keep = false;    // keep the working directory

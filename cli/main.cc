@@ -36,7 +36,7 @@ commands:
   certs --dir D --node NAME --san SAN [--san SAN...] [--ca-name lazymig-ca]
   demo [--size 1GiB] [--memory KIND] [--pattern sequential|random|hot|write] [--vcpus 4]
        [--accesses 20000] [--regions 1] [--zero-ratio 0.25] [--balloon] [--keep] [--timeout-s 600]
-       [--no-uffd-register] [--require-kvm]
+       [--no-uffd-register] [--require-kvm | --memfd-standin]
        [--extra-yaml FILE]  (appended to both agents' configs, e.g. a migration: block)
        KIND: anon (default), memfd, memfd-minor, guest_memfd, hugetlb, hugetlb-shared,
              hugetlb-minor
@@ -44,7 +44,8 @@ commands:
          memory fd; hugetlb kinds use 2 MiB pages (--size a multiple of 2 MiB) and raise
          /proc/sys/vm/nr_hugepages for the run if too few are free (put back afterwards);
          guest_memfd takes a guest_memfd from /dev/kvm, or a memfd stands in without KVM
-         (--require-kvm: fail instead). --balloon is for anon only.
+         (--require-kvm: fail instead; --memfd-standin: use the stand-in even with KVM,
+         e.g. to see uffd faults beside FaultRequests). --balloon is for anon only.
        --no-uffd-register  guest_memfd: the destination VM registers no uffd range, as on
                            kernels that refuse uffd on a guest_memfd: faults go by FaultRequest
 
@@ -290,7 +291,7 @@ int cmdDemo(int argc, char** argv, int i) {
   Args a = parse(argc, argv, i,
                  {"--size", "--memory", "--pattern", "--vcpus", "--accesses", "--regions",
                   "--zero-ratio", "--timeout-s", "--seed", "--extra-yaml"},
-                 {"--balloon", "--keep", "--no-uffd-register", "--require-kvm"});
+                 {"--balloon", "--keep", "--no-uffd-register", "--require-kvm", "--memfd-standin"});
   cli::DemoOptions o;
   if (a.has("--size")) o.size = parseSize(a.get("--size"));
   o.memory = a.get("--memory", o.memory);
@@ -304,6 +305,7 @@ int cmdDemo(int argc, char** argv, int i) {
   o.balloon = a.has("--balloon");
   o.no_uffd_register = a.has("--no-uffd-register");
   o.require_kvm = a.has("--require-kvm");
+  o.memfd_standin = a.has("--memfd-standin");
   o.keep = a.has("--keep");
   if (auto ok = cli::checkDemoOptions(o); !ok) usage(ok.error().message());
   if (a.has("--extra-yaml")) {

@@ -79,6 +79,7 @@ std::uint64_t handshakePageSize(MemoryKind kind) {
 
 Status GuestMemory::createGuestMemfd(const GuestMemoryOptions& options) {
   auto real = [&]() -> Result<sys::UniqueFd> {
+    if (options.memfd_standin) return fail(Errc::kUnsupported, "--memfd-standin", "asked for");
     auto vm = sys::KvmVm::open();
     if (!vm) return std::unexpected(vm.error());
     auto fd = vm->createGuestMemfd(Bytes{bytes_},

@@ -44,6 +44,9 @@ constexpr std::uint64_t kGuestMemfdGpaBase = 0x1'0000'0000;
 struct GuestMemoryOptions {
   // guest_memfd: fail rather than let a memfd stand in when KVM cannot give a guest_memfd.
   bool require_kvm = false;
+  // guest_memfd: let a memfd stand in even where KVM can give a guest_memfd. A stand-in takes
+  // uffd registration, which a kernel refusing it on a guest_memfd cannot offer otherwise.
+  bool memfd_standin = false;
 };
 
 class GuestMemory {

@@ -43,10 +43,10 @@ namespace {
 constexpr const char* kSynopsis =
     "usage:\n"
     "  lazymig-testvm source --memory KIND --size SIZE [--seed N] [--zero-ratio R] [--regions N]\n"
-    "                        [--require-kvm]\n"
+    "                        [--require-kvm | --memfd-standin]\n"
     "                        (--snapshot-file PATH | --handover-socket PATH [--hold])\n"
     "  lazymig-testvm dest   --memory KIND --size SIZE [--seed N] [--zero-ratio R] [--regions N]\n"
-    "                        [--require-kvm] [--no-uffd-register]\n"
+    "                        [--require-kvm | --memfd-standin] [--no-uffd-register]\n"
     "                        --handshake-socket PATH [--vcpus N]\n"
     "                        [--pattern sequential|random|hot|write] [--accesses N] [--balloon]\n"
     "                        --control ENDPOINT --migration ID [--timeout-s N]\n";
@@ -70,6 +70,10 @@ constexpr const char* kDetails =
     "agent (one fd), for memfd, memfd-minor, guest_memfd, hugetlb-shared and hugetlb-minor.\n"
     "--require-kvm      guest_memfd: exit 2 when /dev/kvm cannot give a guest_memfd, instead of\n"
     "                   letting a memfd stand in (same handshake, bitmap and FaultRequests)\n"
+    "--memfd-standin    guest_memfd: let a memfd stand in even where /dev/kvm gives a "
+    "guest_memfd;\n"
+    "                   unlike a guest_memfd on most kernels, it takes uffd registration, so\n"
+    "                   vCPU faults arrive both as uffd events and as FaultRequests\n"
     "--no-uffd-register guest_memfd: do not register the guest memory with the uffd, as on\n"
     "                   kernels that refuse it on a guest_memfd; vCPU faults go by FaultRequest\n"
     "--balloon          anon only: discard pages while the workload runs (MADV_DONTNEED)\n";
@@ -144,8 +148,13 @@ Flags parseFlags(int argc, char** argv, const std::vector<std::string>& valued,
 MemoryKind parseMemory(const Flags& f) {
   auto kind = parseMemoryKind(f.get("--memory", "anon"));
   if (!kind) usage(kind.error().message());
-  if (f.has("--require-kvm") && *kind != MemoryKind::kGuestMemfd) {
-    usage("--require-kvm needs --memory guest_memfd");
+  for (const char* flag : {"--require-kvm", "--memfd-standin"}) {
+    if (f.has(flag) && *kind != MemoryKind::kGuestMemfd) {
+      usage(std::string(flag) + " needs --memory guest_memfd");
+    }
+  }
+  if (f.has("--require-kvm") && f.has("--memfd-standin")) {
+    usage("give at most one of --require-kvm and --memfd-standin");
   }
   return *kind;
 }
@@ -155,10 +164,14 @@ MemoryKind parseMemory(const Flags& f) {
 GuestMemory createMemory(const Flags& f, MemoryKind kind, std::uint64_t size) {
   GuestMemoryOptions options;
   options.require_kvm = f.has("--require-kvm");
+  options.memfd_standin = f.has("--memfd-standin");
   auto mem =
       GuestMemory::create(kind, size, static_cast<unsigned>(f.number("--regions", 1)), options);
   if (!mem) die(mem.error().message());
-  if (!mem->standInReason().empty()) {
+  if (options.memfd_standin) {
+    std::fprintf(stderr,
+                 "lazymig-testvm: a memfd stands in for the guest_memfd (--memfd-standin)\n");
+  } else if (!mem->standInReason().empty()) {
     std::fprintf(stderr,
                  "lazymig-testvm: /dev/kvm unavailable (%s); a memfd stands in for the "
                  "guest_memfd (same handshake, bitmap and FaultRequest protocol)\n",
@@ -199,7 +212,7 @@ int sourceMain(int argc, char** argv) {
   Flags f = parseFlags(argc, argv,
                        {"--memory", "--size", "--seed", "--zero-ratio", "--regions",
                         "--snapshot-file", "--handover-socket"},
-                       {"--hold", "--require-kvm"});
+                       {"--hold", "--require-kvm", "--memfd-standin"});
   if (!f.has("--size")) usage("--size is required");
   MemoryKind kind = parseMemory(f);
   Pattern pattern = parsePattern(f);
@@ -356,7 +369,7 @@ int destMain(int argc, char** argv) {
       parseFlags(argc, argv,
                  {"--memory", "--size", "--seed", "--zero-ratio", "--regions", "--handshake-socket",
                   "--vcpus", "--pattern", "--accesses", "--control", "--migration", "--timeout-s"},
-                 {"--balloon", "--require-kvm", "--no-uffd-register"});
+                 {"--balloon", "--require-kvm", "--memfd-standin", "--no-uffd-register"});
   for (const char* req : {"--size", "--handshake-socket", "--control", "--migration"}) {
     if (!f.has(req)) usage(std::string(req) + " is required");
   }

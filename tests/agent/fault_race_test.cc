@@ -59,8 +59,10 @@ enum class Mode {
   kAnonymous,     // uffd_copy
   kShmemMissing,  // uffd_copy on a memfd
   kShmemMinor,    // memfd registered MISSING | MINOR: write + UFFDIO_CONTINUE
-  // guest_memfd shape on a memfd stand-in (no /dev/kvm here): a userfault bitmap, faults by
-  // FaultRequest from vCPUs that check their bit and by uffd from those that do not.
+  // guest_memfd shape on a memfd stand-in (Linux 6.18 refuses uffd registration on a real
+  // guest_memfd, and this race needs both routes): a userfault bitmap, faults by FaultRequest
+  // from vCPUs that check their bit and by uffd from those that do not. The real guest_memfd
+  // races guest writes in tests/e2e/memory_kinds_test.cc.
   kGuestMemfdShape,
 };
 

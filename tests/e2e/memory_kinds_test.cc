@@ -70,9 +70,12 @@ TEST(MemoryKinds, GuestMemfdByFaultRequestsOnlyWithGuestWritesRacingTheBulkStrea
   EXPECT_EQ(r->value("bitmap_bits_set", 1), 0) << r->dump();
 }
 
-// Where the kernel allows the registration, faults arrive both ways at once.
+// Where the registration is allowed, faults arrive both ways at once. A memfd stands in for the
+// guest_memfd even where /dev/kvm is there: it takes the registration that this kernel refuses
+// on a real guest_memfd, so both routes race on one page state.
 TEST(MemoryKinds, GuestMemfdByFaultRequestsAndUffdFaults) {
   auto o = racingWrites("guest_memfd");
+  o.memfd_standin = true;
   auto r = migrate(o);
   ASSERT_TRUE(r) << r.error().message();
   expectWritesSurvivedTheBulkStream(*r, o.size);
@@ -96,6 +99,47 @@ TEST(MemoryKinds, RealGuestMemfdFromKvm) {
   expectWritesSurvivedTheBulkStream(*r, o.size);
   EXPECT_EQ(r->value("guest_memfd_backing", ""), "kvm") << r->dump();
   EXPECT_EQ(r->value("bitmap_bits_set", 1), 0) << r->dump();
+  EXPECT_EQ(r->value("fault_replies", 0), r->value("fault_requests", -1)) << r->dump();
+}
+
+// Capability detection on a real guest_memfd: what the agent probed must be what the VMM met.
+// On Linux 6.18 the VMM's UFFDIO_REGISTER on its guest_memfd mapping fails and pwrite is
+// refused, so the agent must say "no" to both, name the failing call, and fall back to writing
+// through its own mapping with every fault arriving as a FaultRequest.
+TEST(MemoryKinds, CapabilitiesProbedOnARealGuestMemfdMatchWhatTheVmmMet) {
+  if (::access("/dev/kvm", R_OK | W_OK) != 0) {
+    GTEST_SKIP() << "/dev/kvm is not available on this host (" << std::strerror(errno) << ")";
+  }
+  auto o = baseOptions();
+  o.memory = "guest_memfd";
+  o.require_kvm = true;
+  auto run = cli::DemoRun::prepare(o);
+  ASSERT_TRUE(run) << run.error().message();
+  ASSERT_TRUE(run->prepareSourceMemory());
+  ASSERT_TRUE(run->createMigrations());
+  ASSERT_TRUE(run->startDestinationVm());
+  auto vm = run->waitDestinationVm();
+  ASSERT_TRUE(vm) << vm.error().message();
+  auto r = run->report(*vm, 0);
+  expectVerified(r, o.size);
+  auto m = run->migration(cli::Side::kDestination);
+  ASSERT_TRUE(m);
+  const auto& caps = (*m)["capabilities"];
+  const bool registered = r.value("uffd_registered", false);
+  EXPECT_EQ(caps["uffd_on_guest_memfd"].value("supported", ""), registered ? "yes" : "no")
+      << "the VMM " << (registered ? "registered" : "could not register")
+      << " its guest_memfd mapping: " << caps.dump();
+  EXPECT_NE(caps["uffd_on_guest_memfd"].value("detail", "").find("UFFDIO_REGISTER"),
+            std::string::npos)
+      << caps.dump();
+  EXPECT_EQ(caps["guest_memfd_mmap"].value("supported", ""), "yes") << caps.dump();
+  const bool writable = caps["guest_memfd_write"].value("supported", "") == "yes";
+  EXPECT_EQ(m->value("population_path", ""), writable ? "guest_memfd_write" : "guest_memfd_mmap")
+      << m->dump();
+  if (!registered) {
+    EXPECT_EQ(r.value("demand_faults", 0), r.value("fault_requests", -1))
+        << "without the registration every vCPU fault is a FaultRequest: " << r.dump();
+  }
 }
 
 struct HugeCase {
