@@ -93,6 +93,18 @@ void SourceChannel::onConnected(Result<std::unique_ptr<transport::Connection>> c
   transport::Hello hello{params_.migration_id, params_.token, params_.kind, params_.page_size,
                          params_.memory_bytes};
   conn_->sendEncoded(transport::encodeHello(hello));
+  // A source waiting for its memory holds the Hello unanswered; one that never answers (a
+  // half-open link) must not hold this channel forever. Connecting again costs one TLS
+  // handshake per stall_timeout, so the retry starts from the shortest backoff.
+  stall_timer_ = loop_.postDelayed(params_.stall_timeout, [this] {
+    stall_timer_ = 0;
+    if (open_ || stopped_) return;
+    backoff_ = std::chrono::milliseconds(0);
+    linkDown(Error::make(Errc::kTimeout, "hello",
+                         "no HelloOk from the source within " +
+                             std::to_string(params_.stall_timeout.count()) + " ms"),
+             false);
+  });
 }
 
 void SourceChannel::onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload) {

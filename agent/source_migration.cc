@@ -122,7 +122,51 @@ Status SourceMigration::useMemory(std::unique_ptr<SourceMemory> memory) {
   memory_ = std::move(memory);
   ready_.store(true, std::memory_order_release);
   setState(MigrationState::kServing);
+  peer_loop_.post([this] { attachParked(); });
   return {};
+}
+
+void SourceMigration::park(std::unique_ptr<transport::Connection> conn,
+                           const transport::Hello& hello) {
+  const ChannelKind kind = hello.channel;
+  auto& slot = kind == ChannelKind::kUrgent ? parked_urgent_ : parked_bulk_;
+  if (slot) slot->conn->close();  // the destination gave up on it and connected again
+  transport::Connection::Handlers handlers;
+  // Nothing may come before HelloOk; a closed or misbehaving channel just stops waiting. The
+  // transport lets a handler drop its own connection.
+  auto drop = [this, kind](const Error&) {
+    auto& parked = kind == ChannelKind::kUrgent ? parked_urgent_ : parked_bulk_;
+    if (parked) parked->conn->close();
+    parked.reset();
+  };
+  handlers.on_frame = [drop](const transport::FrameHeader& h, std::span<const std::byte>) {
+    drop(Error::make(Errc::kProtocol, "frame",
+                     std::string(transport::frameTypeName(h.type)) + " before HelloOk"));
+  };
+  handlers.on_closed = drop;
+  conn->setHandlers(std::move(handlers));
+  log_.info("destination waiting for the memory handover",
+            {{"channel", kind == ChannelKind::kUrgent ? "urgent" : "bulk"},
+             {"remote", conn->remoteAddress()}});
+  slot = Parked{std::move(conn), hello};
+}
+
+void SourceMigration::attachParked() {
+  for (auto* slot : {&parked_urgent_, &parked_bulk_}) {
+    if (!*slot) continue;
+    Parked p = std::move(**slot);
+    slot->reset();
+    if (auto refused = attach(std::move(p.conn), p.hello); refused && ctx_.metrics) {
+      ctx_.metrics->addRefusal(*refused);
+    }
+  }
+}
+
+void SourceMigration::closeParked() {
+  for (auto* slot : {&parked_urgent_, &parked_bulk_}) {
+    if (*slot) (*slot)->conn->close();
+    slot->reset();
+  }
 }
 
 transport::Layout SourceMigration::layout() const {
@@ -173,6 +217,10 @@ std::optional<std::string> SourceMigration::attach(std::unique_ptr<transport::Co
   PeerErrorCode code{};
   std::string message;
   if (auto refused = checkHello(hello, code, message, *conn)) {
+    if (*refused == "not_ready") {
+      park(std::move(conn), hello);
+      return std::nullopt;
+    }
     conn->sendEncoded(transport::encodeError({static_cast<std::uint16_t>(code), message}));
     conn->close();
     return refused;
@@ -398,6 +446,7 @@ void SourceMigration::releaseMemory() {
   if (bulk_) bulk_->close();
   urgent_.reset();
   bulk_.reset();
+  closeParked();
   // Page contents may still be referenced by freed connections' buffers until this loop
   // iteration ends; release the mapping on the next one.
   peer_loop_.post([this] {
@@ -432,6 +481,7 @@ void SourceMigration::shutdown() {
     if (bulk_) bulk_->close();
     urgent_.reset();
     bulk_.reset();
+    closeParked();
   };
   if (peer_loop_.inLoopThread())
     drop();

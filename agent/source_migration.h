@@ -31,8 +31,10 @@ class SourceMigration final : public Migration {
   void shutdown() override;
 
   // Peer loop: a connection said Hello for this migration. Either the channel is accepted
-  // (HelloOk sent, the migration owns the connection) or an Error frame is sent and the
-  // connection closed; a refusal reason is returned for the metrics.
+  // (HelloOk sent, the migration owns the connection), or it waits for the memory handover
+  // (an authorised destination that came first: answered the moment the memory arrives), or
+  // an Error frame is sent and the connection closed; a refusal reason is returned for the
+  // metrics.
   std::optional<std::string> attach(std::unique_ptr<transport::Connection> conn,
                                     const transport::Hello& hello);
 
@@ -58,6 +60,9 @@ class SourceMigration final : public Migration {
   void channelClosed(transport::ChannelKind kind, const Error& e);
   void completed(std::uint64_t pages_installed);
   void releaseMemory();  // peer loop
+  void park(std::unique_ptr<transport::Connection> conn, const transport::Hello& hello);
+  void attachParked();  // peer loop, once the memory is here
+  void closeParked();   // peer loop
   transport::Layout layout() const;
 
   SourceSpec spec_;
@@ -77,6 +82,15 @@ class SourceMigration final : public Migration {
   // Peer loop only.
   std::unique_ptr<transport::Connection> urgent_;
   std::unique_ptr<transport::Connection> bulk_;
+  // Authorised channels that said Hello before the memory was handed over, one per kind.
+  // Answering them the moment it arrives spares the destination's first faults a reconnect
+  // backoff (up to seconds) when the orchestrator resumes the VM while the handover runs.
+  struct Parked {
+    std::unique_ptr<transport::Connection> conn;
+    transport::Hello hello;
+  };
+  std::optional<Parked> parked_urgent_;
+  std::optional<Parked> parked_bulk_;
   std::optional<BulkSchedule> schedule_;
   std::vector<std::uint64_t> resume_bitmap_;
   bool resumed_ = false;

@@ -306,6 +306,26 @@ Status DemoRun::createMigrations(const std::string& source_address) {
   return {};
 }
 
+Status DemoRun::waitSourceServing() {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(options_.timeout_s);
+  for (;;) {
+    auto m = migration(Side::kSource);
+    if (!m) return std::unexpected(m.error());
+    const std::string state = m->value("state", "");
+    if (state == "serving") return {};
+    if (state != "waiting_for_memory") {
+      return fail(Errc::kState, "source migration",
+                  state + " before serving: " + m->value("reason", "") + "; see " + dir_ +
+                      "/source.log and " + dir_ + "/source-vm.log");
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      return fail(Errc::kTimeout, "source migration",
+                  "the source VM did not hand its memory over; see " + dir_ + "/source-vm.log");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
 Status DemoRun::startDestinationVm() {
   const auto& o = options_;
   std::vector<std::string> argv = {o.bindir + "/lazymig-testvm",
@@ -446,6 +466,7 @@ Result<nlohmann::json> runDemo(const DemoOptions& options) {
                run->agentAddress(Side::kDestination).c_str(), run->dir().c_str());
   if (auto ok = run->prepareSourceMemory(); !ok) return failWith(ok.error());
   if (auto ok = run->createMigrations(); !ok) return failWith(ok.error());
+  if (auto ok = run->waitSourceServing(); !ok) return failWith(ok.error());
   auto t0 = std::chrono::steady_clock::now();
   if (auto ok = run->startDestinationVm(); !ok) return failWith(ok.error());
   auto vm = run->waitDestinationVm();

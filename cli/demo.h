@@ -67,6 +67,9 @@ class DemoRun {
   Status prepareSourceMemory();
   // Creates both migrations; `source_address` overrides where the destination dials (a proxy).
   Status createMigrations(const std::string& source_address = "");
+  // Waits until the source agent serves the guest memory (the source VM has handed it over),
+  // as an orchestrator resumes the destination VM only once its source is paused and served.
+  Status waitSourceServing();
   Status startDestinationVm();
   // Waits for the destination test VM; returns its final JSON line.
   Result<nlohmann::json> waitDestinationVm();

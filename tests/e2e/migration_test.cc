@@ -1,5 +1,9 @@
 // Whole migrations between two real agent processes over TLS, with a real test VM faulting
 // on real userfaultfd, every byte verified.
+#include <fstream>
+#include <iterator>
+#include <thread>
+
 #include "tests/e2e/e2e.h"
 
 namespace lazymig::e2e {
@@ -98,6 +102,64 @@ TEST(Migration, BalloonDiscardsDuringMigrationReadAsZeros) {
   // Removed pages count as arrived; the test VM checked they read as zeros.
   EXPECT_TRUE(r->value("verified", false)) << r->dump();
   EXPECT_EQ(r->value("mismatches", 1), 0) << r->dump();
+}
+
+// An orchestrator may resume the destination VM while the source VM is still handing its
+// memory over. The destination's channels must then wait at the source and open the moment
+// the memory arrives: refused and retried, they would sit out a reconnect backoff that grows
+// to seconds while the first vCPU faults wait.
+TEST(Migration, DestinationResumedBeforeTheHandoverIsAnsweredWhenTheMemoryArrives) {
+  auto o = baseOptions();
+  o.memory = "memfd";
+  auto run = cli::DemoRun::prepare(o);
+  ASSERT_TRUE(run) << run.error().message();
+  ASSERT_TRUE(run->createMigrations());
+  ASSERT_TRUE(run->startDestinationVm());
+  // Long enough for refusals to have cost several retries (100 + 200 + 400 + 800 ms), shorter
+  // than the destination's wait for HelloOk (stall_timeout, 5 s).
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  auto src = run->migration(cli::Side::kSource);
+  ASSERT_TRUE(src);
+  EXPECT_EQ(src->value("state", ""), "waiting_for_memory") << src->dump();
+  ASSERT_TRUE(run->prepareSourceMemory());
+  auto vm = run->waitDestinationVm();
+  ASSERT_TRUE(vm) << vm.error().message();
+  auto r = run->report(*vm, 0);
+  expectVerified(r, o.size);
+  EXPECT_EQ(r.value("reconnects", -1), 0) << r.dump();
+  const std::string metrics = scrapeMetrics(*run, cli::Side::kSource);
+  EXPECT_NE(metrics.find("lazymig_refusals_total{node=\"source\",reason=\"not_ready\"} 0\n"),
+            std::string::npos)
+      << "the source refused a channel that came before the memory, and it had to retry";
+  std::ifstream log(run->logPath(cli::Side::kSource));
+  std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("destination waiting for the memory handover"), std::string::npos);
+}
+
+// A held Hello must not hold the destination forever (a half-open link looks the same): it
+// waits stall_timeout for HelloOk, connects again, and the source keeps only the newest
+// channel of each kind waiting.
+TEST(Migration, DestinationWaitingLongForTheHandoverConnectsAgainAndFinishes) {
+  auto o = baseOptions();
+  o.memory = "memfd";
+  o.extra_yaml = "migration:\n  stall_timeout_ms: 300\n";
+  auto run = cli::DemoRun::prepare(o);
+  ASSERT_TRUE(run) << run.error().message();
+  ASSERT_TRUE(run->createMigrations());
+  ASSERT_TRUE(run->startDestinationVm());
+  auto waits = [&] {
+    std::ifstream log(run->logPath(cli::Side::kSource));
+    std::string line;
+    int n = 0;
+    while (std::getline(log, line)) n += line.find("waiting for the memory handover") != line.npos;
+    return n;
+  };
+  // Two channels, each held, given up on after 300 ms and held again.
+  EXPECT_TRUE(waitUntil([&] { return waits() >= 6; }, std::chrono::seconds(30))) << waits();
+  ASSERT_TRUE(run->prepareSourceMemory());
+  auto vm = run->waitDestinationVm();
+  ASSERT_TRUE(vm) << vm.error().message();
+  expectVerified(run->report(*vm, 0), o.size);
 }
 
 }  // namespace
