@@ -10,6 +10,7 @@
 #include "agent/guest_memory_view.h"
 #include "agent/page_installer.h"
 #include "store/page_map.h"
+#include "sys/kvm.h"
 #include "sys/mapping.h"
 #include "sys/memory_fd.h"
 #include "sys/uffd.h"
@@ -26,6 +27,7 @@ enum class Memory {
   kMemfdMinor,
   kGuestMemfdShape,         // pwrite, as a memfd (or a GUEST_MEMFD_FLAG_WRITE guest_memfd) allows
   kGuestMemfdShapeMapping,  // through the mapping, as a mainline guest_memfd needs
+  kGuestMemfdKvm,           // a real guest_memfd from /dev/kvm, through the mapping
   kHugetlb,
 };
 
@@ -38,6 +40,15 @@ double installOnce(Memory kind, std::size_t bytes) {
   Result<sys::Mapping> guest = std::unexpected(Error::make(Errc::kSystem, "", ""));
   if (kind == Memory::kAnon) {
     guest = sys::Mapping::anonymous(Bytes{bytes});
+  } else if (kind == Memory::kGuestMemfdKvm) {
+    auto vm = sys::KvmVm::open();
+    if (!vm) return -1;
+    auto fd = vm->createGuestMemfd(Bytes{bytes},
+                                   sys::kGuestMemfdFlagMmap | sys::kGuestMemfdFlagInitShared);
+    if (!fd) return -1;
+    memfd = std::move(*fd);  // it keeps its VM alive
+    guest = sys::Mapping::ofFd(memfd.get(), Bytes{bytes}, GuestOffset{0}, PROT_READ | PROT_WRITE,
+                               MAP_SHARED);
   } else if (huge) {
     guest = sys::Mapping::anonymousHugetlb(Bytes{bytes}, Bytes{page});
   } else {
@@ -48,7 +59,9 @@ double installOnce(Memory kind, std::size_t bytes) {
                                MAP_SHARED);
   }
   if (!guest) return -1;
-  const bool gmem = kind == Memory::kGuestMemfdShape || kind == Memory::kGuestMemfdShapeMapping;
+  const bool real_gmem = kind == Memory::kGuestMemfdKvm;
+  const bool gmem =
+      kind == Memory::kGuestMemfdShape || kind == Memory::kGuestMemfdShapeMapping || real_gmem;
   const bool minor = kind == Memory::kMemfdMinor || gmem;
   std::uint64_t features = (kind == Memory::kAnon ? 0
                             : huge                ? UFFD_FEATURE_MISSING_HUGETLBFS
@@ -56,9 +69,10 @@ double installOnce(Memory kind, std::size_t bytes) {
                            (minor ? UFFD_FEATURE_MINOR_SHMEM : 0);
   auto uffd = sys::Uffd::open(features);
   if (!uffd) return -1;
-  if (!uffd->registerRange(
-          guest->address(), guest->size(),
-          minor ? sys::RegisterMode::kMissingAndMinor : sys::RegisterMode::kMissing)) {
+  // This kernel refuses the registration on a guest_memfd: its faults come as FaultRequests.
+  if (!real_gmem && !uffd->registerRange(guest->address(), guest->size(),
+                                         minor ? sys::RegisterMode::kMissingAndMinor
+                                               : sys::RegisterMode::kMissing)) {
     return -1;
   }
   auto layout = agent::GuestLayout::fromMappings({{.base_host_virt_addr = guest->address().value,
@@ -73,7 +87,7 @@ double installOnce(Memory kind, std::size_t bytes) {
     }
     auto v =
         agent::GuestMemoryView::map(memfd, bytes, page, bitmap_fd.valid() ? &bitmap_fd : nullptr,
-                                    kind != Memory::kGuestMemfdShapeMapping);
+                                    kind != Memory::kGuestMemfdShapeMapping && !real_gmem);
     if (!v) return -1;
     view = std::move(*v);
     if (bitmap_fd.valid()) {
@@ -109,6 +123,7 @@ std::vector<PathRate> populationPathRates(std::size_t bytes, int runs) {
       {Memory::kMemfdMinor, "shmem_minor_continue (memfd, pwrite)"},
       {Memory::kGuestMemfdShape, "guest_memfd_write (memfd stand-in, pwrite)"},
       {Memory::kGuestMemfdShapeMapping, "guest_memfd_mmap (memfd stand-in, mapping)"},
+      {Memory::kGuestMemfdKvm, "guest_memfd_mmap (guest_memfd from /dev/kvm)"},
       {Memory::kHugetlb, "uffd_copy (hugetlbfs, 2 MiB pages)"},
   };
   std::vector<PathRate> out;
@@ -126,7 +141,8 @@ std::vector<PathRate> populationPathRates(std::size_t bytes, int runs) {
     } else {
       pr.note = kind == Memory::kHugetlb
                     ? "no free 2 MiB huge pages (raise /proc/sys/vm/nr_hugepages)"
-                    : "could not set up the memory";
+                : kind == Memory::kGuestMemfdKvm ? "no guest_memfd: /dev/kvm unavailable"
+                                                 : "could not set up the memory";
     }
     out.push_back(pr);
   }
