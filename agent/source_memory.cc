@@ -2,8 +2,15 @@
 
 #include <fcntl.h>
 
+#include <sys/mman.h>
+
 #include <cstring>
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+
+#include "sys/kvm.h"
 #include "sys/memory_fd.h"
 
 namespace lazymig::agent {
@@ -44,8 +51,17 @@ Result<std::unique_ptr<SourceMemory>> SourceMemory::fromHandover(vmm::Handshake 
   auto map = sys::Mapping::ofFd(fd.get(), Bytes{handshake.total_bytes}, GuestOffset{0}, PROT_READ,
                                 MAP_SHARED);
   if (!map) return std::unexpected(map.error());
-  return std::unique_ptr<SourceMemory>(new SourceMemory(
-      std::move(fd), std::move(*map), handshake.page_size, "memory fd from the VMM"));
+  const bool guest_memfd = sys::isGuestMemfd(fd.get());
+  std::unique_ptr<SourceMemory> memory(
+      new SourceMemory(std::move(fd), std::move(*map), handshake.page_size,
+                       guest_memfd ? "guest_memfd from the VMM" : "memory fd from the VMM"));
+  memory->prefault_helps_ = guest_memfd;
+  return memory;
+}
+
+void SourceMemory::prefault(std::uint64_t first, std::uint64_t count) const {
+  // Best effort: without MADV_POPULATE_READ (Linux < 5.14) the reads fault pages in instead.
+  (void)mapping_.advise(MADV_POPULATE_READ, first * page_size_, count * page_size_);
 }
 
 bool SourceMemory::isZero(std::uint64_t page) const {

@@ -316,6 +316,7 @@ std::uint64_t SourceMigration::sendRun(transport::Connection& conn, std::uint64_
   std::uint64_t p = first;
   const std::uint64_t end = first + count;
   std::uint64_t wire = 0;
+  if (count > 1 && memory_->prefaultHelps()) memory_->prefault(first, count);
   while (p < end) {
     bool zero = memory_->isZero(p);
     std::uint64_t q = p + 1;

@@ -247,13 +247,30 @@ int main() {
     paths_json += (paths_json.empty() ? "" : ",") + std::string("\"") + p.name +
                   "\":" + std::to_string(static_cast<long>(p.mib_s));
   }
+  auto reads = bench::sourceReadRates(256ull << 20, 5);
+  std::fprintf(stderr, "  source reads (SourceMemory, 64-page runs, median of 5):\n");
+  std::string reads_json;
+  for (std::size_t i = 0; i < reads.size(); ++i) {
+    const auto& r = reads[i];
+    if (!r.ran) {
+      std::fprintf(stderr, "    %-44s  not run: %s\n", r.name.c_str(), r.note.c_str());
+      continue;
+    }
+    // Pairs: faulting, then prefaulted, for each kind of memory.
+    const double faulting = i % 2 == 1 && reads[i - 1].ran ? reads[i - 1].mib_s : 0;
+    std::fprintf(stderr, "    %-44s %7.0f MiB/s", r.name.c_str(), r.mib_s);
+    if (faulting > 0) std::fprintf(stderr, "  %.2fx faulting", r.mib_s / faulting);
+    std::fprintf(stderr, "\n");
+    reads_json += (reads_json.empty() ? "" : ",") + std::string("\"") + r.name +
+                  "\":" + std::to_string(static_cast<long>(r.mib_s));
+  }
   std::printf(
       "{\"local_fault_us\":{\"p50\":%.2f,\"p99\":%.2f},\"network_rtt_us\":{\"p50\":%.2f,\"p99\":%."
       "2f},"
       "\"transport_rtt_us\":{\"p50\":%.2f,\"p99\":%.2f},"
       "\"populate_mib_s\":%.0f,\"uffd_copy_1page_mib_s\":%.0f,\"uffd_copy_64page_mib_s\":%.0f,"
-      "\"population_path_mib_s\":{%s}}\n",
+      "\"population_path_mib_s\":{%s},\"source_read_mib_s\":{%s}}\n",
       medianUs(local), p99Us(local), medianUs(net), p99Us(net), medianUs(tls), p99Us(tls), populate,
-      copy1, copy64, paths_json.c_str());
+      copy1, copy64, paths_json.c_str(), reads_json.c_str());
   return local.empty() || net.empty() ? 1 : 0;
 }

@@ -9,6 +9,7 @@
 #include "agent/guest_layout.h"
 #include "agent/guest_memory_view.h"
 #include "agent/page_installer.h"
+#include "agent/source_memory.h"
 #include "store/page_map.h"
 #include "sys/kvm.h"
 #include "sys/mapping.h"
@@ -145,6 +146,75 @@ std::vector<PathRate> populationPathRates(std::size_t bytes, int runs) {
                                                  : "could not set up the memory";
     }
     out.push_back(pr);
+  }
+  return out;
+}
+
+namespace {
+
+// A fresh memfd or guest_memfd of `bytes` filled with non-zero pages, as a paused VM's memory.
+Result<sys::UniqueFd> filledGuestMemory(bool guest_memfd, std::size_t bytes) {
+  Result<sys::UniqueFd> fd = std::unexpected(Error::make(Errc::kSystem, "", ""));
+  if (guest_memfd) {
+    auto vm = sys::KvmVm::open();
+    if (!vm) return std::unexpected(vm.error());
+    fd = vm->createGuestMemfd(Bytes{bytes},
+                              sys::kGuestMemfdFlagMmap | sys::kGuestMemfdFlagInitShared);
+  } else {
+    fd = sys::createMemfd("bench-source", Bytes{bytes});
+  }
+  if (!fd) return fd;
+  auto map = sys::Mapping::ofFd(fd->get(), Bytes{bytes}, GuestOffset{0}, PROT_READ | PROT_WRITE,
+                                MAP_SHARED);
+  if (!map) return std::unexpected(map.error());
+  std::memset(map->data(), 0x5a, bytes);
+  return fd;
+}
+
+double readOnce(bool guest_memfd, bool prefault, std::size_t bytes) {
+  auto fd = filledGuestMemory(guest_memfd, bytes);
+  if (!fd) return -1;
+  vmm::Handshake h;
+  h.kind = vmm::HandshakeKind::kClassic;
+  h.page_size = 4096;
+  h.total_bytes = bytes;
+  h.uffd = std::move(*fd);
+  auto mem = agent::SourceMemory::fromHandover(std::move(h));
+  if (!mem) return -1;
+  constexpr std::uint64_t kRun = 64;  // the bulk stream's default batch
+  std::uint64_t data_pages = 0;
+  auto t0 = Clock::now();
+  for (std::uint64_t p = 0; p < (*mem)->pageCount(); p += kRun) {
+    const std::uint64_t n = std::min(kRun, (*mem)->pageCount() - p);
+    if (prefault) (*mem)->prefault(p, n);
+    for (std::uint64_t q = p; q < p + n; ++q) data_pages += !(*mem)->isZero(q);
+  }
+  double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (data_pages != (*mem)->pageCount()) return -1;
+  return static_cast<double>(bytes) / (1 << 20) / s;
+}
+
+}  // namespace
+
+std::vector<PathRate> sourceReadRates(std::size_t bytes, int runs) {
+  std::vector<PathRate> out;
+  for (bool gmem : {false, true}) {
+    for (bool prefault : {false, true}) {
+      std::vector<double> rates;
+      for (int i = 0; i < runs; ++i) {
+        if (double r = readOnce(gmem, prefault, bytes); r > 0) rates.push_back(r);
+      }
+      PathRate pr{std::string(gmem ? "guest_memfd" : "memfd") +
+                  (prefault ? ", MADV_POPULATE_READ per run" : ", faulting page by page")};
+      if (!rates.empty()) {
+        std::sort(rates.begin(), rates.end());
+        pr.mib_s = rates[rates.size() / 2];
+        pr.ran = true;
+      } else {
+        pr.note = gmem ? "no guest_memfd: /dev/kvm unavailable" : "could not set up the memory";
+      }
+      out.push_back(pr);
+    }
   }
   return out;
 }

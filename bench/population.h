@@ -16,4 +16,8 @@ struct PathRate {
 
 std::vector<PathRate> populationPathRates(std::size_t bytes, int runs);
 
+// How fast the source agent reads guest memory handed over as a memfd or a guest_memfd, in
+// the bulk stream's 64-page runs through SourceMemory, with and without prefaulting each run.
+std::vector<PathRate> sourceReadRates(std::size_t bytes, int runs);
+
 }  // namespace lazymig::bench
