@@ -81,6 +81,8 @@ def daemonset_checks(ds, case):
         check("tcp: TLS from the node's directory", vols.get("tls", {}).get("hostPath", {}).get("path") == "/etc/lazymig/tls", vols.get("tls"))
     elif case == "certmanager":
         check("certmanager: TLS from the Certificate's Secret", vols["tls"].get("secret", {}).get("secretName") == "lazymig-tls", vols["tls"])
+        check("certmanager: /dev/kvm requested from the device plugin",
+              c.get("resources", {}).get("limits", {}).get("devices.kubevirt.io/kvm") == "1", c.get("resources"))
         check("certmanager: snapshot dir mounted read-only",
               mounts.get("/var/lib/firecracker/snapshots", {}).get("readOnly") is True, list(mounts))
     return c
