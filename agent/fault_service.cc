@@ -53,7 +53,7 @@ void FaultService::drainEvents() {
   draining_ = true;
   std::array<uffd_msg, 64> msgs;
   std::vector<std::uint64_t> to_request;
-  std::vector<PageIndex> to_zero;
+  std::vector<RemovedFault> to_zero;
   for (;;) {
     auto lock = installer_.eventsLock();
     auto n = uffd_.readEvents(msgs);
@@ -82,16 +82,17 @@ void FaultService::drainEvents() {
   draining_ = false;
   // Outside the drain: a zero install that meets EAGAIN (another remove queued) must be able
   // to read that event, which it cannot while this drain holds the events lock.
-  for (PageIndex page : to_zero) {
-    auto r = installer_.installZeroForRemoved(page, [this] { drainEvents(); });
+  for (const RemovedFault& f : to_zero) {
+    auto r = installer_.installZeroForRemoved(f.page, [this] { drainEvents(); });
     if (!r) return hooks_.fatal(r.error());
-    makeVisibleOrFail(page);
+    makeVisibleOrFail(f.page);
+    recordFault(metrics::FaultPath::kLocal, Clock::now() - f.at);
   }
   if (!to_request.empty()) hooks_.request_pages(to_request);
 }
 
 void FaultService::handlePageFault(std::uint64_t address, std::vector<std::uint64_t>& to_request,
-                                   std::vector<PageIndex>& to_zero) {
+                                   std::vector<RemovedFault>& to_zero) {
   stats_.demand_faults.fetch_add(1, std::memory_order_relaxed);
   auto page = layout_.pageOf(HostAddr{address});
   if (!page) {
@@ -105,11 +106,11 @@ void FaultService::handlePageFault(std::uint64_t address, std::vector<std::uint6
     // will), or, on the write paths, populated but not yet mapped for the VMM: making it
     // visible again is harmless and guarantees no vCPU is left behind.
     makeVisibleOrFail(*page);
-    if (metrics_) metrics_->observeFault(metrics::FaultPath::kLocal, std::chrono::nanoseconds(0));
+    recordFault(metrics::FaultPath::kLocal, std::chrono::nanoseconds(0));
     return;
   }
   if (state == PageState::kRemoved) {
-    to_zero.push_back(*page);  // the guest discarded it: zeros, once the drain is over
+    to_zero.push_back({*page, Clock::now()});
     return;
   }
   addPending(*page, to_request).by_uffd = true;
@@ -119,7 +120,8 @@ FaultService::Pending& FaultService::addPending(PageIndex page,
                                                 std::vector<std::uint64_t>& to_request) {
   // Several vCPUs may fault on one page, by either route: one request to the source, and its
   // install answers them all.
-  auto [it, fresh] = pending_.try_emplace(page.value, Pending{Clock::now()});
+  auto [it, fresh] = pending_.try_emplace(page.value);
+  it->second.faults.push_back(Clock::now());
   if (fresh) {
     waiting_.store(pending_.size(), std::memory_order_relaxed);
     pages_.tryMarkRequested(page);
@@ -146,7 +148,7 @@ Status FaultService::onFaultRequest(const vmm::FaultRequest& request) {
       }
     }
     replyTo(request, *page, false);
-    if (metrics_) metrics_->observeFault(metrics::FaultPath::kLocal, std::chrono::nanoseconds(0));
+    recordFault(metrics::FaultPath::kLocal, std::chrono::nanoseconds(0));
     return {};
   }
   std::vector<std::uint64_t> to_request;
@@ -222,7 +224,11 @@ void FaultService::finishPending(PageIndex page, metrics::FaultPath path, bool z
     makeVisibleOrFail(page);
   }
   for (const auto& request : pending.requests) replyTo(request, page, zero);
-  auto latency = Clock::now() - pending.first_fault;
+  const auto now = Clock::now();
+  for (auto at : pending.faults) recordFault(path, now - at);
+}
+
+void FaultService::recordFault(metrics::FaultPath path, std::chrono::nanoseconds latency) {
   stats_.fault_latency.record(latency);
   if (metrics_) metrics_->observeFault(path, latency);
 }

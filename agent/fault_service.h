@@ -71,15 +71,25 @@ class FaultService {
 
  private:
   struct Pending {
-    std::chrono::steady_clock::time_point first_fault;
+    // When each fault waiting on the page was read: every waiting vCPU's stall is recorded,
+    // not only the first one's.
+    std::vector<std::chrono::steady_clock::time_point> faults;
     bool by_uffd = false;                     // a vCPU sleeps in a uffd fault on it
     std::vector<vmm::FaultRequest> requests;  // and these wait for a FaultReply
   };
+  // A page the guest discarded, faulted on during a drain: zeros once the drain is over.
+  struct RemovedFault {
+    PageIndex page;
+    std::chrono::steady_clock::time_point at;
+  };
   static void onReadable(int fd, short what, void* arg);
   void handlePageFault(std::uint64_t address, std::vector<std::uint64_t>& to_request,
-                       std::vector<PageIndex>& to_zero);
+                       std::vector<RemovedFault>& to_zero);
   void handleRemove(std::uint64_t start, std::uint64_t end);
   void installReply(PageIndex first, std::uint64_t count, const std::byte* data);
+  // One answered fault, in the migration's latency histogram and in the metrics: every fault
+  // counted in demand_faults is recorded exactly once.
+  void recordFault(metrics::FaultPath path, std::chrono::nanoseconds latency);
   // A page a fault waits on is populated: let the vCPUs go, reply, record the latency.
   void finishPending(PageIndex page, metrics::FaultPath path, bool zero);
   void makeVisibleOrFail(PageIndex page);

@@ -66,6 +66,10 @@ inline void expectVerified(const nlohmann::json& r, std::uint64_t size, bool one
       r.value("demand_pages", std::uint64_t{0}) + r.value("bulk_pages", std::uint64_t{0}) +
       r.value("zero_pages", std::uint64_t{0}) + r.value("removed_pages", std::uint64_t{0});
   EXPECT_EQ(arrived, size / page_size) << "every page arrives exactly once: " << r.dump();
+  // Every fault a vCPU waited on is in the latency histogram, however it was answered.
+  EXPECT_EQ(r["fault_latency_us"].value("count", std::uint64_t{0}),
+            r.value("demand_faults", std::uint64_t{1}))
+      << "fault latency samples vs faults: " << r.dump();
 }
 
 }  // namespace lazymig::e2e
