@@ -26,6 +26,24 @@ inline cli::DemoOptions baseOptions() {
   return o;
 }
 
+// A migration run to its end step by step, kept so that its agents can still be asked about
+// it: `vm` is the destination test VM's final JSON.
+struct FinishedRun {
+  cli::DemoRun run;
+  nlohmann::json vm;
+};
+
+inline Result<FinishedRun> runToTheEnd(const cli::DemoOptions& o) {
+  auto run = cli::DemoRun::prepare(o);
+  if (!run) return std::unexpected(run.error());
+  if (auto ok = run->prepareSourceMemory(); !ok) return std::unexpected(ok.error());
+  if (auto ok = run->createMigrations(); !ok) return std::unexpected(ok.error());
+  if (auto ok = run->startDestinationVm(); !ok) return std::unexpected(ok.error());
+  auto vm = run->waitDestinationVm();
+  if (!vm) return std::unexpected(vm.error());
+  return FinishedRun{std::move(*run), std::move(*vm)};
+}
+
 // Polls `pred` until it holds or `timeout` passes; tests never sleep to synchronise.
 inline bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
