@@ -10,6 +10,9 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <map>
+#include <mutex>
+#include <set>
 
 #include "transport/connection_impl.h"
 #include "transport/tls_internal.h"
@@ -114,27 +117,84 @@ void ConnectionImpl::setPriority(int priority) {
 }
 
 namespace {
-// Frees a closed connection's bufferevent once its queued output is flushed (or fails).
-void lingerDone(bufferevent* bev, short, void*) { bufferevent_free(bev); }
+// A closed connection lingers until what it queued has reached the peer. Closing a socket
+// that still has unread input makes the kernel send RST instead of FIN, and RST throws away
+// the unsent rest of the send queue: the tail of the last frames (a Ping or a TLS session
+// ticket from the peer is enough). So the lingering connection reads and discards, half-
+// closes once its output is flushed, and is freed when the peer closes too, on an error, or
+// after kLingerIdle without progress. A peer that keeps sending after the close (a flood the
+// agent cut off) gets no more than kLingerDiscardLimit bytes read, then the RST it earned.
+constexpr timeval kLingerIdle{5, 0};
+constexpr std::size_t kLingerDiscardLimit = 1 << 20;
+
+struct Linger {
+  std::size_t discarded = 0;
+};
+
+// The lingering bufferevents of every loop, so that a loop that stops (and so runs no more of
+// their callbacks) frees those still waiting for their peer.
+std::mutex lingering_mu;
+std::map<event_base*, std::map<bufferevent*, std::unique_ptr<Linger>>> lingering;
+
+void endLinger(bufferevent* bev) {
+  {
+    std::lock_guard lock(lingering_mu);
+    auto it = lingering.find(bufferevent_get_base(bev));
+    if (it != lingering.end()) {
+      it->second.erase(bev);
+      if (it->second.empty()) lingering.erase(it);
+    }
+  }
+  bufferevent_free(bev);
+}
+
+void lingerDone(bufferevent* bev, short, void*) { endLinger(bev); }
+
+void lingerRead(bufferevent* bev, void* arg) {
+  evbuffer* in = bufferevent_get_input(bev);
+  auto* linger = static_cast<Linger*>(arg);
+  linger->discarded += evbuffer_get_length(in);
+  evbuffer_drain(in, evbuffer_get_length(in));
+  if (linger->discarded > kLingerDiscardLimit) endLinger(bev);
+}
+
 void lingerWrite(bufferevent* bev, void*) {
-  if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) bufferevent_free(bev);
+  if (evbuffer_get_length(bufferevent_get_output(bev)) != 0) return;
+  // FIN after the last byte; the peer answers with its own close, which ends the linger.
+  ::shutdown(static_cast<int>(bufferevent_getfd(bev)), SHUT_WR);
 }
 }  // namespace
+
+void freeLingeringConnections(event_base* base) {
+  std::map<bufferevent*, std::unique_ptr<Linger>> left;
+  {
+    std::lock_guard lock(lingering_mu);
+    auto it = lingering.find(base);
+    if (it == lingering.end()) return;
+    left.swap(it->second);
+    lingering.erase(it);
+  }
+  for (auto& [bev, linger] : left) bufferevent_free(bev);
+}
 
 void ConnectionImpl::close() {
   *alive_ = false;
   if (bev_ == nullptr) return;
   bufferevent* bev = bev_;
   bev_ = nullptr;
-  bufferevent_disable(bev, EV_READ);
-  if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
-    bufferevent_free(bev);
-    return;
+  Linger* linger = nullptr;
+  {
+    std::lock_guard lock(lingering_mu);
+    auto& slot = lingering[bufferevent_get_base(bev)][bev];
+    slot = std::make_unique<Linger>();
+    linger = slot.get();
   }
-  timeval tv{5, 0};
-  bufferevent_set_timeouts(bev, nullptr, &tv);
+  bufferevent_set_timeouts(bev, &kLingerIdle, &kLingerIdle);
   bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
-  bufferevent_setcb(bev, nullptr, &lingerWrite, &lingerDone, nullptr);
+  bufferevent_setwatermark(bev, EV_READ, 0, 0);
+  bufferevent_setcb(bev, &lingerRead, &lingerWrite, &lingerDone, linger);
+  bufferevent_enable(bev, EV_READ | EV_WRITE);
+  lingerWrite(bev, linger);
 }
 
 void ConnectionImpl::onRead(bufferevent*, void* arg) {

@@ -7,6 +7,7 @@
 #include "transport/connection.h"
 
 struct bufferevent;
+struct event_base;
 
 namespace lazymig::transport {
 
@@ -48,5 +49,7 @@ class ConnectionImpl final : public Connection {
 std::string addressOf(int fd);
 void setNoDelay(int fd);
 std::string bevError(bufferevent* bev, short what);
+// Frees the closed connections of `base` still lingering for their peer; for a stopped loop.
+void freeLingeringConnections(event_base* base);
 
 }  // namespace lazymig::transport

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "transport/connection.h"
+#include "transport/connection_impl.h"
 
 namespace lazymig::transport {
 
@@ -158,6 +159,7 @@ void EventLoop::stop() {
   }
   for (auto& fn : left) fn();
   event_free(impl_->wake);
+  freeLingeringConnections(impl_->base);
   event_base_free(impl_->base);
 }
 

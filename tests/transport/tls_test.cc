@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <future>
 #include <mutex>
+#include <thread>
 
 #include "sys/unique_fd.h"
 #include "transport/connection.h"
@@ -153,6 +154,39 @@ TEST_F(Tls, MutualTlsCarriesFramesBothWaysIncludingFourMiB) {
   post([&] { c->reset(); });
 }
 
+// Closing a socket that has unread input makes the kernel answer with RST, which throws away
+// whatever is still in the send queue: the tail of the last frames. A closed connection must
+// deliver everything it queued even when the peer sent something it never read (here a Ping
+// that arrives while the client's loop is busy; in the agents a Ping or a session ticket).
+TEST_F(Tls, CloseDeliversEverythingQueuedThoughThePeerSentSomethingUnread) {
+  auto port = listen();
+  auto client_loop = std::move(*EventLoop::start("tls-test-client"));
+  auto tls = TlsContext::create(TlsContext::Side::kClient, client_);
+  ASSERT_TRUE(tls) << tls.error().message();
+  std::promise<Result<std::unique_ptr<Connection>>> dialed;
+  connect(*client_loop, *tls,
+          ConnectOptions{"127.0.0.1:" + std::to_string(port), {}, 5s, "spiffe://t/server"},
+          [&](Result<std::unique_ptr<Connection>> c) { dialed.set_value(std::move(c)); });
+  auto c = dialed.get_future().get();
+  ASSERT_TRUE(c) << c.error().message();
+  ASSERT_TRUE(waitFor([&] { return accepted_.size() == 1; }));
+  std::vector<std::byte> body(4 << 20, std::byte{9});
+  std::promise<void> closed;
+  client_loop->post([&] {
+    // Busy long enough for the server's Ping to land unread in this socket.
+    std::this_thread::sleep_for(300ms);
+    auto prefix = encodePageDataPrefix(0, 1024, 4096);
+    for (int i = 0; i < 8; ++i) (*c)->sendWithBody(prefix, body, nullptr);
+    (*c)->close();
+    closed.set_value();
+  });
+  post([&] { accepted_[0]->sendEncoded(encodePing(FrameType::kPing, {7})); });
+  closed.get_future().wait();
+  EXPECT_TRUE(waitFor([&] { return big_frames_ == 8; })) << big_frames_ << " of 8 frames arrived";
+  client_loop->post([&] { c->reset(); });
+  client_loop->stop();
+}
+
 // A closed connection still flushing a zero-copy body keeps the body's owner alive (the
 // source releasing guest memory must not unmap what is being sent), and lets it go after.
 TEST_F(Tls, QueuedBodyKeepsItsOwnerUntilFlushedAfterClose) {
@@ -170,7 +204,7 @@ TEST_F(Tls, QueuedBodyKeepsItsOwnerUntilFlushedAfterClose) {
     alive_after_close.set_value(!watch.expired());
   });
   EXPECT_TRUE(alive_after_close.get_future().get()) << "released while still queued";
-  EXPECT_TRUE(waitFor([&] { return big_frames_ == 8; }));
+  EXPECT_TRUE(waitFor([&] { return big_frames_ == 8; })) << big_frames_ << " of 8 frames arrived";
   auto deadline = std::chrono::steady_clock::now() + 10s;
   while (!watch.expired() && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
