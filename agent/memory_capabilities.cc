@@ -50,7 +50,7 @@ void probeGuestMemfd(MemoryCapabilities& caps) {
     caps.uffd_on_guest_memfd = unknown(why);
     return;
   }
-  constexpr std::uint64_t kBytes = 2 * 4096;
+  constexpr std::uint64_t kBytes = std::uint64_t{2} * 4096;
   auto gmem = vm->createGuestMemfd(Bytes{kBytes},
                                    sys::kGuestMemfdFlagMmap | sys::kGuestMemfdFlagInitShared);
   if (!gmem) {

@@ -34,6 +34,8 @@ struct MemoryCapabilities {
 // Probed on first use, then cached for the agent's lifetime (a few milliseconds).
 const MemoryCapabilities& kernelCapabilities();
 
+// nlohmann::json's default constructor is not noexcept, though a null json allocates nothing.
+// NOLINTNEXTLINE(bugprone-exception-escape)
 struct PopulationChoice {
   PopulationPath path = PopulationPath::kUffdCopy;
   std::string backing;  // what the memory fd is (guest_memfd, memfd, hugetlbfs), if one came

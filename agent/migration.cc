@@ -121,7 +121,9 @@ void Migration::logReport() const {
     if (!value.is_object())
       add(key, value);
     else
-      for (const auto& [sub, v] : value.items()) add(key == "progress" ? sub : key + "_" + sub, v);
+      for (const auto& [sub, v] : value.items()) {
+        add(key == "progress" ? sub : std::string(key).append("_").append(sub), v);
+      }
   }
   log_.write(log::Level::kInfo, "migration report", fields);
 }

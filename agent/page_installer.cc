@@ -250,10 +250,9 @@ Status PageInstaller::makeVisible(PageIndex page) {
   auto r = continueRange(host, len);
   if (!r) return std::unexpected(r.error());
   switch (r->outcome) {
-    case sys::InstallOutcome::kInstalled:
-      return {};  // CONTINUE woke the waiters
-    case sys::InstallOutcome::kNotRegistered:
-      return {};  // no uffd covers it, so no vCPU waits on one
+    case sys::InstallOutcome::kInstalled:      // CONTINUE woke the waiters
+    case sys::InstallOutcome::kNotRegistered:  // no uffd covers it, so no vCPU waits on one
+      return {};
     case sys::InstallOutcome::kAlreadyPresent:
     case sys::InstallOutcome::kRetry:
       // Mapped already (or the range is changing and the vCPU will fault again): wake.

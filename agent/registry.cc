@@ -34,6 +34,7 @@ void Registry::remove(const std::string& id) {
 std::vector<std::shared_ptr<Migration>> Registry::all() const {
   std::lock_guard lock(mu_);
   std::vector<std::shared_ptr<Migration>> out;
+  out.reserve(live_.size());
   for (auto& [id, m] : live_) out.push_back(m);
   return out;
 }
@@ -54,6 +55,7 @@ std::vector<std::string> Registry::pruneHistory(std::size_t keep) {
   std::vector<std::string> dropped;
   if (history_.size() <= keep) return dropped;
   std::vector<std::pair<std::string, std::string>> by_age;  // updated_at (ISO 8601), id
+  by_age.reserve(history_.size());
   for (auto& [id, j] : history_) by_age.emplace_back(j.value("updated_at", ""), id);
   std::sort(by_age.begin(), by_age.end());
   for (std::size_t i = 0; i < history_.size() - keep; ++i) dropped.push_back(by_age[i].second);
@@ -64,6 +66,7 @@ std::vector<std::string> Registry::pruneHistory(std::size_t keep) {
 std::vector<nlohmann::json> Registry::history() const {
   std::lock_guard lock(mu_);
   std::vector<nlohmann::json> out;
+  out.reserve(history_.size());
   for (auto& [id, j] : history_) out.push_back(j);
   return out;
 }

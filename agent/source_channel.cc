@@ -9,7 +9,8 @@ namespace lazymig::agent {
 using transport::FrameType;
 
 SourceChannel::SourceChannel(transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
-                             SourceChannelParams params, Handlers handlers, log::Logger logger)
+                             SourceChannelParams params, Handlers handlers,
+                             const log::Logger& logger)
     : loop_(loop),
       tls_(std::move(tls)),
       params_(std::move(params)),

@@ -44,7 +44,7 @@ class SourceChannel {
   };
 
   SourceChannel(transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
-                SourceChannelParams params, Handlers handlers, log::Logger logger);
+                SourceChannelParams params, Handlers handlers, const log::Logger& logger);
   ~SourceChannel();
 
   void start();

@@ -387,7 +387,7 @@ void SourceMigration::pumpBulk() {
   // bulk_batch_pages counts 4 KiB pages: a batch of huge pages is as many bytes, at least one
   // page, so that a frame stays under the transport's payload limit.
   const std::uint64_t batch_pages =
-      std::max<std::uint64_t>(1, bulk_batch_pages_ * 4096 / memory_->pageSize());
+      std::max<std::uint64_t>(1, std::uint64_t{bulk_batch_pages_} * 4096 / memory_->pageSize());
   const double batch_bytes = static_cast<double>(batch_pages * memory_->pageSize());
   while (bulk_->pendingOutputBytes() < bulk_window_bytes_) {
     if (bulk_rate_bytes_s_ > 0) {

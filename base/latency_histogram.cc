@@ -6,7 +6,7 @@ namespace lazymig {
 
 int LatencyHistogram::bucketOf(std::uint64_t ns) {
   if (ns < kSubBuckets) return static_cast<int>(ns);
-  int exp = std::bit_width(ns) - 1;  // ns in [2^exp, 2^(exp+1))
+  int exp = static_cast<int>(std::bit_width(ns)) - 1;  // ns in [2^exp, 2^(exp+1))
   int shift = exp - kSubBits;
   int sub = static_cast<int>((ns >> shift) & (kSubBuckets - 1));
   int bucket = (shift + 1) * kSubBuckets + sub;

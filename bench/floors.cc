@@ -86,10 +86,13 @@ std::vector<double> tcpRoundTrips(std::size_t n) {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(lst.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
   socklen_t len = sizeof addr;
-  ::getsockname(lst.get(), reinterpret_cast<sockaddr*>(&addr), &len);
-  ::listen(lst.get(), 1);
+  if (::bind(lst.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::getsockname(lst.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
+      ::listen(lst.get(), 1) != 0) {
+    std::perror("floors: loopback listener");
+    return {};
+  }
   std::thread server([&] {
     sys::UniqueFd c(::accept(lst.get(), nullptr, nullptr));
     int one = 1;
@@ -102,7 +105,12 @@ std::vector<double> tcpRoundTrips(std::size_t n) {
     }
   });
   sys::UniqueFd c(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  ::connect(c.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  if (::connect(c.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    std::perror("floors: loopback connect");
+    ::shutdown(lst.get(), SHUT_RDWR);  // so that the server's accept returns
+    server.join();
+    return {};
+  }
   int one = 1;
   ::setsockopt(c.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   std::vector<double> us;

@@ -214,7 +214,7 @@ SoakOptions parseArgs(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
   SoakOptions o;
   try {
     o = parseArgs(argc, argv);
@@ -262,4 +262,13 @@ int main(int argc, char** argv) {
         static_cast<unsigned long long>(tally.mismatches));
   }
   return tally.lost == 0 && tally.mismatches == 0 ? 0 : 1;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lazymig-soak: internal error: %s\n", e.what());
+    return 1;
+  }
 }

@@ -18,6 +18,7 @@ Result<ChildProcess> ChildProcess::spawn(const std::vector<std::string>& argv,
   int pipefd[2] = {-1, -1};
   if (capture_stdout && ::pipe2(pipefd, O_CLOEXEC) != 0) return failSys("pipe2");
   std::vector<char*> args;
+  args.reserve(argv.size() + 1);
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   pid_t pid = ::fork();

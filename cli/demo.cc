@@ -366,6 +366,7 @@ Status DemoRun::startDestinationVm() {
 }
 
 Result<nlohmann::json> DemoRun::waitDestinationVm() {
+  if (!dest_vm_) return fail(Errc::kState, "destination test VM", "not started");
   auto st = dest_vm_->wait(std::chrono::seconds(options_.timeout_s + 30));
   if (!st) {
     dest_vm_->stop(std::chrono::milliseconds(0));

@@ -2,8 +2,11 @@
 #include <openssl/rand.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -66,6 +69,30 @@ struct Args {
   std::string get(const std::string& f, const std::string& def = "") const {
     auto it = flags.find(f);
     return it == flags.end() || it->second.empty() ? def : it->second.back();
+  }
+  // A whole number from min to max, or `def` when the flag is absent; anything else is a
+  // usage error naming the flag.
+  std::int64_t integer(const std::string& f, std::int64_t def, std::int64_t min,
+                       std::int64_t max) const {
+    if (!has(f)) return def;
+    const std::string v = get(f);
+    std::int64_t n = 0;
+    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec != std::errc() || end != v.data() + v.size() || n < min || n > max) {
+      usage(f + ": expected a whole number from " + std::to_string(min) + " to " +
+            std::to_string(max) + ", got '" + v + "'");
+    }
+    return n;
+  }
+  double fraction(const std::string& f, double def) const {
+    if (!has(f)) return def;
+    const std::string v = get(f);
+    char* end = nullptr;
+    double d = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end != '\0' || !(d >= 0 && d <= 1)) {
+      usage(f + ": expected a number from 0 to 1, got '" + v + "'");
+    }
+    return d;
   }
 };
 
@@ -170,7 +197,7 @@ int cmdStatus(const Global& g, int argc, char** argv, int i) {
       printMigration(*m);
     return 0;
   }
-  auto interval = std::chrono::milliseconds(std::stoi(a.get("--interval-ms", "500")));
+  auto interval = std::chrono::milliseconds(a.integer("--interval-ms", 500, 10, 3'600'000));
   bool tty = ::isatty(STDOUT_FILENO);
   for (;;) {
     auto m = request(g, "GET", "/v1/migrations/" + a.positional[0], "", rc);
@@ -217,7 +244,7 @@ int cmdMigrate(const Global& g, int argc, char** argv, int i) {
   } else {
     body["source_address"] = a.get("--source-address");
     if (a.has("--handshake-socket")) body["handshake_socket"] = a.get("--handshake-socket");
-    if (a.has("--vmm-pid")) body["vmm_pid"] = std::stoll(a.get("--vmm-pid"));
+    if (a.has("--vmm-pid")) body["vmm_pid"] = a.integer("--vmm-pid", 0, 1, INT32_MAX);
   }
   int rc = 0;
   auto m = request(g, "POST", "/v1/migrations", body.dump(), rc);
@@ -296,12 +323,12 @@ int cmdDemo(int argc, char** argv, int i) {
   if (a.has("--size")) o.size = parseSize(a.get("--size"));
   o.memory = a.get("--memory", o.memory);
   o.pattern = a.get("--pattern", o.pattern);
-  o.vcpus = static_cast<unsigned>(std::stoul(a.get("--vcpus", "4")));
-  o.accesses = std::stoull(a.get("--accesses", "20000"));
-  o.regions = static_cast<unsigned>(std::stoul(a.get("--regions", "1")));
-  o.zero_ratio = std::stod(a.get("--zero-ratio", "0.25"));
-  o.timeout_s = std::stoi(a.get("--timeout-s", "600"));
-  o.seed = std::stoull(a.get("--seed", "42"));
+  o.vcpus = static_cast<unsigned>(a.integer("--vcpus", 4, 1, 256));
+  o.accesses = static_cast<std::uint64_t>(a.integer("--accesses", 20000, 0, INT64_MAX));
+  o.regions = static_cast<unsigned>(a.integer("--regions", 1, 1, 1024));
+  o.zero_ratio = a.fraction("--zero-ratio", 0.25);
+  o.timeout_s = static_cast<int>(a.integer("--timeout-s", 600, 1, 86400));
+  o.seed = static_cast<std::uint64_t>(a.integer("--seed", 42, 0, INT64_MAX));
   o.balloon = a.has("--balloon");
   o.no_uffd_register = a.has("--no-uffd-register");
   o.require_kvm = a.has("--require-kvm");
@@ -365,7 +392,7 @@ int cmdDemo(int argc, char** argv, int i) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
   Global g;
   const char* env = std::getenv("LAZYMIG_CONTROL");
   g.control = env ? env : "unix:/run/lazymig/control.sock";
@@ -426,4 +453,15 @@ int main(int argc, char** argv) {
     return 0;
   }
   usage("unknown command '" + cmd + "'");
+}
+
+// Errors are values on every path that can fail at run time; this catches only what a library
+// throws unexpectedly (a bug), so that it reads as one line instead of std::terminate.
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lazymig: internal error: %s\n", e.what());
+    return 1;
+  }
 }

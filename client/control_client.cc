@@ -226,6 +226,7 @@ Result<HttpResponse> ControlClient::request(const std::string& method, const std
   if (!target) return std::unexpected(target.error());
   auto fd = connectTo(*target, endpoint_, deadline);
   if (!fd) return std::unexpected(fd.error());
+  const std::string what = method + ' ' + path;  // names the request in errors
   std::string req = method + " " + path + " HTTP/1.1\r\nHost: " +
                     (target->unix_socket ? std::string("localhost") : target->host) +
                     "\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: " +
@@ -239,7 +240,7 @@ Result<HttpResponse> ControlClient::request(const std::string& method, const std
     return parseResponse(*raw, endpoint_);
   }
   for (std::size_t off = 0; off < req.size();) {
-    if (auto ok = waitFor(fd->get(), POLLOUT, deadline, method + " " + path); !ok)
+    if (auto ok = waitFor(fd->get(), POLLOUT, deadline, what); !ok)
       return std::unexpected(ok.error());
     ssize_t n = ::send(fd->get(), req.data() + off, req.size() - off, MSG_NOSIGNAL);
     if (n < 0 && errno != EAGAIN && errno != EINTR) return failSys("control api: send", endpoint_);
@@ -248,7 +249,7 @@ Result<HttpResponse> ControlClient::request(const std::string& method, const std
   std::string raw;
   char buf[16384];
   for (;;) {
-    if (auto ok = waitFor(fd->get(), POLLIN, deadline, method + " " + path); !ok)
+    if (auto ok = waitFor(fd->get(), POLLIN, deadline, what); !ok)
       return std::unexpected(ok.error());
     ssize_t n = ::recv(fd->get(), buf, sizeof buf, 0);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;

@@ -463,7 +463,7 @@ int destMain(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   if (argc < 2) usage("missing command");
   std::string cmd = argv[1];
@@ -474,4 +474,15 @@ int main(int argc, char** argv) {
     return 0;
   }
   usage("unknown command '" + cmd + "'");
+}
+
+// Errors are values on every path that can fail at run time; this catches only what a library
+// throws unexpectedly (a bug), so that it reads as one line instead of std::terminate.
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lazymig-testvm: internal error: %s\n", e.what());
+    return 2;
+  }
 }

@@ -26,7 +26,7 @@ namespace lazymig::transport {
 class EventLoop {
  public:
   // Starts the loop thread. `priorities` > 1 enables libevent priorities (0 runs first).
-  static Result<std::unique_ptr<EventLoop>> start(std::string name, int priorities = 2);
+  static Result<std::unique_ptr<EventLoop>> start(const std::string& name, int priorities = 2);
   ~EventLoop();  // stops and joins; pending posted work is dropped
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;

@@ -59,7 +59,7 @@ namespace {
 std::once_flag g_threads_once;
 }
 
-Result<std::unique_ptr<EventLoop>> EventLoop::start(std::string name, int priorities) {
+Result<std::unique_ptr<EventLoop>> EventLoop::start(const std::string& name, int priorities) {
   // libevent must know about threads before any base exists, or event_active() from another
   // thread would not wake the loop.
   std::call_once(g_threads_once, [] { evthread_use_pthreads(); });

@@ -226,7 +226,8 @@ struct ConnectAttempt {
 
 void connect(EventLoop& loop, std::shared_ptr<TlsContext> tls, ConnectOptions options,
              std::function<void(Result<std::unique_ptr<Connection>>)> done) {
-  auto start = [&loop, tls, options = std::move(options), done = std::move(done)]() mutable {
+  auto start = [&loop, tls = std::move(tls), options = std::move(options),
+                done = std::move(done)]() mutable {
     socklen_t len = 0;
     auto ss = resolve(options.address, len);
     if (!ss) return done(std::unexpected(ss.error()));

@@ -1,7 +1,9 @@
 // Every error path of the control API on a real agent answers with the status and the stable
 // JSON `code` that docs/control-api.md documents, and idempotent creates are idempotent.
+#include <sys/wait.h>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "client/control_client.h"
 #include "tests/e2e/e2e.h"
@@ -145,6 +147,36 @@ TEST(ControlApi, BearerTokenGuardsEverythingButTheProbes) {
   EXPECT_EQ(ask(right, "GET", "/v1/agent").status, 200);
   run->stopAll();
   std::filesystem::remove_all(tmpl);
+}
+
+// The command line answers a malformed number with a usage error that names the flag (exit
+// 2), not an uncaught std::invalid_argument.
+TEST(CommandLine, BadNumbersAreUsageErrorsNamingTheFlag) {
+  const std::string log = ::testing::TempDir() + "/lazymig-cli-numbers.log";
+  const std::vector<std::vector<std::string>> cases = {
+      {"demo", "--vcpus", "abc"},
+      {"demo", "--vcpus", "0"},
+      {"demo", "--accesses", "-1"},
+      {"demo", "--zero-ratio", "1.5"},
+      {"demo", "--timeout-s", "10s"},
+      {"demo", "--seed", ""},
+      {"status", "x", "--watch", "--interval-ms", "9999999999999999999999"},
+  };
+  for (const auto& args : cases) {
+    std::filesystem::remove(log);
+    std::vector<std::string> argv = {std::string(LAZYMIG_BIN_DIR) + "/lazymig"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto p = cli::ChildProcess::spawn(argv, log);
+    ASSERT_TRUE(p) << p.error().message();
+    auto st = p->wait(std::chrono::seconds(10));
+    ASSERT_TRUE(st);
+    std::ifstream in(log);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 2)
+        << args[1] << " " << args[2] << ": " << text;
+    const std::string& flag = args[0] == "status" ? args[3] : args[1];
+    EXPECT_NE(text.find("lazymig: " + flag + ": expected"), std::string::npos) << text;
+  }
 }
 
 }  // namespace
