@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/tool_main.h"
 #include "cli/child_process.h"
 #include "cli/demo.h"
 
@@ -265,10 +266,5 @@ static int run(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "lazymig-soak: internal error: %s\n", e.what());
-    return 1;
-  }
+  return lazymig::runToolMain("lazymig-soak", 1, [&] { return run(argc, argv); });
 }

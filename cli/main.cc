@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/tool_main.h"
 #include "cli/demo.h"
 #include "client/control_client.h"
 #include "transport/pki.h"
@@ -455,13 +456,6 @@ static int run(int argc, char** argv) {
   usage("unknown command '" + cmd + "'");
 }
 
-// Errors are values on every path that can fail at run time; this catches only what a library
-// throws unexpectedly (a bug), so that it reads as one line instead of std::terminate.
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "lazymig: internal error: %s\n", e.what());
-    return 1;
-  }
+  return lazymig::runToolMain("lazymig", 1, [&] { return run(argc, argv); });
 }

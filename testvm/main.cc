@@ -22,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/tool_main.h"
 #include "client/control_client.h"
 #include "sys/memory_fd.h"
 #include "sys/uffd.h"
@@ -476,13 +477,6 @@ static int run(int argc, char** argv) {
   usage("unknown command '" + cmd + "'");
 }
 
-// Errors are values on every path that can fail at run time; this catches only what a library
-// throws unexpectedly (a bug), so that it reads as one line instead of std::terminate.
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "lazymig-testvm: internal error: %s\n", e.what());
-    return 2;
-  }
+  return lazymig::runToolMain("lazymig-testvm", 2, [&] { return run(argc, argv); });
 }
