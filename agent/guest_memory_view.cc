@@ -11,10 +11,6 @@
 
 #include "sys/memory_fd.h"
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
-
 namespace lazymig::agent {
 
 Result<GuestMemoryView> GuestMemoryView::map(const sys::UniqueFd& memory, std::uint64_t bytes,
@@ -67,7 +63,7 @@ Result<WriteOutcome> GuestMemoryView::write(PageIndex first, std::uint64_t count
   const std::uint64_t len = count * page_size_;
   if (method_ == WriteMethod::kMmap) {
     // One MADV_POPULATE_WRITE for the run instead of a page fault per page.
-    (void)memory_.advise(MADV_POPULATE_WRITE, off, len);
+    (void)memory_.populate(sys::Mapping::Populate::kWrite, off, len);
     if (src != nullptr) {
       std::memcpy(memory_.data() + off, src, len);
     } else {

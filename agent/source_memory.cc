@@ -6,10 +6,6 @@
 
 #include <cstring>
 
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
-#endif
-
 #include "sys/kvm.h"
 #include "sys/memory_fd.h"
 
@@ -61,7 +57,7 @@ Result<std::unique_ptr<SourceMemory>> SourceMemory::fromHandover(vmm::Handshake 
 
 void SourceMemory::prefault(std::uint64_t first, std::uint64_t count) const {
   // Best effort: without MADV_POPULATE_READ (Linux < 5.14) the reads fault pages in instead.
-  (void)mapping_.advise(MADV_POPULATE_READ, first * page_size_, count * page_size_);
+  (void)mapping_.populate(sys::Mapping::Populate::kRead, first * page_size_, count * page_size_);
 }
 
 bool SourceMemory::isZero(std::uint64_t page) const {

@@ -130,10 +130,7 @@ std::vector<double> tcpRoundTrips(std::size_t n) {
 double populateMiBs(std::size_t bytes) {
   auto mem = sys::Mapping::anonymous(Bytes{bytes});
   auto t0 = Clock::now();
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
-  (void)mem->advise(MADV_POPULATE_WRITE, 0, bytes);
+  (void)mem->populate(sys::Mapping::Populate::kWrite, 0, bytes);
   double s = std::chrono::duration<double>(Clock::now() - t0).count();
   return static_cast<double>(bytes) / (1 << 20) / s;
 }

@@ -52,6 +52,13 @@ Result<Mapping> Mapping::ofFd(int fd, Bytes size, GuestOffset offset, int prot, 
   return Mapping(p, size.value);
 }
 
+Status Mapping::populate(Populate how, std::size_t offset, std::size_t len) const {
+  // Debian 12's headers predate these (Linux 5.14).
+  constexpr int kPopulateRead = 22;   // MADV_POPULATE_READ
+  constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE
+  return advise(how == Populate::kRead ? kPopulateRead : kPopulateWrite, offset, len);
+}
+
 Status Mapping::advise(int advice, std::size_t offset, std::size_t len) const {
   if (::madvise(data() + offset, len, advice) != 0) {
     return failSys("madvise", "advice " + std::to_string(advice));
