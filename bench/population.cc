@@ -42,12 +42,9 @@ double installOnce(Memory kind, std::size_t bytes) {
   if (kind == Memory::kAnon) {
     guest = sys::Mapping::anonymous(Bytes{bytes});
   } else if (kind == Memory::kGuestMemfdKvm) {
-    auto vm = sys::KvmVm::open();
-    if (!vm) return -1;
-    auto fd = vm->createGuestMemfd(Bytes{bytes},
-                                   sys::kGuestMemfdFlagMmap | sys::kGuestMemfdFlagInitShared);
+    auto fd = sys::createMappableGuestMemfd(Bytes{bytes});
     if (!fd) return -1;
-    memfd = std::move(*fd);  // it keeps its VM alive
+    memfd = std::move(*fd);
     guest = sys::Mapping::ofFd(memfd.get(), Bytes{bytes}, GuestOffset{0}, PROT_READ | PROT_WRITE,
                                MAP_SHARED);
   } else if (huge) {
@@ -115,6 +112,25 @@ double installOnce(Memory kind, std::size_t bytes) {
   return static_cast<double>(bytes) / (1 << 20) / s;
 }
 
+// The median of `runs` rates from `once` (MiB/s; <= 0 when the memory could not be had), or,
+// when no run got its memory, `note` saying why.
+template <class Once>
+PathRate medianRate(std::string name, int runs, Once once, std::string note) {
+  std::vector<double> rates;
+  for (int i = 0; i < runs; ++i) {
+    if (double r = once(); r > 0) rates.push_back(r);
+  }
+  PathRate pr{std::move(name)};
+  if (rates.empty()) {
+    pr.note = std::move(note);
+    return pr;
+  }
+  std::sort(rates.begin(), rates.end());
+  pr.mib_s = rates[rates.size() / 2];
+  pr.ran = true;
+  return pr;
+}
+
 }  // namespace
 
 std::vector<PathRate> populationPathRates(std::size_t bytes, int runs) {
@@ -129,23 +145,11 @@ std::vector<PathRate> populationPathRates(std::size_t bytes, int runs) {
   };
   std::vector<PathRate> out;
   for (auto [kind, name] : kinds) {
-    std::vector<double> rates;
-    for (int i = 0; i < runs; ++i) {
-      double r = installOnce(kind, bytes);
-      if (r > 0) rates.push_back(r);
-    }
-    PathRate pr{name};
-    if (!rates.empty()) {
-      std::sort(rates.begin(), rates.end());
-      pr.mib_s = rates[rates.size() / 2];
-      pr.ran = true;
-    } else {
-      pr.note = kind == Memory::kHugetlb
-                    ? "no free 2 MiB huge pages (raise /proc/sys/vm/nr_hugepages)"
-                : kind == Memory::kGuestMemfdKvm ? "no guest_memfd: /dev/kvm unavailable"
-                                                 : "could not set up the memory";
-    }
-    out.push_back(pr);
+    out.push_back(medianRate(
+        name, runs, [&, kind = kind] { return installOnce(kind, bytes); },
+        kind == Memory::kHugetlb ? "no free 2 MiB huge pages (raise /proc/sys/vm/nr_hugepages)"
+        : kind == Memory::kGuestMemfdKvm ? "no guest_memfd: /dev/kvm unavailable"
+                                         : "could not set up the memory"));
   }
   return out;
 }
@@ -154,15 +158,8 @@ namespace {
 
 // A fresh memfd or guest_memfd of `bytes` filled with non-zero pages, as a paused VM's memory.
 Result<sys::UniqueFd> filledGuestMemory(bool guest_memfd, std::size_t bytes) {
-  Result<sys::UniqueFd> fd = std::unexpected(Error::make(Errc::kSystem, "", ""));
-  if (guest_memfd) {
-    auto vm = sys::KvmVm::open();
-    if (!vm) return std::unexpected(vm.error());
-    fd = vm->createGuestMemfd(Bytes{bytes},
-                              sys::kGuestMemfdFlagMmap | sys::kGuestMemfdFlagInitShared);
-  } else {
-    fd = sys::createMemfd("bench-source", Bytes{bytes});
-  }
+  auto fd = guest_memfd ? sys::createMappableGuestMemfd(Bytes{bytes})
+                        : sys::createMemfd("bench-source", Bytes{bytes});
   if (!fd) return fd;
   auto map = sys::Mapping::ofFd(fd->get(), Bytes{bytes}, GuestOffset{0}, PROT_READ | PROT_WRITE,
                                 MAP_SHARED);
@@ -200,20 +197,11 @@ std::vector<PathRate> sourceReadRates(std::size_t bytes, int runs) {
   std::vector<PathRate> out;
   for (bool gmem : {false, true}) {
     for (bool prefault : {false, true}) {
-      std::vector<double> rates;
-      for (int i = 0; i < runs; ++i) {
-        if (double r = readOnce(gmem, prefault, bytes); r > 0) rates.push_back(r);
-      }
-      PathRate pr{std::string(gmem ? "guest_memfd" : "memfd") +
-                  (prefault ? ", MADV_POPULATE_READ per run" : ", faulting page by page")};
-      if (!rates.empty()) {
-        std::sort(rates.begin(), rates.end());
-        pr.mib_s = rates[rates.size() / 2];
-        pr.ran = true;
-      } else {
-        pr.note = gmem ? "no guest_memfd: /dev/kvm unavailable" : "could not set up the memory";
-      }
-      out.push_back(pr);
+      out.push_back(medianRate(
+          std::string(gmem ? "guest_memfd" : "memfd") +
+              (prefault ? ", MADV_POPULATE_READ per run" : ", faulting page by page"),
+          runs, [&] { return readOnce(gmem, prefault, bytes); },
+          gmem ? "no guest_memfd: /dev/kvm unavailable" : "could not set up the memory"));
     }
   }
   return out;

@@ -84,6 +84,12 @@ Result<UniqueFd> KvmVm::createGuestMemfd(Bytes size, std::uint64_t flags) const 
   return UniqueFd(fd);
 }
 
+Result<UniqueFd> createMappableGuestMemfd(Bytes size) {
+  auto vm = KvmVm::open();
+  if (!vm) return std::unexpected(vm.error());
+  return vm->createGuestMemfd(size, kGuestMemfdFlagMmap | kGuestMemfdFlagInitShared);
+}
+
 bool isGuestMemfd(int fd) {
   char target[64];
   std::string link = "/proc/self/fd/" + std::to_string(fd);

@@ -36,6 +36,11 @@ class KvmVm {
   UniqueFd vm_;   // the VM; a guest_memfd keeps it alive on its own once created
 };
 
+// A guest_memfd of `size` bytes that a VMM can mmap and use as ordinary shared memory (MMAP |
+// INIT_SHARED), on a VM of its own that the fd keeps alive: the guest memory of a stand-in VMM
+// or a benchmark, with nothing else of KVM's needed.
+Result<UniqueFd> createMappableGuestMemfd(Bytes size);
+
 // Whether fd is a guest_memfd (its /proc/self/fd link reads "anon_inode:[kvm-gmem]").
 bool isGuestMemfd(int fd);
 

@@ -61,10 +61,10 @@ TEST(SourceMemory, MemfdIsServedAsWrittenAndNotPrefaulted) {
 }
 
 TEST(SourceMemory, GuestMemfdIsServedAsWrittenAndPrefaulted) {
-  auto vm = sys::KvmVm::open();
-  if (!vm) GTEST_SKIP() << "no guest_memfd without KVM: " << vm.error().message();
-  auto fd = vm->createGuestMemfd(Bytes{kPages * kPage},
-                                 sys::kGuestMemfdFlagMmap | sys::kGuestMemfdFlagInitShared);
+  if (auto vm = sys::KvmVm::open(); !vm) {
+    GTEST_SKIP() << "no guest_memfd without KVM: " << vm.error().message();
+  }
+  auto fd = sys::createMappableGuestMemfd(Bytes{kPages * kPage});
   ASSERT_TRUE(fd) << fd.error().message();
   auto mem = handOver(std::move(*fd));
   ASSERT_TRUE(mem);

@@ -26,10 +26,7 @@ Result<nlohmann::json> migrate(const cli::DemoOptions& o) { return cli::runDemo(
 // Why this host cannot give a guest_memfd (MMAP | INIT_SHARED) from KVM; empty when it can.
 // /dev/kvm may exist on a host whose KVM cannot create a VM, so asking the device is not enough.
 std::string noGuestMemfdBecause() {
-  auto vm = sys::KvmVm::open();
-  if (!vm) return vm.error().message();
-  auto fd =
-      vm->createGuestMemfd(Bytes{4096}, sys::kGuestMemfdFlagMmap | sys::kGuestMemfdFlagInitShared);
+  auto fd = sys::createMappableGuestMemfd(Bytes{4096});
   return fd ? "" : fd.error().message();
 }
 
