@@ -126,24 +126,25 @@ Status SourceMigration::useMemory(std::unique_ptr<SourceMemory> memory) {
   return {};
 }
 
+std::optional<SourceMigration::Parked>& SourceMigration::parked(ChannelKind kind) {
+  return kind == ChannelKind::kUrgent ? parked_urgent_ : parked_bulk_;
+}
+
 void SourceMigration::park(std::unique_ptr<transport::Connection> conn,
                            const transport::Hello& hello) {
   const ChannelKind kind = hello.channel;
-  auto& slot = kind == ChannelKind::kUrgent ? parked_urgent_ : parked_bulk_;
+  auto& slot = parked(kind);
   if (slot) slot->conn->close();  // the destination gave up on it and connected again
-  transport::Connection::Handlers handlers;
   // Nothing may come before HelloOk; a closed or misbehaving channel just stops waiting. The
   // transport lets a handler drop its own connection.
-  auto drop = [this, kind](const Error&) {
-    auto& parked = kind == ChannelKind::kUrgent ? parked_urgent_ : parked_bulk_;
-    if (parked) parked->conn->close();
-    parked.reset();
+  auto drop = [this, kind] {
+    auto& waiting = parked(kind);
+    if (waiting) waiting->conn->close();
+    waiting.reset();
   };
-  handlers.on_frame = [drop](const transport::FrameHeader& h, std::span<const std::byte>) {
-    drop(Error::make(Errc::kProtocol, "frame",
-                     std::string(transport::frameTypeName(h.type)) + " before HelloOk"));
-  };
-  handlers.on_closed = drop;
+  transport::Connection::Handlers handlers;
+  handlers.on_frame = [drop](const transport::FrameHeader&, std::span<const std::byte>) { drop(); };
+  handlers.on_closed = [drop](const Error&) { drop(); };
   conn->setHandlers(std::move(handlers));
   log_.info("destination waiting for the memory handover",
             {{"channel", kind == ChannelKind::kUrgent ? "urgent" : "bulk"},

@@ -61,6 +61,8 @@ class SourceMigration final : public Migration {
   void completed(std::uint64_t pages_installed);
   void releaseMemory();  // peer loop
   void park(std::unique_ptr<transport::Connection> conn, const transport::Hello& hello);
+  struct Parked;
+  std::optional<Parked>& parked(transport::ChannelKind kind);
   void attachParked();  // peer loop, once the memory is here
   void closeParked();   // peer loop
   transport::Layout layout() const;

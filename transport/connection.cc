@@ -12,7 +12,6 @@
 #include <array>
 #include <map>
 #include <mutex>
-#include <set>
 
 #include "transport/connection_impl.h"
 #include "transport/tls_internal.h"
@@ -134,7 +133,7 @@ struct Linger {
 // The lingering bufferevents of every loop, so that a loop that stops (and so runs no more of
 // their callbacks) frees those still waiting for their peer.
 std::mutex lingering_mu;
-std::map<event_base*, std::map<bufferevent*, std::unique_ptr<Linger>>> lingering;
+std::map<event_base*, std::map<bufferevent*, Linger>> lingering;
 
 void endLinger(bufferevent* bev) {
   {
@@ -166,7 +165,7 @@ void lingerWrite(bufferevent* bev, void*) {
 }  // namespace
 
 void freeLingeringConnections(event_base* base) {
-  std::map<bufferevent*, std::unique_ptr<Linger>> left;
+  std::map<bufferevent*, Linger> left;
   {
     std::lock_guard lock(lingering_mu);
     auto it = lingering.find(base);
@@ -185,9 +184,8 @@ void ConnectionImpl::close() {
   Linger* linger = nullptr;
   {
     std::lock_guard lock(lingering_mu);
-    auto& slot = lingering[bufferevent_get_base(bev)][bev];
-    slot = std::make_unique<Linger>();
-    linger = slot.get();
+    // std::map nodes do not move: the callbacks keep this pointer until endLinger erases it.
+    linger = &(lingering[bufferevent_get_base(bev)][bev] = Linger{});
   }
   bufferevent_set_timeouts(bev, &kLingerIdle, &kLingerIdle);
   bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
