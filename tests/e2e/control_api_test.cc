@@ -3,7 +3,6 @@
 #include <sys/wait.h>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 
 #include "client/control_client.h"
 #include "tests/e2e/e2e.h"
@@ -170,8 +169,7 @@ TEST(CommandLine, BadNumbersAreUsageErrorsNamingTheFlag) {
     ASSERT_TRUE(p) << p.error().message();
     auto st = p->wait(std::chrono::seconds(10));
     ASSERT_TRUE(st);
-    std::ifstream in(log);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string text = readFile(log);
     EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 2)
         << args[1] << " " << args[2] << ": " << text;
     const std::string& flag = args[0] == "status" ? args[3] : args[1];

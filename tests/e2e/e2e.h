@@ -5,7 +5,10 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
+#include <iterator>
+#include <string>
 #include <thread>
 
 #include "cli/demo.h"
@@ -24,6 +27,19 @@ inline cli::DemoOptions baseOptions() {
   // LAZYMIG_E2E_KEEP=1 keeps every run's directory (agent logs, configs) for debugging.
   o.keep = std::getenv("LAZYMIG_E2E_KEEP") != nullptr;
   return o;
+}
+
+// A whole file (an agent's or a test VM's log), or "" when it cannot be read.
+inline std::string readFile(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Occurrences of `needle` in `text`.
+inline int countOf(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
 }
 
 // A migration run to its end step by step, kept so that its agents can still be asked about

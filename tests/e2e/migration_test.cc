@@ -1,7 +1,5 @@
 // Whole migrations between two real agent processes over TLS, with a real test VM faulting
 // on real userfaultfd, every byte verified.
-#include <fstream>
-#include <iterator>
 #include <thread>
 
 #include "tests/e2e/e2e.h"
@@ -131,9 +129,9 @@ TEST(Migration, DestinationResumedBeforeTheHandoverIsAnsweredWhenTheMemoryArrive
   EXPECT_NE(metrics.find("lazymig_refusals_total{node=\"source\",reason=\"not_ready\"} 0\n"),
             std::string::npos)
       << "the source refused a channel that came before the memory, and it had to retry";
-  std::ifstream log(run->logPath(cli::Side::kSource));
-  std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-  EXPECT_NE(text.find("destination waiting for the memory handover"), std::string::npos);
+  EXPECT_NE(readFile(run->logPath(cli::Side::kSource))
+                .find("destination waiting for the memory handover"),
+            std::string::npos);
 }
 
 // A held Hello must not hold the destination forever (a half-open link looks the same): it
@@ -148,11 +146,7 @@ TEST(Migration, DestinationWaitingLongForTheHandoverConnectsAgainAndFinishes) {
   ASSERT_TRUE(run->createMigrations());
   ASSERT_TRUE(run->startDestinationVm());
   auto waits = [&] {
-    std::ifstream log(run->logPath(cli::Side::kSource));
-    std::string line;
-    int n = 0;
-    while (std::getline(log, line)) n += line.find("waiting for the memory handover") != line.npos;
-    return n;
+    return countOf(readFile(run->logPath(cli::Side::kSource)), "waiting for the memory handover");
   };
   // Two channels, each held, given up on after 300 ms and held again.
   EXPECT_TRUE(waitUntil([&] { return waits() >= 6; }, std::chrono::seconds(30))) << waits();

@@ -325,8 +325,7 @@ TEST(Security, CertificatesReloadOnSighupWithoutDroppingTheMigration) {
   std::string log;
   EXPECT_TRUE(waitUntil(
       [&] {
-        std::ifstream in(run->logPath(Side::kSource));
-        log.assign(std::istreambuf_iterator<char>(in), {});
+        log = readFile(run->logPath(Side::kSource));
         return log.find("certificate reload failed") != std::string::npos;
       },
       10s))
@@ -367,9 +366,7 @@ TEST(Security, SecondHandshakeForARunningMigrationIsRefused) {
   EXPECT_TRUE(waitUntil(
       [&] { return refusalsOf(*run, Side::kDestination)["handshake_rejected"] >= 1; }, 10s))
       << nlohmann::json(refusalsOf(*run, Side::kDestination)).dump();
-  std::string log;
-  std::ifstream in(run->logPath(Side::kDestination));
-  log.assign(std::istreambuf_iterator<char>(in), {});
+  const std::string log = readFile(run->logPath(Side::kDestination));
   EXPECT_NE(log.find("second handshake is refused"), std::string::npos) << "the refusal says why";
   auto vm = run->waitDestinationVm();
   ASSERT_TRUE(vm) << vm.error().message();
@@ -405,8 +402,7 @@ TEST(Security, HandshakeFromADisallowedUidIsRefused) {
   ASSERT_TRUE(nobody) << nobody.error().message();
   auto st = nobody->wait(20s);
   ASSERT_TRUE(st.has_value());
-  std::ifstream log(run->dir() + "/nobody.log");
-  std::string said((std::istreambuf_iterator<char>(log)), {});
+  const std::string said = readFile(run->dir() + "/nobody.log");
   // The socket let nobody connect (mode 0666): SO_PEERCRED is what turned it away.
   EXPECT_NE(said.find("connected as 65534"), std::string::npos) << said;
   EXPECT_EQ(said.find("reply b'"), std::string::npos) << "nobody must not be answered: " << said;
