@@ -10,7 +10,7 @@ packages=(
   nlohmann-json3-dev libgtest-dev libgmock-dev
   iproute2 openssl procps
   python3 python3-yaml yamllint systemd prometheus curl jq
-  nodejs npm unzip dpkg-dev fakeroot file
+  nodejs npm unzip dpkg-dev
   clang-16 libclang-rt-16-dev
 )
 

@@ -5,12 +5,12 @@
 #
 #   deploy/package/test-deb.sh BUILD_DIR
 #
-# Needs dpkg-dev (dpkg-shlibdeps), fakeroot-free cpack, file, binutils (scripts/install-deps.sh).
+# Needs dpkg-dev (dpkg-shlibdeps), binutils (scripts/install-deps.sh).
 set -euo pipefail
 build=$(cd "${1:?usage: test-deb.sh BUILD_DIR}" && pwd)
 passed=0
 failed=0
-for tool in cpack dpkg-deb dpkg-shlibdeps dpkg file readelf; do
+for tool in cmake cpack dpkg-deb dpkg-shlibdeps dpkg readelf; do
   command -v "$tool" >/dev/null || { echo "test-deb: required tool '$tool' is missing (scripts/install-deps.sh)" >&2; exit 1; }
 done
 work=$(mktemp -d)
@@ -21,6 +21,17 @@ check() {  # check NAME COMMAND...
   else failed=$((failed + 1)); echo "FAIL $name"; sed 's/^/     /' "$work/out"; fi
 }
 
+echo "== cmake --install --prefix (no package)"
+prefix=$work/prefix
+check "cmake --install --prefix installs" cmake --install "$build" --prefix "$prefix"
+for path in bin/lazymig-agent bin/lazymig bin/lazymig-testvm etc/lazymig/lazymig.yaml \
+  lib/systemd/system/lazymig-agent.service share/doc/lazymig/operations.md; do
+  check "cmake --install: <prefix>/$path" test -e "$prefix/$path"
+done
+check "cmake --install: the unit starts <prefix>/bin/lazymig-agent with <prefix>/etc/lazymig/lazymig.yaml" \
+  grep -qF "ExecStart=$prefix/bin/lazymig-agent --config $prefix/etc/lazymig/lazymig.yaml" \
+  "$prefix/lib/systemd/system/lazymig-agent.service"
+
 echo "== cpack -G DEB"
 (cd "$build" && cpack -G DEB -B "$work/pkg" >"$work/cpack.log" 2>&1) || { cat "$work/cpack.log"; exit 1; }
 deb=$(ls "$work"/pkg/lazymig_*.deb)
@@ -30,10 +41,23 @@ dpkg-deb -c "$deb" >"$work/contents"
 sed 's/^/  /' "$work/info"
 
 echo "== control"
-depends=$(dpkg-deb -f "$deb" Depends)
-for pkg in libc6 libstdc++6 libssl3 librocksdb7.8 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
+# Package names only, one a line ("a (>= 1) | b" -> a, b).
+depends=$(dpkg-deb -f "$deb" Depends | tr ',|' '\n\n' | sed 's/([^)]*)//; s/ //g' | sort -u)
+for pkg in libc6 libstdc++6 libssl3 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
   libyaml-cpp0.7 libevent-core-2.1-7 libevent-openssl-2.1-7 libevent-pthreads-2.1-7 systemd; do
-  check "Depends names $pkg (Debian 12)" grep -qE "(^|, )$pkg( |,|$)" <<<"$depends"
+  check "Depends names $pkg (Debian 12)" grep -qxF "$pkg" <<<"$depends"
+done
+# And the package of every library a shipped binary links directly (DT_NEEDED; RocksDB is
+# linked statically: its compression libraries show up instead).
+for b in lazymig-agent lazymig lazymig-testvm; do
+  needed=$(readelf -d "$build/bin/$b" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
+  for lib in $(ldd "$build/bin/$b" | awk -v needed="$needed" 'BEGIN {split(needed, n, "\n"); for (i in n) want[n[i]] = 1}
+                                                        /=>/ && ($1 in want) {print $3}'); do
+    owner=$(dpkg-query -S "$lib" 2>/dev/null || dpkg-query -S "$(readlink -f "$lib")" 2>/dev/null || true)
+    owner=${owner%%:*}
+    [[ -n $owner ]] || continue
+    check "Depends covers $b's $(basename "$lib") ($owner)" grep -qxF "$owner" <<<"$depends"
+  done
 done
 check "Package: lazymig, Architecture: $(dpkg --print-architecture)" bash -c \
   '[[ $(dpkg-deb -f "$0" Package) == lazymig && $(dpkg-deb -f "$0" Architecture) == $(dpkg --print-architecture) ]]' "$deb"
