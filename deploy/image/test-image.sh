@@ -122,6 +122,13 @@ for b in lazymig-agent lazymig; do
     'readelf -p .gnu_debuglink "$0" | grep -q "$1.debug"' "$staged" "$b"
   check "$b.debug holds the debug symbols" bash -c 'readelf -S "$0" | grep -q "\.debug_info"' "$root/.debug/$b.debug"
   check "$b.debug is left out of the runtime tree" test ! -e "$root/usr/local/bin/$b.debug"
+  if command -v gdb >/dev/null; then
+    # The debuglink's CRC must match: gdb then finds main's source line in the debug file
+    # beside the stripped binary.
+    mkdir -p "$work/gdb-$b" && cp "$staged" "$root/.debug/$b.debug" "$work/gdb-$b/"
+    check "gdb finds $b's symbols through the debuglink" bash -c \
+      'gdb -batch -ex "info line main" "$0" 2>&1 | grep -q "^Line [0-9]* of .*main.cc"' "$work/gdb-$b/$b"
+  fi
 done
 for label in title description version revision created source; do
   check "OCI label org.opencontainers.image.$label" bash -c 'runtime_stage() { awk '"'"'/^FROM /{n++} {line[n]=line[n] $0 "\n"} END {printf "%s", line[n]}'"'"' "$0"; }; runtime_stage | grep -q "org.opencontainers.image.$1="' "$deploy/Dockerfile" "$label"
