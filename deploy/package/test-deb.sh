@@ -13,6 +13,7 @@ failed=0
 for tool in cmake cpack dpkg-deb dpkg-shlibdeps dpkg readelf; do
   command -v "$tool" >/dev/null || { echo "test-deb: required tool '$tool' is missing (scripts/install-deps.sh)" >&2; exit 1; }
 done
+echo "tools: $(cpack --version | head -1), $(dpkg-deb --version | head -1 | sed 's/ package management program//'), dpkg-shlibdeps $(dpkg-query -W -f='${Version}' dpkg-dev)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 check() {  # check NAME COMMAND...
