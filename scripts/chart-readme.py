@@ -73,7 +73,8 @@ def type_of(v):
 
 
 def cell(text):
-    return text.replace("|", "\\|")
+    # "<node-ip>" would be read as an HTML tag by Markdown renderers.
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def render():

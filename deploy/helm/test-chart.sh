@@ -210,8 +210,10 @@ mapfile -t yaml_files < <(find "$deploy" \( -name '*.yaml' -o -name '*.yml' \) -
 rc=0; yamllint -s -c "$deploy/yamllint.yaml" "${yaml_files[@]}" || rc=$?
 record "yamllint: ${#yaml_files[@]} files in deploy/ (templates are checked rendered)" $rc
 # toYaml writes a list under its key without indenting it; both forms are YAML.
+rendered=()
+for name in "${names[@]}"; do rendered+=("$work/$name.yaml"); done
 rc=0; yamllint -s -d "{extends: relaxed, rules: {line-length: {max: 200}, indentation: {indent-sequences: whatever}}}" \
-  $(printf "$work/%s.yaml " "${names[@]}") || rc=$?
+  "${rendered[@]}" || rc=$?
 record "yamllint: rendered manifests" $rc
 
 # ---- systemd unit ----
