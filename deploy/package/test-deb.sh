@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian package from a configured and built tree (cpack -G DEB), checks its
 # control data and contents (dpkg-deb -I / -c), runs the installed binaries from an unpacked
-# copy (dpkg-deb -x), and installs it for real into a throwaway dpkg root (dpkg --root).
+# copy (dpkg-deb -x), and installs it for real into a throwaway dpkg root (dpkg --root),
+# where `lazymig demo` starts the installed agents and migrates a test VM between them.
 #
 #   deploy/package/test-deb.sh BUILD_DIR
 #
@@ -107,6 +108,11 @@ check "dpkg --root -i installs the package" dpkg --root="$droot" --force-depends
   --log=/dev/null -i "$deb"
 check "dpkg -s: lazymig is installed" bash -c 'dpkg --root="$0" -s lazymig | grep -q "^Status: install ok installed"' "$droot"
 check "installed lazymig-agent runs" "$droot/usr/bin/lazymig-agent" --version
+# The installed binaries at work: `lazymig demo` starts two installed agents (mutual TLS,
+# RocksDB state) and migrates an installed lazymig-testvm between them, byte-verified.
+check "installed lazymig demo: two installed agents migrate a test VM, every byte verified" bash -c \
+  'timeout 120 "$0/usr/bin/lazymig" demo --size 16MiB >"$1" 2>&1 && grep -q "verified *yes (0 mismatches)" "$1"' \
+  "$droot" "$work/demo.txt"
 check "dpkg --root -r removes it and keeps the conffile" bash -c \
   'dpkg --root="$0" --force-script-chrootless --log=/dev/null -r lazymig && [[ ! -e $0/usr/bin/lazymig-agent && -f $0/etc/lazymig/lazymig.yaml ]]' "$droot"
 
