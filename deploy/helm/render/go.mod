@@ -1,1 +1,0 @@
-module lazymig/deploy/helm/render
