@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   libevent-dev libssl-dev librocksdb-dev prometheus-cpp-dev libyaml-cpp-dev
   nlohmann-json3-dev libgtest-dev libgmock-dev
-  iproute2 openssl procps
+  iproute2 openssl procps valgrind
   golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev
   python3 python3-yaml python3-jsonschema yamllint systemd prometheus curl jq
   clang-16 libclang-rt-16-dev

@@ -181,6 +181,10 @@ void ConnectionImpl::close() {
   if (bev_ == nullptr) return;
   bufferevent* bev = bev_;
   bev_ = nullptr;
+  // A loop that stops runs none of the linger callbacks again; it hands its base to
+  // freeLingeringConnections before freeing it.
+  static std::once_flag finalizer_once;
+  std::call_once(finalizer_once, [] { EventLoop::addBaseFinalizer(&freeLingeringConnections); });
   Linger* linger = nullptr;
   {
     std::lock_guard lock(lingering_mu);
