@@ -294,8 +294,8 @@ void Agent::scheduleRetire(const std::string& id) {
   // that retiring never cuts a Complete short.
   auto grace = std::max(config_.migration.stall_timeout, std::chrono::milliseconds(1000)) +
                std::chrono::milliseconds(2000);
-  retire_loop_->postDelayed(std::chrono::duration_cast<std::chrono::milliseconds>(grace),
-                            [this, id] { retire(id); });
+  retire_loop_->scheduleDetached(std::chrono::duration_cast<std::chrono::milliseconds>(grace),
+                                 [this, id] { retire(id); });
 }
 
 void Agent::retire(const std::string& id) {

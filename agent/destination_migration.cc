@@ -329,8 +329,7 @@ void DestinationMigration::sendComplete() {
 }
 
 void DestinationMigration::scheduleCheckpoint() {
-  checkpoint_timer_ = bulk_loop_->postDelayed(ctx_.config.migration.checkpoint_interval, [this] {
-    checkpoint_timer_ = 0;
+  checkpoint_timer_ = bulk_loop_->schedule(ctx_.config.migration.checkpoint_interval, [this] {
     if (auto ok = checkpointPageMap(ctx_.db, id(), *pages_, ctx_.metrics); !ok) {
       log_.warn("page map checkpoint failed", {{"error", ok.error().message()}});
     }
@@ -375,7 +374,7 @@ void DestinationMigration::stopEverything() {
   }
   if (bulk_loop_) {
     runOnLoop(*bulk_loop_, [this] {
-      if (checkpoint_timer_ != 0) bulk_loop_->cancelTimer(checkpoint_timer_);
+      checkpoint_timer_.cancel();
       if (bulk_) bulk_->stop();
       if (pages_) (void)checkpointPageMap(ctx_.db, id(), *pages_, ctx_.metrics);
     });

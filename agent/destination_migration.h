@@ -90,7 +90,7 @@ class DestinationMigration final : public Migration {
   std::unique_ptr<SourceChannel> urgent_;        // urgent loop
   std::unique_ptr<SourceChannel> bulk_;          // bulk loop
   std::unique_ptr<BulkReceiver> bulk_receiver_;  // bulk loop
-  std::uint64_t checkpoint_timer_ = 0;           // bulk loop
+  transport::Timer checkpoint_timer_;            // bulk loop
 
   std::atomic<bool> finishing_{false};
   bool complete_sent_ = false;  // urgent loop

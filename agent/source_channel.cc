@@ -29,10 +29,9 @@ void SourceChannel::stop() {
   if (stopped_) return;
   stopped_ = true;
   *alive_ = false;
-  if (retry_timer_ != 0) loop_.cancelTimer(retry_timer_);
-  if (stall_timer_ != 0) loop_.cancelTimer(stall_timer_);
-  if (linger_timer_ != 0) loop_.cancelTimer(linger_timer_);
-  retry_timer_ = stall_timer_ = linger_timer_ = 0;
+  retry_timer_.cancel();
+  stall_timer_.cancel();
+  linger_timer_.cancel();
   if (conn_) conn_->close();
   conn_.reset();
   open_ = false;
@@ -42,14 +41,8 @@ void SourceChannel::finish(std::chrono::milliseconds linger) {
   if (stopped_ || finishing_) return;
   if (!conn_) return stop();
   finishing_ = true;
-  if (stall_timer_ != 0) {
-    loop_.cancelTimer(stall_timer_);
-    stall_timer_ = 0;
-  }
-  linger_timer_ = loop_.postDelayed(linger, [this] {
-    linger_timer_ = 0;
-    stop();
-  });
+  stall_timer_.cancel();
+  linger_timer_ = loop_.schedule(linger, [this] { stop(); });
 }
 
 bool SourceChannel::send(std::string_view frame) {
@@ -63,7 +56,6 @@ std::size_t SourceChannel::pendingOutputBytes() const {
 }
 
 void SourceChannel::attempt() {
-  retry_timer_ = 0;
   if (stopped_) return;
   transport::ConnectOptions opts;
   opts.address = params_.source_address;
@@ -97,8 +89,7 @@ void SourceChannel::onConnected(Result<std::unique_ptr<transport::Connection>> c
   // A source waiting for its memory holds the Hello unanswered; one that never answers (a
   // half-open link) must not hold this channel forever. Connecting again costs one TLS
   // handshake per stall_timeout, so the retry starts from the shortest backoff.
-  stall_timer_ = loop_.postDelayed(params_.stall_timeout, [this] {
-    stall_timer_ = 0;
+  stall_timer_ = loop_.schedule(params_.stall_timeout, [this] {
     if (open_ || stopped_) return;
     backoff_ = std::chrono::milliseconds(0);
     linkDown(Error::make(Errc::kTimeout, "hello",
@@ -148,10 +139,8 @@ void SourceChannel::onFrame(const transport::FrameHeader& h, std::span<const std
 }
 
 void SourceChannel::scheduleStallCheck() {
-  if (stall_timer_ != 0) loop_.cancelTimer(stall_timer_);
   auto period = std::max(params_.stall_timeout / 3, std::chrono::milliseconds(10));
-  stall_timer_ = loop_.postDelayed(period, [this] {
-    stall_timer_ = 0;
+  stall_timer_ = loop_.schedule(period, [this] {
     if (!open_ || stopped_) return;
     auto silent = std::chrono::steady_clock::now() - last_rx_;
     if (silent >= params_.stall_timeout) {
@@ -169,10 +158,7 @@ void SourceChannel::linkDown(const Error& why, bool fatal) {
   if (finishing_) return stop();  // the source closed after our last frame, as it should
   bool was_open = open_;
   open_ = false;
-  if (stall_timer_ != 0) {
-    loop_.cancelTimer(stall_timer_);
-    stall_timer_ = 0;
-  }
+  stall_timer_.cancel();
   if (conn_) {
     conn_->close();
     // Dropping the connection here is safe: the transport allows it from its own handlers.
@@ -202,7 +188,7 @@ void SourceChannel::scheduleRetry() {
   auto delay = std::chrono::milliseconds(
       static_cast<std::int64_t>(static_cast<double>(backoff_.count()) * jitter(rng_)));
   ++reconnects_;
-  retry_timer_ = loop_.postDelayed(delay, [this] { attempt(); });
+  retry_timer_ = loop_.schedule(delay, [this] { attempt(); });
 }
 
 }  // namespace lazymig::agent

@@ -78,12 +78,12 @@ class SourceChannel {
   bool open_ = false;
   bool stopped_ = false;
   bool finishing_ = false;
-  std::uint64_t linger_timer_ = 0;
+  transport::Timer linger_timer_;
   std::uint64_t reconnects_ = 0;
   std::chrono::milliseconds backoff_{0};
   std::chrono::steady_clock::time_point down_since_;
-  std::uint64_t retry_timer_ = 0;
-  std::uint64_t stall_timer_ = 0;
+  transport::Timer retry_timer_;
+  transport::Timer stall_timer_;
   std::uint64_t ping_nonce_ = 0;
   std::chrono::steady_clock::time_point last_rx_;
   std::mt19937_64 rng_{std::random_device{}()};

@@ -384,7 +384,7 @@ void SourceMigration::onBulkFrame(const transport::FrameHeader& h,
 }
 
 void SourceMigration::pumpBulk() {
-  if (!bulk_ || !resumed_ || isFinal(state()) || bulk_timer_ != 0) return;
+  if (!bulk_ || !resumed_ || isFinal(state()) || bulk_timer_.pending()) return;
   // bulk_batch_pages counts 4 KiB pages: a batch of huge pages is as many bytes, at least one
   // page, so that a frame stays under the transport's payload limit.
   const std::uint64_t batch_pages =
@@ -400,13 +400,10 @@ void SourceMigration::pumpBulk() {
       if (bulk_tokens_ < batch_bytes) {
         auto wait = std::chrono::microseconds(
             static_cast<std::int64_t>((batch_bytes - bulk_tokens_) / bulk_rate_bytes_s_ * 1e6) + 1);
-        bulk_timer_ = peer_loop_.postDelayed(
+        bulk_timer_ = peer_loop_.schedule(
             std::max(std::chrono::duration_cast<std::chrono::milliseconds>(wait),
                      std::chrono::milliseconds(1)),
-            [this] {
-              bulk_timer_ = 0;
-              pumpBulk();
-            });
+            [this] { pumpBulk(); });
         return;
       }
     }
@@ -440,10 +437,7 @@ void SourceMigration::completed(std::uint64_t pages_installed) {
 }
 
 void SourceMigration::releaseMemory() {
-  if (bulk_timer_ != 0) {
-    peer_loop_.cancelTimer(bulk_timer_);
-    bulk_timer_ = 0;
-  }
+  bulk_timer_.cancel();
   if (urgent_) urgent_->close();
   if (bulk_) bulk_->close();
   urgent_.reset();
@@ -475,10 +469,7 @@ Status SourceMigration::cancel(bool force) {
 void SourceMigration::shutdown() {
   if (listener_) listener_->stop();
   auto drop = [this] {
-    if (bulk_timer_ != 0) {
-      peer_loop_.cancelTimer(bulk_timer_);
-      bulk_timer_ = 0;
-    }
+    bulk_timer_.cancel();
     if (urgent_) urgent_->close();
     if (bulk_) bulk_->close();
     urgent_.reset();

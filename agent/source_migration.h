@@ -103,7 +103,7 @@ class SourceMigration final : public Migration {
   double bulk_rate_bytes_s_ = 0;
   double bulk_tokens_ = 0;
   std::chrono::steady_clock::time_point bulk_refill_{};
-  std::uint64_t bulk_timer_ = 0;
+  transport::Timer bulk_timer_;
 };
 
 }  // namespace lazymig::agent

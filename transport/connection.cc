@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 
+#include "loop/libevent_ptr.h"
 #include "transport/connection_impl.h"
 #include "transport/tls_internal.h"
 
@@ -59,14 +60,14 @@ std::string bevError(bufferevent* bev, short what) {
 
 ConnectionImpl::ConnectionImpl(bufferevent* bev, PeerIdentity peer, Limits limits)
     : bev_(bev), peer_(std::move(peer)), limits_(limits) {
-  remote_ = addressOf(static_cast<int>(bufferevent_getfd(bev_)));
+  remote_ = addressOf(static_cast<int>(bufferevent_getfd(bev_.get())));
   // Larger reads and writes than libevent's 16 KiB default: a bulk frame is 256 KiB.
-  bufferevent_set_max_single_read(bev_, 1 << 20);
-  bufferevent_set_max_single_write(bev_, 1 << 20);
-  bufferevent_setcb(bev_, &ConnectionImpl::onRead, &ConnectionImpl::onWrite,
+  bufferevent_set_max_single_read(bev_.get(), 1 << 20);
+  bufferevent_set_max_single_write(bev_.get(), 1 << 20);
+  bufferevent_setcb(bev_.get(), &ConnectionImpl::onRead, &ConnectionImpl::onWrite,
                     &ConnectionImpl::onEvent, this);
-  bufferevent_set_timeouts(bev_, nullptr, nullptr);
-  bufferevent_enable(bev_, EV_READ | EV_WRITE);
+  bufferevent_set_timeouts(bev_.get(), nullptr, nullptr);
+  bufferevent_enable(bev_.get(), EV_READ | EV_WRITE);
 }
 
 ConnectionImpl::~ConnectionImpl() { close(); }
@@ -76,15 +77,15 @@ void ConnectionImpl::setHandlers(Handlers handlers) {
 }
 
 void ConnectionImpl::sendEncoded(std::string_view frame) {
-  if (bev_ == nullptr) return;
-  evbuffer_add(bufferevent_get_output(bev_), frame.data(), frame.size());
+  if (!bev_) return;
+  evbuffer_add(bufferevent_get_output(bev_.get()), frame.data(), frame.size());
 }
 
 void ConnectionImpl::sendWithBody(std::span<const std::byte> prefix,
                                   std::span<const std::byte> body,
                                   std::shared_ptr<const void> owner) {
-  if (bev_ == nullptr) return;
-  evbuffer* out = bufferevent_get_output(bev_);
+  if (!bev_) return;
+  evbuffer* out = bufferevent_get_output(bev_.get());
   evbuffer_add(out, prefix.data(), prefix.size());
   if (!owner) {
     evbuffer_add_reference(out, body.data(), body.size(), nullptr, nullptr);
@@ -99,20 +100,20 @@ void ConnectionImpl::sendWithBody(std::span<const std::byte> prefix,
 }
 
 std::size_t ConnectionImpl::pendingOutputBytes() const {
-  return bev_ ? evbuffer_get_length(bufferevent_get_output(bev_)) : 0;
+  return bev_ ? evbuffer_get_length(bufferevent_get_output(bev_.get())) : 0;
 }
 
 void ConnectionImpl::setLowWatermark(std::size_t bytes) {
   low_watermark_ = bytes;
-  if (bev_) bufferevent_setwatermark(bev_, EV_WRITE, bytes, 0);
+  if (bev_) bufferevent_setwatermark(bev_.get(), EV_WRITE, bytes, 0);
 }
 
 void ConnectionImpl::setPriority(int priority) {
   if (!bev_) return;
-  bufferevent_priority_set(bev_, priority);
+  bufferevent_priority_set(bev_.get(), priority);
   // A background connection encrypts at most 64 KiB per callback, so that a loop shared
   // with an urgent connection never keeps a demand reply waiting behind a long SSL_write.
-  if (priority > 0) bufferevent_set_max_single_write(bev_, 64 * 1024);
+  if (priority > 0) bufferevent_set_max_single_write(bev_.get(), 64 * 1024);
 }
 
 namespace {
@@ -127,6 +128,7 @@ constexpr timeval kLingerIdle{5, 0};
 constexpr std::size_t kLingerDiscardLimit = 1 << 20;
 
 struct Linger {
+  loop::BufferEventPtr bev;
   std::size_t discarded = 0;
 };
 
@@ -136,15 +138,12 @@ std::mutex lingering_mu;
 std::map<event_base*, std::map<bufferevent*, Linger>> lingering;
 
 void endLinger(bufferevent* bev) {
-  {
-    std::lock_guard lock(lingering_mu);
-    auto it = lingering.find(bufferevent_get_base(bev));
-    if (it != lingering.end()) {
-      it->second.erase(bev);
-      if (it->second.empty()) lingering.erase(it);
-    }
-  }
-  bufferevent_free(bev);
+  std::map<bufferevent*, Linger>::node_type ended;  // freed after the lock is released
+  std::lock_guard lock(lingering_mu);
+  auto it = lingering.find(bufferevent_get_base(bev));
+  if (it == lingering.end()) return;
+  ended = it->second.extract(bev);
+  if (it->second.empty()) lingering.erase(it);
 }
 
 void lingerDone(bufferevent* bev, short, void*) { endLinger(bev); }
@@ -173,19 +172,22 @@ void freeLingeringConnections(event_base* base) {
     left.swap(it->second);
     lingering.erase(it);
   }
-  for (auto& [bev, linger] : left) bufferevent_free(bev);
+  left.clear();  // frees each bufferevent
 }
 
 void ConnectionImpl::close() {
   *alive_ = false;
-  if (bev_ == nullptr) return;
-  bufferevent* bev = bev_;
-  bev_ = nullptr;
+  if (!bev_) return;
+  bufferevent* bev = bev_.get();
+  // A loop that stops runs none of the linger callbacks again; it hands its base to
+  // freeLingeringConnections before freeing it.
+  static std::once_flag finalizer_once;
+  std::call_once(finalizer_once, [] { EventLoop::addBaseFinalizer(&freeLingeringConnections); });
   Linger* linger = nullptr;
   {
     std::lock_guard lock(lingering_mu);
     // std::map nodes do not move: the callbacks keep this pointer until endLinger erases it.
-    linger = &(lingering[bufferevent_get_base(bev)][bev] = Linger{});
+    linger = &(lingering[bufferevent_get_base(bev)][bev] = Linger{std::move(bev_)});
   }
   bufferevent_set_timeouts(bev, &kLingerIdle, &kLingerIdle);
   bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
@@ -201,8 +203,8 @@ void ConnectionImpl::onRead(bufferevent*, void* arg) {
 
 void ConnectionImpl::readFrames() {
   std::shared_ptr<bool> alive = alive_;
-  while (*alive && bev_ != nullptr) {
-    evbuffer* in = bufferevent_get_input(bev_);
+  while (*alive && bev_) {
+    evbuffer* in = bufferevent_get_input(bev_.get());
     std::size_t available = evbuffer_get_length(in);
     if (available < kHeaderSize) return;
     std::array<std::byte, kHeaderSize> raw;
@@ -227,7 +229,7 @@ void ConnectionImpl::onWrite(bufferevent*, void* arg) {
   auto* self = static_cast<ConnectionImpl*>(arg);
   std::shared_ptr<Handlers> handlers = self->handlers_;
   if (self->bev_ && handlers->on_drained &&
-      evbuffer_get_length(bufferevent_get_output(self->bev_)) <= self->low_watermark_) {
+      evbuffer_get_length(bufferevent_get_output(self->bev_.get())) <= self->low_watermark_) {
     handlers->on_drained();
   }
 }

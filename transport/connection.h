@@ -1,8 +1,8 @@
 // Framed, mutually authenticated TLS 1.3 connections on libevent bufferevents.
 //
-// Threading: an EventLoop owns one thread and one event_base. Everything that touches a
-// Connection, Server or connect() callback runs on that loop's thread; other threads hand
-// work over with EventLoop::post(), the only cross-thread call.
+// Threading: an EventLoop (loop/event_loop.h) owns one thread and one event_base. Everything
+// that touches a Connection, Server or connect() callback runs on that loop's thread; other
+// threads hand work over with EventLoop::post().
 #pragma once
 
 #include <chrono>
@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "loop/event_loop.h"
 #include "transport/frame.h"
 
 struct event_base;
@@ -23,29 +24,9 @@ struct ssl_st;
 
 namespace lazymig::transport {
 
-class EventLoop {
- public:
-  // Starts the loop thread. `priorities` > 1 enables libevent priorities (0 runs first).
-  static Result<std::unique_ptr<EventLoop>> start(const std::string& name, int priorities = 2);
-  ~EventLoop();  // stops and joins; pending posted work is dropped
-  EventLoop(const EventLoop&) = delete;
-  EventLoop& operator=(const EventLoop&) = delete;
-
-  // Thread-safe; runs fn on the loop thread. False (fn dropped) once the loop has stopped.
-  bool post(std::function<void()> fn);
-  // Runs fn on the loop thread after `delay`; returns an id that cancelTimer() accepts.
-  std::uint64_t postDelayed(std::chrono::milliseconds delay, std::function<void()> fn);
-  void cancelTimer(std::uint64_t id);  // loop thread only
-  bool inLoopThread() const;
-  event_base* base() const;
-  void stop();  // idempotent; joins the thread
-
-  struct Impl;
-
- private:
-  explicit EventLoop(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
-};
+// The loop moved to loop/ (its own library); transport keeps the name for its callers.
+using loop::EventLoop;
+using loop::Timer;
 
 struct TlsFiles {
   std::string ca_file;    // PEM bundle of the CA(s) whose certificates we accept

@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "loop/libevent_ptr.h"
 #include "transport/connection.h"
 
 struct bufferevent;
@@ -34,7 +35,7 @@ class ConnectionImpl final : public Connection {
   void readFrames();
   void fail(const Error& e);
 
-  bufferevent* bev_;
+  loop::BufferEventPtr bev_;
   PeerIdentity peer_;
   Limits limits_;
   // Shared so that a handler that destroys this connection (or replaces the handlers) is not

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <map>
 
+#include "loop/libevent_ptr.h"
 #include "transport/connection_impl.h"
 #include "transport/tls_internal.h"
 
@@ -52,12 +53,25 @@ Result<sockaddr_storage> resolve(const std::string& address, socklen_t& len) {
 }
 
 // One accepted socket on its way to becoming a Connection: first a peek for plaintext, then
-// the TLS handshake, bounded by the handshake timeout.
+// the TLS handshake, bounded by the handshake timeout. It owns the socket: by itself until the
+// handshake starts, then through the bufferevent (BEV_OPT_CLOSE_ON_FREE).
 struct PendingAccept {
+  PendingAccept(ServerImpl* s, evutil_socket_t f) : server(s), fd(f) {}
+  PendingAccept(const PendingAccept&) = delete;
+  PendingAccept& operator=(const PendingAccept&) = delete;
+  ~PendingAccept() {
+    peek.reset();
+    if (!bev && fd >= 0) evutil_closesocket(fd);
+  }
+  // The connection takes the bufferevent, and with it the socket.
+  bufferevent* handOver() {
+    fd = -1;
+    return bev.release();
+  }
   ServerImpl* server;
   evutil_socket_t fd;
-  event* peek = nullptr;
-  bufferevent* bev = nullptr;
+  loop::EventPtr peek;
+  loop::BufferEventPtr bev;
 };
 
 }  // namespace
@@ -66,29 +80,19 @@ class ServerImpl final : public Server {
  public:
   ServerImpl(EventLoop& loop, std::shared_ptr<TlsContext> tls, Options options)
       : loop_(loop), tls_(std::move(tls)), options_(std::move(options)) {}
-  ~ServerImpl() override {
-    if (listener_) evconnlistener_free(listener_);
-    for (auto& [p, owned] : pending_) {
-      if (owned->peek) event_free(owned->peek);
-      if (owned->bev)
-        bufferevent_free(owned->bev);
-      else
-        evutil_closesocket(owned->fd);
-    }
-  }
 
   Status listen() {
     socklen_t len = 0;
     auto ss = resolve(options_.address, len);
     if (!ss) return std::unexpected(ss.error());
-    listener_ =
+    listener_.reset(
         evconnlistener_new_bind(loop_.base(), &ServerImpl::onAccept, this,
                                 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
-                                128, reinterpret_cast<sockaddr*>(&*ss), static_cast<int>(len));
-    if (listener_ == nullptr) return failSys("listen", options_.address);
+                                128, reinterpret_cast<sockaddr*>(&*ss), static_cast<int>(len)));
+    if (!listener_) return failSys("listen", options_.address);
     sockaddr_storage bound{};
     socklen_t blen = sizeof bound;
-    getsockname(evconnlistener_get_fd(listener_), reinterpret_cast<sockaddr*>(&bound), &blen);
+    getsockname(evconnlistener_get_fd(listener_.get()), reinterpret_cast<sockaddr*>(&bound), &blen);
     port_ = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
                                         : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
     return {};
@@ -104,10 +108,10 @@ class ServerImpl final : public Server {
   void accepted(evutil_socket_t fd) {
     evutil_make_socket_nonblocking(fd);
     setNoDelay(fd);
-    auto p = std::make_unique<PendingAccept>(PendingAccept{this, fd});
-    p->peek = event_new(loop_.base(), fd, EV_READ, &ServerImpl::onPeek, p.get());
+    auto p = std::make_unique<PendingAccept>(this, fd);
+    p->peek.reset(event_new(loop_.base(), fd, EV_READ, &ServerImpl::onPeek, p.get()));
     timeval tv = toTimeval(options_.handshake_timeout);
-    event_add(p->peek, &tv);
+    event_add(p->peek.get(), &tv);
     pending_.emplace(p.get(), std::move(p));
   }
 
@@ -119,8 +123,7 @@ class ServerImpl final : public Server {
   static void onPeek(evutil_socket_t fd, short what, void* arg) {
     auto* p = static_cast<PendingAccept*>(arg);
     ServerImpl* self = p->server;
-    event_free(p->peek);
-    p->peek = nullptr;
+    p->peek.reset();
     if (what & EV_TIMEOUT)
       return self->refuse(p, RefusalReason::kTlsHandshake, "no data before the handshake timeout");
     unsigned char first = 0;
@@ -130,12 +133,12 @@ class ServerImpl final : public Server {
     if (first != 0x16)
       return self->refuse(p, RefusalReason::kPlaintext, "the first byte is not a TLS record");
     SSL* ssl = self->tls_->newSession();
-    p->bev = bufferevent_openssl_socket_new(self->loop_.base(), fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                            BEV_OPT_CLOSE_ON_FREE);
+    p->bev.reset(bufferevent_openssl_socket_new(self->loop_.base(), fd, ssl,
+                                                BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE));
     timeval tv = toTimeval(self->options_.handshake_timeout);
-    bufferevent_set_timeouts(p->bev, &tv, &tv);
-    bufferevent_setcb(p->bev, nullptr, nullptr, &ServerImpl::onHandshake, p);
-    bufferevent_enable(p->bev, EV_READ);
+    bufferevent_set_timeouts(p->bev.get(), &tv, &tv);
+    bufferevent_setcb(p->bev.get(), nullptr, nullptr, &ServerImpl::onHandshake, p);
+    bufferevent_enable(p->bev.get(), EV_READ);
   }
 
   static void onHandshake(bufferevent* bev, short what, void* arg) {
@@ -145,7 +148,8 @@ class ServerImpl final : public Server {
     if (what & BEV_EVENT_CONNECTED) {
       auto owned = std::move(self->pending_.at(p));
       self->pending_.erase(p);
-      auto conn = std::make_unique<ConnectionImpl>(bev, identityOf(ssl), self->options_.limits);
+      auto conn = std::make_unique<ConnectionImpl>(owned->handOver(), identityOf(ssl),
+                                                   self->options_.limits);
       if (self->options_.on_connection) self->options_.on_connection(std::move(conn));
       return;
     }
@@ -166,19 +170,18 @@ class ServerImpl final : public Server {
     auto owned = std::move(pending_.at(p));
     pending_.erase(p);
     std::string remote = addressOf(static_cast<int>(owned->fd));
-    if (owned->bev)
-      bufferevent_free(owned->bev);
-    else
-      evutil_closesocket(owned->fd);
+    owned.reset();
     if (options_.on_refused) options_.on_refused(reason, remote + ": " + detail);
   }
 
   EventLoop& loop_;
   std::shared_ptr<TlsContext> tls_;
   Options options_;
-  evconnlistener* listener_ = nullptr;
-  std::uint16_t port_ = 0;
+  // Declared in this order so that the listener goes first: no accept lands in a map being
+  // destroyed.
   std::map<PendingAccept*, std::unique_ptr<PendingAccept>> pending_;
+  loop::EvConnListenerPtr listener_;
+  std::uint16_t port_ = 0;
 };
 
 Result<std::unique_ptr<Server>> Server::listen(EventLoop& loop, std::shared_ptr<TlsContext> tls,
@@ -193,10 +196,11 @@ Result<std::unique_ptr<Server>> Server::listen(EventLoop& loop, std::shared_ptr<
 
 namespace {
 
+// An outgoing connection until its TLS handshake ends; it owns the bufferevent until then.
 struct ConnectAttempt {
   ConnectOptions options;
   std::function<void(Result<std::unique_ptr<Connection>>)> done;
-  bufferevent* bev = nullptr;
+  loop::BufferEventPtr bev;
 
   static void onEvent(bufferevent* bev, short what, void* arg) {
     std::unique_ptr<ConnectAttempt> self(static_cast<ConnectAttempt*>(arg));
@@ -204,7 +208,7 @@ struct ConnectAttempt {
       std::string detail = bevError(bev, what);
       SSL* ssl = bufferevent_openssl_get_ssl(bev);
       long verify = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
-      bufferevent_free(bev);
+      self->bev.reset();
       Errc code = verify != X509_V_OK ? Errc::kAuth : Errc::kClosed;
       if (verify != X509_V_OK) detail = X509_verify_cert_error_string(verify);
       return self->done(fail(code, "connect " + self->options.address, detail));
@@ -212,13 +216,14 @@ struct ConnectAttempt {
     SSL* ssl = bufferevent_openssl_get_ssl(bev);
     PeerIdentity peer = identityOf(ssl);
     if (!peer.matches(self->options.expected_peer)) {
-      bufferevent_free(bev);
+      self->bev.reset();
       return self->done(fail(
           Errc::kAuth, "connect " + self->options.address,
           "the peer presented " + peer.describe() + ", expected " + self->options.expected_peer));
     }
     setNoDelay(static_cast<int>(bufferevent_getfd(bev)));
-    self->done(std::make_unique<ConnectionImpl>(bev, std::move(peer), self->options.limits));
+    self->done(std::make_unique<ConnectionImpl>(self->bev.release(), std::move(peer),
+                                                self->options.limits));
   }
 };
 
@@ -235,21 +240,23 @@ void connect(EventLoop& loop, std::shared_ptr<TlsContext> tls, ConnectOptions op
       return done(fail(Errc::kInvalidArgument, "connect", "expected_peer is required"));
     }
     SSL* ssl = tls->newSession();
-    auto* attempt = new ConnectAttempt{std::move(options), std::move(done)};
-    bufferevent* bev = bufferevent_openssl_socket_new(
-        loop.base(), -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
-    attempt->bev = bev;
+    auto attempt = std::make_unique<ConnectAttempt>(
+        ConnectAttempt{std::move(options), std::move(done), nullptr});
+    attempt->bev.reset(bufferevent_openssl_socket_new(
+        loop.base(), -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE));
+    bufferevent* bev = attempt->bev.get();
     auto ms = attempt->options.timeout.count();
     timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
     bufferevent_set_timeouts(bev, &tv, &tv);
-    bufferevent_setcb(bev, nullptr, nullptr, &ConnectAttempt::onEvent, attempt);
+    bufferevent_setcb(bev, nullptr, nullptr, &ConnectAttempt::onEvent, attempt.get());
     if (bufferevent_socket_connect(bev, reinterpret_cast<sockaddr*>(&*ss), static_cast<int>(len)) !=
         0) {
       std::string err = evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR());
-      bufferevent_free(bev);
-      std::unique_ptr<ConnectAttempt> owned(attempt);
-      return owned->done(fail(Errc::kClosed, "connect " + owned->options.address, err));
+      attempt->bev.reset();
+      return attempt->done(fail(Errc::kClosed, "connect " + attempt->options.address, err));
     }
+    // onEvent takes it back: the bufferevent calls it exactly once, connected or not.
+    (void)attempt.release();
   };
   if (loop.inLoopThread())
     start();

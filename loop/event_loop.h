@@ -1,0 +1,78 @@
+// One thread, one libevent event_base. Everything that touches the loop's events runs on its
+// thread; other threads hand work over with post(), the only cross-thread call besides stop()
+// and the Timer handles (which post their cancel when destroyed elsewhere).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "base/error.h"
+
+struct event_base;
+
+namespace lazymig::loop {
+
+class Timer;
+
+class EventLoop {
+ public:
+  // Starts the loop thread. `priorities` > 1 enables libevent priorities (0 runs first).
+  static Result<std::unique_ptr<EventLoop>> start(const std::string& name, int priorities = 2);
+  // Stops the loop: see stop().
+  ~EventLoop();
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  // Thread-safe; runs fn on the loop thread. False (fn dropped) once the loop has stopped.
+  bool post(std::function<void()> fn);
+  // Runs fn on the loop thread after `delay`, unless the returned handle is destroyed or
+  // cancelled first. Thread-safe; the handle may outlive the loop.
+  [[nodiscard]] Timer schedule(std::chrono::milliseconds delay, std::function<void()> fn);
+  // Fire-and-forget form of schedule(), for work that must run even if nobody holds it.
+  void scheduleDetached(std::chrono::milliseconds delay, std::function<void()> fn);
+  bool inLoopThread() const;
+  event_base* base() const;
+  // Idempotent. From another thread: breaks the loop and joins its thread. From the loop's own
+  // thread (a callback stopping or destroying its loop): breaks the loop, and the thread frees
+  // the loop's state itself once the running callback has returned. Either way, work posted
+  // before the stop and not yet run is run (on the loop thread when it can, else here), so a
+  // caller waiting for it is never left waiting forever.
+  void stop();
+
+  // Called with every event_base just before it is freed, for owners of objects that live on
+  // a base beyond their owner (e.g. closed connections still flushing). Any thread.
+  using BaseFinalizer = void (*)(event_base*);
+  static void addBaseFinalizer(BaseFinalizer fn);
+
+  struct Impl;
+
+ private:
+  explicit EventLoop(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
+// An armed timer of an EventLoop: move-only; destroying it or calling cancel() cancels the
+// timer if it has not fired. Owners keep one as a member instead of an id they must zero.
+class Timer {
+ public:
+  Timer() = default;
+  Timer(Timer&& other) noexcept;
+  Timer& operator=(Timer&& other) noexcept;
+  Timer(const Timer&) = delete;
+  Timer& operator=(const Timer&) = delete;
+  ~Timer();
+  void cancel();
+  // True from schedule() until it fires or is cancelled (as seen from the loop thread).
+  bool pending() const;
+
+ private:
+  friend class EventLoop;
+  Timer(std::weak_ptr<EventLoop::Impl> loop, std::uint64_t id) : loop_(std::move(loop)), id_(id) {}
+  std::weak_ptr<EventLoop::Impl> loop_;
+  std::uint64_t id_ = 0;
+};
+
+}  // namespace lazymig::loop

@@ -1,0 +1,124 @@
+// The event loop's lifetime rules: stopping (and destroying) a loop from its own callback,
+// work posted before a stop, timers as owning handles, and the base finalizers.
+#include "loop/event_loop.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <thread>
+
+namespace lazymig::loop {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::unique_ptr<EventLoop> startLoop() {
+  auto loop = EventLoop::start("loop-test");
+  EXPECT_TRUE(loop.has_value());
+  return std::move(*loop);
+}
+
+// A callback that stops and destroys its own loop (an owner torn down from its own event) must
+// not free the base the loop thread is still running on: ASan reports a use after free, or the
+// thread crashes, when stop() frees it there.
+TEST(EventLoop, StopAndDestroyFromItsOwnCallback) {
+  for (int round = 0; round < 20; ++round) {
+    auto loop = startLoop();
+    std::promise<void> ran_after;
+    auto ran = ran_after.get_future();
+    std::promise<void> destroyed;
+    auto gone = destroyed.get_future();
+    EventLoop* raw = loop.get();
+    ASSERT_TRUE(raw->post([&, owned = std::shared_ptr<EventLoop>(std::move(loop))]() mutable {
+      // Posted before the stop: must still run.
+      raw->post([&] { ran_after.set_value(); });
+      owned->stop();
+      owned.reset();
+      destroyed.set_value();
+    }));
+    ASSERT_EQ(gone.wait_for(5s), std::future_status::ready);
+    ASSERT_EQ(ran.wait_for(5s), std::future_status::ready);
+  }
+}
+
+// stop() right after start(): a break requested before the thread enters event_base_loop used
+// to be cleared by it, and the join waited forever.
+TEST(EventLoop, StopRightAfterStartEnds) {
+  auto done = std::async(std::launch::async, [] {
+    for (int i = 0; i < 200; ++i) startLoop()->stop();
+  });
+  ASSERT_EQ(done.wait_for(60s), std::future_status::ready) << "a stop() never returned";
+}
+
+TEST(EventLoop, WorkPostedBeforeStopRunsAndPostAfterStopIsRefused) {
+  auto loop = startLoop();
+  std::atomic<int> ran{0};
+  std::promise<void> hold;
+  auto held = hold.get_future().share();
+  loop->post([held] { held.wait(); });  // keeps the thread busy while the rest queues up
+  for (int i = 0; i < 10; ++i) loop->post([&] { ++ran; });
+  std::thread stopper([&] { loop->stop(); });
+  std::this_thread::yield();
+  hold.set_value();
+  stopper.join();
+  EXPECT_EQ(ran.load(), 10);
+  EXPECT_FALSE(loop->post([&] { ++ran; }));
+}
+
+TEST(EventLoop, TimerFiresUnlessItsHandleIsDestroyedOrCancelled) {
+  auto loop = startLoop();
+  std::promise<void> fired;
+  auto f = fired.get_future();
+  std::atomic<int> must_not_run{0};
+  Timer kept = loop->schedule(20ms, [&] { fired.set_value(); });
+  { Timer dropped = loop->schedule(1ms, [&] { ++must_not_run; }); }
+  Timer cancelled = loop->schedule(1ms, [&] { ++must_not_run; });
+  cancelled.cancel();
+  Timer moved_from = loop->schedule(1ms, [&] { ++must_not_run; });
+  Timer replaced = std::move(moved_from);
+  replaced = loop->schedule(30ms, [] {});  // move-assignment cancels the timer it held
+  ASSERT_EQ(f.wait_for(5s), std::future_status::ready);
+  // Every timer above was due before `kept` fired or is cancelled: none may have run.
+  std::promise<void> later;
+  auto l = later.get_future();
+  Timer after = loop->schedule(50ms, [&] { later.set_value(); });
+  ASSERT_EQ(l.wait_for(5s), std::future_status::ready);
+  EXPECT_EQ(must_not_run.load(), 0);
+}
+
+TEST(EventLoop, TimerOnTheLoopThreadIsPendingUntilItFires) {
+  auto loop = startLoop();
+  Timer t;
+  std::promise<bool> before, inside;
+  auto b = before.get_future(), in = inside.get_future();
+  loop->post([&] {
+    t = loop->schedule(5ms, [&] { inside.set_value(t.pending()); });
+    before.set_value(t.pending());
+  });
+  EXPECT_TRUE(b.get());
+  EXPECT_FALSE(in.get());
+  loop->post([&] { t = Timer(); });
+}
+
+TEST(EventLoop, TimerHandleMayOutliveItsLoop) {
+  auto loop = startLoop();
+  Timer t = loop->schedule(10s, [] { ADD_FAILURE() << "fired after its loop stopped"; });
+  loop.reset();
+  t.cancel();  // no loop left: nothing to do, nothing to crash
+}
+
+event_base* g_finalized = nullptr;
+void recordFinalized(event_base* base) { g_finalized = base; }
+
+TEST(EventLoop, BaseFinalizersSeeTheBaseBeforeItIsFreed) {
+  EventLoop::addBaseFinalizer(&recordFinalized);
+  auto loop = startLoop();
+  event_base* base = loop->base();
+  loop->stop();
+  EXPECT_EQ(g_finalized, base);
+}
+
+}  // namespace
+}  // namespace lazymig::loop
