@@ -1,0 +1,26 @@
+#include "store/page_map_checkpoint.h"
+
+namespace lazymig::store {
+
+void PageMapCheckpoint::run() {
+  writer_.write([this] { writeDirty(); });
+}
+
+void PageMapCheckpoint::writeDirty() {
+  auto chunks = pages_.takeDirtyChunks();
+  if (chunks.empty()) return;
+  auto ok = db_.writePageChunks(migration_id_, chunks);
+  if (!ok) pages_.markChunksDirty(chunks);
+  std::lock_guard lock(mu_);
+  if (ok)
+    failure_.reset();
+  else
+    failure_ = "page map checkpoint: " + ok.error().message();
+}
+
+std::optional<std::string> PageMapCheckpoint::failure() const {
+  std::lock_guard lock(mu_);
+  return failure_;
+}
+
+}  // namespace lazymig::store
