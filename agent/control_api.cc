@@ -45,6 +45,8 @@ const char* reasonPhrase(int status) {
       return "Payload Too Large";
     case 503:
       return "Service Unavailable";
+    case 507:
+      return "Insufficient Storage";
     default:
       return "Internal Server Error";
   }
