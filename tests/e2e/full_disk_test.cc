@@ -24,8 +24,21 @@ nlohmann::json destinationBody(const DemoRun& run, const std::string& id) {
           {"handshake_socket", run.dir() + "/destination-vmm/" + id + ".sock"}};
 }
 
-bool metricSays(const DemoRun& run, const std::string& series) {
-  return scrapeMetrics(run, Side::kDestination).find(series) != std::string::npos;
+// Waits until the destination's metrics count `degraded` store_full migrations and say
+// whether the state directory takes writes.
+bool waitStoreMetrics(const DemoRun& run, int degraded, bool writable) {
+  const std::string want_degraded =
+      R"(lazymig_migrations_degraded{node="destination",reason="store_full"} )" +
+      std::to_string(degraded);
+  const std::string want_writable =
+      R"(lazymig_store_writable{node="destination"} )" + std::string(writable ? "1" : "0");
+  return waitUntil(
+      [&] {
+        auto text = scrapeMetrics(run, Side::kDestination);
+        return text.find(want_degraded) != std::string::npos &&
+               text.find(want_writable) != std::string::npos;
+      },
+      std::chrono::seconds(10));
 }
 
 TEST(FullDisk, MigrationFinishesVerifiedWhileDegradedAndRecoversWhenSpaceReturns) {
@@ -63,15 +76,7 @@ TEST(FullDisk, MigrationFinishesVerifiedWhileDegradedAndRecoversWhenSpaceReturns
       << "never degraded: " << m.dump();
   EXPECT_NE(m.value("degraded_reason", "").find("No space left"), std::string::npos) << m.dump();
   EXPECT_EQ(m.value("state", ""), "running") << m.dump();
-  ASSERT_TRUE(waitUntil(
-      [&] {
-        return metricSays(
-                   *run,
-                   R"(lazymig_migrations_degraded{node="destination",reason="store_full"} 1)") &&
-               metricSays(*run, R"(lazymig_store_writable{node="destination"} 0)");
-      },
-      std::chrono::seconds(10)))
-      << scrapeMetrics(*run, Side::kDestination);
+  EXPECT_TRUE(waitStoreMetrics(*run, 1, false)) << scrapeMetrics(*run, Side::kDestination);
 
   // No new migration while nothing could be persisted for it.
   auto refused = dest.request("POST", "/v1/migrations", destinationBody(*run, "second").dump());
@@ -100,15 +105,7 @@ TEST(FullDisk, MigrationFinishesVerifiedWhileDegradedAndRecoversWhenSpaceReturns
       },
       std::chrono::seconds(30)))
       << "degraded never cleared: " << m.dump();
-  EXPECT_TRUE(waitUntil(
-      [&] {
-        return metricSays(
-                   *run,
-                   R"(lazymig_migrations_degraded{node="destination",reason="store_full"} 0)") &&
-               metricSays(*run, R"(lazymig_store_writable{node="destination"} 1)");
-      },
-      std::chrono::seconds(10)))
-      << scrapeMetrics(*run, Side::kDestination);
+  EXPECT_TRUE(waitStoreMetrics(*run, 0, true)) << scrapeMetrics(*run, Side::kDestination);
   auto accepted = dest.request("POST", "/v1/migrations", destinationBody(*run, "second").dump());
   ASSERT_TRUE(accepted);
   EXPECT_EQ(accepted->status, 201) << accepted->body;
