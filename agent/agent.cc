@@ -44,6 +44,14 @@ Result<std::string> readToken(const std::string& path) {
   return token;
 }
 
+// The metric's bounded label for a degraded migration's reason: ENOSPC as RocksDB words it,
+// or our own refusal while the directory has too little room; anything else is an error.
+std::string_view degradedLabel(const std::string& reason) {
+  bool full = reason.find("No space left") != std::string::npos ||
+              reason.find("bytes free") != std::string::npos;
+  return full ? "store_full" : "store_error";
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Agent>> Agent::start(config::Config config) {
@@ -336,11 +344,7 @@ void Agent::watchPersistence() {
   for (auto& m : registry_.all()) {
     if (!m->degraded()) continue;
     m->retryPersistence();
-    if (auto why = m->degraded()) {
-      bool full = why->find("No space") != std::string::npos ||
-                  why->find("bytes free") != std::string::npos;
-      ++degraded[full ? "store_full" : "store_error"];
-    }
+    if (auto why = m->degraded()) ++degraded[degradedLabel(*why)];
   }
   for (auto [reason, count] : degraded) metrics_->setDegraded(reason, count);
   metrics_->setStoreWritable(!db_->failure());

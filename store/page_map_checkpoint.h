@@ -8,6 +8,7 @@
 #include <string>
 
 #include "base/latest_state_writer.h"
+#include "base/log.h"
 #include "store/database.h"
 #include "store/page_map.h"
 
@@ -16,7 +17,10 @@ namespace lazymig::store {
 class PageMapCheckpoint {
  public:
   PageMapCheckpoint(Database& db, std::string migration_id, PageMap& pages)
-      : db_(db), migration_id_(std::move(migration_id)), pages_(pages) {}
+      : db_(db),
+        migration_id_(std::move(migration_id)),
+        pages_(pages),
+        log_(log::root().with({{"component", "store"}, {"migration", migration_id_}})) {}
 
   // Writes the chunks changed since the last write. Two checkpoints never overlap: one taking
   // chunks while another still writes older copies of them could land the older copy last,
@@ -33,6 +37,7 @@ class PageMapCheckpoint {
   Database& db_;
   const std::string migration_id_;
   PageMap& pages_;
+  log::Logger log_;
   LatestStateWriter writer_;
   mutable std::mutex mu_;  // guards failure_
   std::optional<std::string> failure_;
