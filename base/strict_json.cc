@@ -2,6 +2,7 @@
 
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace lazymig {
@@ -9,24 +10,36 @@ namespace lazymig {
 Result<nlohmann::json> parseStrictJson(std::string_view text, std::string_view what) {
   using Event = nlohmann::json::parse_event_t;
   struct Object {
-    std::string path;
+    std::string name;  // its key in the enclosing object ("" at the top or in an array)
     std::set<std::string> keys;
   };
-  std::vector<Object> open;  // the objects being parsed, innermost last
-  std::string last_key;      // names the next nested object
+  // The objects being parsed, innermost last. Paths are joined only for the error: building
+  // one per object would cost quadratic time on deeply nested input.
+  std::vector<Object> open;
+  std::string last_key;  // names the next nested object
   std::string duplicate;
   auto check = [&](int, Event event, nlohmann::json& parsed) {
     switch (event) {
       case Event::object_start:
-        open.push_back({open.empty() ? std::string() : open.back().path + last_key + ".", {}});
+        open.push_back({std::exchange(last_key, std::string()), {}});
         break;
       case Event::object_end:
         if (!open.empty()) open.pop_back();
+        last_key.clear();
+        break;
+      case Event::array_start:
+      case Event::array_end:
+      case Event::value:
+        last_key.clear();
         break;
       case Event::key:
         last_key = parsed.get<std::string>();
-        if (!open.back().keys.insert(last_key).second && duplicate.empty())
-          duplicate = open.back().path + last_key;
+        if (duplicate.empty() && !open.back().keys.insert(last_key).second) {
+          for (const auto& o : open) {
+            if (!o.name.empty()) duplicate += o.name + ".";
+          }
+          duplicate += last_key;
+        }
         break;
       default:
         break;
