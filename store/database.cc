@@ -4,6 +4,7 @@
 #include <rocksdb/env.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 
 #include <atomic>
@@ -102,6 +103,8 @@ Result<OpenDb> openRocks(const std::string& path) {
       {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
       {"migrations", rocksdb::ColumnFamilyOptions()},
       {"pages", rocksdb::ColumnFamilyOptions()}};
+  // RocksDB would create it too, but first logs an error that it is missing.
+  if (::mkdir(path.c_str(), 0750) != 0 && errno != EEXIST) return failSys("mkdir", path);
   OpenDb out;
   rocksdb::DB* db = nullptr;
   auto s = rocksdb::DB::Open(options, path, families, &out.handles, &db);
