@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <map>
 
 #include "agent/destination_migration.h"
 #include "agent/loop_sync.h"
@@ -41,6 +42,14 @@ Result<std::string> readToken(const std::string& path) {
     return fail(Errc::kConfig, "control_token_file", path + ": token shorter than 16 characters");
   }
   return token;
+}
+
+// The metric's bounded label for a degraded migration's reason: ENOSPC as RocksDB words it,
+// or our own refusal while the directory has too little room; anything else is an error.
+std::string_view degradedLabel(const std::string& reason) {
+  bool full = reason.find("No space left") != std::string::npos ||
+              reason.find("bytes free") != std::string::npos;
+  return full ? "store_full" : "store_error";
 }
 
 }  // namespace
@@ -87,6 +96,7 @@ Status Agent::init() {
   loadMigrations();
   forgetOldHistory();
   if (auto ok = startControlApi(); !ok) return ok;
+  retire_loop_->post([this] { watchPersistence(); });
   ready_ = true;
   log_.info("agent ready", {{"node", config_.node_name},
                             {"agent", agent_address_},
@@ -234,6 +244,13 @@ std::expected<std::shared_ptr<Migration>, ApiError> Agent::create(const nlohmann
     return std::unexpected(
         ApiError{409, "conflict", "migration '" + id + "' exists with a different request"});
   }
+  // A migration that starts without a record would be lost by a restart, and one that
+  // cannot checkpoint would start over: take none while the state directory has no room.
+  if (auto room = db_->checkRoom(); !room) {
+    return std::unexpected(ApiError{507, "insufficient_storage",
+                                    "no new migration while state_dir '" + config_.state_dir +
+                                        "' cannot persist it: " + room.error().context});
+  }
   std::shared_ptr<Migration> m;
   if (auto* s = std::get_if<SourceSpec>(&*spec)) {
     m = std::make_shared<SourceMigration>(*s, *ctx_, *peer_loop_);
@@ -301,6 +318,12 @@ void Agent::scheduleRetire(const std::string& id) {
 void Agent::retire(const std::string& id) {
   auto m = registry_.find(id);
   if (!m || !isFinal(m->state())) return;
+  if (m->degraded()) {
+    // Its final record is not persisted yet: a restart would resume it. Keep it (and its
+    // report, with the reason) until watchPersistence() has written it.
+    scheduleRetire(id);
+    return;
+  }
   auto report = m->toJson();
   // Stops its threads; the object (and with it the mappings and fds it holds) goes when the
   // last reference does -- here, or in a control API call still reading it.
@@ -309,6 +332,23 @@ void Agent::retire(const std::string& id) {
   m.reset();
   log_.info("finished migration retired; its report stays", {{"migration", id}});
   forgetOldHistory();
+}
+
+void Agent::watchPersistence() {
+  if (db_->failure()) {
+    if (auto ok = db_->recover(); !ok)
+      log_.debug("state directory still failing", {{"error", ok.error().message()}});
+  }
+  std::map<std::string_view, std::uint64_t> degraded;
+  for (auto reason : metrics::kDegradedReasons) degraded[reason] = 0;
+  for (auto& m : registry_.all()) {
+    if (!m->degraded()) continue;
+    m->retryPersistence();
+    if (auto why = m->degraded()) ++degraded[degradedLabel(*why)];
+  }
+  for (auto [reason, count] : degraded) metrics_->setDegraded(reason, count);
+  metrics_->setStoreWritable(!db_->failure());
+  retire_loop_->postDelayed(kPersistenceRetry, [this] { watchPersistence(); });
 }
 
 void Agent::forgetOldHistory() {

@@ -40,6 +40,11 @@ class Agent {
   void scheduleRetire(const std::string& id);
   void retire(const std::string& id);
   void forgetOldHistory();
+  // Every kPersistenceRetry on the retire loop: reopens a failed database once its directory
+  // has room, writes again what degraded migrations could not persist, and sets the
+  // degraded and store-writable metrics.
+  void watchPersistence();
+  static constexpr std::chrono::milliseconds kPersistenceRetry{1000};
   std::expected<std::shared_ptr<Migration>, ApiError> create(const nlohmann::json& body,
                                                              bool& created);
   nlohmann::json info() const;

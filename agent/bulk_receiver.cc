@@ -78,14 +78,4 @@ void BulkReceiver::install(std::uint64_t first, std::uint64_t count, const std::
   if (r->installed > 0 || r->already_present > 0) hooks_.progressed();
 }
 
-Status checkpointPageMap(store::Database& db, const std::string& migration_id,
-                         store::PageMap& pages, metrics::AgentMetrics* metrics) {
-  auto chunks = pages.takeDirtyChunks();
-  if (chunks.empty()) return {};
-  auto t0 = std::chrono::steady_clock::now();
-  auto ok = db.writePageChunks(migration_id, chunks);
-  if (metrics) metrics->observeStoreWrite(std::chrono::steady_clock::now() - t0);
-  return ok;
-}
-
 }  // namespace lazymig::agent

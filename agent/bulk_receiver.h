@@ -1,6 +1,6 @@
 // The destination's end of the bulk stream: tells the source what is already installed
-// (Resume), installs each batch in as few ioctls as the page map allows, and checkpoints the
-// page map to RocksDB. Lives on the bulk loop thread.
+// (Resume) and installs each batch in as few ioctls as the page map allows. Lives on the bulk
+// loop thread.
 #pragma once
 
 #include <cstdint>
@@ -53,9 +53,5 @@ class BulkReceiver {
   Hooks hooks_;
   bool bulk_done_ = false;
 };
-
-// Persists the page map's dirty chunks every interval, off the fault path.
-Status checkpointPageMap(store::Database& db, const std::string& migration_id,
-                         store::PageMap& pages, metrics::AgentMetrics* metrics);
 
 }  // namespace lazymig::agent

@@ -1,5 +1,7 @@
 #include "agent/control_api.h"
 
+#include "base/strict_json.h"
+
 #include <event2/buffer.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
@@ -43,6 +45,8 @@ const char* reasonPhrase(int status) {
       return "Payload Too Large";
     case 503:
       return "Service Unavailable";
+    case 507:
+      return "Insufficient Storage";
     default:
       return "Internal Server Error";
   }
@@ -186,12 +190,10 @@ void ControlApi::route(evhttp_request* req, const std::string& path) {
     }
     std::string text(n, '\0');
     evbuffer_copyout(in, text.data(), n);
-    auto body = nlohmann::json::parse(text, nullptr, false);
-    if (body.is_discarded()) {
-      return replyError(req, {400, "bad_request", "the request body is not valid JSON"});
-    }
+    auto body = parseStrictJson(text, "the request body");
+    if (!body) return replyError(req, {400, "bad_request", body.error().message()});
     bool created = false;
-    auto m = backend_.create(body, created);
+    auto m = backend_.create(*body, created);
     if (!m) return replyError(req, m.error());
     return reply(req, created ? 201 : 200, (*m)->toJson());
   }

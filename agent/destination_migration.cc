@@ -90,6 +90,7 @@ Status DestinationMigration::adopt(sys::Uffd uffd, std::vector<vmm::GuestRegionM
     pages_->restoreInstalled(restored);
     restored_pages_ = pages_->doneCount();
   }
+  checkpoint_ = std::make_unique<store::PageMapCheckpoint>(ctx_.db, id(), *pages_);
   installer_ = std::make_unique<PageInstaller>(uffd_, *layout_, *pages_, population_.path,
                                                memory_fd_.valid() ? &view_ : nullptr);
   {
@@ -297,9 +298,7 @@ void DestinationMigration::progressed() {
 void DestinationMigration::finish() {
   if (isFinal(state())) return;
   setState(MigrationState::kCompleting);
-  if (auto ok = checkpointPageMap(ctx_.db, id(), *pages_, ctx_.metrics); !ok) {
-    log_.warn("final page map checkpoint failed", {{"error", ok.error().message()}});
-  }
+  checkpoint_->run();
   // Every page is present: hand fault handling back to the kernel so that a later discard
   // (balloon) followed by a touch gets a fresh zero page instead of waiting on us forever.
   for (const auto& r : regions_) {
@@ -330,9 +329,7 @@ void DestinationMigration::sendComplete() {
 
 void DestinationMigration::scheduleCheckpoint() {
   checkpoint_timer_ = bulk_loop_->schedule(ctx_.config.migration.checkpoint_interval, [this] {
-    if (auto ok = checkpointPageMap(ctx_.db, id(), *pages_, ctx_.metrics); !ok) {
-      log_.warn("page map checkpoint failed", {{"error", ok.error().message()}});
-    }
+    checkpoint_->run();
     if (!isFinal(state())) scheduleCheckpoint();
   });
 }
@@ -376,7 +373,7 @@ void DestinationMigration::stopEverything() {
     runOnLoop(*bulk_loop_, [this] {
       checkpoint_timer_.cancel();
       if (bulk_) bulk_->stop();
-      if (pages_) (void)checkpointPageMap(ctx_.db, id(), *pages_, ctx_.metrics);
+      if (checkpoint_) checkpoint_->run();
     });
   }
   if (urgent_loop_) urgent_loop_->stop();
@@ -408,6 +405,18 @@ void DestinationMigration::addDetails(nlohmann::json& out) const {
   double secs = out["elapsed_seconds"].get<double>();
   double mib = static_cast<double>(pagesDone() * (ready ? layout_->pageSize() : 0)) / (1 << 20);
   out["throughput_mib_s"] = secs > 0 ? mib / secs : 0.0;
+}
+
+std::optional<std::string> DestinationMigration::degraded() const {
+  if (auto record = Migration::degraded()) return record;
+  if (!ready_.load(std::memory_order_acquire)) return std::nullopt;
+  return checkpoint_->failure();
+}
+
+void DestinationMigration::retryPersistence() {
+  Migration::retryPersistence();
+  // The bulk loop's timer retries too, but it stops once the migration is final.
+  if (ready_.load(std::memory_order_acquire) && checkpoint_->failure()) checkpoint_->run();
 }
 
 std::uint64_t DestinationMigration::pagesTotal() const {

@@ -3,6 +3,8 @@
 //
 // Threads: the VMM listener thread (handshake), the urgent loop (uffd events, fault service,
 // urgent channel, completion) and the bulk loop (bulk channel, installs, checkpoints).
+// Page-map checkpoints also run at completion (urgent loop), at shutdown and from the
+// agent's persistence retry; PageMapCheckpoint keeps them from overlapping.
 #pragma once
 
 #include <atomic>
@@ -21,6 +23,7 @@
 #include "agent/vmm_fault_channel.h"
 #include "agent/vmm_listener.h"
 #include "store/page_map.h"
+#include "store/page_map_checkpoint.h"
 #include "sys/uffd.h"
 
 namespace lazymig::agent {
@@ -34,6 +37,8 @@ class DestinationMigration final : public Migration {
   Status resume(const nlohmann::json& runtime) override;
   Status cancel(bool force) override;
   void shutdown() override;
+  std::optional<std::string> degraded() const override;
+  void retryPersistence() override;
 
  protected:
   void addDetails(nlohmann::json& out) const override;
@@ -81,6 +86,7 @@ class DestinationMigration final : public Migration {
   GuestMemoryView view_;
   std::optional<GuestLayout> layout_;
   std::unique_ptr<store::PageMap> pages_;
+  std::unique_ptr<store::PageMapCheckpoint> checkpoint_;  // any thread
   std::unique_ptr<PageInstaller> installer_;
 
   std::unique_ptr<transport::EventLoop> urgent_loop_;

@@ -129,6 +129,10 @@ void Migration::logReport() const {
 }
 
 void Migration::persist() {
+  record_writer_.write([this] { writeRecord(); });
+}
+
+void Migration::writeRecord() {
   store::MigrationRecord rec;
   {
     std::lock_guard lock(mu_);
@@ -147,9 +151,32 @@ void Migration::persist() {
                   {"demand_pages", stats_.demand_pages.load()},
                   {"bulk_pages", stats_.bulk_pages.load()},
                   {"zero_pages", stats_.zero_pages.load()}};
-  if (auto ok = ctx_.db.putMigration(rec); !ok) {
-    log_.error("could not persist the migration record", {{"error", ok.error().message()}});
+  auto ok = ctx_.db.putMigration(rec);
+  std::lock_guard lock(mu_);
+  if (ok) {
+    if (record_failure_) log_.info("migration record persisted again", {{"state", rec.state}});
+    record_failure_.reset();
+    return;
   }
+  if (!record_failure_) {
+    log_.error("could not persist the migration record; carrying on from memory",
+               {{"state", rec.state}, {"error", ok.error().message()}});
+  }
+  record_failure_ = "migration record: " + ok.error().message();
+}
+
+std::optional<std::string> Migration::degraded() const {
+  std::lock_guard lock(mu_);
+  return record_failure_;
+}
+
+void Migration::retryPersistence() {
+  bool unsaved = false;
+  {
+    std::lock_guard lock(mu_);
+    unsaved = record_failure_.has_value();
+  }
+  if (unsaved) persist();
 }
 
 nlohmann::json Migration::toJson() const {
@@ -193,6 +220,9 @@ nlohmann::json Migration::toJson() const {
   // Each fault blocks its vCPU from the fault to the wake, whichever way it was served.
   out["vcpu_blocked_seconds"] = static_cast<double>(h.sum().count()) / 1e9;
   addDetails(out);
+  auto why = degraded();
+  out["degraded"] = why.has_value();
+  out["degraded_reason"] = why.value_or("");
   return out;
 }
 

@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -13,6 +14,7 @@
 
 #include "agent/migration_stats.h"
 #include "base/error.h"
+#include "base/latest_state_writer.h"
 #include "base/log.h"
 #include "config/config.h"
 #include "metrics/metrics.h"
@@ -71,10 +73,20 @@ class Migration {
   // The agent is stopping: stop threads, leave the persisted record as it is.
   virtual void shutdown() = 0;
 
+  // Why this migration's durable state lags behind it (a record or checkpoint write failed,
+  // e.g. on a full state directory); empty when everything is persisted. A degraded migration
+  // carries on from memory: only a restart of the agent would lose what is not persisted.
+  virtual std::optional<std::string> degraded() const;
+  // Writes again what failed to persist; called by the agent until degraded() is empty.
+  virtual void retryPersistence();
+
  protected:
   // Moves to `next` unless already final; persists, logs and counts. Returns false when the
   // migration was already final (the first final state wins).
   bool setState(MigrationState next, std::string reason = {});
+  // Writes the record as it is when the write runs. Callers on different threads never
+  // land an older record last (LatestStateWriter); a call that finds a write running leaves
+  // the newer record to it and returns.
   void persist();
   // At a final state: the migration's summary as one log line (see docs/control-api.md).
   void logReport() const;
@@ -95,11 +107,15 @@ class Migration {
   nlohmann::json spec_;
   std::string peer_;
   std::atomic<MigrationState> state_;
-  mutable std::mutex mu_;  // guards reason_, times, and ordering of persisted records
+  void writeRecord();
+
+  LatestStateWriter record_writer_;
+  mutable std::mutex mu_;  // guards reason_, times and record_failure_
   std::string reason_;
   std::int64_t created_ms_;
   std::int64_t updated_ms_;
   std::chrono::steady_clock::time_point finished_{};
+  std::optional<std::string> record_failure_;  // why the last record write failed
 };
 
 std::int64_t unixMillisNow();

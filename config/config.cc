@@ -122,6 +122,36 @@ class Parser {
   std::string source_;
 };
 
+// yaml-cpp keeps both pairs of a repeated key and lookups return the first, so a second
+// `stall_timeout_ms` (or a second `migration:` block) would be silently ignored: the
+// operator's later edit, the one they meant, loses. Refuse it wherever it occurs.
+Status rejectDuplicateKeys(const Parser& p, const YAML::Node& node, const std::string& path) {
+  if (node.IsSequence()) {
+    for (std::size_t i = 0; i < node.size(); ++i) {
+      if (auto ok = rejectDuplicateKeys(p, node[i], path + "[" + std::to_string(i) + "]"); !ok)
+        return ok;
+    }
+    return {};
+  }
+  if (!node.IsMap()) return {};
+  std::map<std::string, int> first_line;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    std::string key = it->first.IsScalar() ? it->first.Scalar() : std::string("(complex key)");
+    std::string full = path.empty() ? key : path + "." + key;
+    int line = it->first.Mark().line + 1;
+    auto [seen, fresh] = first_line.emplace(key, line);
+    if (!fresh) {
+      std::string lines = seen->second == line ? "twice at line " + std::to_string(line)
+                                               : "at lines " + std::to_string(seen->second) +
+                                                     " and " + std::to_string(line);
+      return p.error(full, it->first,
+                     "duplicate key, set " + lines + " (the first would win); remove one");
+    }
+    if (auto ok = rejectDuplicateKeys(p, it->second, full); !ok) return ok;
+  }
+  return {};
+}
+
 #define TRY(expr)                         \
   do {                                    \
     if (auto s_ = (expr); !s_) {          \
@@ -235,6 +265,7 @@ Result<Config> parseConfig(std::string_view yaml_text, const std::string& source
   if (!root.IsDefined() || root.IsNull()) return fail(Errc::kConfig, source, "the config is empty");
   Config c;
   try {
+    TRY(rejectDuplicateKeys(p, root, ""));
     TRY(p.onlyKnown(root, "",
                     {"node_name", "listen", "tls", "state_dir", "handshake_dir", "log_level",
                      "log_format", "control_token_file", "control_tls", "migration", "handshake"}));

@@ -100,6 +100,23 @@ class PrometheusMetrics final : public AgentMetrics {
                   .Labels(labels_)
                   .Register(*registry_)
                   .Add({}, kStoreBuckets);
+    degraded_ = &prometheus::BuildGauge()
+                     .Name("lazymig_migrations_degraded")
+                     .Help(
+                         "Live migrations serving from memory whose record or page-map "
+                         "checkpoint cannot be persisted, by reason")
+                     .Labels(labels_)
+                     .Register(*registry_);
+    for (auto reason : kDegradedReasons) degraded_->Add({{"reason", std::string(reason)}});
+    store_writable_ = &prometheus::BuildGauge()
+                           .Name("lazymig_store_writable")
+                           .Help(
+                               "1 while the state directory takes writes, 0 after a write "
+                               "failed (new migrations are refused with 507)")
+                           .Labels(labels_)
+                           .Register(*registry_)
+                           .Add({});
+    store_writable_->Set(1);
     eexist_ =
         &prometheus::BuildCounter()
              .Name("lazymig_uffd_eexist_total")
@@ -176,6 +193,11 @@ class PrometheusMetrics final : public AgentMetrics {
   void observeStoreWrite(std::chrono::nanoseconds latency) override {
     store_->Observe(seconds(latency));
   }
+  void setDegraded(std::string_view reason, std::uint64_t migrations) override {
+    std::lock_guard lock(mu_);
+    degraded_->Add({{"reason", std::string(reason)}}).Set(static_cast<double>(migrations));
+  }
+  void setStoreWritable(bool writable) override { store_writable_->Set(writable ? 1 : 0); }
   void addUffdExists(std::uint64_t n) override { eexist_->Increment(static_cast<double>(n)); }
 
  private:
@@ -191,6 +213,8 @@ class PrometheusMetrics final : public AgentMetrics {
   std::array<Counter*, 2> reconnects_{};
   prometheus::Family<Counter>* refusals_ = nullptr;
   Histogram* store_ = nullptr;
+  prometheus::Family<Gauge>* degraded_ = nullptr;
+  Gauge* store_writable_ = nullptr;
   Counter* eexist_ = nullptr;
   Counter* blocked_ = nullptr;
   std::mutex mu_;  // the label maps of the cold-path families

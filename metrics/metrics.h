@@ -46,6 +46,8 @@ inline constexpr std::string_view kMigrationStates[] = {
     "waiting_for_vmm", "waiting_for_memory", "running", "serving",
     "completing",      "completed",          "failed",  "cancelled"};
 inline constexpr std::string_view kMigrationOutcomes[] = {"completed", "failed", "cancelled"};
+// Why a migration is degraded (its durable state lags, it carries on from memory).
+inline constexpr std::string_view kDegradedReasons[] = {"store_full", "store_error"};
 
 class AgentMetrics {
  public:
@@ -70,6 +72,10 @@ class AgentMetrics {
   virtual void addReconnect(Channel channel) = 0;
   virtual void addRefusal(std::string_view reason) = 0;  // TLS/auth/handshake refusals
   virtual void observeStoreWrite(std::chrono::nanoseconds latency) = 0;
+  // Live migrations whose record or checkpoint cannot be persisted, by reason (one of
+  // kDegradedReasons); and whether the state directory takes writes.
+  virtual void setDegraded(std::string_view reason, std::uint64_t migrations) = 0;
+  virtual void setStoreWritable(bool writable) = 0;
   virtual void addUffdExists(std::uint64_t n) = 0;  // EEXIST races on install
 };
 

@@ -1,12 +1,20 @@
 #include "store/database.h"
 
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 
+#include <atomic>
+#include <cstdarg>
 #include <cstring>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <shared_mutex>
+
+#include "base/log.h"
 
 namespace lazymig::store {
 namespace {
@@ -62,14 +70,64 @@ Result<MigrationRecord> fromJson(const std::string& key, const std::string& text
   return r;
 }
 
+// RocksDB's info log, into the agent's log instead of a LOG file in the state directory: that
+// file is the first to hit a full disk, and the next line logged into it after a failed write
+// aborts the process in an assertion-enabled RocksDB (see Database::open).
+class AgentLogForRocksDb final : public rocksdb::Logger {
+ public:
+  AgentLogForRocksDb() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    char line[1024];
+    std::vsnprintf(line, sizeof line, format, ap);
+    log_.warn("rocksdb", {{"message", line}});
+  }
+
+ private:
+  log::Logger log_ = log::root().with({{"component", "rocksdb"}});
+};
+
+struct OpenDb {
+  std::unique_ptr<rocksdb::DB> db;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+};
+
+Result<OpenDb> openRocks(const std::string& path) {
+  rocksdb::DBOptions options;
+  options.create_if_missing = true;
+  options.create_missing_column_families = true;
+  options.max_background_jobs = 2;
+  options.keep_log_file_num = 4;
+  options.info_log = std::make_shared<AgentLogForRocksDb>();
+  std::vector<rocksdb::ColumnFamilyDescriptor> families = {
+      {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
+      {"migrations", rocksdb::ColumnFamilyOptions()},
+      {"pages", rocksdb::ColumnFamilyOptions()}};
+  // RocksDB would create it too, but first logs an error that it is missing.
+  if (::mkdir(path.c_str(), 0750) != 0 && errno != EEXIST) return failSys("mkdir", path);
+  OpenDb out;
+  rocksdb::DB* db = nullptr;
+  auto s = rocksdb::DB::Open(options, path, families, &out.handles, &db);
+  if (!s.ok()) return dbError("open", path, s);
+  out.db.reset(db);
+  return out;
+}
+
+Result<std::uint64_t> freeBytes(const std::string& path) {
+  struct statvfs st {};
+  if (::statvfs(path.c_str(), &st) != 0) return failSys("statvfs", path);
+  return static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize;
+}
+
+std::string freeText(const std::string& path) {
+  auto free = freeBytes(path);
+  return free ? std::to_string(*free) + " bytes free" : free.error().message();
+}
+
 class RocksDatabase final : public Database {
  public:
-  RocksDatabase(rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles)
-      : db_(db), handles_(std::move(handles)) {}
-  ~RocksDatabase() override {
-    for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
-    delete db_;
-  }
+  RocksDatabase(std::string path, OpenDb open) : path_(std::move(path)), open_(std::move(open)) {}
+  ~RocksDatabase() override { close(); }
 
   Status putMigration(const MigrationRecord& record) override {
     if (record.id.empty())
@@ -78,13 +136,16 @@ class RocksDatabase final : public Database {
     // Records change rarely and say what a restarted agent must resume: make them survive
     // a machine crash, not only a process crash.
     wo.sync = true;
-    return timed("put", "migration '" + record.id + "'",
-                 [&] { return db_->Put(wo, migrations(), record.id, toJson(record).dump()); });
+    return write("put", "migration '" + record.id + "'", [&](rocksdb::DB& db) {
+      return db.Put(wo, migrations(), record.id, toJson(record).dump());
+    });
   }
 
   Result<std::optional<MigrationRecord>> getMigration(const std::string& id) override {
     std::string value;
-    auto s = db_->Get(rocksdb::ReadOptions(), migrations(), id, &value);
+    std::shared_lock life(life_);
+    if (!open_.db) return closed("get");
+    auto s = open_.db->Get(rocksdb::ReadOptions(), migrations(), id, &value);
     if (s.IsNotFound()) return std::optional<MigrationRecord>();
     if (!s.ok()) return dbError("get", "migration '" + id + "'", s);
     auto r = fromJson(id, value);
@@ -94,7 +155,10 @@ class RocksDatabase final : public Database {
 
   Result<std::vector<MigrationRecord>> listMigrations() override {
     std::vector<MigrationRecord> out;
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), migrations()));
+    std::shared_lock life(life_);
+    if (!open_.db) return closed("list");
+    std::unique_ptr<rocksdb::Iterator> it(
+        open_.db->NewIterator(rocksdb::ReadOptions(), migrations()));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       auto r = fromJson(it->key().ToString(), it->value().ToString());
       if (!r) return std::unexpected(r.error());
@@ -111,7 +175,8 @@ class RocksDatabase final : public Database {
     batch.Delete(pages(), pageKey(id, ~std::uint64_t{0}));
     rocksdb::WriteOptions wo;
     wo.sync = true;
-    return timed("delete", "migration '" + id + "'", [&] { return db_->Write(wo, &batch); });
+    return write("delete", "migration '" + id + "'",
+                 [&](rocksdb::DB& db) { return db.Write(wo, &batch); });
   }
 
   Status writePageChunks(const std::string& migration_id,
@@ -129,14 +194,16 @@ class RocksDatabase final : public Database {
     }
     // No sync: the WAL survives a killed process, and after a machine crash the kernel's
     // view of present pages corrects whatever the last batches missed.
-    return timed("write", "page map of '" + migration_id + "'",
-                 [&] { return db_->Write(rocksdb::WriteOptions(), &batch); });
+    return write("write", "page map of '" + migration_id + "'",
+                 [&](rocksdb::DB& db) { return db.Write(rocksdb::WriteOptions(), &batch); });
   }
 
   Result<std::vector<std::uint64_t>> loadPageBitmap(const std::string& migration_id,
                                                     std::uint64_t page_count) override {
     std::vector<std::uint64_t> out((page_count + 63) / 64, 0);
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), pages()));
+    std::shared_lock life(life_);
+    if (!open_.db) return closed("load");
+    std::unique_ptr<rocksdb::Iterator> it(open_.db->NewIterator(rocksdb::ReadOptions(), pages()));
     std::string prefix = migration_id + std::string(1, '\0');
     for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
       std::string key = it->key().ToString();
@@ -162,51 +229,115 @@ class RocksDatabase final : public Database {
     return out;
   }
 
+  std::optional<std::string> failure() const override {
+    if (!failed_.load(std::memory_order_acquire)) return std::nullopt;
+    std::lock_guard lock(failure_mu_);
+    return failure_;
+  }
+
+  Status recover() override {
+    if (!failed_.load(std::memory_order_acquire)) return {};
+    auto free = freeBytes(path_);
+    if (!free) return std::unexpected(free.error());
+    if (*free < kMinFreeBytes) {
+      return fail(Errc::kState, "rocksdb recover",
+                  path_ + " has " + std::to_string(*free) + " bytes free; waiting for " +
+                      std::to_string(kMinFreeBytes));
+    }
+    // No reader or writer is inside RocksDB while it is closed and opened again.
+    std::unique_lock life(life_);
+    close();
+    auto reopened = openRocks(path_);
+    if (!reopened) return std::unexpected(reopened.error());
+    open_ = std::move(*reopened);
+    failed_.store(false, std::memory_order_release);
+    log_.info("state directory writable again; database reopened",
+              {{"path", path_}, {"free_bytes", *free}});
+    return {};
+  }
+
+  Status checkRoom() const override {
+    if (auto why = failure()) return fail(Errc::kState, "state directory", *why);
+    auto free = freeBytes(path_);
+    if (!free) return std::unexpected(free.error());
+    if (*free < kMinFreeBytes) {
+      return fail(Errc::kState, "state directory",
+                  path_ + " has " + std::to_string(*free) + " bytes free (less than " +
+                      std::to_string(kMinFreeBytes) + ")");
+    }
+    return {};
+  }
+
   void setWriteObserver(std::function<void(std::chrono::nanoseconds)> observer) override {
-    std::lock_guard lock(mu_);
+    std::lock_guard lock(observer_mu_);
     observer_ = std::move(observer);
   }
 
  private:
-  rocksdb::ColumnFamilyHandle* migrations() const { return handles_[1]; }
-  rocksdb::ColumnFamilyHandle* pages() const { return handles_[2]; }
+  rocksdb::ColumnFamilyHandle* migrations() const { return open_.handles[1]; }
+  rocksdb::ColumnFamilyHandle* pages() const { return open_.handles[2]; }
 
-  template <class Fn>
-  Status timed(const std::string& op, const std::string& what, Fn&& fn) {
-    auto t0 = std::chrono::steady_clock::now();
-    rocksdb::Status s = fn();
-    auto d = std::chrono::steady_clock::now() - t0;
-    {
-      std::lock_guard lock(mu_);
-      if (observer_) observer_(d);
-    }
-    if (!s.ok()) return dbError(op, what, s);
-    return {};
+  // Callers hold life_ exclusively (or are the destructor).
+  void close() {
+    if (!open_.db) return;
+    for (auto* h : open_.handles) open_.db->DestroyColumnFamilyHandle(h);
+    open_.handles.clear();
+    open_.db.reset();
   }
 
-  rocksdb::DB* db_;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
-  std::mutex mu_;
+  std::unexpected<Error> closed(const std::string& op) const {
+    return fail(Errc::kState, "rocksdb " + op,
+                path_ + " is closed after a failed reopen: " + failure().value_or(""));
+  }
+
+  // The only way a write reaches RocksDB: after one fails, none does until recover().
+  template <class Fn>
+  Status write(const std::string& op, const std::string& what, Fn&& fn) {
+    std::shared_lock life(life_);
+    if (failed_.load(std::memory_order_acquire) || !open_.db) {
+      return fail(
+          Errc::kState, "rocksdb " + op,
+          what + ": not written, the state directory is failing: " + failure().value_or("closed"));
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    rocksdb::Status s = fn(*open_.db);
+    auto d = std::chrono::steady_clock::now() - t0;
+    {
+      std::lock_guard lock(observer_mu_);
+      if (observer_) observer_(d);
+    }
+    if (s.ok()) return {};
+    std::string why = "writing to " + path_ + " failed: " + s.ToString() + " (" + freeText(path_) +
+                      "); writes stop until it has room again";
+    {
+      std::lock_guard lock(failure_mu_);
+      if (!failed_.load(std::memory_order_relaxed)) {
+        failure_ = why;
+        log_.error("state directory failing; migrations carry on from memory", {{"error", why}});
+      }
+      failed_.store(true, std::memory_order_release);
+    }
+    return dbError(op, what, s);
+  }
+
+  const std::string path_;
+  // Shared by every read and write, exclusive while recover() closes and reopens open_.
+  mutable std::shared_mutex life_;
+  OpenDb open_;
+  std::atomic<bool> failed_{false};
+  mutable std::mutex failure_mu_;
+  std::string failure_;
+  std::mutex observer_mu_;
   std::function<void(std::chrono::nanoseconds)> observer_;
+  log::Logger log_ = log::root().with({{"component", "store"}});
 };
 
 }  // namespace
 
 Result<std::unique_ptr<Database>> Database::open(const std::string& path) {
-  rocksdb::DBOptions options;
-  options.create_if_missing = true;
-  options.create_missing_column_families = true;
-  options.max_background_jobs = 2;
-  options.keep_log_file_num = 4;
-  std::vector<rocksdb::ColumnFamilyDescriptor> families = {
-      {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
-      {"migrations", rocksdb::ColumnFamilyOptions()},
-      {"pages", rocksdb::ColumnFamilyOptions()}};
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::DB* db = nullptr;
-  auto s = rocksdb::DB::Open(options, path, families, &handles, &db);
-  if (!s.ok()) return dbError("open", path, s);
-  return std::unique_ptr<Database>(new RocksDatabase(db, std::move(handles)));
+  auto opened = openRocks(path);
+  if (!opened) return std::unexpected(opened.error());
+  return std::unique_ptr<Database>(new RocksDatabase(path, std::move(*opened)));
 }
 
 }  // namespace lazymig::store

@@ -39,9 +39,21 @@ struct BitmapChunk {
   std::vector<std::uint64_t> words;  // kPagesPerChunk / 64 words
 };
 
+// Free space below which the state directory counts as full: new migrations are refused
+// (507) and a failed database is not reopened, so that RocksDB has room for its write-ahead
+// log, a memtable flush and the next manifest.
+constexpr std::uint64_t kMinFreeBytes = 16ull << 20;
+
 class Database {
  public:
   // Opens or creates the database at `path` (a directory).
+  //
+  // A full or failing disk must not kill the agent. Debian's RocksDB is built with
+  // assertions on, and its WritableFileWriter asserts (SIGABRT) when a file whose write
+  // failed is written again: first of all RocksDB's own info LOG in the state directory,
+  // which logs the very write error. So RocksDB's info log goes to the agent's log instead,
+  // and after the first failed write this database stops handing writes to RocksDB
+  // (failure()) until recover() has reopened it.
   static Result<std::unique_ptr<Database>> open(const std::string& path);
   virtual ~Database() = default;
 
@@ -58,6 +70,15 @@ class Database {
   // never written are 0 (not installed).
   virtual Result<std::vector<std::uint64_t>> loadPageBitmap(const std::string& migration_id,
                                                             std::uint64_t page_count) = 0;
+  // Why writes are refused since the first one failed; empty while writes go through.
+  virtual std::optional<std::string> failure() const = 0;
+  // When writes are refused: reopens the database once its directory has kMinFreeBytes
+  // free again (reopening, not DB::Resume(): RocksDB 7.8 answers Busy after a write-ahead log
+  // error and never resumes). Ok when writes go through afterwards.
+  virtual Status recover() = 0;
+  // Whether new work may start: an error naming the directory and its free space when writes
+  // are refused or fewer than kMinFreeBytes are free.
+  virtual Status checkRoom() const = 0;
   // Called after every write with how long it took (the RocksDB write-latency metric).
   virtual void setWriteObserver(std::function<void(std::chrono::nanoseconds)> observer) = 0;
 };

@@ -37,9 +37,14 @@ bool PageMap::markInstalled(PageIndex page) {
 }
 bool PageMap::markRemoved(PageIndex page) { return transitionToDone(page, PageState::kRemoved); }
 
-void PageMap::markDirty(PageIndex page) {
-  std::uint64_t chunk = page.value / kPagesPerChunk;
+void PageMap::markDirty(PageIndex page) { markChunkDirty(page.value / kPagesPerChunk); }
+
+void PageMap::markChunkDirty(std::uint64_t chunk) {
   dirty_[chunk / 64].fetch_or(std::uint64_t{1} << (chunk % 64), std::memory_order_release);
+}
+
+void PageMap::markChunksDirty(std::span<const BitmapChunk> chunks) {
+  for (const auto& c : chunks) markChunkDirty(c.chunk_index);
 }
 
 BitmapChunk PageMap::snapshotChunk(std::uint64_t chunk) const {

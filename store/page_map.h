@@ -51,6 +51,8 @@ class PageMap {
   // Chunks changed since the last call, with the done-bit of every page in them. A page
   // that becomes done while this runs is caught by the next call.
   std::vector<BitmapChunk> takeDirtyChunks();
+  // Chunks taken but not written (the write failed): the next takeDirtyChunks() returns them.
+  void markChunksDirty(std::span<const BitmapChunk> chunks);
   // Done-bitmap of the whole map (bit set = installed or removed).
   std::vector<std::uint64_t> doneBitmap() const;
   // Restart: mark every page whose bit is set as installed (clean, not dirty).
@@ -59,6 +61,7 @@ class PageMap {
  private:
   bool transitionToDone(PageIndex page, PageState target);
   void markDirty(PageIndex page);
+  void markChunkDirty(std::uint64_t chunk);
   BitmapChunk snapshotChunk(std::uint64_t chunk) const;
 
   std::uint64_t page_count_;

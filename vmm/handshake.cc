@@ -4,6 +4,8 @@
 #include <cctype>
 #include <nlohmann/json.hpp>
 
+#include "base/strict_json.h"
+
 namespace lazymig::vmm {
 namespace {
 
@@ -42,8 +44,9 @@ bool isPowerOfTwo(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
 Result<std::vector<GuestRegionMapping>> parseMappings(std::string_view text,
                                                       const ParseLimits& limits) {
-  json doc = json::parse(text, nullptr, false);
-  if (doc.is_discarded()) return bad("the mappings are not valid JSON");
+  auto parsed = parseStrictJson(text, "the mappings");
+  if (!parsed) return bad("the mappings: " + parsed.error().context);
+  json doc = std::move(*parsed);
   if (!doc.is_array()) return bad("the mappings must be a JSON array of regions");
   if (doc.empty()) return bad("no regions");
   if (doc.size() > limits.max_regions) {
@@ -281,7 +284,9 @@ Result<std::optional<std::uint32_t>> vcpuField(const json& j, std::string_view m
 }  // namespace
 
 Result<FaultRequest> parseFaultRequest(std::string_view text) {
-  json j = json::parse(text, nullptr, false);
+  auto parsed = parseStrictJson(text, "FaultRequest");
+  if (!parsed) return bad("FaultRequest: " + parsed.error().context);
+  json j = std::move(*parsed);
   if (!j.is_object()) return bad("FaultRequest: not a JSON object");
   FaultRequest r;
   auto vcpu = vcpuField(j, "FaultRequest", true);

@@ -74,6 +74,32 @@ TEST(Config, EachBadKeyIsNamedWithItsLine) {
   }
 }
 
+// Issue 18, failure 7: yaml-cpp keeps both pairs of a repeated key and lookups return the
+// first, so a second value was silently ignored.
+TEST(Config, DuplicateKeysAreRefusedNamingTheKeyAndBothLines) {
+  struct Case {
+    std::string yaml, expect;
+  };
+  std::vector<Case> cases = {
+      {kMinimal + "node_name: b\n",
+       "key 'node_name' (line 3): duplicate key, set at lines 1 and 3 (the first would win)"},
+      {kMinimal + "migration:\n  stall_timeout_ms: 1000\n  bulk_batch_pages: 8\n"
+                  "  stall_timeout_ms: 2000\n",
+       "key 'migration.stall_timeout_ms' (line 6): duplicate key, set at lines 4 and 6"},
+      {kMinimal + "migration:\n  stall_timeout_ms: 1000\nlog_level: info\nmigration:\n"
+                  "  bulk_batch_pages: 8\n",
+       "key 'migration' (line 6): duplicate key, set at lines 3 and 6"},
+      {kMinimal + "migration:\n  reconnect: {give_up_after_s: 5, give_up_after_s: 9}\n",
+       "key 'migration.reconnect.give_up_after_s' (line 4): duplicate key, set twice at line 4"},
+      {"node_name: a\ntls: {ca_file: /c, cert_file: /d, key_file: /e, ca_file: /f}\n",
+       "key 'tls.ca_file' (line 2): duplicate key"},
+  };
+  for (const auto& c : cases) {
+    auto msg = errorOf(c.yaml);
+    EXPECT_NE(msg.find(c.expect), std::string::npos) << "yaml:\n" << c.yaml << "\nerror: " << msg;
+  }
+}
+
 TEST(Config, LoadConfigChecksNamedFilesExist) {
   std::string path = "/tmp/lazymig-config-test.yaml";
   std::ofstream(path) << "node_name: a\ntls: {ca_file: /etc/hostname, cert_file: /nonexistent.crt, "

@@ -119,6 +119,22 @@ TEST(ControlApi, EveryErrorPathAnswersItsDocumentedCode) {
   EXPECT_EQ(a.body["migrations"].size(), 1u);
 }
 
+// Issue 18 sibling of failure 7: nlohmann keeps one of two repeated keys without a word, so a
+// body carrying two tokens created a migration under whichever one it kept.
+TEST(ControlApi, RepeatedKeyInABodyIsRefusedNamingIt) {
+  auto run = DemoRun::prepare(baseOptions());
+  ASSERT_TRUE(run) << run.error().message();
+  ASSERT_TRUE(run->prepareSourceMemory());
+  client::ControlClient c(run->controlEndpoint(Side::kSource));
+  std::string body = sourceBody(*run, run->token()).dump();
+  body.insert(body.size() - 1, ",\"token\":\"" + std::string(64, 'b') + "\"");
+  auto a = ask(c, "POST", "/v1/migrations", body);
+  EXPECT_EQ(a.status, 400) << a.body.dump();
+  EXPECT_EQ(a.code, "bad_request");
+  EXPECT_NE(a.message.find("'token'"), std::string::npos) << a.message;
+  EXPECT_EQ(ask(c, "GET", "/v1/migrations/api-test").status, 404) << "nothing was created";
+}
+
 TEST(ControlApi, BearerTokenGuardsEverythingButTheProbes) {
   char tmpl[] = "/tmp/lazymig-token-XXXXXX";
   ASSERT_NE(::mkdtemp(tmpl), nullptr);

@@ -32,6 +32,8 @@ void touchEverything(AgentMetrics& m) {
   m.addReconnect(Channel::kBulk);
   m.addRefusal("token");
   m.observeStoreWrite(40us);
+  m.setDegraded("store_full", 2);
+  m.setStoreWritable(false);
   m.addUffdExists(2);
 }
 
@@ -43,7 +45,8 @@ TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
        {"lazymig_fault_latency_seconds_bucket", "lazymig_pages_total", "lazymig_wire_bytes_total",
         "lazymig_pages_remaining", "lazymig_migrations", "lazymig_migration_duration_seconds_count",
         "lazymig_reconnects_total", "lazymig_refusals_total", "lazymig_store_write_seconds_count",
-        "lazymig_uffd_eexist_total", "lazymig_vcpu_blocked_seconds_total", "lazymig_build_info"}) {
+        "lazymig_uffd_eexist_total", "lazymig_vcpu_blocked_seconds_total", "lazymig_build_info",
+        "lazymig_migrations_degraded", "lazymig_store_writable"}) {
     EXPECT_NE(text.find(family), std::string::npos) << family;
   }
   EXPECT_NE(text.find(R"(lazymig_pages_total{node="node-a",path="bulk"} 64)"), std::string::npos)
@@ -80,6 +83,13 @@ TEST(Metrics, AlertedSeriesExistAtZeroBeforeTheFirstEvent) {
         << outcome;
   }
   EXPECT_NE(text.find(R"(lazymig_migrations{node="n",state="failed"} 0)"), std::string::npos);
+  for (auto reason : kDegradedReasons) {
+    EXPECT_NE(text.find("lazymig_migrations_degraded{node=\"n\",reason=\"" + std::string(reason) +
+                        "\"} 0"),
+              std::string::npos)
+        << reason;
+  }
+  EXPECT_NE(text.find(R"(lazymig_store_writable{node="n"} 1)"), std::string::npos);
 }
 
 TEST(Metrics, ConcurrentObservationsAddUp) {

@@ -1,5 +1,6 @@
 #include "store/database.h"
 #include "sys/unique_fd.h"
+#include "tests/tmpfs.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -125,6 +126,57 @@ TEST_F(Db, WritesSurviveAKilledWriter) {
   ASSERT_TRUE(bm);
   EXPECT_EQ((*bm)[kPagesPerChunk / 64], 0x5555u);
   EXPECT_TRUE(*(*db)->getMigration("vm-k"));
+}
+
+}  // namespace
+}  // namespace lazymig::store
+
+namespace lazymig::store {
+namespace {
+
+// Issue 18, failure 6: on a full state directory Debian's RocksDB aborted the agent
+// (`Assertion 'sync_without_flush_called_' failed`, on the second write to its info LOG after
+// the first failed). Now the first failed write stops writes until recover() reopens it.
+TEST_F(Db, AFullDiskRefusesWritesWithoutAbortingAndRecoversWhenSpaceReturns) {
+  std::string why;
+  auto fs = testing::TmpfsMount::mount(dir_ + "/fs", 24ull << 20, why);
+  if (!fs) GTEST_SKIP() << why;
+  auto db = Database::open(fs->dir() + "/db");
+  ASSERT_TRUE(db) << db.error().message();
+  ASSERT_TRUE((*db)->putMigration(record("before")));
+  EXPECT_TRUE((*db)->checkRoom());
+
+  fs->fill();
+  int written = 0;
+  for (; written < 1000; ++written) {
+    if (!(*db)->putMigration(record("full-" + std::to_string(written)))) break;
+  }
+  ASSERT_LT(written, 1000) << "the full disk never failed a write";
+  auto failure = (*db)->failure();
+  ASSERT_TRUE(failure);
+  EXPECT_NE(failure->find("No space left"), std::string::npos) << *failure;
+  EXPECT_NE(failure->find(fs->dir()), std::string::npos) << *failure;
+  auto refused = (*db)->putMigration(record("refused"));
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message().find("not written"), std::string::npos);
+  auto room = (*db)->checkRoom();
+  ASSERT_FALSE(room);
+  EXPECT_NE(room.error().message().find("bytes free"), std::string::npos) << room.error().message();
+  auto early = (*db)->recover();
+  ASSERT_FALSE(early) << "reopened on a full disk";
+  EXPECT_NE(early.error().message().find("bytes free"), std::string::npos);
+  auto still = (*db)->getMigration("before");
+  ASSERT_TRUE(still && *still) << "reads keep working while writes are refused";
+
+  fs->unfill();
+  ASSERT_TRUE((*db)->recover());
+  EXPECT_FALSE((*db)->failure());
+  EXPECT_TRUE((*db)->checkRoom());
+  ASSERT_TRUE((*db)->putMigration(record("after")));
+  for (const char* id : {"before", "after"}) {
+    auto r = (*db)->getMigration(id);
+    ASSERT_TRUE(r && *r) << id;
+  }
 }
 
 }  // namespace

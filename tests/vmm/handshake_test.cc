@@ -34,6 +34,15 @@ TEST(Mappings, AcceptsAllThreeFirecrackerShapes) {
   EXPECT_EQ(old->front().page_size, 4096u);
 }
 
+// Issue 18 sibling of failure 7: a region with two `size`s meant whichever one nlohmann kept.
+TEST(Mappings, RepeatedKeyIsRefusedNamingIt) {
+  auto msg = errorOf(R"([{"base_host_virt_addr":0,"size":4096,"offset":0,"size":8192}])");
+  EXPECT_NE(msg.find("'size'"), std::string::npos) << msg;
+  auto req = parseFaultRequest(R"({"vcpu":1,"offset":8192,"offset":0})");
+  ASSERT_FALSE(req);
+  EXPECT_NE(req.error().message().find("'offset'"), std::string::npos) << req.error().message();
+}
+
 TEST(Mappings, SortsByOffsetAndChecksContiguity) {
   auto r = parseMappings(R"([{"base_host_virt_addr":1048576,"size":4096,"offset":8192},
                               {"base_host_virt_addr":0,"size":8192,"offset":0}])");
