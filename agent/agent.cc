@@ -348,7 +348,7 @@ void Agent::watchPersistence() {
   }
   for (auto [reason, count] : degraded) metrics_->setDegraded(reason, count);
   metrics_->setStoreWritable(!db_->failure());
-  retire_loop_->postDelayed(kPersistenceRetry, [this] { watchPersistence(); });
+  retire_loop_->scheduleDetached(kPersistenceRetry, [this] { watchPersistence(); });
 }
 
 void Agent::forgetOldHistory() {
