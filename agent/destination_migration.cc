@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include "agent/loop_sync.h"
+#include "agent/test_points.h"
 
 namespace lazymig::agent {
 
@@ -121,7 +122,9 @@ Status DestinationMigration::adopt(sys::Uffd uffd, std::vector<vmm::GuestRegionM
 
 nlohmann::json DestinationMigration::runtime() const {
   std::lock_guard lock(runtime_mu_);
-  return runtime_;
+  nlohmann::json out = runtime_;
+  if (every_page_installed_.load() && out.is_object()) out["every_page_installed"] = true;
+  return out;
 }
 
 SourceChannelParams DestinationMigration::channelParams(ChannelKind kind) const {
@@ -151,13 +154,6 @@ Status DestinationMigration::startServing() {
   bulk_loop_ = std::move(*bulk);
   if (ctx_.metrics) ctx_.metrics->addPagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
   transport::Layout wire{static_cast<std::uint32_t>(layout_->pageSize()), layout_->pageCount()};
-  auto give_up = [this](const Error& e) {
-    failMigration(Error::make(Errc::kTimeout, "source unreachable",
-                              e.message() + "; " +
-                                  std::to_string(pages_->pageCount() - pages_->doneCount()) +
-                                  " pages never received"));
-  };
-
   Status started;
   runOnLoop(*urgent_loop_, [&] {
     faults_ = std::make_unique<FaultService>(
@@ -169,23 +165,7 @@ Status DestinationMigration::startServing() {
                             }});
     started = faults_->start();
     if (started && kind_ == vmm::HandshakeKind::kGuestMemfd) started = startFaultChannel();
-    urgent_ = std::make_unique<SourceChannel>(
-        *urgent_loop_, ctx_.tls_client, channelParams(ChannelKind::kUrgent),
-        SourceChannel::Handlers{
-            .on_open =
-                [this] {
-                  faults_->resendOutstanding();
-                  if (finishing_ && !complete_sent_) sendComplete();
-                },
-            .on_frame = [this](const transport::FrameHeader& h,
-                               std::span<const std::byte> p) { onUrgentFrame(h, p); },
-            .on_down =
-                [this](const Error&) {
-                  stats_.reconnects.fetch_add(1);
-                  if (ctx_.metrics) ctx_.metrics->addReconnect(metrics::Channel::kUrgent);
-                },
-            .on_give_up = give_up},
-        log_);
+    urgent_ = makeUrgentChannel();
     urgent_->start();
   });
   if (!started) return started;
@@ -207,7 +187,7 @@ Status DestinationMigration::startServing() {
                   stats_.reconnects.fetch_add(1);
                   if (ctx_.metrics) ctx_.metrics->addReconnect(metrics::Channel::kBulk);
                 },
-            .on_give_up = give_up},
+            .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kBulk, e); }},
         log_);
     bulk_->start();
     scheduleCheckpoint();
@@ -215,6 +195,53 @@ Status DestinationMigration::startServing() {
   setState(MigrationState::kRunning);
   progressed();  // a zero-page guest is complete at once
   return {};
+}
+
+std::unique_ptr<SourceChannel> DestinationMigration::makeUrgentChannel() {
+  return std::make_unique<SourceChannel>(
+      *urgent_loop_, ctx_.tls_client, channelParams(ChannelKind::kUrgent),
+      SourceChannel::Handlers{
+          .on_open =
+              [this] {
+                if (faults_) faults_->resendOutstanding();
+                // Every new link hears it again until the source acknowledges: a Complete
+                // sent on a link that died, or to a source killed before it recorded it,
+                // is lost with them.
+                if (state() == MigrationState::kCompleting) sendComplete();
+              },
+          .on_frame = [this](const transport::FrameHeader& h,
+                             std::span<const std::byte> p) { onUrgentFrame(h, p); },
+          .on_down =
+              [this](const Error&) {
+                stats_.reconnects.fetch_add(1);
+                if (ctx_.metrics) ctx_.metrics->addReconnect(metrics::Channel::kUrgent);
+              },
+          .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kUrgent, e); }},
+      log_);
+}
+
+void DestinationMigration::gaveUp(ChannelKind kind, const Error& why) {
+  if (!finishing_.load()) {
+    return failMigration(Error::make(Errc::kTimeout, "source unreachable",
+                                     why.message() + "; " +
+                                         std::to_string(pages_->pageCount() - pages_->doneCount()) +
+                                         " pages never received"));
+  }
+  // Every page is installed: nothing can be lost here any more, only the source's
+  // acknowledgement is missing, which the bulk channel does not carry.
+  if (kind == ChannelKind::kBulk) return;
+  // A source of protocol 1.0 has no CompleteAck: it answers a completed migration's Hello
+  // with this refusal, written only after it recorded the migration completed.
+  if (why.message().find("migration is completed") != std::string::npos) return acknowledged();
+  endUnacknowledged(why.message());
+}
+
+void DestinationMigration::endUnacknowledged(const std::string& why) {
+  if (setState(MigrationState::kCompleted,
+               "every page is installed, but the source never acknowledged (" + why +
+                   "); it may still hold the guest memory: confirm it before cleaning up")) {
+    log_.warn("completed without the source's acknowledgement", {{"why", why}});
+  }
 }
 
 void DestinationMigration::onUrgentFrame(const transport::FrameHeader& h,
@@ -230,12 +257,18 @@ void DestinationMigration::onUrgentFrame(const transport::FrameHeader& h,
     case FrameType::kPageData: {
       auto d = transport::decodePageData(payload, wire);
       if (!d) return failMigration(d.error());
-      return faults_->onPageData(*d);
+      if (faults_) faults_->onPageData(*d);  // none after a restart in `completing`
+      return;
     }
     case FrameType::kZeroRange: {
       auto z = transport::decodeZeroRange(payload, wire);
       if (!z) return failMigration(z.error());
-      return faults_->onZeroRange(*z);
+      if (faults_) faults_->onZeroRange(*z);
+      return;
+    }
+    case FrameType::kCompleteAck: {
+      if (auto ok = transport::decodeCompleteAck(payload); !ok) return failMigration(ok.error());
+      return acknowledged();
     }
     case FrameType::kPong:
       return;
@@ -296,16 +329,26 @@ void DestinationMigration::progressed() {
 
 void DestinationMigration::finish() {
   if (isFinal(state())) return;
-  setState(MigrationState::kCompleting);
   if (auto ok = checkpointPageMap(ctx_.db, id(), *pages_, ctx_.metrics); !ok) {
     log_.warn("final page map checkpoint failed", {{"error", ok.error().message()}});
   }
   // Every page is present: hand fault handling back to the kernel so that a later discard
   // (balloon) followed by a touch gets a fresh zero page instead of waiting on us forever.
+  // Before `completing` is recorded: an agent restarted in `completing` no longer takes the
+  // uffd back, so nothing else would unregister them.
   for (const auto& r : regions_) {
     auto ok = uffd_.unregisterRange(HostAddr{r.base_host_virt_addr}, Bytes{r.size});
     if (!ok) log_.warn("unregistering a guest region failed", {{"error", ok.error().message()}});
   }
+  testPoint(test_point::kDestinationBeforeCompleting, log_);
+  every_page_installed_ = true;
+  setState(MigrationState::kCompleting);
+  testPoint(test_point::kDestinationCompletingPersisted, log_);
+  // The bulk stream has nothing left to carry; keep reading until the source closes it (see
+  // SourceChannel::finish).
+  bulk_loop_->post([this] {
+    if (bulk_) bulk_->finish(lingerTime());
+  });
   if (urgent_ && urgent_->isOpen())
     sendComplete();
   else
@@ -315,17 +358,26 @@ void DestinationMigration::finish() {
 void DestinationMigration::sendComplete() {
   transport::Complete c{pages_->doneCount()};
   if (!urgent_->send(transport::encodeComplete(c))) return;
-  complete_sent_ = true;
-  setState(MigrationState::kCompleted);
-  // The source releases the memory and closes both channels when Complete arrives; until
-  // then keep them open (see SourceChannel::finish), so that Complete is never lost to a
-  // reset and neither side takes the close for a lost link.
-  const auto linger = std::chrono::duration_cast<std::chrono::milliseconds>(
+  log_.info("told the source every page is installed; waiting for its acknowledgement");
+  testPoint(test_point::kDestinationCompleteSent, log_);
+}
+
+std::chrono::milliseconds DestinationMigration::lingerTime() const {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
       std::max(ctx_.config.migration.stall_timeout, std::chrono::milliseconds(1000)));
-  urgent_->finish(linger);
-  bulk_loop_->post([this, linger] {
-    if (bulk_) bulk_->finish(linger);
-  });
+}
+
+void DestinationMigration::acknowledged() {
+  if (state() != MigrationState::kCompleting) {
+    log_.warn("CompleteAck from the source before this side completed; ignored");
+    return;
+  }
+  testPoint(test_point::kDestinationAckReceived, log_);
+  source_acknowledged_ = true;
+  log_.info("the source recorded the migration completed and releases the guest memory");
+  // The source closes the link after its acknowledgement.
+  urgent_->finish(lingerTime());
+  setState(MigrationState::kCompleted);
 }
 
 void DestinationMigration::scheduleCheckpoint() {
@@ -339,6 +391,12 @@ void DestinationMigration::scheduleCheckpoint() {
 }
 
 void DestinationMigration::failMigration(const Error& why) {
+  if (finishing_.load()) {
+    // Every page is installed, so the guest has all its memory whatever fails now (the VMM
+    // exiting, a stray frame); the migration ends when the source acknowledges.
+    log_.warn("error after every page was installed; ignored", {{"error", why.message()}});
+    return;
+  }
   if (setState(MigrationState::kFailed, why.message())) {
     // Faults already read stay unanswered on purpose (never zeros): the VM is frozen, and
     // the orchestrator decides what happens to it.
@@ -356,6 +414,11 @@ void DestinationMigration::failMigration(const Error& why) {
 }
 
 Status DestinationMigration::cancel(bool) {
+  if (state() == MigrationState::kCompleting) {
+    // The guest has every page: calling it cancelled would read as "roll back to the source",
+    // which would run the VM twice. Only the source's acknowledgement is given up on.
+    endUnacknowledged("the orchestrator stopped waiting for it");
+  }
   setState(MigrationState::kCancelled, "cancelled by the control API");
   stopEverything();
   return {};
@@ -392,7 +455,9 @@ void DestinationMigration::addDetails(nlohmann::json& out) const {
   out["handshake_socket"] = spec_.handshake_socket;
   out["source_address"] = spec_.source_address;
   bool ready = ready_.load(std::memory_order_acquire);
-  out["population_path"] = ready ? std::string(installer_->pathName()) : std::string();
+  // No installer after a restart in `completing` (resumeEnding): nothing is installed any more.
+  out["population_path"] =
+      ready && installer_ ? std::string(installer_->pathName()) : std::string();
   out["capabilities"] = kernelCapabilities().toJson();
   if (ready) {
     nlohmann::json memory = {{"handshake", std::string(vmm::handshakeKindName(kind_))},
@@ -404,6 +469,7 @@ void DestinationMigration::addDetails(nlohmann::json& out) const {
     out["memory"] = std::move(memory);
   }
   out["resumed_after_restart"] = resumed_.load();
+  out["source_acknowledged"] = source_acknowledged_.load();
   out["progress"]["restored_pages"] = restored_pages_.load();
   out["progress"]["page_size"] = ready ? layout_->pageSize() : 0;
   double secs = out["elapsed_seconds"].get<double>();
