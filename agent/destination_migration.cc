@@ -3,7 +3,6 @@
 #include <sys/stat.h>
 
 #include "agent/loop_sync.h"
-#include "agent/test_points.h"
 
 namespace lazymig::agent {
 
@@ -220,30 +219,6 @@ std::unique_ptr<SourceChannel> DestinationMigration::makeUrgentChannel() {
       log_);
 }
 
-void DestinationMigration::gaveUp(ChannelKind kind, const Error& why) {
-  if (!finishing_.load()) {
-    return failMigration(Error::make(Errc::kTimeout, "source unreachable",
-                                     why.message() + "; " +
-                                         std::to_string(pages_->pageCount() - pages_->doneCount()) +
-                                         " pages never received"));
-  }
-  // Every page is installed: nothing can be lost here any more, only the source's
-  // acknowledgement is missing, which the bulk channel does not carry.
-  if (kind == ChannelKind::kBulk) return;
-  // A source of protocol 1.0 has no CompleteAck: it answers a completed migration's Hello
-  // with this refusal, written only after it recorded the migration completed.
-  if (why.message().find("migration is completed") != std::string::npos) return acknowledged();
-  endUnacknowledged(why.message());
-}
-
-void DestinationMigration::endUnacknowledged(const std::string& why) {
-  if (setState(MigrationState::kCompleted,
-               "every page is installed, but the source never acknowledged (" + why +
-                   "); it may still hold the guest memory: confirm it before cleaning up")) {
-    log_.warn("completed without the source's acknowledgement", {{"why", why}});
-  }
-}
-
 void DestinationMigration::onUrgentFrame(const transport::FrameHeader& h,
                                          std::span<const std::byte> payload) {
   stats_.bytes_received.fetch_add(payload.size() + transport::kHeaderSize,
@@ -325,59 +300,6 @@ void DestinationMigration::progressed() {
   }
   if (!pages_->complete() || finishing_.exchange(true)) return;
   urgent_loop_->post([this] { finish(); });
-}
-
-void DestinationMigration::finish() {
-  if (isFinal(state())) return;
-  if (auto ok = checkpointPageMap(ctx_.db, id(), *pages_, ctx_.metrics); !ok) {
-    log_.warn("final page map checkpoint failed", {{"error", ok.error().message()}});
-  }
-  // Every page is present: hand fault handling back to the kernel so that a later discard
-  // (balloon) followed by a touch gets a fresh zero page instead of waiting on us forever.
-  // Before `completing` is recorded: an agent restarted in `completing` no longer takes the
-  // uffd back, so nothing else would unregister them.
-  for (const auto& r : regions_) {
-    auto ok = uffd_.unregisterRange(HostAddr{r.base_host_virt_addr}, Bytes{r.size});
-    if (!ok) log_.warn("unregistering a guest region failed", {{"error", ok.error().message()}});
-  }
-  testPoint(test_point::kDestinationBeforeCompleting, log_);
-  every_page_installed_ = true;
-  setState(MigrationState::kCompleting);
-  testPoint(test_point::kDestinationCompletingPersisted, log_);
-  // The bulk stream has nothing left to carry; keep reading until the source closes it (see
-  // SourceChannel::finish).
-  bulk_loop_->post([this] {
-    if (bulk_) bulk_->finish(lingerTime());
-  });
-  if (urgent_ && urgent_->isOpen())
-    sendComplete();
-  else
-    log_.info("every page installed; telling the source once the urgent link is back");
-}
-
-void DestinationMigration::sendComplete() {
-  transport::Complete c{pages_->doneCount()};
-  if (!urgent_->send(transport::encodeComplete(c))) return;
-  log_.info("told the source every page is installed; waiting for its acknowledgement");
-  testPoint(test_point::kDestinationCompleteSent, log_);
-}
-
-std::chrono::milliseconds DestinationMigration::lingerTime() const {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-      std::max(ctx_.config.migration.stall_timeout, std::chrono::milliseconds(1000)));
-}
-
-void DestinationMigration::acknowledged() {
-  if (state() != MigrationState::kCompleting) {
-    log_.warn("CompleteAck from the source before this side completed; ignored");
-    return;
-  }
-  testPoint(test_point::kDestinationAckReceived, log_);
-  source_acknowledged_ = true;
-  log_.info("the source recorded the migration completed and releases the guest memory");
-  // The source closes the link after its acknowledgement.
-  urgent_->finish(lingerTime());
-  setState(MigrationState::kCompleted);
 }
 
 void DestinationMigration::scheduleCheckpoint() {

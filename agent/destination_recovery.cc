@@ -103,39 +103,4 @@ Status DestinationMigration::resume(const nlohmann::json& runtime) {
   return {};
 }
 
-Status DestinationMigration::resumeEnding(const nlohmann::json& runtime) {
-  if (!runtime.contains("regions")) {
-    return fail(Errc::kState, "resume", "the record of a completing migration has no regions");
-  }
-  auto regions = vmm::parseMappings(runtime["regions"].dump());
-  if (!regions) return std::unexpected(regions.error());
-  auto layout = GuestLayout::fromMappings(*regions);
-  if (!layout) return std::unexpected(layout.error());
-  regions_ = std::move(*regions);
-  layout_ = std::move(*layout);
-  pages_ = std::make_unique<store::PageMap>(layout_->pageCount());
-  pages_->restoreInstalled(
-      std::vector<std::uint64_t>((layout_->pageCount() + 63) / 64, ~std::uint64_t{0}));
-  restored_pages_ = pages_->doneCount();
-  {
-    std::lock_guard lock(runtime_mu_);
-    runtime_ = runtime;
-  }
-  handshaken_ = true;
-  finishing_ = true;
-  every_page_installed_ = true;
-  ready_.store(true, std::memory_order_release);
-  log_.info("every page was installed before the restart; telling the source",
-            {{"pages", pages_->pageCount()}});
-  auto urgent = transport::EventLoop::start("urgent-" + id());
-  if (!urgent) return std::unexpected(urgent.error());
-  urgent_loop_ = std::move(*urgent);
-  setState(MigrationState::kCompleting);
-  runOnLoop(*urgent_loop_, [this] {
-    urgent_ = makeUrgentChannel();
-    urgent_->start();
-  });
-  return {};
-}
-
 }  // namespace lazymig::agent
