@@ -181,11 +181,7 @@ Status DestinationMigration::startServing() {
             .on_open = [this] { bulk_receiver_->onOpen(); },
             .on_frame = [this](const transport::FrameHeader& h,
                                std::span<const std::byte> p) { bulk_receiver_->onFrame(h, p); },
-            .on_down =
-                [this](const Error&) {
-                  stats_.reconnects.fetch_add(1);
-                  if (ctx_.metrics) ctx_.metrics->addReconnect(metrics::Channel::kBulk);
-                },
+            .on_down = [this](const Error&) { countReconnect(metrics::Channel::kBulk); },
             .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kBulk, e); }},
         log_);
     bulk_->start();
@@ -194,6 +190,11 @@ Status DestinationMigration::startServing() {
   setState(MigrationState::kRunning);
   progressed();  // a zero-page guest is complete at once
   return {};
+}
+
+void DestinationMigration::countReconnect(metrics::Channel channel) {
+  stats_.reconnects.fetch_add(1);
+  if (ctx_.metrics) ctx_.metrics->addReconnect(channel);
 }
 
 std::unique_ptr<SourceChannel> DestinationMigration::makeUrgentChannel() {
@@ -210,11 +211,7 @@ std::unique_ptr<SourceChannel> DestinationMigration::makeUrgentChannel() {
               },
           .on_frame = [this](const transport::FrameHeader& h,
                              std::span<const std::byte> p) { onUrgentFrame(h, p); },
-          .on_down =
-              [this](const Error&) {
-                stats_.reconnects.fetch_add(1);
-                if (ctx_.metrics) ctx_.metrics->addReconnect(metrics::Channel::kUrgent);
-              },
+          .on_down = [this](const Error&) { countReconnect(metrics::Channel::kUrgent); },
           .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kUrgent, e); }},
       log_);
 }

@@ -60,6 +60,7 @@ class DestinationMigration final : public Migration {
   Status startServing();
   SourceChannelParams channelParams(transport::ChannelKind kind) const;
   std::unique_ptr<SourceChannel> makeUrgentChannel();  // urgent loop
+  void countReconnect(metrics::Channel channel);
   void onUrgentFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
   bool requestPages(std::span<const std::uint64_t> pages);
   void progressed();
