@@ -10,6 +10,7 @@
 
 #include <cstdlib>
 
+#include "client/control_client.h"
 #include "tests/e2e/e2e.h"
 
 namespace lazymig::e2e {
@@ -41,13 +42,13 @@ std::string stateOf(const cli::DemoRun& run, Side side) {
 
 // Both agents get the variable (each role has steps of its own); agents started again later
 // do not, so the step is passed once.
-Result<cli::DemoRun> prepareStoppingAt(const char* step) {
+Result<cli::DemoRun> prepareStoppingAt(const char* step, int give_up_after_s = 60) {
   auto o = baseOptions();
   o.size = 16ull << 20;
   o.extra_yaml =
       "migration:\n  stall_timeout_ms: 600\n"
-      "  reconnect:\n    initial_backoff_ms: 20\n    max_backoff_ms: 200\n    give_up_after_s: "
-      "60\n";
+      "  reconnect:\n    initial_backoff_ms: 20\n    max_backoff_ms: 200\n    give_up_after_s: " +
+      std::to_string(give_up_after_s) + "\n";
   ::setenv("LAZYMIG_TEST_STOP_AT", step, 1);
   auto run = cli::DemoRun::prepare(o);
   ::unsetenv("LAZYMIG_TEST_STOP_AT");
@@ -117,6 +118,51 @@ constexpr EndingStep kSteps[] = {
 
 INSTANTIATE_TEST_SUITE_P(Steps, EndingKilled, ::testing::ValuesIn(kSteps),
                          [](const auto& step_info) { return std::string(step_info.param.name); });
+
+// Every page is installed, then the source agent dies for good before it hears so: the
+// guest is whole, so the destination never fails; it ends `completed` but says that the
+// source never acknowledged (the orchestrator must confirm the source itself), after
+// give_up_after_s -- or at once when the orchestrator stops waiting (DELETE).
+class SourceGoneAtTheEnd : public ::testing::TestWithParam<bool> {};
+
+TEST_P(SourceGoneAtTheEnd, DestinationCompletesSayingTheSourceNeverAcknowledged) {
+  const bool deleted = GetParam();
+  auto run = prepareStoppingAt("destination.completing_persisted", deleted ? 60 : 2);
+  ASSERT_TRUE(run) << run.error().message();
+  ASSERT_TRUE(run->prepareSourceMemory());
+  ASSERT_TRUE(run->createMigrations());
+  ASSERT_TRUE(run->startDestinationVm());
+  ASSERT_TRUE(waitUntil([&] { return isStopped(run->agentPid(Side::kDestination)); },
+                        std::chrono::seconds(60)));
+  run->killAgent(Side::kSource, SIGKILL);
+  run->signalAgent(Side::kDestination, SIGCONT);
+  if (deleted) {
+    EXPECT_EQ(stateOf(*run, Side::kDestination), "completing");
+    auto r = client::ControlClient(run->controlEndpoint(Side::kDestination))
+                 .del(std::string("/v1/migrations/") + cli::DemoRun::kMigrationId);
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_EQ(r->status, 200) << r->body;
+  }
+  auto vm = run->waitDestinationVm();
+  ASSERT_TRUE(vm) << vm.error().message();
+  EXPECT_TRUE(vm->value("verified", false)) << vm->dump();
+  ASSERT_TRUE(waitUntil([&] { return stateOf(*run, Side::kDestination) == "completed"; },
+                        std::chrono::seconds(20)))
+      << "destination " << stateOf(*run, Side::kDestination);
+  auto dst = run->migration(Side::kDestination);
+  ASSERT_TRUE(dst);
+  EXPECT_FALSE(dst->value("source_acknowledged", true)) << dst->dump();
+  const std::string reason = dst->value("reason", "");
+  EXPECT_NE(reason.find("the source never acknowledged"), std::string::npos) << reason;
+  EXPECT_NE(reason.find(deleted ? "the orchestrator stopped waiting" : "source"), std::string::npos)
+      << reason;
+  if (HasFailure()) run->keepDirectory();
+}
+
+INSTANTIATE_TEST_SUITE_P(Ending, SourceGoneAtTheEnd, ::testing::Values(false, true),
+                         [](const auto& how) {
+                           return std::string(how.param ? "OrchestratorDeletes" : "GivesUp");
+                         });
 
 }  // namespace
 }  // namespace lazymig::e2e
