@@ -52,6 +52,12 @@ std::string_view degradedLabel(const std::string& reason) {
   return full ? "store_full" : "store_error";
 }
 
+// What a finished source migration needs to tell its destination the outcome later.
+std::optional<FinishedSource> finishedSourceOf(const nlohmann::json& spec, std::string state) {
+  if (!spec.is_object() || spec.value("role", "") != "source") return std::nullopt;
+  return FinishedSource{spec.value("peer_identity", ""), spec.value("token", ""), std::move(state)};
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Agent>> Agent::start(config::Config config) {
@@ -117,7 +123,7 @@ Status Agent::startPeerListener() {
         [this](const std::string& id) -> std::shared_ptr<SourceMigration> {
           return std::dynamic_pointer_cast<SourceMigration>(registry_.find(id));
         },
-        metrics_.get());
+        [this](const std::string& id) { return registry_.findFinishedSource(id); }, metrics_.get());
     if (!l) {
       status = std::unexpected(l.error());
       return;
@@ -180,6 +186,10 @@ void Agent::loadMigrations() {
       for (auto& [k, v] : r.counters) progress[k] = v;
       j["progress"] = progress;
       registry_.addHistory(r.id, j);
+      auto saved = nlohmann::json::parse(r.spec_json, nullptr, false);
+      if (auto f =
+              finishedSourceOf(saved.is_object() ? saved.value("spec", saved) : saved, r.state))
+        registry_.addFinishedSource(r.id, std::move(*f));
       continue;
     }
     resumeMigration(std::move(r));
@@ -198,6 +208,7 @@ void Agent::resumeMigration(store::MigrationRecord r) {
     r.reason = "agent restarted and could not resume: " + why;
     r.updated_unix_ms = unixMillisNow();
     (void)db_->putMigration(r);
+    if (auto f = finishedSourceOf(spec_json, r.state)) registry_.addFinishedSource(r.id, *f);
     registry_.addHistory(r.id, {{"id", r.id},
                                 {"role", r.role},
                                 {"state", r.state},
@@ -325,6 +336,8 @@ void Agent::retire(const std::string& id) {
     return;
   }
   auto report = m->toJson();
+  if (auto f = finishedSourceOf(m->spec(), std::string(stateName(m->state()))))
+    registry_.addFinishedSource(id, std::move(*f));
   // Stops its threads; the object (and with it the mappings and fds it holds) goes when the
   // last reference does -- here, or in a control API call still reading it.
   m->shutdown();

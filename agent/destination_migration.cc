@@ -122,7 +122,9 @@ Status DestinationMigration::adopt(sys::Uffd uffd, std::vector<vmm::GuestRegionM
 
 nlohmann::json DestinationMigration::runtime() const {
   std::lock_guard lock(runtime_mu_);
-  return runtime_;
+  nlohmann::json out = runtime_;
+  if (every_page_installed_.load() && out.is_object()) out["every_page_installed"] = true;
+  return out;
 }
 
 SourceChannelParams DestinationMigration::channelParams(ChannelKind kind) const {
@@ -152,13 +154,6 @@ Status DestinationMigration::startServing() {
   bulk_loop_ = std::move(*bulk);
   if (ctx_.metrics) ctx_.metrics->addPagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
   transport::Layout wire{static_cast<std::uint32_t>(layout_->pageSize()), layout_->pageCount()};
-  auto give_up = [this](const Error& e) {
-    failMigration(Error::make(Errc::kTimeout, "source unreachable",
-                              e.message() + "; " +
-                                  std::to_string(pages_->pageCount() - pages_->doneCount()) +
-                                  " pages never received"));
-  };
-
   Status started;
   runOnLoop(*urgent_loop_, [&] {
     faults_ = std::make_unique<FaultService>(
@@ -170,23 +165,7 @@ Status DestinationMigration::startServing() {
                             }});
     started = faults_->start();
     if (started && kind_ == vmm::HandshakeKind::kGuestMemfd) started = startFaultChannel();
-    urgent_ = std::make_unique<SourceChannel>(
-        *urgent_loop_, ctx_.tls_client, channelParams(ChannelKind::kUrgent),
-        SourceChannel::Handlers{
-            .on_open =
-                [this] {
-                  faults_->resendOutstanding();
-                  if (finishing_ && !complete_sent_) sendComplete();
-                },
-            .on_frame = [this](const transport::FrameHeader& h,
-                               std::span<const std::byte> p) { onUrgentFrame(h, p); },
-            .on_down =
-                [this](const Error&) {
-                  stats_.reconnects.fetch_add(1);
-                  if (ctx_.metrics) ctx_.metrics->addReconnect(metrics::Channel::kUrgent);
-                },
-            .on_give_up = give_up},
-        log_);
+    urgent_ = makeUrgentChannel();
     urgent_->start();
   });
   if (!started) return started;
@@ -203,12 +182,8 @@ Status DestinationMigration::startServing() {
             .on_open = [this] { bulk_receiver_->onOpen(); },
             .on_frame = [this](const transport::FrameHeader& h,
                                std::span<const std::byte> p) { bulk_receiver_->onFrame(h, p); },
-            .on_down =
-                [this](const Error&) {
-                  stats_.reconnects.fetch_add(1);
-                  if (ctx_.metrics) ctx_.metrics->addReconnect(metrics::Channel::kBulk);
-                },
-            .on_give_up = give_up},
+            .on_down = [this](const Error&) { countReconnect(metrics::Channel::kBulk); },
+            .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kBulk, e); }},
         log_);
     bulk_->start();
     scheduleCheckpoint();
@@ -216,6 +191,30 @@ Status DestinationMigration::startServing() {
   setState(MigrationState::kRunning);
   progressed();  // a zero-page guest is complete at once
   return {};
+}
+
+void DestinationMigration::countReconnect(metrics::Channel channel) {
+  stats_.reconnects.fetch_add(1);
+  if (ctx_.metrics) ctx_.metrics->addReconnect(channel);
+}
+
+std::unique_ptr<SourceChannel> DestinationMigration::makeUrgentChannel() {
+  return std::make_unique<SourceChannel>(
+      *urgent_loop_, ctx_.tls_client, channelParams(ChannelKind::kUrgent),
+      SourceChannel::Handlers{
+          .on_open =
+              [this] {
+                if (faults_) faults_->resendOutstanding();
+                // Every new link hears it again until the source acknowledges: a Complete
+                // sent on a link that died, or to a source killed before it recorded it,
+                // is lost with them.
+                if (state() == MigrationState::kCompleting) sendComplete();
+              },
+          .on_frame = [this](const transport::FrameHeader& h,
+                             std::span<const std::byte> p) { onUrgentFrame(h, p); },
+          .on_down = [this](const Error&) { countReconnect(metrics::Channel::kUrgent); },
+          .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kUrgent, e); }},
+      log_);
 }
 
 void DestinationMigration::onUrgentFrame(const transport::FrameHeader& h,
@@ -231,12 +230,18 @@ void DestinationMigration::onUrgentFrame(const transport::FrameHeader& h,
     case FrameType::kPageData: {
       auto d = transport::decodePageData(payload, wire);
       if (!d) return failMigration(d.error());
-      return faults_->onPageData(*d);
+      if (faults_) faults_->onPageData(*d);  // none after a restart in `completing`
+      return;
     }
     case FrameType::kZeroRange: {
       auto z = transport::decodeZeroRange(payload, wire);
       if (!z) return failMigration(z.error());
-      return faults_->onZeroRange(*z);
+      if (faults_) faults_->onZeroRange(*z);
+      return;
+    }
+    case FrameType::kCompleteAck: {
+      if (auto ok = transport::decodeCompleteAck(payload); !ok) return failMigration(ok.error());
+      return acknowledged();
     }
     case FrameType::kPong:
       return;
@@ -295,38 +300,6 @@ void DestinationMigration::progressed() {
   urgent_loop_->post([this] { finish(); });
 }
 
-void DestinationMigration::finish() {
-  if (isFinal(state())) return;
-  setState(MigrationState::kCompleting);
-  checkpoint_->run();
-  // Every page is present: hand fault handling back to the kernel so that a later discard
-  // (balloon) followed by a touch gets a fresh zero page instead of waiting on us forever.
-  for (const auto& r : regions_) {
-    auto ok = uffd_.unregisterRange(HostAddr{r.base_host_virt_addr}, Bytes{r.size});
-    if (!ok) log_.warn("unregistering a guest region failed", {{"error", ok.error().message()}});
-  }
-  if (urgent_ && urgent_->isOpen())
-    sendComplete();
-  else
-    log_.info("every page installed; telling the source once the urgent link is back");
-}
-
-void DestinationMigration::sendComplete() {
-  transport::Complete c{pages_->doneCount()};
-  if (!urgent_->send(transport::encodeComplete(c))) return;
-  complete_sent_ = true;
-  setState(MigrationState::kCompleted);
-  // The source releases the memory and closes both channels when Complete arrives; until
-  // then keep them open (see SourceChannel::finish), so that Complete is never lost to a
-  // reset and neither side takes the close for a lost link.
-  const auto linger = std::chrono::duration_cast<std::chrono::milliseconds>(
-      std::max(ctx_.config.migration.stall_timeout, std::chrono::milliseconds(1000)));
-  urgent_->finish(linger);
-  bulk_loop_->post([this, linger] {
-    if (bulk_) bulk_->finish(linger);
-  });
-}
-
 void DestinationMigration::scheduleCheckpoint() {
   checkpoint_timer_ = bulk_loop_->schedule(ctx_.config.migration.checkpoint_interval, [this] {
     checkpoint_->run();
@@ -335,6 +308,12 @@ void DestinationMigration::scheduleCheckpoint() {
 }
 
 void DestinationMigration::failMigration(const Error& why) {
+  if (finishing_.load()) {
+    // Every page is installed, so the guest has all its memory whatever fails now (the VMM
+    // exiting, a stray frame); the migration ends when the source acknowledges.
+    log_.warn("error after every page was installed; ignored", {{"error", why.message()}});
+    return;
+  }
   if (setState(MigrationState::kFailed, why.message())) {
     // Faults already read stay unanswered on purpose (never zeros): the VM is frozen, and
     // the orchestrator decides what happens to it.
@@ -352,6 +331,11 @@ void DestinationMigration::failMigration(const Error& why) {
 }
 
 Status DestinationMigration::cancel(bool) {
+  if (state() == MigrationState::kCompleting) {
+    // The guest has every page: calling it cancelled would read as "roll back to the source",
+    // which would run the VM twice. Only the source's acknowledgement is given up on.
+    endUnacknowledged("the orchestrator stopped waiting for it");
+  }
   setState(MigrationState::kCancelled, "cancelled by the control API");
   stopEverything();
   return {};
@@ -388,7 +372,9 @@ void DestinationMigration::addDetails(nlohmann::json& out) const {
   out["handshake_socket"] = spec_.handshake_socket;
   out["source_address"] = spec_.source_address;
   bool ready = ready_.load(std::memory_order_acquire);
-  out["population_path"] = ready ? std::string(installer_->pathName()) : std::string();
+  // No installer after a restart in `completing` (resumeEnding): nothing is installed any more.
+  out["population_path"] =
+      ready && installer_ ? std::string(installer_->pathName()) : std::string();
   out["capabilities"] = kernelCapabilities().toJson();
   if (ready) {
     nlohmann::json memory = {{"handshake", std::string(vmm::handshakeKindName(kind_))},
@@ -400,6 +386,7 @@ void DestinationMigration::addDetails(nlohmann::json& out) const {
     out["memory"] = std::move(memory);
   }
   out["resumed_after_restart"] = resumed_.load();
+  out["source_acknowledged"] = source_acknowledged_.load();
   out["progress"]["restored_pages"] = restored_pages_.load();
   out["progress"]["page_size"] = ready ? layout_->pageSize() : 0;
   double secs = out["elapsed_seconds"].get<double>();

@@ -1,5 +1,7 @@
 // The destination role: takes the VMM's uffd, serves its faults from the source, installs
-// the bulk stream, and finishes when every page is in.
+// the bulk stream, and finishes when every page is in and the source has acknowledged it
+// (the ending handshake, docs/protocol.md): `completing` until the source's CompleteAck,
+// across restarts of either agent, then `completed`.
 //
 // Threads: the VMM listener thread (handshake), the urgent loop (uffd events, fault service,
 // urgent channel, completion) and the bulk loop (bulk channel, installs, checkpoints).
@@ -57,13 +59,24 @@ class DestinationMigration final : public Migration {
   Status mapGuestMemory(vmm::Handshake& handshake);
   Status startFaultChannel();  // urgent loop; guest_memfd handshake only
   Result<std::vector<std::uint64_t>> recoverDoneBitmap(pid_t vmm_pid, const GuestLayout& layout);
+  // After a restart in `completing`: every page was installed, so neither the VMM nor its
+  // uffd is needed any more; only the source has to hear it.
+  Status resumeEnding(const nlohmann::json& runtime);
   Status startServing();
   SourceChannelParams channelParams(transport::ChannelKind kind) const;
+  std::unique_ptr<SourceChannel> makeUrgentChannel();  // urgent loop
+  void countReconnect(metrics::Channel channel);
   void onUrgentFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
   bool requestPages(std::span<const std::uint64_t> pages);
   void progressed();
-  void finish();              // urgent loop
-  void sendComplete();        // urgent loop
+  void finish();                                               // urgent loop
+  void sendComplete();                                         // urgent loop
+  void acknowledged();                                         // urgent loop
+  void gaveUp(transport::ChannelKind kind, const Error& why);  // either loop
+  void endUnacknowledged(const std::string& why);
+  // How long a finished channel keeps reading until the source closes it (SourceChannel::finish);
+  // the agent retires a finished migration only after it (Agent::scheduleRetire).
+  std::chrono::milliseconds lingerTime() const;
   void scheduleCheckpoint();  // bulk loop
   void failMigration(const Error& why);
   void stopEverything();
@@ -98,8 +111,10 @@ class DestinationMigration final : public Migration {
   std::unique_ptr<BulkReceiver> bulk_receiver_;  // bulk loop
   transport::Timer checkpoint_timer_;            // bulk loop
 
-  std::atomic<bool> finishing_{false};
-  bool complete_sent_ = false;  // urgent loop
+  std::atomic<bool> finishing_{false};  // every page installed
+  // Persisted with the runtime from `completing` on: a restart resumes by telling the source.
+  std::atomic<bool> every_page_installed_{false};
+  std::atomic<bool> source_acknowledged_{false};
   std::atomic<bool> stopped_{false};
   std::atomic<std::uint64_t> restored_pages_{0};
   std::atomic<bool> resumed_{false};

@@ -34,6 +34,9 @@ Result<std::vector<std::uint64_t>> DestinationMigration::recoverDoneBitmap(
 
 Status DestinationMigration::resume(const nlohmann::json& runtime) {
   resumed_ = true;
+  if (runtime.is_object() && runtime.value("every_page_installed", false)) {
+    return resumeEnding(runtime);
+  }
   if (!runtime.is_object() || !runtime.contains("vmm_pid") || !runtime.contains("regions")) {
     log_.info("resuming: no VMM had connected yet; listening again");
     return start();

@@ -7,8 +7,10 @@ namespace lazymig::agent {
 
 Result<std::unique_ptr<PeerListener>> PeerListener::start(
     transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
-    const std::string& address, FindSource find, metrics::AgentMetrics* metrics) {
-  std::unique_ptr<PeerListener> out(new PeerListener(loop, std::move(find), metrics));
+    const std::string& address, FindSource find, FindFinished find_finished,
+    metrics::AgentMetrics* metrics) {
+  std::unique_ptr<PeerListener> out(
+      new PeerListener(loop, std::move(find), std::move(find_finished), metrics));
   transport::Server::Options opts;
   opts.address = address;
   opts.on_connection = [l = out.get()](std::unique_ptr<transport::Connection> c) {
@@ -67,6 +69,14 @@ void PeerListener::onFirstFrame(transport::Connection* conn, const transport::Fr
   }
   auto migration = find_(hello->migration_id);
   if (!migration) {
+    if (auto finished = find_finished_(hello->migration_id)) {
+      // Its destination asks for the outcome it missed (the ending handshake).
+      auto refused = answerFinishedSource(*conn, *hello, *finished,
+                                          log_.with({{"migration", hello->migration_id}}));
+      if (refused && metrics_) metrics_->addRefusal(*refused);
+      loop_.post([this, conn] { pending_.erase(conn); });
+      return;
+    }
     // Retryable on purpose: the orchestrator may create the destination first. A peer with
     // a fleet certificate learns only whether the id exists; nothing more without the token.
     return refuse(conn, static_cast<std::uint16_t>(PeerErrorCode::kUnknownMigration),

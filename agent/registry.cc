@@ -8,7 +8,10 @@ std::shared_ptr<Migration> Registry::addIfAbsent(std::shared_ptr<Migration> m, b
   std::lock_guard lock(mu_);
   auto [it, inserted] = live_.try_emplace(m->id(), m);
   added = inserted;
-  if (inserted) history_.erase(m->id());
+  if (inserted) {
+    history_.erase(m->id());
+    finished_sources_.erase(m->id());
+  }
   return it->second;
 }
 
@@ -59,7 +62,10 @@ std::vector<std::string> Registry::pruneHistory(std::size_t keep) {
   for (auto& [id, j] : history_) by_age.emplace_back(j.value("updated_at", ""), id);
   std::sort(by_age.begin(), by_age.end());
   for (std::size_t i = 0; i < history_.size() - keep; ++i) dropped.push_back(by_age[i].second);
-  for (auto& id : dropped) history_.erase(id);
+  for (auto& id : dropped) {
+    history_.erase(id);
+    finished_sources_.erase(id);
+  }
   return dropped;
 }
 
@@ -75,6 +81,18 @@ std::optional<nlohmann::json> Registry::findHistory(const std::string& id) const
   std::lock_guard lock(mu_);
   auto it = history_.find(id);
   if (it == history_.end()) return std::nullopt;
+  return it->second;
+}
+
+void Registry::addFinishedSource(const std::string& id, FinishedSource finished) {
+  std::lock_guard lock(mu_);
+  finished_sources_[id] = std::move(finished);
+}
+
+std::optional<FinishedSource> Registry::findFinishedSource(const std::string& id) const {
+  std::lock_guard lock(mu_);
+  auto it = finished_sources_.find(id);
+  if (it == finished_sources_.end()) return std::nullopt;
   return it->second;
 }
 

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/migration.h"
+#include "agent/source_ending.h"
 
 namespace lazymig::agent {
 
@@ -31,12 +32,17 @@ class Registry {
   std::vector<std::string> pruneHistory(std::size_t keep);
   std::vector<nlohmann::json> history() const;
   std::optional<nlohmann::json> findHistory(const std::string& id) const;
+  // A finished source migration's peer and token, kept beside its history record (and
+  // forgotten with it), so that its destination can still be told the outcome.
+  void addFinishedSource(const std::string& id, FinishedSource finished);
+  std::optional<FinishedSource> findFinishedSource(const std::string& id) const;
   std::size_t activeCount() const;
 
  private:
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Migration>> live_;
   std::map<std::string, nlohmann::json> history_;
+  std::map<std::string, FinishedSource> finished_sources_;
 };
 
 }  // namespace lazymig::agent

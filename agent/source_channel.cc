@@ -122,6 +122,11 @@ void SourceChannel::onFrame(const transport::FrameHeader& h, std::span<const std
       if (handlers_.on_open) handlers_.on_open();
       return;
     }
+    if (h.type == FrameType::kCompleteAck) {
+      // A source that has finished this migration answers the Hello with the outcome: the
+      // acknowledgement a completing destination is waiting for (docs/protocol.md).
+      return handlers_.on_frame(h, payload);
+    }
     if (h.type == FrameType::kError) {
       auto e = transport::decodeError(payload);
       std::string msg = e ? e->message : "unreadable error frame";

@@ -1,10 +1,10 @@
 #include "agent/source_migration.h"
 
-#include <openssl/crypto.h>
-
 #include <sys/stat.h>
 
 #include "agent/loop_sync.h"
+#include "agent/source_ending.h"
+#include "agent/test_points.h"
 #include "sys/process.h"
 
 namespace lazymig::agent {
@@ -177,21 +177,9 @@ transport::Layout SourceMigration::layout() const {
 std::optional<std::string> SourceMigration::checkHello(const transport::Hello& hello,
                                                        PeerErrorCode& code, std::string& message,
                                                        const transport::Connection& conn) const {
-  // Identity and token first, and the same answer for both: a peer that is not the intended
-  // one learns nothing about the migration's state or size.
-  if (!conn.peer().matches(spec_.peer_identity)) {
-    code = PeerErrorCode::kAuth;
-    message = "not authorised for this migration";
-    log_.warn("peer identity refused",
-              {{"presented", conn.peer().describe()}, {"remote", conn.remoteAddress()}});
-    return "identity";
-  }
-  if (hello.token.size() != spec_.token.size() ||
-      CRYPTO_memcmp(hello.token.data(), spec_.token.data(), spec_.token.size()) != 0) {
-    code = PeerErrorCode::kAuth;
-    message = "not authorised for this migration";
-    log_.warn("migration token refused", {{"remote", conn.remoteAddress()}});
-    return "token";
+  if (auto refused =
+          checkPeerAuthorised(conn, hello, spec_.peer_identity, spec_.token, code, message, log_)) {
+    return refused;
   }
   if (isFinal(state())) {
     code = PeerErrorCode::kState;
@@ -215,6 +203,13 @@ std::optional<std::string> SourceMigration::checkHello(const transport::Hello& h
 
 std::optional<std::string> SourceMigration::attach(std::unique_ptr<transport::Connection> conn,
                                                    const transport::Hello& hello) {
+  if (const auto now = state(); isFinal(now)) {
+    // A destination that did not hear our CompleteAck (a link or either agent died around
+    // it) asks again, and learns the outcome.
+    return answerFinishedSource(
+        *conn, hello, FinishedSource{spec_.peer_identity, spec_.token, std::string(stateName(now))},
+        log_);
+  }
   PeerErrorCode code{};
   std::string message;
   if (auto refused = checkHello(hello, code, message, *conn)) {
@@ -431,8 +426,16 @@ void SourceMigration::channelClosed(ChannelKind kind, const Error& e) {
 
 void SourceMigration::completed(std::uint64_t pages_installed) {
   log_.info("destination confirmed every page installed", {{"pages", pages_installed}});
+  testPoint(test_point::kSourceCompleteReceived, log_);
+  // Durable before the acknowledgement: once the destination has it, it stops asking, so a
+  // source that acknowledged and then lost the record would serve a finished migration
+  // forever. A source killed before this line hears the Complete again (docs/protocol.md).
   setState(MigrationState::kCompleted);
-  // Close after the callback that delivered Complete returns, then let the memory go.
+  testPoint(test_point::kSourceCompletePersisted, log_);
+  if (urgent_) urgent_->sendEncoded(transport::encodeCompleteAck());
+  testPoint(test_point::kSourceAckSent, log_);
+  // Close after the callback that delivered Complete returns (closing flushes the
+  // acknowledgement), then let the memory go.
   peer_loop_.post([this] { releaseMemory(); });
 }
 

@@ -119,6 +119,8 @@ std::string_view frameTypeName(FrameType type) {
       return "Ping";
     case FrameType::kPong:
       return "Pong";
+    case FrameType::kCompleteAck:
+      return "CompleteAck";
   }
   return "Unknown";
 }
@@ -153,7 +155,7 @@ Result<FrameHeader> decodeHeader(std::span<const std::byte, kHeaderSize> in, con
                " is not supported (this agent speaks " + std::to_string(kProtocolVersion) + ")");
   }
   if (type < static_cast<std::uint8_t>(FrameType::kHello) ||
-      type > static_cast<std::uint8_t>(FrameType::kPong)) {
+      type > static_cast<std::uint8_t>(FrameType::kCompleteAck)) {
     return err("unknown frame type " + std::to_string(type));
   }
   if (flags != 0) return err("reserved flags 0x" + std::to_string(flags) + " must be 0");
@@ -399,6 +401,13 @@ Result<Ping> decodePing(std::span<const std::byte> payload) {
   if (!r.u64(m.nonce) || r.remaining() != 0)
     return bad(FrameType::kPing, "payload must be 8 bytes");
   return m;
+}
+
+std::string encodeCompleteAck() { return frame(FrameType::kCompleteAck, {}); }
+
+Status decodeCompleteAck(std::span<const std::byte> payload) {
+  if (!payload.empty()) return bad(FrameType::kCompleteAck, "payload must be empty");
+  return {};
 }
 
 }  // namespace lazymig::transport

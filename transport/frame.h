@@ -38,6 +38,9 @@ enum class FrameType : std::uint8_t {
   kComplete = 9,     // destination -> source (urgent): every page installed; source may release
   kPing = 10,
   kPong = 11,
+  // source -> destination (urgent): the source has durably recorded the migration completed
+  // and releases the memory. Also the source's answer to a Hello for a migration it finished.
+  kCompleteAck = 12,
 };
 
 std::string_view frameTypeName(FrameType type);
@@ -130,6 +133,7 @@ std::string encodeResume(const Resume& m);
 std::string encodeBulkDone(const BulkDone& m);
 std::string encodeComplete(const Complete& m);
 std::string encodePing(FrameType ping_or_pong, const Ping& m);
+std::string encodeCompleteAck();  // no payload
 
 // A kPageData frame is sent as this prefix (header + first_page + count) followed by the page
 // bytes themselves, so the sender can hand the page contents to the socket without a copy.
@@ -150,5 +154,6 @@ Result<Resume> decodeResume(std::span<const std::byte> payload, const Layout& la
 Result<BulkDone> decodeBulkDone(std::span<const std::byte> payload);
 Result<Complete> decodeComplete(std::span<const std::byte> payload, const Layout& layout);
 Result<Ping> decodePing(std::span<const std::byte> payload);
+Status decodeCompleteAck(std::span<const std::byte> payload);
 
 }  // namespace lazymig::transport

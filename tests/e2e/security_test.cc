@@ -49,8 +49,9 @@ sys::UniqueFd dialTcp(const std::string& host_port) {
 // What an attacker's connection got from the source agent.
 struct Outcome {
   bool tls_established = false;
-  bool hello_ok = false;  // the one thing no attack may get
-  std::string refusal;    // the Error frame's message, if one came
+  bool hello_ok = false;      // the one thing no attack may get
+  bool complete_ack = false;  // a finished migration's outcome (the ending handshake)
+  std::string refusal;        // the Error frame's message, if one came
 };
 
 // A blocking TLS client with its own certificate that sends one Hello, independent of the
@@ -81,6 +82,7 @@ Outcome helloAttack(const std::string& address, const transport::TlsFiles& cert,
   if (reply.size() < transport::kHeaderSize) return out;
   auto type = static_cast<transport::FrameType>(static_cast<unsigned char>(reply[5]));
   out.hello_ok = type == transport::FrameType::kHelloOk;
+  out.complete_ack = type == transport::FrameType::kCompleteAck;
   if (type == transport::FrameType::kError) {
     auto e =
         transport::decodeError(std::as_bytes(std::span(reply).subspan(transport::kHeaderSize)));
@@ -417,6 +419,41 @@ TEST(Security, HandshakeFromADisallowedUidIsRefused) {
   auto vm = run->waitDestinationVm();
   ASSERT_TRUE(vm) << vm.error().message();
   expectVerified(run->report(*vm, 0), o.size);
+}
+
+// A finished migration still tells its destination the outcome (CompleteAck, from the record
+// a restarted source agent keeps), and tells nobody else anything: the same identity and token
+// checks as a live one, in the same order.
+TEST(Security, FinishedMigrationTellsItsOutcomeOnlyToItsDestination) {
+  auto finished = runToTheEnd(baseOptions());
+  ASSERT_TRUE(finished) << finished.error().message();
+  DemoRun& run = finished->run;
+  ASSERT_TRUE(waitUntil(
+      [&] {
+        auto m = run.migration(Side::kSource);
+        return m && m->value("state", "") == "completed";
+      },
+      30s));
+  run.killAgent(Side::kSource, SIGKILL);
+  ASSERT_TRUE(run.startAgent(Side::kSource));
+  const std::string dir = run.dir();
+  const std::string source = run.agentAddress(Side::kSource);
+  const transport::TlsFiles destination{dir + "/ca.crt", dir + "/destination.crt",
+                                        dir + "/destination.key"};
+  const transport::TlsFiles other_node{dir + "/ca.crt", dir + "/source.crt", dir + "/source.key"};
+
+  Outcome stranger = helloAttack(source, other_node, run.token());
+  EXPECT_FALSE(stranger.complete_ack || stranger.hello_ok);
+  EXPECT_EQ(stranger.refusal, "not authorised for this migration");
+  Outcome thief = helloAttack(source, destination, std::string(run.token().size(), '0'));
+  EXPECT_FALSE(thief.complete_ack || thief.hello_ok);
+  EXPECT_EQ(thief.refusal, "not authorised for this migration");
+  Outcome owner = helloAttack(source, destination, run.token());
+  EXPECT_TRUE(owner.complete_ack) << owner.refusal;
+  EXPECT_FALSE(owner.hello_ok);
+  auto refusals = refusalsOf(run, Side::kSource);
+  EXPECT_EQ(refusals["identity"], 1) << "counted after the restart";
+  EXPECT_EQ(refusals["token"], 1);
 }
 
 }  // namespace

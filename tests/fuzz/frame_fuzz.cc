@@ -25,5 +25,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   (void)decodeBulkDone(bytes);
   (void)decodeComplete(bytes, layout);
   (void)decodePing(bytes);
+  (void)decodeCompleteAck(bytes);
   return 0;
 }

@@ -153,5 +153,25 @@ TEST(Frame, SmallFramesRejectTrailingBytesAndTruncation) {
   EXPECT_EQ(err->message, "no");
 }
 
+// The ending handshake's acknowledgement: a header of its own type and nothing after it.
+TEST(Frame, CompleteAckIsAnEmptyFrameOfItsOwnType) {
+  std::string f = encodeCompleteAck();
+  ASSERT_EQ(f.size(), kHeaderSize);
+  auto h = decodeHeader(bytes(f).first<kHeaderSize>(), Limits{});
+  ASSERT_TRUE(h) << h.error().message();
+  EXPECT_EQ(h->type, FrameType::kCompleteAck);
+  EXPECT_EQ(h->length, 0u);
+  EXPECT_EQ(frameTypeName(h->type), "CompleteAck");
+  EXPECT_TRUE(decodeCompleteAck(payloadOf(f)));
+  auto e = decodeCompleteAck(payloadOf(f + "x"));
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message().find("CompleteAck: payload must be empty"), std::string::npos);
+  std::string next = f;
+  next[5] = 13;  // the first type after it is still unknown
+  EXPECT_NE(errorOf(decodeHeader(bytes(next).first<kHeaderSize>(), Limits{}))
+                .find("unknown frame type 13"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace lazymig::transport
