@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git
   libevent-dev libssl-dev librocksdb-dev prometheus-cpp-dev libyaml-cpp-dev
-  nlohmann-json3-dev libgtest-dev libgmock-dev
+  nlohmann-json3-dev libgtest-dev libgmock-dev libcli11-dev libcurl4-openssl-dev
   iproute2 openssl procps
   golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev
   python3 python3-yaml python3-jsonschema yamllint systemd prometheus curl jq
