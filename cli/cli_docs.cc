@@ -186,10 +186,10 @@ std::string manPage(const CLI::App& app, const std::string& version,
            "\\fB\\-\\-help\\fR.\n";
     for (const CLI::App* sub : commands) {
       out << ".SS \"" << roff(app.get_name() + " " + sub->get_name()) << "\"\n";
-      out << ".B " << roff(app.get_name() + " " + sub->get_name()) << "\n"
-          << synopsisOf(*sub, "").substr(std::string("\\fB\\fR").size()) << "\n.PP\n";
+      out << synopsisOf(*sub, app.get_name() + " " + sub->get_name()) << "\n.PP\n";
       out << roff(sub->get_description()) << "\n";
-      if (!sub->get_footer().empty()) {
+      // CLI11 hands the root's footer down to commands that have none of their own.
+      if (!sub->get_footer().empty() && sub->get_footer() != app.get_footer()) {
         out << ".PP\n";
         manText(out, sub->get_footer());
       }
