@@ -3,13 +3,20 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 namespace lazymig::cli {
 namespace {
 
+// "4.2s", "42s", "3m07s", "1h05m"; "--" when unknown (no progress measured yet).
 std::string eta(double seconds) {
   if (!(seconds >= 0) || seconds > 360000) return "--";
-  auto s = static_cast<long long>(seconds + 0.5);
   char buf[32];
+  if (seconds < 10) {
+    std::snprintf(buf, sizeof buf, "%.1fs", seconds);
+    return buf;
+  }
+  auto s = static_cast<long long>(seconds + 0.5);
   if (s >= 3600)
     std::snprintf(buf, sizeof buf, "%lldh%02lldm", s / 3600, s / 60 % 60);
   else if (s >= 60)
@@ -44,15 +51,22 @@ std::string ProgressLine::render(const nlohmann::json& m, Clock::time_point now)
   const double p99_ms =
       m.value("fault_latency_us", nlohmann::json::object()).value("p99", 0.0) / 1e3;
   const bool final = state == "completed" || state == "failed" || state == "cancelled";
+  const double elapsed = m.value("elapsed_seconds", 0.0);
+  std::string tail;
+  if (final) {
+    // The last sample moves nothing: the whole run's averages say more.
+    mib_s = m.value("throughput_mib_s", mib_s);
+    faults_s = elapsed > 0 ? static_cast<double>(faults) / elapsed : 0;
+    tail = "took " + eta(elapsed);
+  } else {
+    tail = "ETA " +
+           eta(pages_s > 0 ? static_cast<double>(total - std::min(total, done)) / pages_s : -1);
+  }
   char buf[256];
-  std::snprintf(
-      buf, sizeof buf,
-      "%s %s: %llu/%llu pages (%.1f%%)  %.0f MiB/s  %.0f faults/s  fault p99 %.2f ms  ETA %s",
-      m.value("id", "").c_str(), state.c_str(), static_cast<unsigned long long>(done),
-      static_cast<unsigned long long>(total), pct, mib_s, faults_s, p99_ms,
-      final ? "0s"
-            : eta(pages_s > 0 ? static_cast<double>(total - std::min(total, done)) / pages_s : -1)
-                  .c_str());
+  std::snprintf(buf, sizeof buf,
+                "%s %s: %llu/%llu pages (%.1f%%)  %.0f MiB/s  %.0f faults/s  fault p99 %.2f ms  %s",
+                m.value("id", "").c_str(), state.c_str(), static_cast<unsigned long long>(done),
+                static_cast<unsigned long long>(total), pct, mib_s, faults_s, p99_ms, tail.c_str());
   return buf;
 }
 
