@@ -108,6 +108,23 @@ expect 3 "lazymig list with no agent at LAZYMIG_CONTROL" env LAZYMIG_CONTROL="un
 says "(from LAZYMIG_CONTROL)" "the error says the endpoint came from LAZYMIG_CONTROL"
 expect 3 "lazymig agent with nothing on a TCP port" "$BIN/lazymig" --control 127.0.0.1:1 agent
 
+# migrate --wait follows the migration to its end: here a destination whose VMM never comes,
+# cancelled from another shell; off a terminal the progress comes as plain lines on stderr.
+"$BIN/lazymig" "${T[@]}" migrate --wait --interval-ms 50 --id wait-1 --role destination \
+  --token "$(cat "$W/token")" --peer-identity spiffe://lazymig/node/b --source-address 127.0.0.1:1 \
+  >"$W/wait.out" 2>"$W/wait.err" &
+WAITER=$!
+for _ in $(seq 1 200); do grep -q "wait-1 waiting_for_vmm" "$W/wait.err" 2>/dev/null && break; sleep 0.05; done
+expect 0 "lazymig cancel wait-1" "$BIN/lazymig" "${T[@]}" cancel wait-1
+wait $WAITER
+rc=$?
+[[ $rc -eq 1 ]] && echo "ok    migrate --wait exits 1 when the migration is cancelled" || { echo "FAIL  migrate --wait exit $rc"; fails=$((fails + 1)); }
+grep -q "wait-1 waiting_for_vmm: 0/0 pages" "$W/wait.err" && grep -q "wait-1 cancelled" "$W/wait.err" &&
+  ! grep -q $'\r' "$W/wait.err" && echo "ok    migrate --wait: plain progress lines on stderr, then the end" ||
+  { echo "FAIL  migrate --wait progress:"; sed 's/^/      /' "$W/wait.err"; fails=$((fails + 1)); }
+grep -q "^state       cancelled" "$W/wait.out" && echo "ok    migrate --wait prints the final migration on stdout" ||
+  { echo "FAIL  migrate --wait stdout:"; sed 's/^/      /' "$W/wait.out"; fails=$((fails + 1)); }
+
 # lazymig health: 0 healthy, 1 answered unhealthy, 2 usage, 3 unreachable; one line each
 expect 0 "lazymig health against the agent" "$BIN/lazymig" health
 says "healthy" "health says healthy"
