@@ -9,6 +9,8 @@ spec lacks fails). Migrations are validated live, after cancelling, and from the
 after an agent restart. Also checks that the spec's info.version is the agent's version.
 
 usage: contract_test.py BINDIR SPEC
+       contract_test.py --migrations SPEC FILE...   (each FILE: one migration object, as the
+                                                      end-to-end tests save them from full runs)
 """
 import http.client
 import json
@@ -25,6 +27,7 @@ import jsonschema
 import yaml
 
 BIN, SPEC_PATH = sys.argv[1], sys.argv[2]
+FILES = sys.argv[3:]
 spec = yaml.safe_load(open(SPEC_PATH))
 warnings.simplefilter("ignore", DeprecationWarning)  # RefResolver: newer jsonschema deprecates it
 resolver = jsonschema.RefResolver.from_schema(spec)
@@ -212,4 +215,22 @@ log_format: json
     print(f"contract: {len(seen)} (operation, status) pairs of the spec seen from a real agent")
 
 
-main()
+def check_migrations():
+    """Migration objects of full runs (destination and source, live and after a restart)."""
+    schema = {"$ref": "#/components/schemas/Migration"}
+    for path in FILES:
+        try:
+            jsonschema.Draft202012Validator(schema, resolver=resolver).validate(
+                json.load(open(path)))
+            print(f"ok    {path} is a Migration")
+        except jsonschema.ValidationError as e:
+            failures.append(f"{path}: {e.message} at {'/'.join(map(str, e.absolute_path))}")
+    for f in failures:
+        print("FAIL  " + f)
+    sys.exit(1 if failures or not FILES else 0)
+
+
+if BIN == "--migrations":
+    check_migrations()
+else:
+    main()

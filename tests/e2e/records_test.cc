@@ -4,6 +4,8 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <memory>
 
 #include "tests/e2e/e2e.h"
@@ -56,6 +58,20 @@ TEST(Records, FinishedMigrationShowsItsNumbersAfterTheAgentRestarts) {
   EXPECT_EQ(after->value("throughput_mib_s", 0.0), before.value("throughput_mib_s", -1.0));
   EXPECT_EQ(after->value("fault_latency_us", nlohmann::json()),
             before.value("fault_latency_us", nlohmann::json()));
+
+  // The spec (docs/openapi.yaml) describes these objects of a real run, field by field.
+  const std::string dir = run.dir() + "/";
+  std::ofstream(dir + "dest-live.json") << before.dump();
+  std::ofstream(dir + "dest-record.json") << after->dump();
+  auto source = run.migration(Side::kSource);
+  ASSERT_TRUE(source) << source.error().message();
+  std::ofstream(dir + "source.json") << source->dump();
+  EXPECT_EQ(std::system(("python3 " LAZYMIG_ROOT_DIR
+                         "/tests/api/contract_test.py --migrations " LAZYMIG_ROOT_DIR
+                         "/docs/openapi.yaml " +
+                         dir + "dest-live.json " + dir + "dest-record.json " + dir + "source.json")
+                            .c_str()),
+            0);
 
   const std::string control = "--control " + run.controlEndpoint(Side::kDestination) + " ";
   const std::string pages = std::to_string(total) + " / " + std::to_string(total) + " (100.0%)";
