@@ -49,6 +49,8 @@ std::vector<OptionDoc> optionsOf(const CLI::App& app) {
     d.files = !d.dirs &&
               (type.find("FILE") != std::string::npos || type.find("PATH") != std::string::npos);
     d.description = opt->get_description();
+    if (!opt->get_default_str().empty() && opt->get_type_size() != 0)
+      d.description += " (default: " + opt->get_default_str() + ")";
     out.push_back(std::move(d));
   }
   return out;

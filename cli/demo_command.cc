@@ -73,6 +73,15 @@ void printSummary(const DemoOptions& o, const std::string& size_text, const json
               static_cast<unsigned long long>(r.value("mismatches", 0)));
 }
 
+// CLI11 reads "" as 0 and "-1" as 2^64-1 for an unsigned option: only digits are a count.
+const CLI::Validator kWholeNumber(
+    [](std::string& v) {
+      return !v.empty() && v.find_first_not_of("0123456789") == std::string::npos
+                 ? std::string()
+                 : "expected a whole number, got '" + v + "'";
+    },
+    "", "whole number");
+
 }  // namespace
 
 DemoCommand::DemoCommand(CLI::App& app) {
@@ -99,14 +108,16 @@ DemoCommand::DemoCommand(CLI::App& app) {
   demo->add_option("--vcpus", o.vcpus, "vCPU threads")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
-  demo->add_option("--accesses", o.accesses, "accesses per vCPU")->capture_default_str();
+  demo->add_option("--accesses", o.accesses, "accesses per vCPU")
+      ->check(kWholeNumber)
+      ->capture_default_str();
   demo->add_option("--regions", o.regions, "guest memory regions")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
   demo->add_option("--zero-ratio", o.zero_ratio, "share of pages left zero")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
-  demo->add_option("--seed", o.seed, "pattern seed")->capture_default_str();
+  demo->add_option("--seed", o.seed, "pattern seed")->check(kWholeNumber)->capture_default_str();
   demo->add_option("--timeout-s", o.timeout_s, "give up after this many seconds")
       ->check(CLI::Range(1, 86400))
       ->capture_default_str();
