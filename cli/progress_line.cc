@@ -72,6 +72,8 @@ std::string ProgressLine::render(const nlohmann::json& m, Clock::time_point now)
 
 void ProgressLine::update(const nlohmann::json& migration, Clock::time_point now) {
   std::string line = render(migration, now);
+  const std::string state = migration.value("state", "");
+  const bool final = state == "completed" || state == "failed" || state == "cancelled";
   if (terminal_) {
     // A line longer than the terminal wraps, and \r then redraws only its last part.
     winsize ws{};
@@ -79,7 +81,7 @@ void ProgressLine::update(const nlohmann::json& migration, Clock::time_point now
       line.resize(ws.ws_col - 1u);
     std::fprintf(out_, "\r\033[K%s", line.c_str());
     drawn_ = true;
-  } else if (!last_plain_ || now - *last_plain_ >= plain_every_) {
+  } else if (!last_plain_ || now - *last_plain_ >= plain_every_ || final) {
     std::fprintf(out_, "%s\n", line.c_str());
     last_plain_ = now;
   }

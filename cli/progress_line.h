@@ -1,6 +1,6 @@
 // Live progress of one migration for a person watching: on a terminal one line redrawn in
 // place (pages done/total, MiB/s, faults/s, fault p99, ETA); elsewhere (a log, a pipe) the
-// same line printed whole every `plain_every`, so logs stay readable and grep-able.
+// same line printed whole every `plain_every` (and at the end), so logs stay readable.
 #pragma once
 
 #include <chrono>
