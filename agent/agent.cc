@@ -11,6 +11,7 @@
 #include "agent/loop_sync.h"
 #include "agent/migration_spec.h"
 #include "agent/source_migration.h"
+#include "base/version.h"
 
 namespace lazymig::agent {
 namespace {
@@ -167,6 +168,32 @@ Status Agent::startControlApi() {
   return status;
 }
 
+namespace {
+
+// A finished migration as GET /v1/migrations/{id} showed it before the restart: the report
+// the record keeps, or for records written before reports were kept, what their counters say
+// (then named "pages_done" for what the API calls "pages_installed").
+nlohmann::json finishedMigrationJson(const store::MigrationRecord& r) {
+  auto report = nlohmann::json::parse(r.report_json, nullptr, false);
+  if (report.is_object() && report.contains("progress")) return report;
+  nlohmann::json j{{"id", r.id},
+                   {"role", r.role},
+                   {"state", r.state},
+                   {"peer", r.peer},
+                   {"reason", r.reason},
+                   {"created_at", isoTime(r.created_unix_ms)},
+                   {"updated_at", isoTime(r.updated_unix_ms)}};
+  nlohmann::json progress = nlohmann::json::object();
+  for (const auto& [k, v] : r.counters) progress[k == "pages_done" ? "pages_installed" : k] = v;
+  const std::uint64_t total = progress.value("pages_total", std::uint64_t{0});
+  const std::uint64_t installed = progress.value("pages_installed", std::uint64_t{0});
+  progress["pages_remaining"] = total - std::min(total, installed);
+  j["progress"] = std::move(progress);
+  return j;
+}
+
+}  // namespace
+
 void Agent::loadMigrations() {
   auto records = db_->listMigrations();
   if (!records) {
@@ -175,17 +202,7 @@ void Agent::loadMigrations() {
   }
   for (auto& r : *records) {
     if (r.state == "completed" || r.state == "failed" || r.state == "cancelled") {
-      nlohmann::json j{{"id", r.id},
-                       {"role", r.role},
-                       {"state", r.state},
-                       {"peer", r.peer},
-                       {"reason", r.reason},
-                       {"created_at", isoTime(r.created_unix_ms)},
-                       {"updated_at", isoTime(r.updated_unix_ms)}};
-      nlohmann::json progress = nlohmann::json::object();
-      for (auto& [k, v] : r.counters) progress[k] = v;
-      j["progress"] = progress;
-      registry_.addHistory(r.id, j);
+      registry_.addHistory(r.id, finishedMigrationJson(r));
       auto saved = nlohmann::json::parse(r.spec_json, nullptr, false);
       if (auto f =
               finishedSourceOf(saved.is_object() ? saved.value("spec", saved) : saved, r.state))
@@ -311,7 +328,8 @@ Status Agent::reloadCertificates() {
 
 nlohmann::json Agent::info() const {
   return {{"node", config_.node_name},
-          {"version", "0.1.0"},
+          {"version", std::string(projectVersion())},
+          {"revision", std::string(gitRevision())},
           {"agent_address", agent_address_},
           {"metrics_address", metrics_address_},
           {"migrations_active", registry_.activeCount()}};

@@ -5,16 +5,16 @@
 #include <cstring>
 #include <string>
 
+#include <CLI/CLI.hpp>
+
 #include "agent/agent.h"
 #include "base/log.h"
+#include "base/tool_main.h"
+#include "base/version.h"
+#include "cli/cli_docs.h"
 #include "config/config.h"
 
 namespace {
-
-constexpr const char* kUsage =
-    "usage: lazymig-agent --config FILE [--log-level debug|info|warn|error]\n"
-    "       lazymig-agent --check-config FILE   (validate and exit)\n"
-    "       lazymig-agent --version\n";
 
 int run(const std::string& config_path, const std::string& log_level, bool check_only) {
   auto cfg = lazymig::config::loadConfig(config_path);
@@ -58,46 +58,57 @@ int run(const std::string& config_path, const std::string& log_level, bool check
   std::_Exit(0);
 }
 
+// Flags are CLI11 definitions, so --help, the man page and the completions agree
+// (cli/cli_docs.h; the build runs --generate).
+int parseAndRun(int argc, char** argv) {
+  CLI::App app{"lazymig agent: serves lazy (post-copy) live migrations on this host",
+               "lazymig-agent"};
+  app.set_version_flag("--version",
+                       std::string("lazymig-agent ") + std::string(lazymig::versionString()));
+  std::string config_path, check_path, log_level, generate_kind;
+  auto* config = app.add_option("--config", config_path, "the agent's YAML config")
+                     ->check(CLI::ExistingFile)
+                     ->type_name("FILE");
+  auto* check =
+      app.add_option("--check-config", check_path, "validate this config and exit (0 valid, 2 not)")
+          ->check(CLI::ExistingFile)
+          ->type_name("FILE")
+          ->excludes(config);
+  app.add_option("--log-level", log_level, "overrides log_level of the config")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
+  app.add_option("--generate", generate_kind, "print the man page or a completion script")
+      ->check(CLI::IsMember(lazymig::cli::generatedKinds()))
+      ->group("");
+  app.footer(
+      "Exit status: 0 stopped on SIGTERM/SIGINT (or --check-config: valid), 1 could not start, "
+      "2 usage or config error. SIGHUP reloads the certificates.\n");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  if (!generate_kind.empty()) {
+    lazymig::cli::printGenerated(
+        app, generate_kind, std::string(lazymig::versionString()),
+        {{"EXIT STATUS",
+          "  0  stopped on SIGTERM or SIGINT; --check-config: the config is valid\n"
+          "  1  the agent could not start (see its log)\n"
+          "  2  usage error, or the config is invalid (the message names the key)"},
+         {"SIGNALS", "SIGTERM, SIGINT: stop. SIGHUP: reload the certificates."},
+         {"SEE ALSO", "lazymig(1); config/lazymig.example.yaml in the lazymig sources"}});
+    return 0;
+  }
+  if (check->count() > 0) return run(check_path, log_level, true);
+  if (config->count() == 0) {
+    std::fprintf(stderr,
+                 "lazymig-agent: --config is required\nRun with --help for more information.\n");
+    return 2;
+  }
+  return run(config_path, log_level, false);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string config_path;
-  std::string log_level;
-  bool check_only = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    auto value = [&](const char* flag) -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "lazymig-agent: %s needs a value\n%s", flag, kUsage);
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (arg == "--config")
-      config_path = value("--config");
-    else if (arg == "--check-config") {
-      config_path = value("--check-config");
-      check_only = true;
-    } else if (arg == "--log-level") {
-      log_level = value("--log-level");
-      if (!lazymig::log::parseLevel(log_level)) {
-        std::fprintf(stderr, "lazymig-agent: --log-level: unknown level '%s'\n", log_level.c_str());
-        return 2;
-      }
-    } else if (arg == "--version") {
-      std::printf("lazymig-agent 0.1.0\n");
-      return 0;
-    } else if (arg == "--help" || arg == "-h") {
-      std::printf("%s", kUsage);
-      return 0;
-    } else {
-      std::fprintf(stderr, "lazymig-agent: unknown argument '%s'\n%s", arg.c_str(), kUsage);
-      return 2;
-    }
-  }
-  if (config_path.empty()) {
-    std::fprintf(stderr, "lazymig-agent: --config is required\n%s", kUsage);
-    return 2;
-  }
-  return run(config_path, log_level, check_only);
+  return lazymig::runToolMain("lazymig-agent", 1, [&] { return parseAndRun(argc, argv); });
 }

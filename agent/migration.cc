@@ -146,11 +146,14 @@ void Migration::writeRecord() {
     rec.updated_unix_ms = updated_ms_;
   }
   rec.counters = {{"pages_total", pagesTotal()},
-                  {"pages_done", pagesDone()},
+                  {"pages_installed", pagesDone()},
                   {"demand_faults", stats_.demand_faults.load()},
                   {"demand_pages", stats_.demand_pages.load()},
                   {"bulk_pages", stats_.bulk_pages.load()},
                   {"zero_pages", stats_.zero_pages.load()}};
+  // Final states only: persist() runs from setState there, where toJson is safe to call (its
+  // report is logged right after), and a finished migration's numbers no longer change.
+  if (isFinal(state_.load())) rec.report_json = toJson().dump();
   auto ok = ctx_.db.putMigration(rec);
   std::lock_guard lock(mu_);
   if (ok) {

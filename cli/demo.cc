@@ -470,6 +470,14 @@ Result<nlohmann::json> runDemo(const DemoOptions& options) {
   if (auto ok = run->waitSourceServing(); !ok) return failWith(ok.error());
   auto t0 = std::chrono::steady_clock::now();
   if (auto ok = run->startDestinationVm(); !ok) return failWith(ok.error());
+  if (options.progress) {
+    // Samples for the live line while the VM runs; waitDestinationVm's own deadline follows.
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(options.timeout_s + 30);
+    while (!run->destinationVmExited() && std::chrono::steady_clock::now() < until) {
+      if (auto m = run->migration(Side::kDestination)) options.progress(*m);
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    }
+  }
   auto vm = run->waitDestinationVm();
   if (!vm) return failWith(vm.error());
   auto dst = run->migration(Side::kDestination);

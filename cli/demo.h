@@ -41,6 +41,9 @@ struct DemoOptions {
   std::string extra_yaml;  // appended to both agents' configs
   // Run each agent through this command (e.g. setpriv dropping capabilities); empty: directly.
   std::vector<std::string> agent_prefix;
+  // Called with the destination migration object a few times a second while the destination
+  // VM runs (runDemo only), e.g. to draw a live progress line.
+  std::function<void(const nlohmann::json&)> progress;
 };
 
 // Checks the options that lazymig-testvm would refuse, before anything starts: the memory

@@ -1,210 +1,104 @@
 #include "client/control_client.h"
 
-#include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
+#include <curl/curl.h>
 
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-
+#include <cstdio>
 #include <cstring>
 #include <memory>
-
-#include "sys/unique_fd.h"
+#include <mutex>
 
 namespace lazymig::client {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+constexpr std::size_t kMaxResponse = 16u << 20;
 
+// Where a request goes, as libcurl wants it: a URL, and for unix: endpoints the socket path
+// (the URL's host is then only the Host header).
 struct Target {
-  bool unix_socket = false;
-  bool tls = false;
-  std::string path;
-  std::string host;
-  std::string port;
+  std::string base_url;
+  std::string unix_path;
 };
 
 Result<Target> parseEndpoint(const std::string& endpoint) {
-  Target t;
   if (endpoint.rfind("unix:", 0) == 0) {
-    t.unix_socket = true;
-    t.path = endpoint.substr(5);
-    if (t.path.empty())
+    Target t{"http://localhost", endpoint.substr(5)};
+    if (t.unix_path.empty())
       return fail(Errc::kInvalidArgument, "control endpoint", "unix: needs a path");
     return t;
   }
   std::string rest = endpoint;
+  std::string scheme = "http://";
   if (rest.rfind("http://", 0) == 0) rest = rest.substr(7);
   if (rest.rfind("https://", 0) == 0) {
     rest = rest.substr(8);
-    t.tls = true;
+    scheme = "https://";
   }
   while (!rest.empty() && rest.back() == '/') rest.pop_back();
-  auto colon = rest.rfind(':');
-  if (colon == std::string::npos) {
+  if (rest.find(':') == std::string::npos || rest.find('/') != std::string::npos) {
     return fail(Errc::kInvalidArgument, "control endpoint",
-                "'" + endpoint + "' is neither unix:/path nor host:port");
+                "'" + endpoint + "' is neither unix:/path, host:port nor https://host:port");
   }
-  t.host = rest.substr(0, colon);
-  if (t.host.size() > 1 && t.host.front() == '[') t.host = t.host.substr(1, t.host.size() - 2);
-  t.port = rest.substr(colon + 1);
-  return t;
+  return Target{scheme + rest, ""};
 }
 
-Status waitFor(int fd, short events, Clock::time_point deadline, const std::string& what) {
-  for (;;) {
-    auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return fail(Errc::kTimeout, "control api", what + ": timed out");
-    pollfd p{fd, events, 0};
-    int r = ::poll(&p, 1, static_cast<int>(left));
-    if (r > 0) return {};
-    if (r < 0 && errno != EINTR) return failSys("poll", what);
-  }
+void initCurlOnce() {
+  // curl_global_init is not thread-safe; tests and the demo call the client from threads.
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
 }
 
-Result<sys::UniqueFd> connectTo(const Target& t, const std::string& endpoint,
-                                Clock::time_point deadline) {
-  if (t.unix_socket) {
-    sys::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (t.path.size() >= sizeof addr.sun_path)
-      return fail(Errc::kInvalidArgument, "control endpoint", "path too long");
-    std::memcpy(addr.sun_path, t.path.c_str(), t.path.size() + 1);
-    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-      return failSys("control api: connect", endpoint);
-    }
-    return fd;
+struct ResponseSink {
+  std::string body;
+  bool too_large = false;
+};
+
+std::size_t appendBody(char* data, std::size_t size, std::size_t n, void* out) {
+  auto* sink = static_cast<ResponseSink*>(out);
+  if (sink->body.size() + size * n > kMaxResponse) {
+    sink->too_large = true;
+    return 0;  // libcurl then fails the transfer with CURLE_WRITE_ERROR
   }
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  int rc = ::getaddrinfo(t.host.c_str(), t.port.c_str(), &hints, &res);
-  if (rc != 0)
-    return fail(Errc::kInvalidArgument, "control api: resolve", endpoint + ": " + gai_strerror(rc));
-  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> owned(res, &::freeaddrinfo);
-  // "localhost" may resolve to ::1 first while the agent listens on 127.0.0.1: try each.
-  Error last = fail(Errc::kSystem, "control api: connect", endpoint + ": no address").error();
-  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    sys::UniqueFd fd(::socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    int r = ::connect(fd.get(), ai->ai_addr, ai->ai_addrlen);
-    if (r != 0 && errno != EINPROGRESS) {
-      last = failSys("control api: connect", endpoint).error();
-      continue;
-    }
-    if (r != 0) {
-      if (auto ok = waitFor(fd.get(), POLLOUT, deadline, "connect " + endpoint); !ok)
-        return std::unexpected(ok.error());
-      int err = 0;
-      socklen_t len = sizeof err;
-      ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
-      if (err != 0) {
-        last = failSys("control api: connect", endpoint, err).error();
-        continue;
+  sink->body.append(data, size * n);
+  return size * n;
+}
+
+// The failure in words a person can act on: an agent that is not there is the usual one.
+Error describe(CURLcode code, const char* detail, const std::string& endpoint,
+               const std::string& what, bool body_too_large) {
+  std::string why = detail[0] != '\0' ? detail : curl_easy_strerror(code);
+  switch (code) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+      return Error::make(
+          Errc::kClosed, "control api",
+          "cannot reach the agent at " + endpoint + " (" + why + "); is the agent running?");
+    case CURLE_OPERATION_TIMEDOUT:
+      return Error::make(Errc::kTimeout, "control api",
+                         what + " to " + endpoint + ": no answer in time (" + why + ")");
+    case CURLE_WRITE_ERROR:
+      if (body_too_large)
+        return Error::make(Errc::kProtocol, "control api", "response larger than 16 MiB");
+      break;
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CACERT_BADFILE:
+      return Error::make(Errc::kConfig, "control api: --cacert/--cert/--key",
+                         endpoint + ": " + why);
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_GOT_NOTHING:
+      if (endpoint.rfind("https://", 0) == 0) {
+        return Error::make(Errc::kAuth, "control api: TLS",
+                           endpoint + ": " + why +
+                               "; does --cacert sign the agent's certificate, and is this "
+                               "client's certificate (--cert/--key) accepted?");
       }
-    }
-    return fd;
+      break;
+    default:
+      break;
   }
-  return std::unexpected(last);
-}
-
-std::string tlsErrors() {
-  std::string out;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    out += (out.empty() ? "" : "; ") + std::string(buf);
-  }
-  return out.empty() ? "TLS error" : out;
-}
-
-// One HTTPS exchange, blocking with socket timeouts (the CLI sends one request per
-// connection): TLS 1.3, the agent's certificate checked against `ca` and the host name.
-Result<std::string> exchangeTls(int fd, const std::string& host, const std::string& ca,
-                                const std::string& cert, const std::string& key,
-                                const std::string& request, Clock::time_point deadline,
-                                const std::string& endpoint) {
-  auto left =
-      std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
-  timeval tv{static_cast<time_t>(std::max<long long>(left, 1000) / 1000000),
-             static_cast<suseconds_t>(std::max<long long>(left, 1000) % 1000000)};
-  int flags = ::fcntl(fd, F_GETFL);
-  ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()),
-                                                        &SSL_CTX_free);
-  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION);
-  if (ca.empty() || SSL_CTX_load_verify_locations(ctx.get(), ca.c_str(), nullptr) != 1) {
-    return fail(Errc::kConfig, "control api: --cacert",
-                (ca.empty() ? std::string("required for https") : ca) +
-                    (ca.empty() ? "" : ": " + tlsErrors()));
-  }
-  if (!cert.empty() &&
-      (SSL_CTX_use_certificate_chain_file(ctx.get(), cert.c_str()) != 1 ||
-       SSL_CTX_use_PrivateKey_file(ctx.get(), key.c_str(), SSL_FILETYPE_PEM) != 1)) {
-    return fail(Errc::kConfig, "control api: --cert/--key", cert + ": " + tlsErrors());
-  }
-  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
-  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(ctx.get()), &SSL_free);
-  SSL_set_fd(ssl.get(), fd);
-  SSL_set_tlsext_host_name(ssl.get(), host.c_str());
-  SSL_set1_host(ssl.get(), host.c_str());
-  if (SSL_connect(ssl.get()) != 1)
-    return fail(Errc::kProtocol, "control api: TLS", endpoint + ": " + tlsErrors());
-  if (SSL_write(ssl.get(), request.data(), static_cast<int>(request.size())) <= 0) {
-    return fail(Errc::kProtocol, "control api: TLS",
-                endpoint + ": the agent closed the connection (" + tlsErrors() +
-                    "); is this client's certificate accepted?");
-  }
-  std::string raw;
-  char buf[16384];
-  for (int n; (n = SSL_read(ssl.get(), buf, sizeof buf)) > 0;) {
-    raw.append(buf, static_cast<std::size_t>(n));
-    if (raw.size() > (16u << 20))
-      return fail(Errc::kProtocol, "control api", "response larger than 16 MiB");
-  }
-  if (raw.empty()) {
-    return fail(
-        Errc::kProtocol, "control api: TLS",
-        endpoint + ": no response (" + tlsErrors() + "); is this client's certificate accepted?");
-  }
-  return raw;
-}
-
-Result<HttpResponse> parseResponse(const std::string& raw, const std::string& endpoint) {
-  auto end = raw.find("\r\n\r\n");
-  if (raw.compare(0, 5, "HTTP/") != 0 || end == std::string::npos) {
-    return fail(Errc::kProtocol, "control api", endpoint + ": not an HTTP response");
-  }
-  HttpResponse resp;
-  resp.status = std::atoi(raw.c_str() + raw.find(' ') + 1);
-  std::string headers = raw.substr(0, end);
-  for (auto& c : headers) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  std::string body = raw.substr(end + 4);
-  if (headers.find("transfer-encoding: chunked") != std::string::npos) {
-    std::string out;
-    std::size_t pos = 0;
-    for (;;) {
-      auto line_end = body.find("\r\n", pos);
-      if (line_end == std::string::npos) break;
-      std::size_t n = std::strtoul(body.c_str() + pos, nullptr, 16);
-      if (n == 0) break;
-      out += body.substr(line_end + 2, n);
-      pos = line_end + 2 + n + 2;
-    }
-    body = std::move(out);
-  } else if (auto cl = headers.find("content-length:"); cl != std::string::npos) {
-    body.resize(
-        std::min<std::size_t>(body.size(), std::strtoul(headers.c_str() + cl + 15, nullptr, 10)));
-  }
-  resp.body = std::move(body);
-  return resp;
+  return Error::make(Errc::kProtocol, "control api", what + " to " + endpoint + ": " + why);
 }
 
 }  // namespace
@@ -221,45 +115,71 @@ Result<HttpResponse> ControlClient::del(const std::string& path) const {
 
 Result<HttpResponse> ControlClient::request(const std::string& method, const std::string& path,
                                             const std::string& body) const {
-  auto deadline = Clock::now() + timeout_;
   auto target = parseEndpoint(endpoint_);
   if (!target) return std::unexpected(target.error());
-  auto fd = connectTo(*target, endpoint_, deadline);
-  if (!fd) return std::unexpected(fd.error());
-  const std::string what = method + ' ' + path;  // names the request in errors
-  std::string req = method + " " + path + " HTTP/1.1\r\nHost: " +
-                    (target->unix_socket ? std::string("localhost") : target->host) +
-                    "\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: " +
-                    std::to_string(body.size()) + "\r\n";
-  if (!bearer_.empty()) req += "Authorization: Bearer " + bearer_ + "\r\n";
-  req += "\r\n" + body;
-  if (target->tls) {
-    auto raw = exchangeTls(fd->get(), target->host, tls_ca_, tls_cert_, tls_key_, req, deadline,
-                           endpoint_);
-    if (!raw) return std::unexpected(raw.error());
-    return parseResponse(*raw, endpoint_);
+  if (target->base_url.rfind("https://", 0) == 0 && tls_ca_.empty()) {
+    return fail(
+        Errc::kConfig, "control api: --cacert",
+        "required for " + endpoint_ + ": the CA that signed the agent's control certificate");
   }
-  for (std::size_t off = 0; off < req.size();) {
-    if (auto ok = waitFor(fd->get(), POLLOUT, deadline, what); !ok)
-      return std::unexpected(ok.error());
-    ssize_t n = ::send(fd->get(), req.data() + off, req.size() - off, MSG_NOSIGNAL);
-    if (n < 0 && errno != EAGAIN && errno != EINTR) return failSys("control api: send", endpoint_);
-    if (n > 0) off += static_cast<std::size_t>(n);
+  initCurlOnce();
+  std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> curl(curl_easy_init(), &curl_easy_cleanup);
+  if (!curl) return fail(Errc::kSystem, "curl_easy_init", "control api");
+  std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)> headers(nullptr,
+                                                                      &curl_slist_free_all);
+  auto addHeader = [&headers](const std::string& h) {
+    headers.reset(curl_slist_append(headers.release(), h.c_str()));
+  };
+  addHeader("Content-Type: application/json");
+  addHeader("Expect:");  // one round trip: the agent never answers 100-continue usefully
+  if (!bearer_.empty()) addHeader("Authorization: Bearer " + bearer_);
+
+  const std::string url = target->base_url + path;
+  ResponseSink response;
+  char detail[CURL_ERROR_SIZE] = "";
+  CURL* c = curl.get();
+  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);  // no SIGALRM for timeouts: we run in threads
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(c, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_.count()));
+  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method.c_str());
+  if (method == "POST" || !body.empty()) {
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.c_str());
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
   }
-  std::string raw;
-  char buf[16384];
-  for (;;) {
-    if (auto ok = waitFor(fd->get(), POLLIN, deadline, what); !ok)
-      return std::unexpected(ok.error());
-    ssize_t n = ::recv(fd->get(), buf, sizeof buf, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
-    if (n < 0) return failSys("control api: recv", endpoint_);
-    if (n == 0) break;
-    raw.append(buf, static_cast<std::size_t>(n));
-    if (raw.size() > (16u << 20))
-      return fail(Errc::kProtocol, "control api", "response larger than 16 MiB");
+  if (method == "HEAD") curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &appendBody);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &response);
+  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, detail);
+  if (!target->unix_path.empty())
+    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, target->unix_path.c_str());
+  if (!tls_ca_.empty()) {
+    curl_easy_setopt(c, CURLOPT_CAINFO, tls_ca_.c_str());
+    curl_easy_setopt(c, CURLOPT_SSLVERSION, CURL_SSLVERSION_TLSv1_3);
   }
-  return parseResponse(raw, endpoint_);
+  if (!tls_cert_.empty()) {
+    curl_easy_setopt(c, CURLOPT_SSLCERT, tls_cert_.c_str());
+    curl_easy_setopt(c, CURLOPT_SSLKEY, (tls_key_.empty() ? tls_cert_ : tls_key_).c_str());
+  }
+
+  CURLcode code = curl_easy_perform(c);
+  if (code == CURLE_COULDNT_CONNECT && !target->unix_path.empty()) {
+    // libcurl words this as a failed TCP connect to localhost port 80; the socket file is what
+    // a person has to look at.
+    long os_errno = 0;
+    curl_easy_getinfo(c, CURLINFO_OS_ERRNO, &os_errno);
+    std::snprintf(detail, sizeof detail, "connect %s: %s", target->unix_path.c_str(),
+                  std::strerror(static_cast<int>(os_errno)));
+  }
+  if (code != CURLE_OK) {
+    return std::unexpected(
+        describe(code, detail, endpoint_, method + ' ' + path, response.too_large));
+  }
+  long status = 0;
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  return HttpResponse{static_cast<int>(status), std::move(response.body)};
 }
 
 }  // namespace lazymig::client

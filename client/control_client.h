@@ -1,7 +1,8 @@
-// A small blocking HTTP/1.1 client for the agent's control API (docs/control-api.md), used
+// A blocking HTTP/1.1 client for the agent's control API (docs/control-api.md) on libcurl, used
 // by the `lazymig` CLI, lazymig-testvm and the end-to-end tests. Endpoints are
 // "unix:/path/to/control.sock", "http://host:port" (or plain "host:port"), or
-// "https://host:port" (TLS 1.3; see setTls).
+// "https://host:port" (TLS 1.3; see setTls). One connection per request: the CLI sends a
+// handful, and a fresh connection never meets an agent that closed an idle one.
 #pragma once
 
 #include <chrono>

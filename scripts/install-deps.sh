@@ -7,9 +7,9 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git
   libevent-dev libssl-dev librocksdb-dev prometheus-cpp-dev libyaml-cpp-dev
-  nlohmann-json3-dev libgtest-dev libgmock-dev
+  nlohmann-json3-dev libgtest-dev libgmock-dev libcli11-dev libcurl4-openssl-dev
   iproute2 openssl procps valgrind
-  python3 python3-yaml yamllint systemd prometheus curl jq
+  python3 python3-yaml python3-jsonschema yamllint systemd prometheus curl jq
   nodejs unzip dpkg-dev
   clang-16 libclang-rt-16-dev
 )

@@ -14,6 +14,8 @@ case "$mode" in
 esac
 
 scripts/install-deps.sh
+# The suite lints docs/openapi.yaml with a pinned @redocly/cli (npm, into .tools/).
+[[ $mode == test ]] && scripts/install-api-tools.sh
 cmake --preset release >/dev/null
 cmake --build --preset release -j"$(nproc)"
 

@@ -43,6 +43,7 @@ nlohmann::json toJson(const MigrationRecord& r) {
           {"reason", r.reason},
           {"spec", r.spec_json},
           {"counters", r.counters},
+          {"report", r.report_json},
           {"created_unix_ms", r.created_unix_ms},
           {"updated_unix_ms", r.updated_unix_ms}};
 }
@@ -62,6 +63,7 @@ Result<MigrationRecord> fromJson(const std::string& key, const std::string& text
     r.reason = j.value("reason", "");
     r.spec_json = j.value("spec", "");
     r.counters = j.value("counters", std::map<std::string, std::uint64_t>{});
+    r.report_json = j.value("report", "");
     r.created_unix_ms = j.value("created_unix_ms", std::int64_t{0});
     r.updated_unix_ms = j.value("updated_unix_ms", std::int64_t{0});
   } catch (const nlohmann::json::exception& e) {

@@ -28,6 +28,9 @@ struct MigrationRecord {
   std::string reason;  // why it failed or was cancelled; empty otherwise
   std::string spec_json;
   std::map<std::string, std::uint64_t> counters;
+  // The migration as the control API showed it when it ended (JSON; empty while it runs), so
+  // that a restarted agent shows a finished migration exactly as before.
+  std::string report_json;
   std::int64_t created_unix_ms = 0;
   std::int64_t updated_unix_ms = 0;
 };
