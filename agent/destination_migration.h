@@ -52,6 +52,8 @@ class DestinationMigration final : public Migration {
   Status mapGuestMemory(vmm::Handshake& handshake);
   Status startFaultChannel();  // urgent loop; guest_memfd handshake only
   Result<std::vector<std::uint64_t>> recoverDoneBitmap(pid_t vmm_pid, const GuestLayout& layout);
+  // Refuses a handshake whose regions do not add up to the memory the source serves.
+  Status checkSourceLayout(const vmm::Handshake& handshake) const;
   Status startServing();
   SourceChannelParams channelParams(transport::ChannelKind kind) const;
   void onUrgentFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);

@@ -6,11 +6,12 @@
 namespace lazymig::agent {
 
 Result<std::unique_ptr<PeerListener>> PeerListener::start(
-    transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
-    const std::string& address, FindSource find, metrics::AgentMetrics* metrics) {
-  std::unique_ptr<PeerListener> out(new PeerListener(loop, std::move(find), metrics));
+    transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls, Options options,
+    FindSource find, FindFinished finished, metrics::AgentMetrics* metrics) {
+  std::unique_ptr<PeerListener> out(
+      new PeerListener(loop, std::move(options), std::move(find), std::move(finished), metrics));
   transport::Server::Options opts;
-  opts.address = address;
+  opts.address = out->options_.address;
   opts.on_connection = [l = out.get()](std::unique_ptr<transport::Connection> c) {
     l->accepted(std::move(c));
   };
@@ -26,9 +27,19 @@ Result<std::unique_ptr<PeerListener>> PeerListener::start(
 }
 
 void PeerListener::stop() {
-  for (auto& [ptr, conn] : pending_) conn->close();
+  for (auto& [ptr, p] : pending_) {
+    loop_.cancelTimer(p.hello_timer);
+    p.conn->close();
+  }
   pending_.clear();
   server_.reset();
+}
+
+void PeerListener::forget(transport::Connection* conn) {
+  auto it = pending_.find(conn);
+  if (it == pending_.end()) return;
+  loop_.cancelTimer(it->second.hello_timer);
+  pending_.erase(it);
 }
 
 void PeerListener::accepted(std::unique_ptr<transport::Connection> conn) {
@@ -36,10 +47,20 @@ void PeerListener::accepted(std::unique_ptr<transport::Connection> conn) {
   conn->setHandlers({
       .on_frame = [this, raw](const transport::FrameHeader& h,
                               std::span<const std::byte> p) { onFirstFrame(raw, h, p); },
-      .on_closed = [this, raw](const Error&) { pending_.erase(raw); },
+      .on_closed = [this, raw](const Error&) { forget(raw); },
       .on_drained = nullptr,
   });
-  pending_.emplace(raw, std::move(conn));
+  // The timer is cancelled whenever the connection leaves pending_, so `raw` is still ours
+  // when it fires.
+  auto timer = loop_.postDelayed(options_.hello_timeout, [this, raw] {
+    auto it = pending_.find(raw);
+    if (it == pending_.end()) return;
+    it->second.hello_timer = 0;
+    refuse(raw, static_cast<std::uint16_t>(PeerErrorCode::kBadRequest),
+           "no Hello within " + std::to_string(options_.hello_timeout.count()) + " ms",
+           "hello_timeout");
+  });
+  pending_.emplace(raw, Pending{std::move(conn), timer});
 }
 
 void PeerListener::refuse(transport::Connection* conn, std::uint16_t code,
@@ -51,11 +72,15 @@ void PeerListener::refuse(transport::Connection* conn, std::uint16_t code,
   if (metrics_) metrics_->addRefusal(reason);
   conn->sendEncoded(transport::encodeError({code, message}));
   conn->close();
-  loop_.post([this, conn] { pending_.erase(conn); });
+  loop_.post([this, conn] { forget(conn); });
 }
 
 void PeerListener::onFirstFrame(transport::Connection* conn, const transport::FrameHeader& h,
                                 std::span<const std::byte> payload) {
+  if (auto it = pending_.find(conn); it != pending_.end()) {
+    loop_.cancelTimer(it->second.hello_timer);  // it spoke in time, whatever it said
+    it->second.hello_timer = 0;
+  }
   if (h.type != transport::FrameType::kHello) {
     return refuse(conn, static_cast<std::uint16_t>(PeerErrorCode::kBadRequest),
                   "the first frame must be Hello", "protocol");
@@ -66,6 +91,15 @@ void PeerListener::onFirstFrame(transport::Connection* conn, const transport::Fr
                   hello.error().message(), "protocol");
   }
   auto migration = find_(hello->migration_id);
+  if (!migration && finished_) {
+    if (auto state = finished_(hello->migration_id)) {
+      // Final, not "not yet": a destination (or a replayed token) must stop asking.
+      return refuse(conn, static_cast<std::uint16_t>(PeerErrorCode::kState),
+                    "migration '" + hello->migration_id + "' is finished here (" + *state +
+                        "); nothing more to serve",
+                    "finished_migration");
+    }
+  }
   if (!migration) {
     // Retryable on purpose: the orchestrator may create the destination first. A peer with
     // a fleet certificate learns only whether the id exists; nothing more without the token.
@@ -77,8 +111,8 @@ void PeerListener::onFirstFrame(transport::Connection* conn, const transport::Fr
   loop_.post([this, conn, migration, h = *hello] {
     auto it = pending_.find(conn);
     if (it == pending_.end()) return;
-    auto owned = std::move(it->second);
-    pending_.erase(it);
+    auto owned = std::move(it->second.conn);
+    forget(conn);
     if (auto refused = migration->attach(std::move(owned), h)) {
       if (metrics_) metrics_->addRefusal(*refused);
     }
