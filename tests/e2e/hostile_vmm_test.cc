@@ -42,7 +42,27 @@ std::string stateOf(const DemoRun& run) {
   return m ? m->value("state", "") : "";
 }
 
-Result<DemoRun> destinationWaitingForItsVmm(cli::DemoOptions o) {
+// Whether the destination agent's log says `text` within a few seconds.
+bool destinationLogSays(const DemoRun& run, const std::string& text) {
+  return waitUntil(
+      [&] { return readFile(run.logPath(Side::kDestination)).find(text) != std::string::npos; },
+      10s);
+}
+
+// After the attacks, the real VMM hands over and the migration completes with every byte.
+void realVmmCompletes(DemoRun& run, std::uint64_t size) {
+  ASSERT_TRUE(run.startDestinationVm());
+  auto vm = run.waitDestinationVm();
+  ASSERT_TRUE(vm) << vm.error().message();
+  expectVerified(run.report(*vm, 0), size);
+}
+
+// Both agents and the migrations, the source serving a 64 MiB guest; `extra_yaml` goes into
+// both agents' configs.
+Result<DemoRun> destinationWaitingForItsVmm(const std::string& extra_yaml = "") {
+  auto o = baseOptions();
+  o.memory = "anon";
+  o.extra_yaml = extra_yaml;
   auto run = DemoRun::prepare(std::move(o));
   if (!run) return run;
   if (auto ok = run->prepareSourceMemory(); !ok) return std::unexpected(ok.error());
@@ -50,21 +70,29 @@ Result<DemoRun> destinationWaitingForItsVmm(cli::DemoOptions o) {
   return run;
 }
 
+// A VMM whose uffd is blocking over `size` bytes; once `go` exists it checks every byte.
+Result<ChildProcess> blockingVmm(const DemoRun& run, std::uint64_t size, const std::string& go) {
+  return hostileVmm(run, "blocking-vmm.log",
+                    {"blocking", std::to_string(size), run.dir() + "/guest.mem", go});
+}
+
+bool blockingVmmSays(const DemoRun& run, const std::string& text, std::chrono::seconds within) {
+  return waitUntil(
+      [&] { return readFile(run.dir() + "/blocking-vmm.log").find(text) != std::string::npos; },
+      within);
+}
+
 // Failure 1: a uffd created without O_NONBLOCK. The agent makes it non-blocking, serves every
 // fault and page, keeps its control API answering, and stops on SIGTERM.
 TEST(HostileVmm, BlockingUffdIsServedAndNeverHangsTheAgent) {
-  auto o = baseOptions();
-  o.memory = "anon";
-  o.extra_yaml = "migration:\n  bulk_rate_limit_mib_s: 32\n";
-  auto run = destinationWaitingForItsVmm(o);
+  auto run = destinationWaitingForItsVmm("migration:\n  bulk_rate_limit_mib_s: 32\n");
   ASSERT_TRUE(run) << run.error().message();
+  const auto& o = run->options();
   const std::string go = run->dir() + "/verify-now";
-  auto vmm = hostileVmm(*run, "blocking-vmm.log",
-                        {"blocking", std::to_string(o.size), run->dir() + "/guest.mem", go});
+  auto vmm = blockingVmm(*run, o.size, go);
   ASSERT_TRUE(vmm) << vmm.error().message();
-  const std::string said = run->dir() + "/blocking-vmm.log";
-  EXPECT_TRUE(waitUntil([&] { return readFile(said).find("touched") != std::string::npos; }, 60s))
-      << "the faults of a VMM with a blocking uffd were never served: " << readFile(said);
+  EXPECT_TRUE(blockingVmmSays(*run, "touched", 60s))
+      << "the faults of a VMM with a blocking uffd were never served";
   client::ControlClient control(run->controlEndpoint(Side::kDestination), 5s);
   auto health = control.get("/healthz");
   ASSERT_TRUE(health) << health.error().message();
@@ -72,8 +100,7 @@ TEST(HostileVmm, BlockingUffdIsServedAndNeverHangsTheAgent) {
   EXPECT_TRUE(waitUntil([&] { return stateOf(*run) == "completed"; }, 120s)) << stateOf(*run);
   std::ofstream(go) << "go\n";
   ASSERT_TRUE(vmm->wait(60s).has_value());
-  EXPECT_NE(readFile(said).find("mismatches 0"), std::string::npos)
-      << "every byte must equal the source's: " << readFile(said);
+  EXPECT_TRUE(blockingVmmSays(*run, "mismatches 0", 1s)) << "every byte must equal the source's";
   const pid_t agent = run->agentPid(Side::kDestination);
   run->killAgent(Side::kDestination, SIGTERM);
   EXPECT_NE(::kill(agent, 0), 0) << "SIGTERM did not end the destination agent";
@@ -82,21 +109,13 @@ TEST(HostileVmm, BlockingUffdIsServedAndNeverHangsTheAgent) {
 // Failure 1, the control API: DELETE of a migration whose VMM has a blocking uffd answers,
 // and so does /healthz afterwards.
 TEST(HostileVmm, DeleteAnswersForAMigrationWithABlockingUffd) {
-  auto o = baseOptions();
-  o.memory = "anon";
-  o.extra_yaml = "migration:\n  bulk_rate_limit_mib_s: 4\n";
-  auto run = destinationWaitingForItsVmm(o);
+  auto run = destinationWaitingForItsVmm("migration:\n  bulk_rate_limit_mib_s: 4\n");
   ASSERT_TRUE(run) << run.error().message();
-  auto vmm = hostileVmm(
-      *run, "blocking-vmm.log",
-      {"blocking", std::to_string(o.size), run->dir() + "/guest.mem", run->dir() + "/never"});
+  const auto& o = run->options();
+  auto vmm = blockingVmm(*run, o.size, run->dir() + "/never");
   ASSERT_TRUE(vmm) << vmm.error().message();
   ASSERT_TRUE(waitUntil([&] { return stateOf(*run) == "running"; }, 30s)) << stateOf(*run);
-  EXPECT_TRUE(waitUntil(
-      [&] {
-        return readFile(run->dir() + "/blocking-vmm.log").find("touched") != std::string::npos;
-      },
-      60s));
+  EXPECT_TRUE(blockingVmmSays(*run, "touched", 60s));
   client::ControlClient control(run->controlEndpoint(Side::kDestination), 10s);
   auto del = control.del(std::string("/v1/migrations/") + DemoRun::kMigrationId);
   ASSERT_TRUE(del) << "DELETE never answered: " << del.error().message();
@@ -110,10 +129,9 @@ TEST(HostileVmm, DeleteAnswersForAMigrationWithABlockingUffd) {
 // Failure 2: fds that are not what their place in the handshake says are refused naming the
 // fd and what it is; the migration keeps waiting, and the real VMM then hands over.
 TEST(HostileVmm, FdsThatAreNotWhatTheHandshakeSaysAreRefusedNamingThem) {
-  auto o = baseOptions();
-  o.memory = "anon";
-  auto run = destinationWaitingForItsVmm(o);
+  auto run = destinationWaitingForItsVmm();
   ASSERT_TRUE(run) << run.error().message();
+  const auto& o = run->options();
   struct Attempt {
     std::vector<std::string> args;
     std::string logged;
@@ -131,54 +149,38 @@ TEST(HostileVmm, FdsThatAreNotWhatTheHandshakeSaysAreRefusedNamingThem) {
     auto vmm = hostileVmm(*run, "wrong-" + std::to_string(n++) + ".log", a.args);
     ASSERT_TRUE(vmm) << vmm.error().message();
     ASSERT_TRUE(vmm->wait(30s).has_value());
-    EXPECT_TRUE(waitUntil(
-        [&] {
-          return readFile(run->logPath(Side::kDestination)).find(a.logged) != std::string::npos;
-        },
-        10s))
+    EXPECT_TRUE(destinationLogSays(*run, a.logged))
         << a.args[0] << " " << a.args[1] << ": the log does not say '" << a.logged << "'";
     EXPECT_EQ(stateOf(*run), "waiting_for_vmm") << a.args[0] << " " << a.args[1];
   }
   EXPECT_GE(refusals(*run, "handshake_rejected"), static_cast<double>(attempts.size()));
-  ASSERT_TRUE(run->startDestinationVm());
-  auto vm = run->waitDestinationVm();
-  ASSERT_TRUE(vm) << vm.error().message();
-  expectVerified(run->report(*vm, 0), o.size);
+  realVmmCompletes(*run, o.size);
 }
 
 // Weak spot: regions that add up to more (or less) than the source's memory are refused at the
 // handshake, naming the sizes, and the migration keeps waiting for the right VMM -- instead of
 // accepting it and failing as "source unreachable".
 TEST(HostileVmm, RegionsThatAreNotTheSourcesMemoryAreRefusedAtTheHandshake) {
-  auto o = baseOptions();
-  o.memory = "anon";
-  auto run = destinationWaitingForItsVmm(o);
+  auto run = destinationWaitingForItsVmm();
   ASSERT_TRUE(run) << run.error().message();
+  const auto& o = run->options();
   auto vmm = hostileVmm(*run, "wrong-size.log", {"wrong-size", std::to_string(2 * o.size)});
   ASSERT_TRUE(vmm) << vmm.error().message();
   ASSERT_TRUE(vmm->wait(30s).has_value());
   const std::string want = "the VMM's regions add up to " + std::to_string(2 * o.size) +
                            " bytes in pages of 4096, which is not the memory the source serves";
-  EXPECT_TRUE(waitUntil(
-      [&] { return readFile(run->logPath(Side::kDestination)).find(want) != std::string::npos; },
-      10s))
-      << "the log does not say: " << want;
+  EXPECT_TRUE(destinationLogSays(*run, want)) << "the log does not say: " << want;
   EXPECT_EQ(stateOf(*run), "waiting_for_vmm");
-  ASSERT_TRUE(run->startDestinationVm());
-  auto vm = run->waitDestinationVm();
-  ASSERT_TRUE(vm) << vm.error().message();
-  expectVerified(run->report(*vm, 0), o.size);
+  realVmmCompletes(*run, o.size);
 }
 
 // Weak spot: idle connections and one with malformed JSON do not delay the real VMM (each
 // connection is served on its own), and the malformed one is refused without waiting for the
 // handshake timeout.
 TEST(HostileVmm, IdleAndMalformedConnectionsDoNotDelayTheRealVmm) {
-  auto o = baseOptions();
-  o.memory = "anon";
-  o.extra_yaml = "migration:\n  handshake_timeout_ms: 120000\n";
-  auto run = destinationWaitingForItsVmm(o);
+  auto run = destinationWaitingForItsVmm("migration:\n  handshake_timeout_ms: 120000\n");
   ASSERT_TRUE(run) << run.error().message();
+  const auto& o = run->options();
   std::vector<ChildProcess> squatters;
   for (const char* mode : {"idle", "idle", "garbage"}) {
     auto c =
