@@ -4,6 +4,7 @@
 
 #include <sys/stat.h>
 
+#include <filesystem>
 #include <fstream>
 #include <map>
 
@@ -26,6 +27,12 @@ Status makeDirs(const std::string& path, mode_t mode) {
     if (::mkdir(partial.c_str(), mode) != 0 && errno != EEXIST) return failSys("mkdir", partial);
   }
   return {};
+}
+
+std::string canonicalPath(const std::string& path) {
+  std::error_code ec;
+  auto c = std::filesystem::weakly_canonical(path, ec);
+  return ec ? path : c.string();
 }
 
 std::string hostOf(const std::string& address) {
@@ -120,7 +127,8 @@ Status Agent::startPeerListener() {
   Status status;
   runOnLoop(*peer_loop_, [&] {
     auto l = PeerListener::start(
-        *peer_loop_, tls_server_, config_.agent_listen,
+        *peer_loop_, tls_server_,
+        PeerListener::Options{config_.agent_listen, config_.migration.handshake_timeout},
         [this](const std::string& id) -> std::shared_ptr<SourceMigration> {
           return std::dynamic_pointer_cast<SourceMigration>(registry_.find(id));
         },
@@ -272,6 +280,9 @@ std::expected<std::shared_ptr<Migration>, ApiError> Agent::create(const nlohmann
     return std::unexpected(
         ApiError{409, "conflict", "migration '" + id + "' exists with a different request"});
   }
+  if (auto owner = socketOwner(want); !owner.empty()) {
+    return std::unexpected(ApiError{409, "conflict", owner});
+  }
   // A migration that starts without a record would be lost by a restart, and one that
   // cannot checkpoint would start over: take none while the state directory has no room.
   if (auto room = db_->checkRoom(); !room) {
@@ -293,9 +304,41 @@ std::expected<std::shared_ptr<Migration>, ApiError> Agent::create(const nlohmann
     m->shutdown();
     registry_.remove(id);
     created = false;
+    if (ok.error().code == Errc::kAlreadyExists) {
+      return std::unexpected(ApiError{409, "conflict", ok.error().message()});
+    }
     return std::unexpected(ApiError{400, "bad_request", ok.error().message()});
   }
   return m;
+}
+
+std::string Agent::socketOwner(const nlohmann::json& spec) const {
+  auto socketOf = [](const nlohmann::json& s) -> std::pair<std::string, std::string> {
+    if (s.contains("handshake_socket")) return {"handshake_socket", s["handshake_socket"]};
+    const auto& mem = s.value("memory", nlohmann::json::object());
+    if (mem.contains("handover_socket")) {
+      return {"memory.handover_socket", mem["handover_socket"]};
+    }
+    return {};
+  };
+  auto [field, path] = socketOf(spec);
+  if (path.empty()) return {};
+  // Compared after resolving symlinks and "..": two spellings of one path are one socket.
+  auto same = [canonical = canonicalPath(path)](const std::string& other) {
+    return !other.empty() && canonicalPath(other) == canonical;
+  };
+  const std::string what = field + " '" + path + "' is ";
+  const auto& control = config_.control_listen;
+  if (control.rfind("unix:", 0) == 0 && same(control.substr(5))) {
+    return what + "the agent's own control socket";
+  }
+  for (const auto& m : registry_.all()) {
+    if (same(socketOf(m->spec()).second)) {
+      return what + "the socket of migration '" + m->id() + "' (" +
+             std::string(stateName(m->state())) + "); every migration needs its own";
+    }
+  }
+  return {};
 }
 
 Status Agent::reloadCertificates() {

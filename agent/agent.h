@@ -48,6 +48,9 @@ class Agent {
   std::expected<std::shared_ptr<Migration>, ApiError> create(const nlohmann::json& body,
                                                              bool& created);
   nlohmann::json info() const;
+  // Who already listens on the socket a new migration's spec names (the control API, another
+  // live migration), as the message of a 409; empty when nobody does.
+  std::string socketOwner(const nlohmann::json& spec) const;
 
   config::Config config_;
   std::unique_ptr<store::Database> db_;

@@ -14,14 +14,15 @@
 
 #include <cstring>
 
+#include "agent/json_error_pages.h"
 #include "agent/migration_spec.h"
 
 namespace lazymig::agent {
 namespace {
 
 constexpr std::size_t kMaxBody = 1 << 20;
-// libevent answers a body over its own limit with a bare 413 before we see the request; ours
-// is lower, so that a body just over 1 MiB still gets the JSON error of docs/control-api.md.
+// Up to this, a body is read and answered by route() with its exact size; beyond it libevent
+// stops reading and answers itself, with the page json_error_pages.h turns into JSON.
 constexpr std::size_t kTransportMaxBody = 8 * kMaxBody;
 constexpr std::string_view kMigrationsPrefix = "/v1/migrations/";
 
@@ -80,6 +81,12 @@ Result<std::unique_ptr<ControlApi>> ControlApi::start(transport::EventLoop& loop
                                              EVHTTP_REQ_PUT | EVHTTP_REQ_PATCH | EVHTTP_REQ_HEAD |
                                              EVHTTP_REQ_OPTIONS);
   evhttp_set_gencb(api->http_, &ControlApi::onRequest, api.get());
+  // Every connection gets our bufferevent (TLS or plain), whose output is watched for
+  // libevent's own HTML error pages.
+  evhttp_set_bevcb(api->http_, &ControlApi::newBufferevent, api.get());
+  // A body over the limit is read to its end (and dropped) before the 413 goes out: a client
+  // still writing it would otherwise meet a reset and never read the answer.
+  evhttp_set_flags(api->http_, EVHTTP_SERVER_LINGERING_CLOSE);
   if (listen.rfind("unix:", 0) == 0) {
     api->unix_path_ = listen.substr(5);
     // Owner and group only: the control API creates migrations that hand out guest memory.
@@ -98,9 +105,6 @@ Result<std::unique_ptr<ControlApi>> ControlApi::start(transport::EventLoop& loop
     return fail(Errc::kConfig, "listen.control",
                 "'" + listen + "' is neither unix:/path nor host:port");
   }
-  // Every accepted connection gets a TLS session; a client without a certificate from the
-  // control CA fails the handshake and never reaches a handler.
-  if (api->tls_) evhttp_set_bevcb(api->http_, &ControlApi::newTlsBufferevent, api.get());
   std::string host = listen.substr(0, colon);
   if (host.size() > 1 && host.front() == '[') host = host.substr(1, host.size() - 2);
   auto port = static_cast<std::uint16_t>(std::stoul(listen.substr(colon + 1)));
@@ -121,10 +125,17 @@ ControlApi::~ControlApi() {
   if (!unix_path_.empty()) ::unlink(unix_path_.c_str());
 }
 
-bufferevent* ControlApi::newTlsBufferevent(event_base* base, void* arg) {
+bufferevent* ControlApi::newBufferevent(event_base* base, void* arg) {
   auto* api = static_cast<ControlApi*>(arg);
-  return bufferevent_openssl_socket_new(base, -1, api->tls_->newSession(),
-                                        BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+  // With control_tls every TCP connection gets a TLS session; a client without a certificate
+  // from the control CA fails the handshake and never reaches a handler.
+  bufferevent* bev =
+      api->tls_ && api->unix_path_.empty()
+          ? bufferevent_openssl_socket_new(base, -1, api->tls_->newSession(),
+                                           BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE)
+          : bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+  if (bev != nullptr) replaceLibeventErrorPages(bev, kMaxBody);
+  return bev;
 }
 
 void ControlApi::onRequest(evhttp_request* req, void* arg) {

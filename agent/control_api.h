@@ -51,7 +51,7 @@ class ControlApi {
   ControlApi(Registry& registry, Backend backend, std::string token)
       : registry_(registry), backend_(std::move(backend)), bearer_token_(std::move(token)) {}
   static void onRequest(evhttp_request* req, void* arg);
-  static bufferevent* newTlsBufferevent(event_base* base, void* arg);
+  static bufferevent* newBufferevent(event_base* base, void* arg);
   void handle(evhttp_request* req);
   void route(evhttp_request* req, const std::string& path);
   void handleMigration(evhttp_request* req, const std::string& id);

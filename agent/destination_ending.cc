@@ -13,8 +13,12 @@ using transport::ChannelKind;
 
 void DestinationMigration::gaveUp(ChannelKind kind, const Error& why) {
   if (!finishing_.load()) {
-    return failMigration(Error::make(Errc::kTimeout, "source unreachable",
-                                     why.message() + "; " +
+    // A source that answered and refused (wrong size, wrong token...) is not unreachable:
+    // say which it was, so that nobody hunts a network problem that is not there.
+    const bool refused = why.op == "source refused the channel";
+    return failMigration(Error::make(refused ? why.code : Errc::kTimeout,
+                                     refused ? "source refused the migration" : "source unreachable",
+                                     (refused ? why.context : why.message()) + "; " +
                                          std::to_string(pages_->pageCount() - pages_->doneCount()) +
                                          " pages never received"));
   }

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include "agent/loop_sync.h"
+#include "agent/source_probe.h"
 
 namespace lazymig::agent {
 
@@ -44,10 +45,18 @@ Status DestinationMigration::onHandshake(vmm::Handshake handshake, const sys::Pe
     return fail(Errc::kAlreadyExists, "vmm handshake",
                 "migration '" + id() + "' already has a VMM (a second handshake is refused)");
   }
+  if (auto ok = vmm::checkHandedFds(handshake, vmm::Receiver::kDestination); !ok) {
+    handshaken_ = false;
+    return ok;
+  }
   auto choice = choosePopulation(handshake, kernelCapabilities());
   if (!choice) {
     handshaken_ = false;
     return std::unexpected(choice.error());
+  }
+  if (auto ok = checkSourceLayout(handshake); !ok) {
+    handshaken_ = false;
+    return ok;
   }
   kind_ = handshake.kind;
   population_ = std::move(*choice);
@@ -55,9 +64,13 @@ Status DestinationMigration::onHandshake(vmm::Handshake handshake, const sys::Pe
     handshaken_ = false;
     return ok;
   }
+  auto uffd = sys::Uffd::adopt(std::move(handshake.uffd));
+  if (!uffd) {
+    handshaken_ = false;
+    return std::unexpected(uffd.error());
+  }
   vmm_connection_ = std::move(connection);
-  auto ok = adopt(sys::Uffd::adopt(std::move(handshake.uffd)), std::move(handshake.regions),
-                  peer.pid, {});
+  auto ok = adopt(std::move(*uffd), std::move(handshake.regions), peer.pid, {});
   if (!ok) {
     if (!ready_.load()) handshaken_ = false;
     return ok;
@@ -127,6 +140,22 @@ nlohmann::json DestinationMigration::runtime() const {
   return out;
 }
 
+Status DestinationMigration::checkSourceLayout(const vmm::Handshake& handshake) const {
+  // Long enough for a TLS handshake to a source that serves; a source still waiting for its
+  // memory holds the Hello unanswered, and the channels check the layout later.
+  constexpr std::chrono::milliseconds kBound{1000};
+  auto params = channelParams(ChannelKind::kUrgent);
+  params.page_size = static_cast<std::uint32_t>(handshake.page_size);
+  params.memory_bytes = handshake.total_bytes;
+  auto probe = probeSourceLayout(ctx_.tls_client, params, kBound);
+  if (probe.answer != SourceLayoutAnswer::kDiffers) return {};
+  return fail(Errc::kInvalidArgument, "vmm handshake",
+              "the VMM's regions add up to " + std::to_string(handshake.total_bytes) +
+                  " bytes in pages of " + std::to_string(handshake.page_size) +
+                  ", which is not the memory the source serves (" + probe.detail +
+                  "): a different guest, or the wrong snapshot");
+}
+
 SourceChannelParams DestinationMigration::channelParams(ChannelKind kind) const {
   const auto& m = ctx_.config.migration;
   SourceChannelParams p;
@@ -135,8 +164,10 @@ SourceChannelParams DestinationMigration::channelParams(ChannelKind kind) const 
   p.source_address = spec_.source_address;
   p.expected_peer = spec_.peer_identity;
   p.kind = kind;
-  p.page_size = static_cast<std::uint32_t>(layout_->pageSize());
-  p.memory_bytes = layout_->totalBytes().value;
+  if (ready_.load(std::memory_order_acquire)) {
+    p.page_size = static_cast<std::uint32_t>(layout_->pageSize());
+    p.memory_bytes = layout_->totalBytes().value;
+  }
   p.initial_backoff = m.reconnect.initial_backoff;
   p.max_backoff = m.reconnect.max_backoff;
   p.give_up_after =

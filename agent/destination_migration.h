@@ -62,6 +62,8 @@ class DestinationMigration final : public Migration {
   // After a restart in `completing`: every page was installed, so neither the VMM nor its
   // uffd is needed any more; only the source has to hear it.
   Status resumeEnding(const nlohmann::json& runtime);
+  // Refuses a handshake whose regions do not add up to the memory the source serves.
+  Status checkSourceLayout(const vmm::Handshake& handshake) const;
   Status startServing();
   SourceChannelParams channelParams(transport::ChannelKind kind) const;
   std::unique_ptr<SourceChannel> makeUrgentChannel();  // urgent loop

@@ -87,7 +87,9 @@ Status DestinationMigration::resume(const nlohmann::json& runtime) {
   auto bitmap = recoverDoneBitmap(pid, *layout);
   if (!bitmap) return std::unexpected(bitmap.error());
   handshaken_ = true;
-  auto ok = adopt(sys::Uffd::adopt(std::move(*fd)), std::move(*regions), pid, std::move(*bitmap));
+  auto uffd = sys::Uffd::adopt(std::move(*fd));
+  if (!uffd) return std::unexpected(uffd.error());
+  auto ok = adopt(std::move(*uffd), std::move(*regions), pid, std::move(*bitmap));
   if (!ok) return ok;
   // Faults the dead agent read were never answered: their vCPUs sleep until woken. Wake
   // every region; a vCPU whose page is still missing faults again, and this agent hears it.

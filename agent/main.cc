@@ -1,9 +1,11 @@
 // lazymig-agent: the per-host daemon. `lazymig-agent --config /etc/lazymig/lazymig.yaml`
 #include <signal.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 
@@ -15,6 +17,9 @@
 #include "config/config.h"
 
 namespace {
+
+// How long an orderly stop may take after SIGTERM (Kubernetes sends SIGKILL after 30 s).
+constexpr std::chrono::seconds kStopDeadline{20};
 
 int run(const std::string& config_path, const std::string& log_level, bool check_only) {
   auto cfg = lazymig::config::loadConfig(config_path);
@@ -51,6 +56,22 @@ int run(const std::string& config_path, const std::string& log_level, bool check
     lazymig::log::root().info("signal received, stopping", {{"signal", strsignal(sig)}});
     break;
   }
+  // SIGTERM must end the process whatever a migration's threads are doing: stop() joins them,
+  // and a thread stuck in the kernel would keep the agent alive forever. Every record is
+  // already durable (RocksDB's log), so an agent cut short here loses nothing that a restart
+  // does not recover. A second SIGTERM or SIGINT cuts it short at once.
+  std::thread([set] {
+    for (;;) {
+      timespec deadline{kStopDeadline.count(), 0};
+      int again = sigtimedwait(&set, nullptr, &deadline);
+      if (again == SIGHUP) continue;
+      lazymig::log::root().error(
+          "the agent did not stop in time; exiting without an orderly stop",
+          {{"deadline_s", static_cast<std::int64_t>(kStopDeadline.count())},
+           {"cause", again > 0 ? std::string(strsignal(again)) : std::string("deadline")}});
+      std::_Exit(1);
+    }
+  }).detach();
   (*agent)->stop();
   lazymig::log::root().info("agent stopped");
   // Everything that needs an orderly end (migrations, loops, RocksDB) ended in stop(); the

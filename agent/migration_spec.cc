@@ -1,6 +1,7 @@
 #include "agent/migration_spec.h"
 
 #include <cctype>
+#include <fstream>
 
 namespace lazymig::agent {
 namespace {
@@ -44,6 +45,38 @@ Status checkAbsolutePath(const std::string& field, const std::string& path) {
     return std::unexpected(bad(field, "must be an absolute path"));
   }
   return {};
+}
+
+// host:port with a port from 1 to 65535 ("[::1]:7000" for IPv6): anything else would be
+// truncated to 16 bits or refused only when the first connection is tried.
+Status checkHostPort(const std::string& field, const std::string& address) {
+  auto colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return std::unexpected(bad(field, "must be host:port, got '" + address + "'"));
+  }
+  const std::string port = address.substr(colon + 1);
+  if (port.empty() || port.size() > 5 ||
+      port.find_first_not_of("0123456789") != std::string::npos || std::stoul(port) < 1 ||
+      std::stoul(port) > 65535) {
+    return std::unexpected(bad(field, "port must be 1..65535, got '" + port + "'"));
+  }
+  return {};
+}
+
+// The kernel's pid range: 1 to /proc/sys/kernel/pid_max (at most 2^22). A larger JSON number
+// must not wrap into pid_t: 2^32 + a process's pid would let that process pass the pid check.
+Result<pid_t> pidField(const std::string& field, const json& value) {
+  long long max = 4194304;  // PID_MAX_LIMIT on 64-bit kernels
+  if (std::ifstream in("/proc/sys/kernel/pid_max"); in) in >> max;
+  const std::string range = "must be a process id from 1 to " + std::to_string(max - 1);
+  if (!value.is_number_integer()) return std::unexpected(bad(field, range));
+  const bool in_range = value.is_number_unsigned()
+                            ? value.get<std::uint64_t>() - 1 < static_cast<std::uint64_t>(max - 1)
+                            : value.get<long long>() > 0 && value.get<long long>() < max;
+  if (!in_range) {
+    return std::unexpected(bad(field, range + ", got " + value.dump()));
+  }
+  return static_cast<pid_t>(value.get<long long>());
 }
 
 Result<SourceSpec> parseSource(const json& body, SourceSpec spec) {
@@ -91,9 +124,7 @@ Result<DestinationSpec> parseDestination(const json& body, DestinationSpec spec,
                                          const std::string& handshake_dir) {
   auto addr = requiredString(body, "source_address");
   if (!addr) return std::unexpected(addr.error());
-  if (addr->rfind(':') == std::string::npos) {
-    return std::unexpected(bad("source_address", "must be host:port"));
-  }
+  if (auto ok = checkHostPort("source_address", *addr); !ok) return std::unexpected(ok.error());
   spec.source_address = *addr;
   auto sock = optionalString(body, "handshake_socket");
   if (!sock) return std::unexpected(sock.error());
@@ -102,10 +133,9 @@ Result<DestinationSpec> parseDestination(const json& body, DestinationSpec spec,
     return std::unexpected(ok.error());
   }
   if (auto it = body.find("vmm_pid"); it != body.end() && !it->is_null()) {
-    if (!it->is_number_integer() || it->get<long long>() <= 0) {
-      return std::unexpected(bad("vmm_pid", "must be a positive integer"));
-    }
-    spec.vmm_pid = static_cast<pid_t>(it->get<long long>());
+    auto pid = pidField("vmm_pid", *it);
+    if (!pid) return std::unexpected(pid.error());
+    spec.vmm_pid = *pid;
   }
   return spec;
 }

@@ -6,13 +6,12 @@
 namespace lazymig::agent {
 
 Result<std::unique_ptr<PeerListener>> PeerListener::start(
-    transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
-    const std::string& address, FindSource find, FindFinished find_finished,
-    metrics::AgentMetrics* metrics) {
+    transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls, Options options,
+    FindSource find, FindFinished finished, metrics::AgentMetrics* metrics) {
   std::unique_ptr<PeerListener> out(
-      new PeerListener(loop, std::move(find), std::move(find_finished), metrics));
+      new PeerListener(loop, std::move(options), std::move(find), std::move(finished), metrics));
   transport::Server::Options opts;
-  opts.address = address;
+  opts.address = out->options_.address;
   opts.on_connection = [l = out.get()](std::unique_ptr<transport::Connection> c) {
     l->accepted(std::move(c));
   };
@@ -28,9 +27,18 @@ Result<std::unique_ptr<PeerListener>> PeerListener::start(
 }
 
 void PeerListener::stop() {
-  for (auto& [ptr, conn] : pending_) conn->close();
+  for (auto& [ptr, p] : pending_) {
+    p.hello_timer.cancel();
+    p.conn->close();
+  }
   pending_.clear();
   server_.reset();
+}
+
+void PeerListener::forget(transport::Connection* conn) {
+  auto it = pending_.find(conn);
+  if (it == pending_.end()) return;
+  pending_.erase(it);  // its Timer cancels the Hello wait
 }
 
 void PeerListener::accepted(std::unique_ptr<transport::Connection> conn) {
@@ -38,10 +46,19 @@ void PeerListener::accepted(std::unique_ptr<transport::Connection> conn) {
   conn->setHandlers({
       .on_frame = [this, raw](const transport::FrameHeader& h,
                               std::span<const std::byte> p) { onFirstFrame(raw, h, p); },
-      .on_closed = [this, raw](const Error&) { pending_.erase(raw); },
+      .on_closed = [this, raw](const Error&) { forget(raw); },
       .on_drained = nullptr,
   });
-  pending_.emplace(raw, std::move(conn));
+  // The timer is cancelled whenever the connection leaves pending_, so `raw` is still ours
+  // when it fires.
+  auto timer = loop_.schedule(options_.hello_timeout, [this, raw] {
+    auto it = pending_.find(raw);
+    if (it == pending_.end()) return;
+    refuse(raw, static_cast<std::uint16_t>(PeerErrorCode::kBadRequest),
+           "no Hello within " + std::to_string(options_.hello_timeout.count()) + " ms",
+           "hello_timeout");
+  });
+  pending_.emplace(raw, Pending{std::move(conn), std::move(timer)});
 }
 
 void PeerListener::refuse(transport::Connection* conn, std::uint16_t code,
@@ -53,11 +70,14 @@ void PeerListener::refuse(transport::Connection* conn, std::uint16_t code,
   if (metrics_) metrics_->addRefusal(reason);
   conn->sendEncoded(transport::encodeError({code, message}));
   conn->close();
-  loop_.post([this, conn] { pending_.erase(conn); });
+  loop_.post([this, conn] { forget(conn); });
 }
 
 void PeerListener::onFirstFrame(transport::Connection* conn, const transport::FrameHeader& h,
                                 std::span<const std::byte> payload) {
+  if (auto it = pending_.find(conn); it != pending_.end()) {
+    it->second.hello_timer.cancel();  // it spoke in time, whatever it said
+  }
   if (h.type != transport::FrameType::kHello) {
     return refuse(conn, static_cast<std::uint16_t>(PeerErrorCode::kBadRequest),
                   "the first frame must be Hello", "protocol");
@@ -68,15 +88,18 @@ void PeerListener::onFirstFrame(transport::Connection* conn, const transport::Fr
                   hello.error().message(), "protocol");
   }
   auto migration = find_(hello->migration_id);
-  if (!migration) {
-    if (auto finished = find_finished_(hello->migration_id)) {
-      // Its destination asks for the outcome it missed (the ending handshake).
+  if (!migration && finished_) {
+    if (auto finished = finished_(hello->migration_id)) {
+      // Final, not "not yet": its destination learns the outcome it may have missed (the
+      // ending handshake: CompleteAck for a completed one), anyone else is not authorised.
       auto refused = answerFinishedSource(*conn, *hello, *finished,
                                           log_.with({{"migration", hello->migration_id}}));
       if (refused && metrics_) metrics_->addRefusal(*refused);
-      loop_.post([this, conn] { pending_.erase(conn); });
+      loop_.post([this, conn] { forget(conn); });
       return;
     }
+  }
+  if (!migration) {
     // Retryable on purpose: the orchestrator may create the destination first. A peer with
     // a fleet certificate learns only whether the id exists; nothing more without the token.
     return refuse(conn, static_cast<std::uint16_t>(PeerErrorCode::kUnknownMigration),
@@ -87,8 +110,8 @@ void PeerListener::onFirstFrame(transport::Connection* conn, const transport::Fr
   loop_.post([this, conn, migration, h = *hello] {
     auto it = pending_.find(conn);
     if (it == pending_.end()) return;
-    auto owned = std::move(it->second);
-    pending_.erase(it);
+    auto owned = std::move(it->second.conn);
+    forget(conn);
     if (auto refused = migration->attach(std::move(owned), h)) {
       if (metrics_) metrics_->addRefusal(*refused);
     }

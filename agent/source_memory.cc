@@ -3,6 +3,7 @@
 #include <fcntl.h>
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <cstring>
 
@@ -13,8 +14,17 @@ namespace lazymig::agent {
 
 Result<std::unique_ptr<SourceMemory>> SourceMemory::fromSnapshotFile(const std::string& path,
                                                                      std::uint64_t page_size) {
-  auto fd = sys::openFile(path, O_RDONLY);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, on the control
+  // API's thread. Only a regular file is a memory snapshot.
+  auto fd = sys::openFile(path, O_RDONLY | O_NONBLOCK);
   if (!fd) return std::unexpected(fd.error());
+  struct stat st {};
+  if (::fstat(fd->get(), &st) != 0) return failSys("fstat", path);
+  if (!S_ISREG(st.st_mode)) {
+    return fail(Errc::kInvalidArgument, "snapshot memory file",
+                path + " is not a regular file (it is " + fd->describe() +
+                    (S_ISFIFO(st.st_mode) ? ", a FIFO" : "") + ")");
+  }
   auto size = sys::fileSize(fd->get());
   if (!size) return std::unexpected(size.error());
   if (size->value == 0 || size->value % page_size != 0) {

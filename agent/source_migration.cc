@@ -51,6 +51,7 @@ Status SourceMigration::listenForHandover() {
           return fail(Errc::kAlreadyExists, "memory handover",
                       "migration '" + id() + "' already has its memory");
         }
+        if (auto ok = vmm::checkHandedFds(h, vmm::Receiver::kSource); !ok) return ok;
         struct stat st {};
         if (h.uffd.valid()) ::fstat(h.uffd.get(), &st);
         nlohmann::json regions =

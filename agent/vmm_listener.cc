@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <iterator>
 
 namespace lazymig::agent {
 
@@ -59,8 +60,16 @@ VmmListener::~VmmListener() { stop(); }
 
 void VmmListener::stop() {
   if (!thread_.joinable()) return;
+  // The event stays readable: the acceptor and every worker still reading a handshake see it.
+  stopping_ = true;
   stop_.signal();
   thread_.join();
+  std::list<Worker> workers;
+  {
+    std::lock_guard lock(workers_mu_);
+    workers.swap(workers_);
+  }
+  for (auto& w : workers) w.thread.join();
   ::unlink(path_.c_str());
 }
 
@@ -76,20 +85,57 @@ void VmmListener::run() {
       log_.warn("accept on VMM socket failed", {{"error", conn.error().message()}});
       continue;
     }
-    serve(std::move(*conn));
+    dispatch(std::move(*conn));
   }
 }
 
+void VmmListener::dispatch(sys::UnixSocket conn) {
+  reapFinished();
+  std::lock_guard lock(workers_mu_);
+  if (workers_.size() >= kMaxConnections) {
+    refuse("busy", Error::make(Errc::kState, "vmm handshake",
+                               std::to_string(kMaxConnections) +
+                                   " connections are already being served on " + path_));
+    return;
+  }
+  auto& w = workers_.emplace_back();
+  // A list node does not move, not even when stop() splices it away.
+  w.thread = std::thread([this, &w, c = std::move(conn)]() mutable {
+    serve(std::move(c));
+    std::lock_guard done(workers_mu_);
+    w.done = true;
+  });
+}
+
+void VmmListener::reapFinished() {
+  std::list<Worker> finished;
+  {
+    std::lock_guard lock(workers_mu_);
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      auto next = std::next(it);
+      if (it->done) finished.splice(finished.end(), workers_, it);
+      it = next;
+    }
+  }
+  for (auto& w : finished) w.thread.join();
+}
+
+void VmmListener::refuse(const std::string& reason, const Error& e) {
+  log_.warn("VMM handover refused", {{"reason", reason}, {"error", e.message()}});
+  if (on_refused_) on_refused_(reason, e);
+}
+
 void VmmListener::serve(sys::UnixSocket conn) {
-  auto refuse = [&](const std::string& reason, const Error& e) {
-    log_.warn("VMM handover refused", {{"reason", reason}, {"error", e.message()}});
-    if (on_refused_) on_refused_(reason, e);
-  };
   auto cred = conn.peerCredentials();
   if (!cred) return refuse("credentials", cred.error());
   if (auto ok = checkCredentials(policy_, *cred); !ok) return refuse("credentials", ok.error());
-  auto handshake = vmm::receiveHandshake(conn, timeout_);
-  if (!handshake) return refuse("malformed", handshake.error());
+  auto handshake = vmm::receiveHandshake(conn, timeout_, {}, stop_.pollFd());
+  if (!handshake) {
+    if (stopping_) return;  // cut short by stop(): not the client's fault
+    return refuse("malformed", handshake.error());
+  }
+  std::lock_guard one_at_a_time(handshake_mu_);
+  if (stopping_) return;  // a stopping migration must not take a VMM it cannot serve
   auto accepted = on_handshake_(std::move(*handshake), *cred, std::move(conn));
   if (!accepted) return refuse("rejected", accepted.error());
 }

@@ -1,13 +1,18 @@
 // The UNIX socket a VMM connects to and hands over guest memory on: the destination's
-// Firecracker uffd handshake, or the source's memory handover. One thread per socket:
-// accepting is rare, and a slow or hostile VMM must not stall any event loop.
+// Firecracker uffd handshake, or the source's memory handover. One thread accepts, and each
+// connection gets its own short-lived thread: accepting is rare, a handshake is bounded by
+// its timeout, and a slow or hostile client (an idle connection, malformed JSON) must delay
+// neither the real VMM nor any event loop.
 #pragma once
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
+#include <list>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -33,10 +38,14 @@ Status checkCredentials(const CredentialPolicy& policy, const sys::PeerCredentia
 class VmmListener {
  public:
   // Returns an error to refuse the handover (the connection is closed, the listener keeps
-  // listening); on success it keeps `connection` open for as long as it needs.
+  // listening); on success it keeps `connection` open for as long as it needs. Never called
+  // for two connections at once.
   using OnHandshake = std::function<Status(
       vmm::Handshake handshake, const sys::PeerCredentials& peer, sys::UnixSocket connection)>;
   using OnRefused = std::function<void(const std::string& reason, const Error& error)>;
+
+  // At most this many connections are served at once; more are refused at once ("busy").
+  static constexpr std::size_t kMaxConnections = 8;
 
   static Result<std::unique_ptr<VmmListener>> start(const std::string& path, unsigned mode,
                                                     std::chrono::milliseconds timeout,
@@ -48,11 +57,20 @@ class VmmListener {
   const std::string& path() const { return path_; }
 
  private:
+  // The thread serving one accepted connection.
+  struct Worker {
+    std::thread thread;
+    bool done = false;  // guarded by workers_mu_
+  };
+
   VmmListener(std::string path, sys::UnixSocket socket, sys::EventFd stop,
               std::chrono::milliseconds timeout, CredentialPolicy policy, OnHandshake on_handshake,
               OnRefused on_refused, log::Logger logger);
   void run();
+  void dispatch(sys::UnixSocket conn);
+  void reapFinished();
   void serve(sys::UnixSocket conn);
+  void refuse(const std::string& reason, const Error& e);
 
   std::string path_;
   sys::UnixSocket socket_;
@@ -63,6 +81,10 @@ class VmmListener {
   OnRefused on_refused_;
   log::Logger log_;
   std::thread thread_;
+  std::mutex workers_mu_;
+  std::list<Worker> workers_;
+  std::mutex handshake_mu_;  // one on_handshake_ at a time
+  std::atomic<bool> stopping_{false};
 };
 
 }  // namespace lazymig::agent

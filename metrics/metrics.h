@@ -38,8 +38,9 @@ inline constexpr std::string_view kRefusalReasons[] = {
     "tls_handshake", "no_certificate", "bad_certificate", "plaintext", "other",
     // the peer protocol and the migration's checks of a Hello (agent/)
     "protocol", "unknown_migration", "identity", "token", "state", "not_ready", "layout", "flood",
+    "hello_timeout",
     // VMM handshakes and memory handovers (agent/vmm_listener.cc)
-    "handshake_credentials", "handshake_malformed", "handshake_rejected",
+    "handshake_credentials", "handshake_malformed", "handshake_rejected", "handshake_busy",
     // guest_memfd FaultRequests the agent could not serve (agent/destination_migration.cc)
     "fault_request"};
 inline constexpr std::string_view kMigrationStates[] = {

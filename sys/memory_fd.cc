@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -66,6 +67,20 @@ Result<HugePagePool> defaultHugePagePool() {
                 "no HugePages_Total/HugePages_Free/Hugepagesize: this kernel has no hugetlbfs");
   }
   return HugePagePool{*total, *free, Bytes{*size_kib * 1024}};
+}
+
+bool isGuestMemfd(const UniqueFd& fd) { return fd.describe() == "anon_inode:[kvm-gmem]"; }
+
+bool isSharedMemory(const UniqueFd& fd) {
+  if (isGuestMemfd(fd)) return true;
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  constexpr long kTmpfsMagic = 0x01021994;  // memfds live on the kernel's internal tmpfs
+  constexpr long kHugetlbfsMagic = 0x958458f6;
+  struct statfs fs {};
+  if (::fstatfs(fd.get(), &fs) != 0) return false;
+  const auto type = static_cast<long>(fs.f_type);
+  return type == kTmpfsMagic || type == kHugetlbfsMagic;
 }
 
 Result<Bytes> fileSize(int fd) {

@@ -28,6 +28,11 @@ struct HugePagePool {
 Result<HugePagePool> defaultHugePagePool();
 
 Result<Bytes> fileSize(int fd);
+// Whether `fd` is memory a handler can share with a VMM: a file on tmpfs (a memfd, /dev/shm)
+// or hugetlbfs, or a guest_memfd. Anything else (a pipe, /dev/null, a file on disk) cannot
+// back guest memory that minor faults or KVM userfault fill.
+bool isSharedMemory(const UniqueFd& fd);
+bool isGuestMemfd(const UniqueFd& fd);
 Result<UniqueFd> openFile(const std::string& path, int flags, unsigned mode = 0600);
 // pidfd_open(2) and pidfd_getfd(2): take a copy of descriptor `target_fd` of process `pid`.
 Result<UniqueFd> pidfdOpen(pid_t pid);

@@ -56,6 +56,24 @@ Result<Uffd> Uffd::open(std::uint64_t features) {
   return Uffd(std::move(*fd));
 }
 
+bool Uffd::isUserfaultfd(const UniqueFd& fd) { return fd.describe() == "anon_inode:[userfaultfd]"; }
+
+Result<Uffd> Uffd::adopt(UniqueFd fd) {
+  if (!isUserfaultfd(fd)) {
+    return fail(
+        Errc::kInvalidArgument, "uffd",
+        "fd " + std::to_string(fd.get()) + " is not a userfaultfd (it is " + fd.describe() + ")");
+  }
+  // O_NONBLOCK lives on the open file description the VMM shares with us; the VMM never
+  // reads its uffd (the handler does), so setting it changes nothing for the VMM.
+  int flags = ::fcntl(fd.get(), F_GETFL);
+  if (flags < 0) return failSys("fcntl", "F_GETFL on the uffd");
+  if (!(flags & O_NONBLOCK) && ::fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
+    return failSys("fcntl", "F_SETFL O_NONBLOCK on the uffd");
+  }
+  return Uffd(std::move(fd));
+}
+
 Result<std::uint64_t> Uffd::registerRange(HostAddr start, Bytes len, RegisterMode mode) const {
   uffdio_register reg{};
   reg.range.start = start.value;

@@ -42,8 +42,14 @@ class Uffd {
   // Open a new uffd (non-blocking, close-on-exec) and negotiate `features` with UFFDIO_API.
   // Tries /dev/userfaultfd first, then the userfaultfd(2) system call.
   static Result<Uffd> open(std::uint64_t features);
-  // Take a uffd another process created and negotiated (a VMM's, received over SCM_RIGHTS).
-  static Uffd adopt(UniqueFd fd) { return Uffd(std::move(fd)); }
+  // Take a uffd another process created and negotiated (a VMM's, received over SCM_RIGHTS,
+  // or taken back from it after a restart). Refuses a descriptor that is not a userfaultfd,
+  // naming what it is, and makes it non-blocking: a VMM may create it blocking (legal, and
+  // some of Firecracker's own examples do), and a blocking read on an empty queue would put
+  // the fault thread to sleep in the kernel with the events lock held.
+  static Result<Uffd> adopt(UniqueFd fd);
+  // Whether `fd` is a userfaultfd, from the anonymous inode the kernel gave it.
+  static bool isUserfaultfd(const UniqueFd& fd);
 
   // Returns the bitmask of ioctls the kernel offers on the range (1 << _UFFDIO_COPY, ...).
   Result<std::uint64_t> registerRange(HostAddr start, Bytes len, RegisterMode mode) const;

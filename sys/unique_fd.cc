@@ -34,4 +34,13 @@ Result<UniqueFd> UniqueFd::duplicate() const {
   return UniqueFd(fd);
 }
 
+std::string UniqueFd::describe() const {
+  if (fd_ < 0) return "no descriptor";
+  char target[256];
+  std::string link = "/proc/self/fd/" + std::to_string(fd_);
+  ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+  if (n < 0) return "unknown (" + link + " unreadable)";
+  return std::string(target, static_cast<std::size_t>(n));
+}
+
 }  // namespace lazymig::sys

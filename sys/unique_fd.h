@@ -1,6 +1,8 @@
 // The owner of one file descriptor. Nothing else in lazymig calls close(2).
 #pragma once
 
+#include <string>
+
 #include "base/error.h"
 
 namespace lazymig::sys {
@@ -23,6 +25,9 @@ class UniqueFd {
   // Give up ownership; the caller now must close it. Named loudly on purpose.
   [[nodiscard]] int releaseOwnership();
   Result<UniqueFd> duplicate() const;
+  // What the descriptor refers to, as /proc/self/fd names it ("/dev/null", "pipe:[123]",
+  // "anon_inode:[userfaultfd]"): for errors that must say what a peer handed over.
+  std::string describe() const;
 
  private:
   int fd_ = -1;

@@ -32,7 +32,17 @@ Result<UnixSocket> UnixSocket::listen(const std::string& path, unsigned mode, in
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return failSys("socket", "AF_UNIX for " + path);
   struct stat st {};
-  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    // Only a stale socket (its listener gone: ECONNREFUSED) is replaced. Unlinking a live
+    // one would silently steal every later connection from whoever listens there -- another
+    // migration's VMM, or the agent's own control API.
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (probe && ::connect(probe.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) == 0) {
+      return fail(Errc::kAlreadyExists, "listen",
+                  "'" + path + "': another process is listening on this socket");
+    }
+    ::unlink(path.c_str());
+  }
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) != 0) {
     return failSys("bind", path);
   }
@@ -116,13 +126,16 @@ Result<ReceivedMessage> UnixSocket::receiveWithFds(std::size_t max_bytes,
   return out;
 }
 
-Status UnixSocket::waitReadable(std::chrono::milliseconds timeout) const {
-  pollfd p{fd_.get(), POLLIN, 0};
+Status UnixSocket::waitReadable(std::chrono::milliseconds timeout, int cancel_fd) const {
+  pollfd p[2] = {{fd_.get(), POLLIN, 0}, {cancel_fd, POLLIN, 0}};
   int r;
   do {
-    r = ::poll(&p, 1, static_cast<int>(timeout.count()));
+    r = ::poll(p, cancel_fd >= 0 ? 2 : 1, static_cast<int>(timeout.count()));
   } while (r < 0 && errno == EINTR);
   if (r < 0) return failSys("poll");
+  if (cancel_fd >= 0 && (p[1].revents & POLLIN)) {
+    return fail(Errc::kClosed, "unix socket", "wait cancelled: the listener is stopping");
+  }
   if (r == 0)
     return fail(Errc::kTimeout, "unix socket",
                 "nothing to read within " + std::to_string(timeout.count()) + " ms");

@@ -29,7 +29,8 @@ class UnixSocket {
   UnixSocket() = default;
   explicit UnixSocket(UniqueFd fd) : fd_(std::move(fd)) {}
 
-  // Binds and listens at `path` (a stale socket file is replaced) and chmods it to `mode`.
+  // Binds and listens at `path` and chmods it to `mode`. A stale socket file is replaced; one
+  // that somebody still listens on is not (kAlreadyExists).
   static Result<UnixSocket> listen(const std::string& path, unsigned mode, int backlog = 16);
   static Result<UnixSocket> connect(const std::string& path);
   Result<UnixSocket> accept() const;  // blocking unless the socket is non-blocking
@@ -38,8 +39,9 @@ class UnixSocket {
   // One recvmsg: at most max_bytes of data and max_fds descriptors. Truncated control data
   // (more fds than expected) is an error and the extra descriptors are closed by the kernel.
   Result<ReceivedMessage> receiveWithFds(std::size_t max_bytes, std::size_t max_fds) const;
-  // Waits until readable or the timeout passes (kTimeout).
-  Status waitReadable(std::chrono::milliseconds timeout) const;
+  // Waits until readable or the timeout passes (kTimeout). A readable `cancel_fd` (an
+  // eventfd a stopping owner signals) ends the wait early with kClosed.
+  Status waitReadable(std::chrono::milliseconds timeout, int cancel_fd = -1) const;
   Status sendAll(std::string_view data) const;
   // Returns what one read(2) gave; empty on orderly close.
   Result<std::string> receiveSome(std::size_t max_bytes) const;

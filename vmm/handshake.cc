@@ -5,6 +5,8 @@
 #include <nlohmann/json.hpp>
 
 #include "base/strict_json.h"
+#include "sys/memory_fd.h"
+#include "sys/uffd.h"
 
 namespace lazymig::vmm {
 namespace {
@@ -39,6 +41,37 @@ Result<std::uint64_t> requiredU64(const json& obj, std::size_t region, const cha
 }
 
 bool isPowerOfTwo(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+// Where a JSON text stops being valid: 0 when it is complete, text.size() + 1 when it is only
+// cut short (more bytes may complete it), else the 1-based byte where it went wrong.
+class JsonErrorPosition final : public nlohmann::json_sax<json> {
+ public:
+  static std::size_t of(std::string_view text) {
+    JsonErrorPosition probe;
+    json::sax_parse(text, &probe);
+    return probe.position_;
+  }
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return true; }
+  bool key(string_t&) override { return true; }
+  bool end_object() override { return true; }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t position, const std::string&,
+                   const nlohmann::detail::exception&) override {
+    position_ = position;
+    return false;
+  }
+
+ private:
+  std::size_t position_ = 0;
+};
 
 }  // namespace
 
@@ -150,14 +183,15 @@ std::string encodeMappings(const std::vector<GuestRegionMapping>& regions) {
 }
 
 Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::milliseconds timeout,
-                                   const ParseLimits& limits) {
+                                   const ParseLimits& limits, int cancel_fd) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   auto remaining = [&] {
     return std::max(std::chrono::milliseconds(1),
                     std::chrono::duration_cast<std::chrono::milliseconds>(
                         deadline - std::chrono::steady_clock::now()));
   };
-  if (auto ok = socket.waitReadable(remaining()); !ok) return std::unexpected(ok.error());
+  if (auto ok = socket.waitReadable(remaining(), cancel_fd); !ok)
+    return std::unexpected(ok.error());
   auto msg = socket.receiveWithFds(64 * 1024, 3);
   if (!msg) return std::unexpected(msg.error());
   if (msg->data.empty() && msg->fds.empty()) {
@@ -177,11 +211,16 @@ Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::m
         "userfault bitmap), got " +
         std::to_string(nfds));
   }
-  // A long region list may arrive in several reads; only the first carries the fds.
+  // A long region list may arrive in several reads; only the first carries the fds. Text that
+  // no later bytes can repair is refused at once, not at the timeout.
   std::string text = std::move(msg->data);
-  while (json::parse(text, nullptr, false).is_discarded()) {
+  for (std::size_t at; (at = JsonErrorPosition::of(text)) != 0;) {
+    if (at <= text.size()) {
+      return bad("the mappings are not valid JSON (byte " + std::to_string(at) + " of " +
+                 std::to_string(text.size()) + ")");
+    }
     if (text.size() >= 64 * 1024) return bad("the mappings exceed 64 KiB");
-    if (auto ok = socket.waitReadable(remaining()); !ok) {
+    if (auto ok = socket.waitReadable(remaining(), cancel_fd); !ok) {
       return bad("incomplete mappings JSON: " + ok.error().message());
     }
     auto more = socket.receiveSome(64 * 1024 - text.size());
@@ -198,6 +237,31 @@ Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::m
   if (nfds >= 2) h.guest_memfd = std::move(msg->fds[1]);
   if (nfds == 3) h.userfault_bitmap = std::move(msg->fds[2]);
   return h;
+}
+
+Status checkHandedFds(const Handshake& h, Receiver receiver) {
+  auto refuse = [](int place, const sys::UniqueFd& fd, const std::string& should_be) {
+    return bad("fd " + std::to_string(place) + " is not " + should_be + " (it is " + fd.describe() +
+               ")");
+  };
+  if (receiver == Receiver::kSource) {
+    if (!sys::isSharedMemory(h.uffd)) {
+      return refuse(0, h.uffd, "guest memory (a memfd, a hugetlbfs file or a guest_memfd)");
+    }
+    return {};
+  }
+  if (!sys::Uffd::isUserfaultfd(h.uffd)) return refuse(0, h.uffd, "a userfaultfd");
+  if (h.guest_memfd.valid() && !sys::isSharedMemory(h.guest_memfd)) {
+    return refuse(1, h.guest_memfd,
+                  h.kind == HandshakeKind::kGuestMemfd
+                      ? "a guest_memfd (or a memfd standing in for one)"
+                      : "shared guest memory (a memfd or a hugetlbfs file)");
+  }
+  if (h.userfault_bitmap.valid() &&
+      (!sys::isSharedMemory(h.userfault_bitmap) || sys::isGuestMemfd(h.userfault_bitmap))) {
+    return refuse(2, h.userfault_bitmap, "a userfault bitmap memfd");
+  }
+  return {};
 }
 
 std::string_view handshakeKindName(HandshakeKind kind) {

@@ -63,9 +63,19 @@ Result<std::vector<GuestRegionMapping>> parseMappings(std::string_view json,
 std::string encodeMappings(const std::vector<GuestRegionMapping>& regions);
 
 // Receives one handshake message (JSON + 1, 2 or 3 fds) from an accepted connection, waiting at
-// most `timeout`. The fd count selects the kind; any other count is an error.
+// most `timeout`, or until `cancel_fd` (an eventfd) is signalled. The fd count selects the
+// kind; any other count is an error.
 Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::milliseconds timeout,
-                                   const ParseLimits& limits = {});
+                                   const ParseLimits& limits = {}, int cancel_fd = -1);
+// Who receives a handshake: the destination (uffd, then the shared memory or guest_memfd,
+// then the userfault bitmap) or the source (the paused guest's memory alone).
+enum class Receiver { kDestination, kSource };
+// Checks that every handed-over fd is what its place in the message says, before anything
+// uses it: a pipe or /dev/null where the uffd should be would otherwise fail the migration at
+// its first ioctl, after the VMM can no longer hand over. Errors name the fd's place in the
+// message and what it really is ("fd 0 is not a userfaultfd (it is /dev/null)").
+Status checkHandedFds(const Handshake& handshake, Receiver receiver);
+
 Status sendHandshake(const sys::UnixSocket& socket, const std::vector<GuestRegionMapping>& regions,
                      std::span<const int> fds);
 

@@ -1,6 +1,7 @@
 #include "agent/migration_spec.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 namespace lazymig::agent {
 
@@ -21,6 +22,11 @@ json destination() {
           {"token", kToken},
           {"peer_identity", "spiffe://x/src"},
           {"source_address", "127.0.0.1:7443"}};
+}
+
+json withField(json body, const std::string& key, json value) {
+  body[key] = std::move(value);
+  return body;
 }
 
 std::string errorOf(const json& body) {
@@ -75,6 +81,28 @@ TEST(MigrationSpec, EachBadFieldIsNamed) {
     auto msg = errorOf(c.body);
     EXPECT_NE(msg.find(c.field), std::string::npos) << c.body.dump() << " -> " << msg;
   }
+}
+
+// Numbers that do not fit their field are refused naming it, never truncated: vmm_pid = 2^32 +
+// a live pid must not become that pid, and port 99999 must not become 34463.
+TEST(MigrationSpec, OutOfRangeNumbersAreRefusedNotTruncated) {
+  const std::uint64_t own = static_cast<std::uint64_t>(::getpid());
+  for (json pid : {json(std::uint64_t{1} << 40), json((std::uint64_t{1} << 32) + own), json(0),
+                   json(-1), json(std::int64_t{-4294967296LL} + static_cast<std::int64_t>(own)),
+                   json(4194304), json(1.5), json(std::uint64_t{UINT64_MAX})}) {
+    auto msg = errorOf(withField(destination(), "vmm_pid", pid));
+    EXPECT_NE(msg.find("'vmm_pid'"), std::string::npos) << pid.dump() << " -> " << msg;
+  }
+  auto ok = parseMigrationSpec(withField(destination(), "vmm_pid", own), "/run/hs");
+  ASSERT_TRUE(ok) << ok.error().message();
+  EXPECT_EQ(std::get<DestinationSpec>(*ok).vmm_pid, static_cast<pid_t>(own));
+  for (const char* addr : {"127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:", ":7443", "127.0.0.1:7x",
+                           "127.0.0.1:-1", "127.0.0.1:0000065536"}) {
+    auto msg = errorOf(withField(destination(), "source_address", addr));
+    EXPECT_NE(msg.find("'source_address'"), std::string::npos) << addr << " -> " << msg;
+  }
+  EXPECT_TRUE(
+      parseMigrationSpec(withField(destination(), "source_address", "[::1]:65535"), "/run/hs"));
 }
 
 TEST(MigrationSpec, IdsAreSafePathComponents) {

@@ -1,10 +1,14 @@
 // Every error path of the control API on a real agent answers with the status and the stable
 // JSON `code` that docs/control-api.md documents, and idempotent creates are idempotent.
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
 #include "client/control_client.h"
+#include "sys/unix_socket.h"
 #include "tests/e2e/e2e.h"
 
 namespace lazymig::e2e {
@@ -59,6 +63,7 @@ TEST(ControlApi, EveryErrorPathAnswersItsDocumentedCode) {
     const char* message_mentions;
   };
   std::string big(2u << 20, ' ');
+  std::string huge(20u << 20, ' ');
   const std::vector<Case> cases = {
       {"GET", "/v1/migrations/nope", "", 404, "not_found", "nope"},
       {"DELETE", "/v1/migrations/nope", "", 404, "not_found", "nope"},
@@ -72,6 +77,8 @@ TEST(ControlApi, EveryErrorPathAnswersItsDocumentedCode) {
        R"({"id":"a/../b","role":"source","token":"00112233445566778899aabbccddeeff"})", 400,
        "bad_request", "id"},
       {"POST", "/v1/migrations", big, 413, "too_large", "limit"},
+      // Far over libevent's own limit too: still the documented JSON, not its HTML page.
+      {"POST", "/v1/migrations", huge, 413, "too_large", "limit"},
   };
   for (const auto& k : cases) {
     auto a = ask(c, k.method, k.path, k.body);
@@ -133,6 +140,110 @@ TEST(ControlApi, RepeatedKeyInABodyIsRefusedNamingIt) {
   EXPECT_EQ(a.code, "bad_request");
   EXPECT_NE(a.message.find("'token'"), std::string::npos) << a.message;
   EXPECT_EQ(ask(c, "GET", "/v1/migrations/api-test").status, 404) << "nothing was created";
+}
+
+nlohmann::json destinationBody(const DemoRun& run, const std::string& id) {
+  return {{"id", id},
+          {"role", "destination"},
+          {"token", run.token()},
+          {"peer_identity", DemoRun::identity(Side::kSource)},
+          {"source_address", run.agentAddress(Side::kSource)}};
+}
+
+// Issue 18, failures 3 and 4: a migration's socket may not be a socket somebody already listens
+// on -- the agent's own control socket, another live migration's, another process's. 409 names
+// the owner, and the owner keeps its socket.
+TEST(ControlApi, ASocketSomebodyListensOnIsRefusedNamingItsOwner) {
+  auto o = baseOptions();
+  auto run = DemoRun::prepare(o);
+  ASSERT_TRUE(run) << run.error().message();
+  client::ControlClient c(run->controlEndpoint(Side::kDestination));
+  const std::string control = run->controlEndpoint(Side::kDestination).substr(5);
+  const std::string dir = run->dir();
+  auto conflict = [&](nlohmann::json body, const std::string& owner) {
+    auto a = ask(c, "POST", "/v1/migrations", body.dump());
+    EXPECT_EQ(a.status, 409) << body.dump() << " -> " << a.body.dump();
+    EXPECT_EQ(a.code, "conflict");
+    EXPECT_NE(a.message.find(owner), std::string::npos) << a.message;
+  };
+  auto on_control = destinationBody(*run, "m0");
+  on_control["handshake_socket"] = control;
+  conflict(on_control, "the agent's own control socket");
+  on_control["handshake_socket"] = dir + "/../" + std::filesystem::path(dir).filename().string() +
+                                   "/./" + std::filesystem::path(control).filename().string();
+  conflict(on_control, "the agent's own control socket");
+  nlohmann::json source = {{"id", "s0"},
+                           {"role", "source"},
+                           {"token", run->token()},
+                           {"peer_identity", DemoRun::identity(Side::kDestination)},
+                           {"memory", {{"handover_socket", control}}}};
+  conflict(source, "memory.handover_socket");
+  EXPECT_EQ(ask(c, "GET", "/v1/migrations").status, 200) << "the control API is still ours";
+
+  auto first = ask(c, "POST", "/v1/migrations", destinationBody(*run, "m1").dump());
+  ASSERT_EQ(first.status, 201) << first.body.dump();
+  const std::string m1_socket = first.body.value("handshake_socket", "");
+  auto second = destinationBody(*run, "m2");
+  second["handshake_socket"] = m1_socket;
+  conflict(second, "the socket of migration 'm1'");
+
+  auto foreign = sys::UnixSocket::listen(dir + "/foreign.sock", 0600);
+  ASSERT_TRUE(foreign) << foreign.error().message();
+  auto third = destinationBody(*run, "m3");
+  third["handshake_socket"] = dir + "/foreign.sock";
+  conflict(third, "another process is listening");
+
+  // Every owner still has its socket: a connection reaches it.
+  EXPECT_TRUE(sys::UnixSocket::connect(m1_socket)) << "m1 lost its socket";
+  EXPECT_TRUE(sys::UnixSocket::connect(dir + "/foreign.sock")) << "the foreign socket was unlinked";
+  EXPECT_EQ(ask(c, "GET", "/v1/migrations/m1").body.value("state", ""), "waiting_for_vmm");
+  EXPECT_EQ(ask(c, "GET", "/v1/migrations/m2").status, 404) << "a refused create leaves nothing";
+}
+
+// Issue 18, failure 5 and a weak spot: numbers that do not fit their field are refused naming
+// it (400), never truncated; a body far over the limit still gets the documented JSON 413.
+TEST(ControlApi, NumbersThatDoNotFitAreRefusedNamingTheField) {
+  auto o = baseOptions();
+  auto run = DemoRun::prepare(o);
+  ASSERT_TRUE(run) << run.error().message();
+  client::ControlClient c(run->controlEndpoint(Side::kDestination));
+  const auto own = static_cast<std::uint64_t>(::getpid());
+  for (nlohmann::json pid :
+       {nlohmann::json(std::uint64_t{1} << 40), nlohmann::json((std::uint64_t{1} << 32) + own),
+        nlohmann::json(0), nlohmann::json(-5)}) {
+    auto body = destinationBody(*run, "pid");
+    body["vmm_pid"] = pid;
+    auto a = ask(c, "POST", "/v1/migrations", body.dump());
+    EXPECT_EQ(a.status, 400) << pid.dump() << " -> " << a.body.dump();
+    EXPECT_NE(a.message.find("'vmm_pid'"), std::string::npos) << a.message;
+  }
+  for (const char* address : {"127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:"}) {
+    auto body = destinationBody(*run, "port");
+    body["source_address"] = address;
+    auto a = ask(c, "POST", "/v1/migrations", body.dump());
+    EXPECT_EQ(a.status, 400) << address << " -> " << a.body.dump();
+    EXPECT_NE(a.message.find("'source_address'"), std::string::npos) << a.message;
+  }
+  EXPECT_EQ(ask(c, "GET", "/v1/migrations").body["migrations"].size(), 0u);
+}
+
+// A sibling of issue 18's failure 2: a snapshot "file" that is a FIFO would block the control
+// thread in open(2) until a writer came; it is refused naming what it is, and the API answers.
+TEST(ControlApi, ASnapshotFileThatIsNotARegularFileIsRefusedWithoutBlocking) {
+  auto o = baseOptions();
+  auto run = DemoRun::prepare(o);
+  ASSERT_TRUE(run) << run.error().message();
+  const std::string fifo = run->dir() + "/guest.fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  client::ControlClient c(run->controlEndpoint(Side::kSource), std::chrono::seconds(10));
+  for (const std::string& path : {fifo, std::string("/dev/null")}) {
+    auto body = sourceBody(*run, run->token());
+    body["memory"]["snapshot_file"] = path;
+    auto a = ask(c, "POST", "/v1/migrations", body.dump());
+    EXPECT_EQ(a.status, 400) << path << " -> " << a.body.dump();
+    EXPECT_NE(a.message.find("is not a regular file"), std::string::npos) << a.message;
+  }
+  EXPECT_EQ(ask(c, "GET", "/healthz").status, 200);
 }
 
 TEST(ControlApi, BearerTokenGuardsEverythingButTheProbes) {

@@ -341,6 +341,66 @@ TEST(Security, CertificatesReloadOnSighupWithoutDroppingTheMigration) {
       << "the links made before the reload stayed up";
 }
 
+// Issue 18: a peer with a valid fleet certificate that completes TLS and never sends a Hello is
+// cut off like a slow TLS handshake (migration.handshake_timeout_ms) and counted.
+TEST(Security, PeerThatNeverSendsHelloIsCutOffAndCounted) {
+  auto o = baseOptions();
+  o.memory = "anon";
+  o.extra_yaml = "migration:\n  handshake_timeout_ms: 1000\n";
+  auto run = DemoRun::prepare(o);
+  ASSERT_TRUE(run) << run.error().message();
+  const std::string dir = run->dir();
+  SslCtx ctx(SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
+  SSL_CTX_use_certificate_chain_file(ctx.get(), (dir + "/destination.crt").c_str());
+  SSL_CTX_use_PrivateKey_file(ctx.get(), (dir + "/destination.key").c_str(), SSL_FILETYPE_PEM);
+  auto fd = dialTcp(run->agentAddress(Side::kSource));
+  ASSERT_TRUE(fd);
+  timeval tv{30, 0};  // far longer than the agent's bound
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  Ssl ssl(SSL_new(ctx.get()), &SSL_free);
+  SSL_set_fd(ssl.get(), fd.get());
+  ASSERT_EQ(SSL_connect(ssl.get()), 1);
+  std::string reply;
+  char buf[512];
+  for (int n; (n = SSL_read(ssl.get(), buf, sizeof buf)) > 0;) {
+    reply.append(buf, static_cast<std::size_t>(n));
+  }
+  EXPECT_FALSE(reply.empty()) << "the agent kept a silent peer connected for 30 s";
+  EXPECT_NE(reply.find("no Hello within 1000 ms"), std::string::npos) << "the Error frame says why";
+  EXPECT_TRUE(waitUntil([&] { return refusalsOf(*run, Side::kSource)["hello_timeout"] >= 1; }, 10s))
+      << nlohmann::json(refusalsOf(*run, Side::kSource)).dump();
+}
+
+// Issue 18: the token of a migration that finished and was retired, replayed, is told the
+// migration is finished (a final answer), not "no such migration (yet)" (a retryable one).
+TEST(Security, TokenReplayedAfterTheMigrationRetiredIsToldItIsFinished) {
+  auto o = baseOptions();
+  o.memory = "anon";
+  o.size = 16ull << 20;
+  o.extra_yaml = "migration:\n  stall_timeout_ms: 1000\n";
+  auto done = runToTheEnd(o);
+  ASSERT_TRUE(done) << done.error().message();
+  expectVerified(done->run.report(done->vm, 0), o.size);
+  const std::string dir = done->run.dir();
+  transport::TlsFiles dest{dir + "/ca.crt", dir + "/destination.crt", dir + "/destination.key"};
+  // Once retired, the id is no longer live: the answer must still be final -- the outcome
+  // (CompleteAck, the ending handshake's word for "completed") to its destination with its
+  // token, "not authorised" to anyone else -- never error 2's retryable "no such migration".
+  ASSERT_TRUE(waitUntil(
+      [&] {
+        return countOf(readFile(done->run.logPath(Side::kSource)), "finished migration retired") > 0;
+      },
+      30s))
+      << "the source never retired the migration";
+  Outcome replay = helloAttack(done->run.agentAddress(Side::kSource), dest, done->run.token());
+  EXPECT_TRUE(replay.complete_ack) << "the replay was answered: '" << replay.refusal << "'";
+  EXPECT_FALSE(replay.hello_ok);
+  auto wrong_token =
+      helloAttack(done->run.agentAddress(Side::kSource), dest, std::string(64, '0'));
+  EXPECT_FALSE(wrong_token.complete_ack || wrong_token.hello_ok);
+  EXPECT_EQ(wrong_token.refusal, "not authorised for this migration");
+}
+
 // A second VMM handshake for a migration that already has its VMM is refused and counted;
 // the first VMM keeps being served.
 TEST(Security, SecondHandshakeForARunningMigrationIsRefused) {

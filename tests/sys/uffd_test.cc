@@ -1,7 +1,12 @@
 #include "sys/uffd.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <array>
 #include <cstring>
 #include <thread>
 
@@ -95,6 +100,43 @@ TEST(Uffd, ErrorsNameTheIoctlAndRange) {
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message().find("UFFDIO_REGISTER"), std::string::npos);
   EXPECT_NE(r.error().message().find("0x1000+123"), std::string::npos);
+}
+
+// A VMM may create its uffd blocking (legal). Adopting it makes it non-blocking, so that a read
+// with no event queued returns at once instead of putting the fault thread to sleep.
+TEST(Uffd, AdoptMakesABlockingUffdNonBlocking) {
+  UniqueFd raw(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC)));
+  ASSERT_TRUE(raw.valid()) << std::strerror(errno);
+  uffdio_api api{.api = UFFD_API, .features = 0, .ioctls = 0};
+  ASSERT_EQ(::ioctl(raw.get(), UFFDIO_API, &api), 0);
+  ASSERT_FALSE(::fcntl(raw.get(), F_GETFL) & O_NONBLOCK);
+  auto uffd = Uffd::adopt(std::move(raw));
+  ASSERT_TRUE(uffd) << uffd.error().message();
+  ASSERT_TRUE(::fcntl(uffd->pollFd(), F_GETFL) & O_NONBLOCK) << "a read would block forever";
+  std::array<uffd_msg, 4> msgs;
+  auto n = uffd->readEvents(msgs);
+  ASSERT_TRUE(n) << n.error().message();
+  EXPECT_EQ(*n, 0u);
+}
+
+TEST(Uffd, AdoptRefusesWhatIsNotAUffdNamingIt) {
+  auto refused = [](UniqueFd fd) {
+    auto u = Uffd::adopt(std::move(fd));
+    EXPECT_FALSE(u);
+    return u ? std::string() : u.error().message();
+  };
+  auto null = refused(UniqueFd(::open("/dev/null", O_RDWR | O_CLOEXEC)));
+  EXPECT_NE(null.find("is not a userfaultfd (it is /dev/null)"), std::string::npos) << null;
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  UniqueFd w(p[1]);
+  auto pipe = refused(UniqueFd(p[0]));
+  EXPECT_NE(pipe.find("(it is pipe:["), std::string::npos) << pipe;
+  auto memfd = createMemfd("not-a-uffd", Bytes{kPage});
+  ASSERT_TRUE(memfd);
+  auto mem = refused(std::move(*memfd));
+  EXPECT_NE(mem.find("/memfd:not-a-uffd"), std::string::npos) << mem;
+  EXPECT_TRUE(Uffd::isUserfaultfd(Uffd::open(0)->fd()));
 }
 
 }  // namespace lazymig::sys

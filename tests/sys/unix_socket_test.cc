@@ -1,5 +1,6 @@
 #include "sys/unix_socket.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -58,6 +59,35 @@ TEST(UnixSocket, TooManyFdsIsAnError) {
   ASSERT_FALSE(msg);
   EXPECT_NE(msg.error().message().find("more than 3"), std::string::npos);
   ::unlink(path.c_str());
+}
+
+// A socket somebody listens on is never unlinked (that would steal its connections); a stale
+// one, whose listener is gone, is replaced.
+TEST(UnixSocket, ALiveSocketIsNeverReplacedAStaleOneIs) {
+  auto path = tempSocketPath() + "3";
+  auto first = UnixSocket::listen(path, 0600);
+  ASSERT_TRUE(first) << first.error().message();
+  auto second = UnixSocket::listen(path, 0600);
+  ASSERT_FALSE(second) << "a second listener took over a live socket";
+  EXPECT_EQ(second.error().code, Errc::kAlreadyExists);
+  EXPECT_NE(second.error().message().find("listening"), std::string::npos);
+  auto still = UnixSocket::connect(path);
+  EXPECT_TRUE(still) << "the first listener lost its path";
+  *first = UnixSocket();  // closed, its file left behind: stale
+  auto third = UnixSocket::listen(path, 0600);
+  EXPECT_TRUE(third) << third.error().message();
+  ::unlink(path.c_str());
+}
+
+// Handed-over fds are checked for what they are before anything uses them.
+TEST(UniqueFd, DescribeSaysWhatTheFdIs) {
+  UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  EXPECT_EQ(null.describe(), "/dev/null");
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  UniqueFd r(p[0]), w(p[1]);
+  EXPECT_EQ(r.describe().rfind("pipe:", 0), 0u) << r.describe();
+  EXPECT_EQ(UniqueFd().describe(), "no descriptor");
 }
 
 TEST(UnixSocket, PathTooLongIsNamed) {

@@ -1,5 +1,6 @@
 #include "vmm/handshake.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -8,6 +9,7 @@
 
 #include "sys/event_fd.h"
 #include "sys/memory_fd.h"
+#include "sys/uffd.h"
 
 namespace lazymig::vmm {
 namespace {
@@ -253,6 +255,87 @@ TEST(FaultMessages, FloatsNegativesAndOverflowsAreRefusedByField) {
   auto r = parseFaultRequest(R"({"vcpu":1,"offset":4.06e72})");
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message().find("'offset'"), std::string::npos) << r.error().message();
+}
+
+// Every handed-over fd is checked for what its place says it is, and the error names the
+// place and what the fd really is (failure 2 of issue 18).
+TEST(Handshake, HandedFdsAreCheckedForWhatTheyAre) {
+  auto uffd = sys::Uffd::open(0);
+  ASSERT_TRUE(uffd) << uffd.error().message();
+  auto memfd = [] { return std::move(*sys::createMemfd("guest", Bytes{4096})); };
+  auto devnull = [] { return sys::UniqueFd(::open("/dev/null", O_RDWR | O_CLOEXEC)); };
+  auto check = [](Handshake h, Receiver r) {
+    auto ok = checkHandedFds(h, r);
+    return ok ? std::string("ok") : ok.error().message();
+  };
+  Handshake good;
+  good.uffd = std::move(*uffd->fd().duplicate());
+  EXPECT_EQ(check(std::move(good), Receiver::kDestination), "ok");
+
+  Handshake classic;
+  classic.uffd = devnull();
+  EXPECT_NE(check(std::move(classic), Receiver::kDestination)
+                .find("fd 0 is not a userfaultfd (it is /dev/null)"),
+            std::string::npos);
+
+  Handshake minor;
+  minor.kind = HandshakeKind::kSharedMinor;
+  minor.uffd = std::move(*uffd->fd().duplicate());
+  minor.guest_memfd = devnull();
+  auto m = check(std::move(minor), Receiver::kDestination);
+  EXPECT_NE(m.find("fd 1 is not shared guest memory"), std::string::npos) << m;
+  EXPECT_NE(m.find("/dev/null"), std::string::npos) << m;
+
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  sys::UniqueFd w(p[1]);
+  Handshake gmem;
+  gmem.kind = HandshakeKind::kGuestMemfd;
+  gmem.uffd = std::move(*uffd->fd().duplicate());
+  gmem.guest_memfd = memfd();
+  gmem.userfault_bitmap = sys::UniqueFd(p[0]);
+  auto g = check(std::move(gmem), Receiver::kDestination);
+  EXPECT_NE(g.find("fd 2 is not a userfault bitmap memfd (it is pipe:["), std::string::npos) << g;
+
+  Handshake handover;
+  handover.uffd = devnull();
+  auto s = check(std::move(handover), Receiver::kSource);
+  EXPECT_NE(s.find("fd 0 is not guest memory"), std::string::npos) << s;
+  Handshake memory;
+  memory.uffd = memfd();
+  EXPECT_EQ(check(std::move(memory), Receiver::kSource), "ok");
+}
+
+// JSON that no later bytes can repair is refused at once, naming the byte, instead of holding
+// the connection until the handshake timeout; JSON that is only cut short waits for the rest.
+TEST(Handshake, MalformedJsonIsRefusedAtOnceAndACancelEndsTheWait) {
+  auto e = sys::EventFd::create();
+  int fds[] = {e->pollFd()};
+  {
+    auto p = socketPair();
+    ASSERT_TRUE(p.a.sendWithFds("[{not json", fds));
+    auto h = receiveHandshake(p.b, std::chrono::minutes(10));
+    ASSERT_FALSE(h);
+    EXPECT_NE(h.error().message().find("not valid JSON (byte 4 of 10)"), std::string::npos)
+        << h.error().message();
+  }
+  {
+    auto p = socketPair();
+    std::string text = R"([{"base_host_virt_addr":0,"size":4096,"offset":0}])";
+    ASSERT_TRUE(p.a.sendWithFds(text.substr(0, 20), fds));
+    std::thread rest([&] { ASSERT_TRUE(p.a.sendAll(text.substr(20))); });
+    auto h = receiveHandshake(p.b, std::chrono::minutes(10));
+    rest.join();
+    ASSERT_TRUE(h) << h.error().message();
+  }
+  {
+    auto p = socketPair();
+    auto stop = sys::EventFd::create();
+    stop->signal();
+    auto h = receiveHandshake(p.b, std::chrono::minutes(10), {}, stop->pollFd());
+    ASSERT_FALSE(h);
+    EXPECT_EQ(h.error().code, Errc::kClosed);
+  }
 }
 
 }  // namespace
