@@ -157,12 +157,6 @@ Result<std::unique_ptr<KvmGuest>> KvmGuest::create(const GuestMemory& memory,
   for (unsigned v = 0; v < options.vcpus; ++v) {
     auto vcpu = sys::KvmVcpu::create(*g->vm_, v);
     if (!vcpu) return std::unexpected(vcpu.error());
-    if (auto ok = vcpu->enterLongMode(*g->vm_, {.cr3 = g->control_.cr3(),
-                                                .rip = g->control_.entry(),
-                                                .rsp = g->control_.paramsGpa(v) + 4096,
-                                                .rdi = g->control_.paramsGpa(v)});
-        !ok)
-      return std::unexpected(ok.error());
     g->vcpus_.push_back(std::move(*vcpu));
   }
   if (!g->vcpus_.empty()) {
@@ -246,7 +240,20 @@ void KvmGuest::writeParams() {
   }
 }
 
-Result<WorkloadResult> KvmGuest::run(FaultChannel* channel) {
+Status KvmGuest::enterProgram() {
+  for (unsigned v = 0; v < vcpus_.size(); ++v) {
+    if (auto ok = vcpus_[v].enterLongMode(*vm_, {.cr3 = control_.cr3(),
+                                                 .rip = control_.entry(),
+                                                 .rsp = control_.paramsGpa(v) + 4096,
+                                                 .rdi = control_.paramsGpa(v)});
+        !ok)
+      return ok;
+  }
+  return {};
+}
+
+Result<WorkloadResult> KvmGuest::run(FaultChannel* channel, bool balloon) {
+  if (auto ok = enterProgram(); !ok) return std::unexpected(ok.error());
   WorkloadResult result;
   result.vcpu_kind = "kvm";
   result.ballooned.assign(memory_.pageCount(), false);
@@ -261,7 +268,7 @@ Result<WorkloadResult> KvmGuest::run(FaultChannel* channel) {
       progress.fetch_add(options_.accesses - outcomes[v].reported, std::memory_order_relaxed);
     });
   }
-  if (options_.balloon && memory_.kind() == MemoryKind::kAnonymous) {
+  if (balloon && memory_.kind() == MemoryKind::kAnonymous) {
     threads.emplace_back([&] { runBalloon(memory_, options_, progress, result.ballooned); });
   }
   for (auto& t : threads) t.join();

@@ -33,9 +33,10 @@ class KvmGuest {
                                                   const UserfaultBitmap* bitmap,
                                                   const WorkloadOptions& options);
 
-  // Runs the guest program on every vCPU, one thread each in KVM_RUN, until all report done.
-  // `channel` answers the guest's userfault exits (guest_memfd); null: there are none.
-  Result<WorkloadResult> run(FaultChannel* channel);
+  // Runs the guest program from its start on every vCPU, one thread each in KVM_RUN, until all
+  // report done; again for each call. `channel` answers the guest's userfault exits
+  // (guest_memfd); null: there are none. `balloon`: the balloon device discards pages meanwhile.
+  Result<WorkloadResult> run(FaultChannel* channel, bool balloon);
 
   // "guest_memfd": the memslots are backed by the guest_memfd itself
   // (KVM_SET_USER_MEMORY_REGION2); "vmm-mapping": by the VMM's mapping of the memory.
@@ -48,6 +49,8 @@ class KvmGuest {
   KvmGuest(const GuestMemory& memory, const UserfaultBitmap* bitmap, WorkloadOptions options)
       : memory_(memory), bitmap_(bitmap), options_(std::move(options)) {}
   Status addMemslots();
+  // Points every vCPU at the start of the guest program, in long mode.
+  Status enterProgram();
   void writeParams();
 
   const GuestMemory& memory_;

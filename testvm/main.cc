@@ -51,7 +51,7 @@ constexpr const char* kSynopsis =
     "                        [--require-kvm | --memfd-standin] [--no-uffd-register]\n"
     "                        --handshake-socket PATH [--vcpus N]\n"
     "                        [--pattern sequential|random|hot|write] [--accesses N] [--balloon]\n"
-    "                        [--vcpus-as-threads]\n"
+    "                        [--vcpus-as-threads] [--baseline]\n"
     "                        --control ENDPOINT --migration ID [--timeout-s N]\n";
 constexpr const char* kDetails =
     "\n"
@@ -83,7 +83,9 @@ constexpr const char* kDetails =
     "dest runs the guest on KVM vCPUs (one thread each in KVM_RUN executing the built-in guest\n"
     "program, guest memory mapped by memslots) wherever /dev/kvm can run a guest, else on host\n"
     "threads standing in for vCPUs; its JSON says which (\"vcpus\": \"kvm\" or \"threads\").\n"
-    "--vcpus-as-threads dest: host threads stand in for the vCPUs even where KVM runs guests\n";
+    "--vcpus-as-threads dest: host threads stand in for the vCPUs even where KVM runs guests\n"
+    "--baseline         dest: once verified, run the same workload again on the memory now all\n"
+    "                   present, as the guest runs when not migrating (guest_view.baseline)\n";
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
@@ -319,13 +321,15 @@ std::string waitForMigration(const std::string& endpoint, const std::string& id,
 
 // Watches the migration from the start: if it fails, vCPUs blocked in faults the agent will
 // never answer would keep the workload from ever finishing, so the process leaves from here.
-std::thread watchMigration(const Flags& f, std::atomic<bool>& completed) {
-  return std::thread([&f, &completed] {
+std::thread watchMigration(const Flags& f, std::atomic<bool>& completed,
+                           Clock::time_point& completed_at) {
+  return std::thread([&f, &completed, &completed_at] {
     std::string reason;
     std::string state =
         waitForMigration(f.get("--control"), f.get("--migration"),
                          std::chrono::seconds(f.number("--timeout-s", 600)), reason);
     if (state == "completed") {
+      completed_at = Clock::now();  // read only after join
       completed = true;
       return;
     }
@@ -380,7 +384,7 @@ int destMain(int argc, char** argv) {
                  {"--memory", "--size", "--seed", "--zero-ratio", "--regions", "--handshake-socket",
                   "--vcpus", "--pattern", "--accesses", "--control", "--migration", "--timeout-s"},
                  {"--balloon", "--require-kvm", "--memfd-standin", "--no-uffd-register",
-                  "--vcpus-as-threads"});
+                  "--vcpus-as-threads", "--baseline"});
   for (const char* req : {"--size", "--handshake-socket", "--control", "--migration"}) {
     if (!f.has(req)) usage(std::string(req) + " is required");
   }
@@ -440,8 +444,11 @@ int destMain(int argc, char** argv) {
   }
 
   std::atomic<bool> completed{false};
-  std::thread watcher = watchMigration(f, completed);
+  Clock::time_point completed_at;
+  std::thread watcher = watchMigration(f, completed, completed_at);
 
+  const auto workload_start = Clock::now();
+  const auto workload_start_wall = std::chrono::system_clock::now();
   auto work = vcpus.run(channel.get());
   if (!work) dieWithResult("vcpu_failed", work.error().message(), 2);
   auto t_wait = Clock::now();
@@ -474,6 +481,18 @@ int destMain(int argc, char** argv) {
                  "completed: those pages were never populated\n",
                  static_cast<unsigned long long>(bits_set));
   }
+  std::optional<WorkloadResult> baseline;
+  if (f.has("--baseline")) {
+    // The same guest again on memory now all present: the guest as it runs when no migration
+    // is going on, the measure of what the migration cost it.
+    auto again = vcpus.runBaseline();
+    if (!again) dieWithResult("vcpu_failed", "baseline: " + again.error().message(), 2);
+    baseline = std::move(*again);
+  }
+  using Ms = std::chrono::duration<double, std::milli>;
+  out["guest_view"] = guestViewJson(*work, baseline ? &*baseline : nullptr,
+                                    Ms(workload_start_wall.time_since_epoch()).count(),
+                                    Ms(completed_at - workload_start).count());
   std::printf("%s\n", out.dump().c_str());
   std::fflush(stdout);
   return verified ? 0 : 1;

@@ -31,13 +31,20 @@ Result<Vcpus> Vcpus::choose(const GuestMemory& memory, const UserfaultBitmap* bi
 }
 
 Result<WorkloadResult> Vcpus::run(FaultChannel* channel) {
-  if (kvm_) return kvm_->run(channel);
+  if (kvm_) return kvm_->run(channel, options_.balloon);
   WorkloadOptions o = options_;
   if (channel) {
     o.before_access = [channel](unsigned vcpu, std::uint64_t page) {
       channel->beforeAccess(vcpu, page);
     };
   }
+  return runWorkload(*memory_, o);
+}
+
+Result<WorkloadResult> Vcpus::runBaseline() {
+  if (kvm_) return kvm_->run(nullptr, /*balloon=*/false);
+  WorkloadOptions o = options_;
+  o.balloon = false;
   return runWorkload(*memory_, o);
 }
 
@@ -57,6 +64,22 @@ std::uint64_t Vcpus::faultingThresholdNs() const {
   // here is a dozen instructions at about a microsecond each under this paravirtual KVM, and
   // any fault costs far more than 50 us (a port exit alone is ~15 us).
   return kvm_ ? 50'000 : 5'000;
+}
+
+nlohmann::json guestViewJson(const WorkloadResult& work, const WorkloadResult* baseline,
+                             double start_unix_ms, double completed_ms) {
+  constexpr double kStepMs = 5;
+  nlohmann::json out{{"start_unix_ms", std::round(start_unix_ms)},
+                     {"migration_completed_ms", std::round(completed_ms * 100) / 100},
+                     {"seconds", work.seconds},
+                     {"accesses", work.accesses},
+                     {"progress", progressJson(work, kStepMs)}};
+  if (baseline) {
+    out["baseline"] = {{"seconds", baseline->seconds},
+                       {"accesses", baseline->accesses},
+                       {"progress", progressJson(*baseline, kStepMs)}};
+  }
+  return out;
 }
 
 nlohmann::json progressJson(const WorkloadResult& work, double step_ms) {

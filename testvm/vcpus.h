@@ -25,6 +25,8 @@ class Vcpus {
 
   // Runs the workload once on every vCPU. `channel`: the guest_memfd variant's FaultRequests.
   Result<WorkloadResult> run(FaultChannel* channel);
+  // Runs it again once every page is present (no balloon): the guest not migrating.
+  Result<WorkloadResult> runBaseline();
   // "vcpus" ("kvm" or "threads"), why KVM was not used, and the memslots' backing.
   void describe(nlohmann::ordered_json& out) const;
   // An access slower than this waited for a page (a fault) rather than only touched memory.
@@ -40,6 +42,11 @@ class Vcpus {
   std::unique_ptr<KvmGuest> kvm_;
   std::string why_threads_;
 };
+
+// The guest's view of the run for the demo: when its workload started (Unix ms), when the
+// migration completed (ms after that), its progress, and the baseline's when there is one.
+nlohmann::json guestViewJson(const WorkloadResult& work, const WorkloadResult* baseline,
+                             double start_unix_ms, double completed_ms);
 
 // The guest's progress as JSON: [[ms since the workload started, accesses done], ...], one
 // point per `step_ms` at most (the last report in each step).

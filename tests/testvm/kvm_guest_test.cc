@@ -18,10 +18,10 @@ namespace lazymig::testvm {
 namespace {
 
 // Skips the test, saying why, where /dev/kvm cannot run a guest.
-#define SKIP_WITHOUT_KVM()                                                                   \
-  do {                                                                                       \
-    if (auto probe = probeKvmGuest(); !probe)                                                \
-      GTEST_SKIP() << "KVM cannot run a guest here: " << probe.error().message();            \
+#define SKIP_WITHOUT_KVM()                                                        \
+  do {                                                                            \
+    if (auto probe = probeKvmGuest(); !probe)                                     \
+      GTEST_SKIP() << "KVM cannot run a guest here: " << probe.error().message(); \
   } while (0)
 
 GuestMemory filled(std::uint64_t bytes, const Pattern& pattern) {
@@ -43,7 +43,7 @@ WorkloadOptions options(AccessPattern pattern, unsigned vcpus, std::uint64_t acc
 WorkloadResult runGuest(const GuestMemory& mem, const WorkloadOptions& o) {
   auto guest = KvmGuest::create(mem, nullptr, o);
   EXPECT_TRUE(guest) << guest.error().message();
-  auto work = (*guest)->run(nullptr);
+  auto work = (*guest)->run(nullptr, false);
   EXPECT_TRUE(work) << work.error().message();
   return std::move(*work);
 }
