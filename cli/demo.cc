@@ -90,6 +90,11 @@ Status checkDemoOptions(const DemoOptions& o) {
   return {};
 }
 
+void applyGuestViewFlag(DemoOptions& o, const std::string& flag, const std::string& value) {
+  if (flag == "--vcpus-as-threads") o.vcpus_as_threads = true;
+  if (flag == "--plot") o.plot = value;
+}
+
 bool demoUsesHandover(const std::string& memory) { return memory != "anon" && memory != "hugetlb"; }
 
 bool demoUsesHugetlb(const std::string& memory) {
@@ -358,9 +363,13 @@ Status DemoRun::startDestinationVm() {
   if (o.no_uffd_register) argv.push_back("--no-uffd-register");
   if (o.require_kvm) argv.push_back("--require-kvm");
   if (o.memfd_standin) argv.push_back("--memfd-standin");
+  if (o.vcpus_as_threads) argv.push_back("--vcpus-as-threads");
+  if (o.guest_baseline) argv.push_back("--baseline");
   auto child = ChildProcess::spawn(argv, dir_ + "/destination-vm.log", true);
   if (!child) return std::unexpected(child.error());
   dest_vm_.emplace(std::move(*child));
+  sampler_ = std::make_unique<MigrationSampler>();
+  sampler_->start(controlEndpoint(Side::kDestination), kMigrationId, std::chrono::milliseconds(50));
   say("destination VM resumed; its vCPUs fault while pages arrive");
   return {};
 }
@@ -368,6 +377,7 @@ Status DemoRun::startDestinationVm() {
 Result<nlohmann::json> DemoRun::waitDestinationVm() {
   if (!dest_vm_) return fail(Errc::kState, "destination test VM", "not started");
   auto st = dest_vm_->wait(std::chrono::seconds(options_.timeout_s + 30));
+  if (sampler_) samples_ = sampler_->stop();
   if (!st) {
     dest_vm_->stop(std::chrono::milliseconds(0));
     return fail(Errc::kTimeout, "destination test VM", "still running after the timeout; killed");
@@ -438,10 +448,20 @@ nlohmann::json DemoRun::report(const nlohmann::json& vm, double total_seconds) {
       {"source_state", src ? src->value("state", "") : "unknown"},
       {"destination_state", d.value("state", "unknown")},
       {"destination_reason", d.value("reason", "")}};
+  const nlohmann::json view = vm.value("guest_view", nlohmann::json::object());
+  out.update(guestRateJson(view));
+  if (!options_.plot.empty()) {
+    if (auto ok = writeGuestPlot(options_.plot, out, view, samples_); !ok) {
+      std::fprintf(stderr, "demo: %s\n", ok.error().message().c_str());
+    } else {
+      out["plot"] = options_.plot;
+    }
+  }
   return out;
 }
 
 void DemoRun::stopAll() {
+  if (sampler_) sampler_->stop();
   if (dest_vm_) dest_vm_->stop(std::chrono::milliseconds(0));
   // Signal everything first, then wait: the agents' shutdowns overlap instead of adding up.
   for (auto& a : agents_) {

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 
 #include "base/error.h"
 #include "cli/child_process.h"
+#include "cli/demo_guest_view.h"
 #include "cli/huge_pages.h"
 
 namespace lazymig::cli {
@@ -41,7 +43,18 @@ struct DemoOptions {
   std::string extra_yaml;  // appended to both agents' configs
   // Run each agent through this command (e.g. setpriv dropping capabilities); empty: directly.
   std::vector<std::string> agent_prefix;
+
+  // The guest's own view (the destination test VM's vCPUs), kept together for the CLI:
+  bool vcpus_as_threads = false;  // --vcpus-as-threads: host threads stand in for KVM vCPUs
+  bool guest_baseline = true;     // run the guest again unmigrated, for guest_rate.before
+  std::string plot;               // --plot FILE.svg: guest throughput over time
 };
+
+// The demo's own flags for the guest's view, as `lazymig demo` takes them: switches, then
+// flags with a value. applyGuestViewFlag sets the option a flag names.
+inline constexpr const char* kDemoGuestViewSwitches[] = {"--vcpus-as-threads"};
+inline constexpr const char* kDemoGuestViewValued[] = {"--plot"};
+void applyGuestViewFlag(DemoOptions& options, const std::string& flag, const std::string& value);
 
 // Checks the options that lazymig-testvm would refuse, before anything starts: the memory
 // kind, hugetlb sizes (multiples of 2 MiB) and the flags that fit only some kinds.
@@ -110,6 +123,9 @@ class DemoRun {
   std::optional<ChildProcess> source_vm_;
   std::optional<ChildProcess> dest_vm_;
   std::chrono::steady_clock::time_point started_;
+  // The destination's counters while its test VM runs (a pointer: DemoRun moves, it does not).
+  std::unique_ptr<MigrationSampler> sampler_;
+  std::vector<MigrationSample> samples_;
 };
 
 // Runs the whole demo; prints a summary to stderr and returns the report (last stdout line).

@@ -42,6 +42,7 @@ commands:
        [--accesses 20000] [--regions 1] [--zero-ratio 0.25] [--balloon] [--keep] [--timeout-s 600]
        [--no-uffd-register] [--require-kvm | --memfd-standin]
        [--extra-yaml FILE]  (appended to both agents' configs, e.g. a migration: block)
+       [--vcpus-as-threads] [--plot FILE.svg]
        KIND: anon (default), memfd, memfd-minor, guest_memfd, hugetlb, hugetlb-shared,
              hugetlb-minor
          anon and hugetlb migrate from a snapshot file, the others from the source VM's
@@ -52,6 +53,11 @@ commands:
          e.g. to see uffd faults beside FaultRequests). --balloon is for anon only.
        --no-uffd-register  guest_memfd: the destination VM registers no uffd range, as on
                            kernels that refuse uffd on a guest_memfd: faults go by FaultRequest
+       The destination VM runs its guest on KVM vCPUs wherever /dev/kvm can run a guest
+       (host threads stand in elsewhere, or with --vcpus-as-threads), then once more with all
+       memory present: guest_rate (before = not migrating, during, after) and degradation.
+       --plot FILE.svg     guest throughput over time, migrating and not, with the demand
+                           fault rate and the bulk rate below
 
 ENDPOINT is unix:/path, host:port or https://host:port (default: $LAZYMIG_CONTROL or
 unix:/run/lazymig/control.sock). For https, --cacert is the CA of the agent's control
@@ -316,10 +322,16 @@ std::uint64_t parseSize(const std::string& v) {
 }
 
 int cmdDemo(int argc, char** argv, int i) {
-  Args a = parse(argc, argv, i,
-                 {"--size", "--memory", "--pattern", "--vcpus", "--accesses", "--regions",
-                  "--zero-ratio", "--timeout-s", "--seed", "--extra-yaml"},
-                 {"--balloon", "--keep", "--no-uffd-register", "--require-kvm", "--memfd-standin"});
+  std::vector<std::string> valued = {"--size",     "--memory",    "--pattern",    "--vcpus",
+                                     "--accesses", "--regions",   "--zero-ratio", "--timeout-s",
+                                     "--seed",     "--extra-yaml"};
+  std::vector<std::string> switches = {"--balloon", "--keep", "--no-uffd-register", "--require-kvm",
+                                       "--memfd-standin"};
+  valued.insert(valued.end(), std::begin(cli::kDemoGuestViewValued),
+                std::end(cli::kDemoGuestViewValued));
+  switches.insert(switches.end(), std::begin(cli::kDemoGuestViewSwitches),
+                  std::end(cli::kDemoGuestViewSwitches));
+  Args a = parse(argc, argv, i, valued, switches);
   cli::DemoOptions o;
   if (a.has("--size")) o.size = parseSize(a.get("--size"));
   o.memory = a.get("--memory", o.memory);
@@ -335,6 +347,10 @@ int cmdDemo(int argc, char** argv, int i) {
   o.require_kvm = a.has("--require-kvm");
   o.memfd_standin = a.has("--memfd-standin");
   o.keep = a.has("--keep");
+  for (const char* f : cli::kDemoGuestViewSwitches)
+    if (a.has(f)) cli::applyGuestViewFlag(o, f, "");
+  for (const char* f : cli::kDemoGuestViewValued)
+    if (a.has(f)) cli::applyGuestViewFlag(o, f, a.get(f));
   if (auto ok = cli::checkDemoOptions(o); !ok) usage(ok.error().message());
   if (a.has("--extra-yaml")) {
     std::ifstream in(a.get("--extra-yaml"));
@@ -382,6 +398,7 @@ int cmdDemo(int argc, char** argv, int i) {
                 static_cast<unsigned long long>(r.value("fault_replies", 0)),
                 static_cast<unsigned long long>(r.value("bitmap_bits_set", 0)));
   }
+  cli::printGuestSummary(r);
   std::printf("  time             %.2f s, %.0f MiB/s\n", r.value("total_seconds", 0.0),
               r.value("throughput_mib_s", 0.0));
   std::printf("  verified         %s (%llu mismatches)\n",

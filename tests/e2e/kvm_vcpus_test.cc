@@ -4,6 +4,8 @@
 // vCPUs are blocked in a fault. Skipped only where /dev/kvm cannot run a guest.
 #include <signal.h>
 
+#include <cstdio>
+
 #include "tests/e2e/e2e.h"
 #include "testvm/kvm_guest.h"
 
@@ -93,6 +95,38 @@ TEST(KvmVcpus, DestinationAgentKilledWhileVcpusAreBlockedInAFaultRecovers) {
   auto m = run->migration(cli::Side::kDestination);
   ASSERT_TRUE(m);
   EXPECT_TRUE(m->value("resumed_after_restart", false)) << m->dump();
+}
+
+// The guest's own view: its rate not migrating (the same guest run again once all memory is
+// present), during and after the migration, the work it lost, and the plot of it.
+TEST(KvmVcpus, DemoReportsTheGuestRateAndPlotsIt) {
+  SKIP_WITHOUT_KVM();
+  auto o = baseOptions();
+  o.guest_baseline = true;
+  o.plot = ::testing::TempDir() + "/kvm-guest.svg";
+  std::remove(o.plot.c_str());
+  auto r = cli::runDemo(o);
+  ASSERT_TRUE(r) << r.error().message();
+  expectKvmGuestVerified(*r, o.size, true);
+  const auto& rate = (*r)["guest_rate"];
+  EXPECT_GT(rate.value("before", 0.0), 0) << r->dump();
+  EXPECT_GT(rate.value("during", 0.0), 0) << r->dump();
+  EXPECT_TRUE((*r)["degradation"].is_number()) << r->dump();
+  EXPECT_EQ(r->value("plot", ""), o.plot);
+  const std::string svg = readFile(o.plot);
+  EXPECT_NE(svg.find("KVM vCPUs"), std::string::npos);
+  EXPECT_NE(svg.find("not migrating"), std::string::npos);
+}
+
+// --vcpus-as-threads keeps the host-thread stand-in, and the report says so.
+TEST(KvmVcpus, ThreadStandInOnRequest) {
+  auto o = baseOptions();
+  o.vcpus_as_threads = true;
+  auto r = cli::runDemo(o);
+  ASSERT_TRUE(r) << r.error().message();
+  expectVerified(*r, o.size);
+  EXPECT_EQ(r->value("vcpus", ""), "threads") << r->dump();
+  EXPECT_EQ(r->value("vcpus_threads_because", ""), "--vcpus-as-threads") << r->dump();
 }
 
 }  // namespace
