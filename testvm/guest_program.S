@@ -46,10 +46,9 @@
 .set MIX1, 0xbf58476d1ce4e5b9
 .set MIX2, 0x94d049bb133111eb
 
-# rax = mix64(rax) (testvm/pattern.cc); clobbers rdx.
-.macro MIX64
-  movabs rdx, GOLDEN
-  add rax, rdx
+# The first two rounds of mix64's finaliser, which the pattern's words share with it:
+# rax = (rax ^ rax >> 30) * MIX1; rax ^= rax >> 27. Clobbers rdx.
+.macro MIX_ROUNDS
   mov rdx, rax
   shr rdx, 30
   xor rax, rdx
@@ -58,6 +57,13 @@
   mov rdx, rax
   shr rdx, 27
   xor rax, rdx
+.endm
+
+# rax = mix64(rax) (testvm/pattern.cc); clobbers rdx.
+.macro MIX64
+  movabs rdx, GOLDEN
+  add rax, rdx
+  MIX_ROUNDS
   movabs rdx, MIX2
   imul rax, rdx
   mov rdx, rax
@@ -129,13 +135,18 @@ entry:
 access:
   jmp qword ptr [r15 + P_SELECT]
 
-select_sequential:
-  mov rax, r14
+# rbx = the parameters' start + rax % their length, then on to the read. Clobbers rdx.
+.macro READ_IN_RANGE start, len
   xor edx, edx
-  div qword ptr [r15 + P_SLICE_LEN]
-  mov rbx, [r15 + P_SLICE_START]
+  div qword ptr [r15 + \len]
+  mov rbx, [r15 + \start]
   add rbx, rdx
   jmp read
+.endm
+
+select_sequential:
+  mov rax, r14
+  READ_IN_RANGE P_SLICE_START, P_SLICE_LEN
 
 select_random:
   NEXT_RANDOM
@@ -153,11 +164,7 @@ select_hot:
   test rdx, rdx
   jz select_random
   NEXT_RANDOM
-  xor edx, edx
-  div qword ptr [r15 + P_HOT_COUNT]
-  mov rbx, [r15 + P_HOT_START]
-  add rbx, rdx
-  jmp read
+  READ_IN_RANGE P_HOT_START, P_HOT_COUNT
 
 select_write:
   NEXT_RANDOM
@@ -211,14 +218,7 @@ read:
   MIX64
   movabs rdx, GOLDEN * 512
   add rax, rdx
-  mov rdx, rax
-  shr rdx, 30
-  xor rax, rdx
-  movabs rdx, MIX1
-  imul rax, rdx
-  mov rdx, rax
-  shr rdx, 27
-  xor rax, rdx
+  MIX_ROUNDS
   or rax, 1
   cmp rax, rsi
   je next

@@ -71,6 +71,26 @@ TEST(KvmGuest, EveryPatternRunsCleanOnIntactMemory) {
   }
 }
 
+// The baseline run: the same vCPUs enter the program from its start again, and its stamps
+// (generations counted from 1 again) land on top of the first run's.
+TEST(KvmGuest, RunsAgainFromTheStart) {
+  SKIP_WITHOUT_KVM();
+  const Pattern pattern;
+  GuestMemory mem = filled(4 * kMiB, pattern);
+  auto guest = KvmGuest::create(mem, nullptr, options(AccessPattern::kWrite, 2, 400));
+  ASSERT_TRUE(guest) << guest.error().message();
+  auto first = (*guest)->run(nullptr, false);
+  ASSERT_TRUE(first) << first.error().message();
+  auto second = (*guest)->run(nullptr, false);
+  ASSERT_TRUE(second) << second.error().message();
+  EXPECT_EQ(second->accesses, 800u);
+  EXPECT_EQ(second->writes, first->writes);
+  EXPECT_EQ(second->guest_mismatches, 0u);
+  WorkloadResult both = *first;
+  for (auto [page, gen] : second->stamps) both.stamps[page] = gen;
+  EXPECT_EQ(verifyMemory(mem, pattern, both).mismatches, 0u);
+}
+
 TEST(KvmGuest, GuestReportsExactlyThePagesNotAsWritten) {
   SKIP_WITHOUT_KVM();
   const Pattern pattern;
