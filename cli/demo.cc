@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -450,6 +451,14 @@ nlohmann::json DemoRun::report(const nlohmann::json& vm, double total_seconds) {
       {"destination_reason", d.value("reason", "")}};
   const nlohmann::json view = vm.value("guest_view", nlohmann::json::object());
   out.update(guestRateJson(view));
+  // The share of the vCPUs' time spent waiting in accesses that faulted: unlike the rate, it
+  // does not depend on how much CPU the host gives the guest meanwhile.
+  const double vcpu_seconds = vm.value("workload_seconds", 0.0) * options_.vcpus;
+  out["vcpu_stall_share"] =
+      vcpu_seconds > 0
+          ? nlohmann::json(std::round(vm.value("faulting_seconds", 0.0) / vcpu_seconds * 1000) /
+                           1000)
+          : nlohmann::json(nullptr);
   if (!options_.plot.empty()) {
     if (auto ok = writeGuestPlot(options_.plot, out, view, samples_); !ok) {
       std::fprintf(stderr, "demo: %s\n", ok.error().message().c_str());

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <thread>
 
@@ -357,22 +358,26 @@ nlohmann::ordered_json destResult(const VerifyResult& v, const WorkloadResult& w
   for (auto ns : work.latencies_ns) {
     if (ns > faulting_ns) faulting.push_back(ns);
   }
-  nlohmann::ordered_json out{{"role", "dest"},
-                             {"verified", verified},
-                             {"pages", v.pages},
-                             {"mismatches", v.mismatches},
-                             {"first_mismatches", nlohmann::json::array()},
-                             {"accesses", work.accesses},
-                             {"guest_writes", work.writes},
-                             {"ballooned_pages", work.ballooned_pages},
-                             {"access_latency_us", latencyJson(work.latencies_ns)},
-                             {"faulting_accesses", faulting.size()},
-                             {"faulting_latency_us", latencyJson(faulting)},
-                             {"workload_seconds", work.seconds},
-                             {"wait_seconds", wait},
-                             {"guest_checked_reads", work.guest_checked_reads},
-                             {"guest_mismatches", work.guest_mismatches},
-                             {"guest_mismatch_pages", work.guest_mismatch_pages}};
+  nlohmann::ordered_json out{
+      {"role", "dest"},
+      {"verified", verified},
+      {"pages", v.pages},
+      {"mismatches", v.mismatches},
+      {"first_mismatches", nlohmann::json::array()},
+      {"accesses", work.accesses},
+      {"guest_writes", work.writes},
+      {"ballooned_pages", work.ballooned_pages},
+      {"access_latency_us", latencyJson(work.latencies_ns)},
+      {"faulting_accesses", faulting.size()},
+      {"faulting_latency_us", latencyJson(faulting)},
+      {"faulting_seconds",
+       static_cast<double>(std::accumulate(faulting.begin(), faulting.end(), std::uint64_t{0})) /
+           1e9},
+      {"workload_seconds", work.seconds},
+      {"wait_seconds", wait},
+      {"guest_checked_reads", work.guest_checked_reads},
+      {"guest_mismatches", work.guest_mismatches},
+      {"guest_mismatch_pages", work.guest_mismatch_pages}};
   for (auto [page, off] : v.first_mismatches)
     out["first_mismatches"].push_back({{"page", page}, {"offset", off}});
   return out;

@@ -112,6 +112,8 @@ TEST(KvmVcpus, DemoReportsTheGuestRateAndPlotsIt) {
   EXPECT_GT(rate.value("before", 0.0), 0) << r->dump();
   EXPECT_GT(rate.value("during", 0.0), 0) << r->dump();
   EXPECT_TRUE((*r)["degradation"].is_number()) << r->dump();
+  EXPECT_GT(r->value("vcpu_stall_share", 0.0), 0)
+      << "the KVM vCPUs waited in faults: " << r->dump();
   EXPECT_EQ(r->value("plot", ""), o.plot);
   const std::string svg = readFile(o.plot);
   EXPECT_NE(svg.find("KVM vCPUs"), std::string::npos);
