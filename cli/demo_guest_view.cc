@@ -133,6 +133,10 @@ void printGuestSummary(const json& r) {
       "  guest rate       %s pages/ms not migrating, %s during, %s after the migration; "
       "work lost to it %s\n",
       show("before").c_str(), show("during").c_str(), show("after").c_str(), lost);
+  const json stall = r.value("vcpu_stall_share", json());
+  if (stall.is_number()) {
+    std::printf("  vCPU time        %.1f%% of it blocked in faults\n", stall.get<double>() * 100);
+  }
 }
 
 Status writeGuestPlot(const std::string& path, const json& r, const json& view,
