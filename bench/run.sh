@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Migration numbers beside this machine's floors, measured in the same run (DESIGN.md,
-# "Performance model"). Prints a table and one JSON object per scenario; medians of N runs.
+# "Performance model"). Prints a table and one JSON object per scenario and vCPU kind (KVM
+# vCPUs, host threads standing in); medians of N runs.
 #   bench/run.sh [runs=3] [size=256MiB]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,37 +17,57 @@ trap 'rm -rf "$tmp"' EXIT
 printf 'migration:\n  bulk_rate_limit_mib_s: 32\n' > "$tmp/quiet.yaml"
 : > "$tmp/none.yaml"
 
+# Each scenario runs twice over in the same run: on KVM vCPUs executing the guest program
+# (where /dev/kvm can run a guest) and on host threads standing in for them, so the fault
+# latency and vCPU stall as KVM vCPUs see them sit beside the stand-in's; the KVM rows add the
+# guest's rate not migrating and during, and the share of its work lost to the migration.
 run_scenario() {  # name extra_yaml demo-flags...
   local name=$1 extra=$2; shift 2
-  for ((i = 0; i < runs; i++)); do
-    $bin/lazymig demo --size "$size" --extra-yaml "$extra" "$@" 2>/dev/null | tail -1
-  done > "$tmp/$name.jsonl"
-  python3 - "$name" "$tmp/$name.jsonl" "$floors" <<'PY'
+  for vcpus in kvm threads; do
+    local as=()
+    [[ $vcpus == threads ]] && as=(--vcpus-as-threads)
+    for ((i = 0; i < runs; i++)); do
+      $bin/lazymig demo --size "$size" --extra-yaml "$extra" "${as[@]}" "$@" 2>/dev/null | tail -1
+    done > "$tmp/$name-$vcpus.jsonl"
+  done
+  python3 - "$name" "$tmp/$name" "$floors" <<'PY'
 import json, statistics, sys
-name, path, floors = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-rows = [json.loads(l) for l in open(path) if l.strip()]
+name, prefix, floors = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 med = lambda xs: statistics.median(xs) if xs else 0
-p50 = med([r["fault_latency_us"]["p50"] for r in rows])
-p99 = med([r["fault_latency_us"]["p99"] for r in rows])
-vp50 = med([r["vcpu_access_latency_us"]["p50"] for r in rows])
-thr = med([r["throughput_mib_s"] for r in rows])
 floor = floors["local_fault_us"]["p50"] + floors["network_rtt_us"]["p50"]
-ok = all(r["verified"] for r in rows)
-mismatches = sum(r["mismatches"] for r in rows)
-print(f"{name:28s} fault p50 {p50:8.0f} us ({p50/floor:4.1f}x floor {floor:.0f} us)  p99 {p99:8.0f} us  "
-      f"vCPU stall p50 {vp50:7.0f} us  {thr:6.0f} MiB/s  verified={ok} mismatches={mismatches}")
-print(json.dumps({"scenario": name, "runs": len(rows), "fault_p50_us": p50, "fault_p99_us": p99,
-                  "floor_us": floor, "ratio_to_floor": p50 / floor, "vcpu_stall_p50_us": vp50,
-                  "throughput_mib_s": thr, "install_floor_mib_s": floors["uffd_copy_64page_mib_s"],
-                  "verified": ok, "mismatches": mismatches}))
+for asked in ("kvm", "threads"):
+    rows = [json.loads(l) for l in open(f"{prefix}-{asked}.jsonl") if l.strip()]
+    ran = sorted({r.get("vcpus", "threads") for r in rows}) or ["none"]
+    p50 = med([r["fault_latency_us"]["p50"] for r in rows])
+    p99 = med([r["fault_latency_us"]["p99"] for r in rows])
+    vp50 = med([r["vcpu_access_latency_us"]["p50"] for r in rows])
+    vp99 = med([r["vcpu_access_latency_us"]["p99"] for r in rows])
+    thr = med([r["throughput_mib_s"] for r in rows])
+    rate = lambda k: med([r["guest_rate"][k] for r in rows if r.get("guest_rate", {}).get(k) is not None])
+    degr = [r["degradation"] for r in rows if r.get("degradation") is not None]
+    ok = bool(rows) and all(r["verified"] for r in rows)
+    mismatches = sum(r["mismatches"] + r.get("guest_mismatches", 0) for r in rows)
+    label = f"{name} [{'/'.join(ran)}]"
+    print(f"{label:38s} fault p50 {p50:7.0f} us ({p50/floor:4.1f}x floor {floor:.0f} us) p99 {p99:7.0f} us  "
+          f"vCPU stall p50 {vp50:7.0f} p99 {vp99:7.0f} us  {thr:5.0f} MiB/s  "
+          f"guest {rate('before'):.2f}->{rate('during'):.2f} pages/ms, lost {100*med(degr):3.0f}%  "
+          f"verified={ok} mismatches={mismatches}")
+    print(json.dumps({"scenario": name, "vcpus": "/".join(ran), "runs": len(rows), "fault_p50_us": p50,
+                      "fault_p99_us": p99, "floor_us": floor, "ratio_to_floor": p50 / floor,
+                      "vcpu_stall_p50_us": vp50, "vcpu_stall_p99_us": vp99, "throughput_mib_s": thr,
+                      "install_floor_mib_s": floors["uffd_copy_64page_mib_s"],
+                      "guest_rate_before": rate("before"), "guest_rate_during": rate("during"),
+                      "guest_rate_after": rate("after"), "degradation": med(degr),
+                      "verified": ok, "mismatches": mismatches}))
 PY
 }
 
 run_scenario quiet-bulk-random "$tmp/quiet.yaml" --pattern random --vcpus 1 --accesses 2000
 run_scenario saturated-bulk-random "$tmp/none.yaml" --pattern random --vcpus 1 --accesses 2000
-run_scenario saturated-bulk-hot-4vcpu "$tmp/none.yaml" --pattern hot --vcpus 4 --accesses 20000
+run_scenario saturated-bulk-hot-4vcpu "$tmp/none.yaml" --pattern hot --vcpus 4 --accesses 5000
 # Every kind of guest memory, the guest writing while pages arrive (hugetlb raises
 # vm.nr_hugepages for the run and puts it back).
 for memory in memfd memfd-minor guest_memfd hugetlb hugetlb-minor; do
-  run_scenario "$memory-write-4vcpu" "$tmp/none.yaml" --memory "$memory" --pattern write --vcpus 4
+  run_scenario "$memory-write-4vcpu" "$tmp/none.yaml" --memory "$memory" --pattern write --vcpus 4 \
+    --accesses 5000
 done

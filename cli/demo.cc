@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -358,9 +359,13 @@ Status DemoRun::startDestinationVm() {
   if (o.no_uffd_register) argv.push_back("--no-uffd-register");
   if (o.require_kvm) argv.push_back("--require-kvm");
   if (o.memfd_standin) argv.push_back("--memfd-standin");
+  if (o.vcpus_as_threads) argv.push_back("--vcpus-as-threads");
+  if (o.guest_baseline) argv.push_back("--baseline");
   auto child = ChildProcess::spawn(argv, dir_ + "/destination-vm.log", true);
   if (!child) return std::unexpected(child.error());
   dest_vm_.emplace(std::move(*child));
+  sampler_ = std::make_unique<MigrationSampler>();
+  sampler_->start(controlEndpoint(Side::kDestination), kMigrationId, std::chrono::milliseconds(50));
   say("destination VM resumed; its vCPUs fault while pages arrive");
   return {};
 }
@@ -368,6 +373,7 @@ Status DemoRun::startDestinationVm() {
 Result<nlohmann::json> DemoRun::waitDestinationVm() {
   if (!dest_vm_) return fail(Errc::kState, "destination test VM", "not started");
   auto st = dest_vm_->wait(std::chrono::seconds(options_.timeout_s + 30));
+  if (sampler_) samples_ = sampler_->stop();
   if (!st) {
     dest_vm_->stop(std::chrono::milliseconds(0));
     return fail(Errc::kTimeout, "destination test VM", "still running after the timeout; killed");
@@ -418,6 +424,11 @@ nlohmann::json DemoRun::report(const nlohmann::json& vm, double total_seconds) {
       {"fault_latency_us", d.value("fault_latency_us", nlohmann::json::object())},
       {"vcpu_access_latency_us", vm.value("faulting_latency_us", nlohmann::json::object())},
       {"guest_writes", vm.value("guest_writes", 0)},
+      {"vcpus", vm.value("vcpus", "threads")},
+      {"vcpus_threads_because", vm.value("threads_because", nlohmann::json(nullptr))},
+      {"memslot_backing", vm.value("memslot_backing", nlohmann::json(nullptr))},
+      {"guest_checked_reads", vm.value("guest_checked_reads", 0)},
+      {"guest_mismatches", vm.value("guest_mismatches", 0)},
       {"total_seconds", total_seconds},
       {"throughput_mib_s", total_seconds > 0 ? mib / total_seconds : 0.0},
       {"memory", options_.memory},
@@ -433,10 +444,28 @@ nlohmann::json DemoRun::report(const nlohmann::json& vm, double total_seconds) {
       {"source_state", src ? src->value("state", "") : "unknown"},
       {"destination_state", d.value("state", "unknown")},
       {"destination_reason", d.value("reason", "")}};
+  const nlohmann::json view = vm.value("guest_view", nlohmann::json::object());
+  out.update(guestRateJson(view));
+  // The share of the vCPUs' time spent waiting in accesses that faulted: unlike the rate, it
+  // does not depend on how much CPU the host gives the guest meanwhile.
+  const double vcpu_seconds = vm.value("workload_seconds", 0.0) * options_.vcpus;
+  out["vcpu_stall_share"] =
+      vcpu_seconds > 0
+          ? nlohmann::json(std::round(vm.value("faulting_seconds", 0.0) / vcpu_seconds * 1000) /
+                           1000)
+          : nlohmann::json(nullptr);
+  if (!options_.plot.empty()) {
+    if (auto ok = writeGuestPlot(options_.plot, out, view, samples_); !ok) {
+      std::fprintf(stderr, "demo: %s\n", ok.error().message().c_str());
+    } else {
+      out["plot"] = options_.plot;
+    }
+  }
   return out;
 }
 
 void DemoRun::stopAll() {
+  if (sampler_) sampler_->stop();
   if (dest_vm_) dest_vm_->stop(std::chrono::milliseconds(0));
   // Signal everything first, then wait: the agents' shutdowns overlap instead of adding up.
   for (auto& a : agents_) {

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 
 #include "base/error.h"
 #include "cli/child_process.h"
+#include "cli/demo_guest_view.h"
 #include "cli/huge_pages.h"
 
 namespace lazymig::cli {
@@ -44,6 +46,11 @@ struct DemoOptions {
   // Called with the destination migration object a few times a second while the destination
   // VM runs (runDemo only), e.g. to draw a live progress line.
   std::function<void(const nlohmann::json&)> progress;
+
+  // The guest's own view (the destination test VM's vCPUs), kept together for the CLI:
+  bool vcpus_as_threads = false;  // --vcpus-as-threads: host threads stand in for KVM vCPUs
+  bool guest_baseline = true;     // run the guest again unmigrated, for guest_rate.before
+  std::string plot;               // --plot FILE.svg: guest throughput over time
 };
 
 // Checks the options that lazymig-testvm would refuse, before anything starts: the memory
@@ -113,6 +120,9 @@ class DemoRun {
   std::optional<ChildProcess> source_vm_;
   std::optional<ChildProcess> dest_vm_;
   std::chrono::steady_clock::time_point started_;
+  // The destination's counters while its test VM runs (a pointer: DemoRun moves, it does not).
+  std::unique_ptr<MigrationSampler> sampler_;
+  std::vector<MigrationSample> samples_;
 };
 
 // Runs the whole demo; prints a summary to stderr and returns the report (last stdout line).

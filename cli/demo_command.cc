@@ -1,5 +1,7 @@
 #include "cli/demo_command.h"
 
+#include "cli/demo_guest_view.h"
+
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -66,6 +68,7 @@ void printSummary(const DemoOptions& o, const std::string& size_text, const json
                 static_cast<unsigned long long>(r.value("fault_replies", 0)),
                 static_cast<unsigned long long>(r.value("bitmap_bits_set", 0)));
   }
+  printGuestSummary(r);
   std::printf("  time             %.2f s, %.0f MiB/s\n", r.value("total_seconds", 0.0),
               r.value("throughput_mib_s", 0.0));
   std::printf("  verified         %s (%llu mismatches)\n",
@@ -90,7 +93,7 @@ DemoCommand::DemoCommand(CLI::App& app) {
       "demo", "migrate a test VM between two local agents and verify every byte");
   demo->footer(
       "Two agents start on this machine, each with its own certificate; lazymig-testvm fills "
-      "guest memory with a known pattern, migrates it while vCPU threads fault on it, and "
+      "guest memory with a known pattern, migrates it while a running KVM guest faults on it, and "
       "verifies every page. Progress shows on stderr (one live line on a terminal). The report "
       "is printed as a summary, and as one JSON line on stdout with --json (-o json) or when "
       "stdout is not a terminal. Exits 1 if any byte differs.\n");
@@ -105,7 +108,7 @@ DemoCommand::DemoCommand(CLI::App& app) {
   demo->add_option("--pattern", o.pattern, "how the vCPUs touch memory")
       ->check(CLI::IsMember({"sequential", "random", "hot", "write"}))
       ->capture_default_str();
-  demo->add_option("--vcpus", o.vcpus, "vCPU threads")
+  demo->add_option("--vcpus", o.vcpus, "the guest's vCPUs (KVM vCPUs, or host threads standing in)")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
   demo->add_option("--accesses", o.accesses, "accesses per vCPU")
@@ -130,6 +133,14 @@ DemoCommand::DemoCommand(CLI::App& app) {
                  "guest_memfd: fail instead of letting a memfd stand in without /dev/kvm");
   demo->add_flag("--memfd-standin", o.memfd_standin,
                  "guest_memfd: a memfd stands in even with KVM");
+  // The guest's own view (the destination test VM's vCPUs: KVM wherever /dev/kvm runs a guest).
+  demo->add_flag("--vcpus-as-threads", o.vcpus_as_threads,
+                 "host threads stand in for the KVM vCPUs (what runs where /dev/kvm cannot run "
+                 "a guest)");
+  demo->add_option("--plot", o.plot,
+                   "write FILE.svg: guest throughput over time, migrating and not, with the "
+                   "demand fault rate and the bulk rate below")
+      ->type_name("FILE.svg");
   demo->add_option("--extra-yaml", extra_yaml_file_,
                    "appended to both agents' configs (e.g. a migration: block)")
       ->check(CLI::ExistingFile)

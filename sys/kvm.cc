@@ -23,6 +23,22 @@ static_assert(sizeof(CreateGuestMemfd) == 64);
 
 constexpr unsigned long kIoctlCreateGuestMemfd = _IOWR(KVMIO, 0xd4, CreateGuestMemfd);
 
+// struct kvm_userspace_memory_region2 (Linux 6.8+), which Debian 12's headers lack.
+struct MemoryRegion2 {
+  std::uint32_t slot;
+  std::uint32_t flags;
+  std::uint64_t guest_phys_addr;
+  std::uint64_t memory_size;
+  std::uint64_t userspace_addr;
+  std::uint64_t guest_memfd_offset;
+  std::uint32_t guest_memfd;
+  std::uint32_t pad1;
+  std::uint64_t pad2[14];
+};
+static_assert(sizeof(MemoryRegion2) == 160);
+constexpr unsigned long kIoctlSetMemoryRegion2 = _IOW(KVMIO, 0x49, MemoryRegion2);
+constexpr std::uint32_t kMemGuestMemfd = 1u << 2;  // KVM_MEM_GUEST_MEMFD
+
 constexpr const char* kDevice = "/dev/kvm";
 
 std::string hex(std::uint64_t v) {
@@ -82,6 +98,50 @@ Result<UniqueFd> KvmVm::createGuestMemfd(Bytes size, std::uint64_t flags) const 
     return failSys("KVM_CREATE_GUEST_MEMFD", what, err);
   }
   return UniqueFd(fd);
+}
+
+Status KvmVm::setMemslot(std::uint32_t slot, std::uint64_t gpa, Bytes size, HostAddr host) const {
+  kvm_userspace_memory_region r{};
+  r.slot = slot;
+  r.guest_phys_addr = gpa;
+  r.memory_size = size.value;
+  r.userspace_addr = host.value;
+  if (::ioctl(vm_.get(), KVM_SET_USER_MEMORY_REGION, &r) != 0) {
+    return failSys("KVM_SET_USER_MEMORY_REGION", "slot " + std::to_string(slot) + " at gpa " +
+                                                     hex(gpa) + ", " + std::to_string(size.value) +
+                                                     " bytes");
+  }
+  return {};
+}
+
+Status KvmVm::setGuestMemfdMemslot(std::uint32_t slot, std::uint64_t gpa, Bytes size, HostAddr host,
+                                   int guest_memfd, GuestOffset offset) const {
+  MemoryRegion2 r{};
+  r.slot = slot;
+  r.flags = kMemGuestMemfd;
+  r.guest_phys_addr = gpa;
+  r.memory_size = size.value;
+  r.userspace_addr = host.value;
+  r.guest_memfd_offset = offset.value;
+  r.guest_memfd = static_cast<std::uint32_t>(guest_memfd);
+  if (::ioctl(vm_.get(), kIoctlSetMemoryRegion2, &r) != 0) {
+    return failSys("KVM_SET_USER_MEMORY_REGION2",
+                   "slot " + std::to_string(slot) + " backed by guest_memfd fd " +
+                       std::to_string(guest_memfd) + " at offset " + hex(offset.value));
+  }
+  return {};
+}
+
+Result<UniqueFd> KvmVm::createVcpuFd(unsigned id) const {
+  int fd = ::ioctl(vm_.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(id));
+  if (fd < 0) return failSys("KVM_CREATE_VCPU", "vCPU " + std::to_string(id));
+  return UniqueFd(fd);
+}
+
+Result<std::size_t> KvmVm::vcpuMmapSize() const {
+  int n = ::ioctl(kvm_.get(), KVM_GET_VCPU_MMAP_SIZE, 0);
+  if (n <= 0) return failSys("KVM_GET_VCPU_MMAP_SIZE", kDevice);
+  return static_cast<std::size_t>(n);
 }
 
 Result<UniqueFd> createMappableGuestMemfd(Bytes size) {

@@ -1,6 +1,6 @@
-// A KVM virtual machine, owned only for what lazymig needs of it: creating guest_memfd files
-// (see ../shared/PROTOCOLS.md section 2). No vCPUs and no memslots: a stand-in VMM maps the
-// guest_memfd into its own address space and plays the vCPUs' part itself.
+// A KVM virtual machine, owned for what lazymig's test VM needs of it: guest_memfd files (see
+// ../shared/PROTOCOLS.md section 2), memslots and vCPUs (sys/kvm_vcpu.h) that run a guest
+// program on the VMM's guest memory.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +28,20 @@ class KvmVm {
   Result<int> checkExtension(unsigned long cap) const;
   // KVM_CREATE_GUEST_MEMFD of `size` bytes (a multiple of the host page size).
   Result<UniqueFd> createGuestMemfd(Bytes size, std::uint64_t flags) const;
+
+  // KVM_SET_USER_MEMORY_REGION: guest physical [gpa, gpa + size) is the VMM's memory at host.
+  Status setMemslot(std::uint32_t slot, std::uint64_t gpa, Bytes size, HostAddr host) const;
+  // KVM_SET_USER_MEMORY_REGION2 with KVM_MEM_GUEST_MEMFD: the slot's memory is the guest_memfd
+  // at `offset` (host is the VMM's shared mapping of it). Fails where the kernel refuses a
+  // guest_memfd memslot for this VM.
+  Status setGuestMemfdMemslot(std::uint32_t slot, std::uint64_t gpa, Bytes size, HostAddr host,
+                              int guest_memfd, GuestOffset offset) const;
+  // KVM_CREATE_VCPU; the returned fd is the vCPU's (see KvmVcpu).
+  Result<UniqueFd> createVcpuFd(unsigned id) const;
+  // KVM_GET_VCPU_MMAP_SIZE: the size of each vCPU's kvm_run mapping.
+  Result<std::size_t> vcpuMmapSize() const;
+  // /dev/kvm itself, for system ioctls such as KVM_GET_SUPPORTED_CPUID.
+  int systemFd() const { return kvm_.get(); }
 
  private:
   KvmVm(UniqueFd kvm, UniqueFd vm) : kvm_(std::move(kvm)), vm_(std::move(vm)) {}

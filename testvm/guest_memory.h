@@ -68,6 +68,8 @@ class GuestMemory {
   const sys::UniqueFd& memfd() const { return memfd_; }
   // guest_memfd only: "kvm" for a real guest_memfd, "memfd-standin" otherwise; empty for others.
   const std::string& guestMemfdBacking() const { return backing_; }
+  // The VM the guest_memfd belongs to (a guest_memfd memslot must be on it); null otherwise.
+  const sys::KvmVm* kvmVm() const { return kvm_ ? &*kvm_ : nullptr; }
   // guest_memfd with a memfd standing in: why KVM could not give a guest_memfd.
   const std::string& standInReason() const { return standin_reason_; }
   // The guest physical address of the 4 KiB guest page (guest_memfd regions only).

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <thread>
 
@@ -32,6 +33,7 @@
 #include "testvm/pattern.h"
 #include "testvm/uffd_setup.h"
 #include "testvm/userfault_bitmap.h"
+#include "testvm/vcpus.h"
 #include "testvm/workload.h"
 #include "vmm/handshake.h"
 
@@ -50,6 +52,7 @@ constexpr const char* kSynopsis =
     "                        [--require-kvm | --memfd-standin] [--no-uffd-register]\n"
     "                        --handshake-socket PATH [--vcpus N]\n"
     "                        [--pattern sequential|random|hot|write] [--accesses N] [--balloon]\n"
+    "                        [--vcpus-as-threads] [--baseline]\n"
     "                        --control ENDPOINT --migration ID [--timeout-s N]\n";
 constexpr const char* kDetails =
     "\n"
@@ -77,7 +80,13 @@ constexpr const char* kDetails =
     "                   vCPU faults arrive both as uffd events and as FaultRequests\n"
     "--no-uffd-register guest_memfd: do not register the guest memory with the uffd, as on\n"
     "                   kernels that refuse it on a guest_memfd; vCPU faults go by FaultRequest\n"
-    "--balloon          anon only: discard pages while the workload runs (MADV_DONTNEED)\n";
+    "--balloon          anon only: discard pages while the workload runs (MADV_DONTNEED)\n"
+    "dest runs the guest on KVM vCPUs (one thread each in KVM_RUN executing the built-in guest\n"
+    "program, guest memory mapped by memslots) wherever /dev/kvm can run a guest, else on host\n"
+    "threads standing in for vCPUs; its JSON says which (\"vcpus\": \"kvm\" or \"threads\").\n"
+    "--vcpus-as-threads dest: host threads stand in for the vCPUs even where KVM runs guests\n"
+    "--baseline         dest: once verified, run the same workload again on the memory now all\n"
+    "                   present, as the guest runs when not migrating (guest_view.baseline)\n";
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
@@ -313,13 +322,15 @@ std::string waitForMigration(const std::string& endpoint, const std::string& id,
 
 // Watches the migration from the start: if it fails, vCPUs blocked in faults the agent will
 // never answer would keep the workload from ever finishing, so the process leaves from here.
-std::thread watchMigration(const Flags& f, std::atomic<bool>& completed) {
-  return std::thread([&f, &completed] {
+std::thread watchMigration(const Flags& f, std::atomic<bool>& completed,
+                           Clock::time_point& completed_at) {
+  return std::thread([&f, &completed, &completed_at] {
     std::string reason;
     std::string state =
         waitForMigration(f.get("--control"), f.get("--migration"),
                          std::chrono::seconds(f.number("--timeout-s", 600)), reason);
     if (state == "completed") {
+      completed_at = Clock::now();  // read only after join
       completed = true;
       return;
     }
@@ -342,24 +353,31 @@ std::thread watchMigration(const Flags& f, std::atomic<bool>& completed) {
 
 // The destination's verdict and the workload's numbers, as its last stdout line starts.
 nlohmann::ordered_json destResult(const VerifyResult& v, const WorkloadResult& work, double wait,
-                                  bool verified) {
+                                  bool verified, std::uint64_t faulting_ns) {
   std::vector<std::uint64_t> faulting;
   for (auto ns : work.latencies_ns) {
-    if (ns > 5000) faulting.push_back(ns);
+    if (ns > faulting_ns) faulting.push_back(ns);
   }
-  nlohmann::ordered_json out{{"role", "dest"},
-                             {"verified", verified},
-                             {"pages", v.pages},
-                             {"mismatches", v.mismatches},
-                             {"first_mismatches", nlohmann::json::array()},
-                             {"accesses", work.accesses},
-                             {"guest_writes", work.writes},
-                             {"ballooned_pages", work.ballooned_pages},
-                             {"access_latency_us", latencyJson(work.latencies_ns)},
-                             {"faulting_accesses", faulting.size()},
-                             {"faulting_latency_us", latencyJson(faulting)},
-                             {"workload_seconds", work.seconds},
-                             {"wait_seconds", wait}};
+  nlohmann::ordered_json out{
+      {"role", "dest"},
+      {"verified", verified},
+      {"pages", v.pages},
+      {"mismatches", v.mismatches},
+      {"first_mismatches", nlohmann::json::array()},
+      {"accesses", work.accesses},
+      {"guest_writes", work.writes},
+      {"ballooned_pages", work.ballooned_pages},
+      {"access_latency_us", latencyJson(work.latencies_ns)},
+      {"faulting_accesses", faulting.size()},
+      {"faulting_latency_us", latencyJson(faulting)},
+      {"faulting_seconds",
+       static_cast<double>(std::accumulate(faulting.begin(), faulting.end(), std::uint64_t{0})) /
+           1e9},
+      {"workload_seconds", work.seconds},
+      {"wait_seconds", wait},
+      {"guest_checked_reads", work.guest_checked_reads},
+      {"guest_mismatches", work.guest_mismatches},
+      {"guest_mismatch_pages", work.guest_mismatch_pages}};
   for (auto [page, off] : v.first_mismatches)
     out["first_mismatches"].push_back({{"page", page}, {"offset", off}});
   return out;
@@ -370,7 +388,8 @@ int destMain(int argc, char** argv) {
       parseFlags(argc, argv,
                  {"--memory", "--size", "--seed", "--zero-ratio", "--regions", "--handshake-socket",
                   "--vcpus", "--pattern", "--accesses", "--control", "--migration", "--timeout-s"},
-                 {"--balloon", "--require-kvm", "--memfd-standin", "--no-uffd-register"});
+                 {"--balloon", "--require-kvm", "--memfd-standin", "--no-uffd-register",
+                  "--vcpus-as-threads", "--baseline"});
   for (const char* req : {"--size", "--handshake-socket", "--control", "--migration"}) {
     if (!f.has(req)) usage(std::string(req) + " is required");
   }
@@ -400,6 +419,18 @@ int destMain(int argc, char** argv) {
     if (!r) die(r.error().message());
     registered = *r;
   }
+  WorkloadOptions wo;
+  wo.vcpus = static_cast<unsigned>(f.number("--vcpus", 4));
+  wo.pattern = *access;
+  wo.accesses = f.number("--accesses", 20000);
+  wo.balloon = f.has("--balloon");
+  wo.seed = pattern.seed;
+  wo.zero_ratio = pattern.zero_ratio;
+  if (wo.vcpus == 0) usage("--vcpus must be at least 1");
+  // Set up before the handshake: the agent serves a VM that is ready to run.
+  auto chosen = Vcpus::choose(mem, bitmap ? &*bitmap : nullptr, wo, f.has("--vcpus-as-threads"));
+  if (!chosen) die("KVM guest: " + chosen.error().message());
+  Vcpus vcpus = std::move(*chosen);
   // The handshake socket stays open for the whole run, as Firecracker never closes it.
   auto sock = connectWithRetry(f.get("--handshake-socket"), std::chrono::seconds(10));
   if (!sock) die("handshake: " + sock.error().message());
@@ -418,30 +449,24 @@ int destMain(int argc, char** argv) {
   }
 
   std::atomic<bool> completed{false};
-  std::thread watcher = watchMigration(f, completed);
+  Clock::time_point completed_at;
+  std::thread watcher = watchMigration(f, completed, completed_at);
 
-  WorkloadOptions wo;
-  wo.vcpus = static_cast<unsigned>(f.number("--vcpus", 4));
-  wo.pattern = *access;
-  wo.accesses = f.number("--accesses", 20000);
-  wo.balloon = f.has("--balloon");
-  wo.seed = pattern.seed;
-  if (channel) {
-    wo.before_access = [c = channel.get()](unsigned vcpu, std::uint64_t page) {
-      c->beforeAccess(vcpu, page);
-    };
-  }
-  WorkloadResult work = runWorkload(mem, wo);
+  const auto workload_start = Clock::now();
+  const auto workload_start_wall = std::chrono::system_clock::now();
+  auto work = vcpus.run(channel.get());
+  if (!work) dieWithResult("vcpu_failed", work.error().message(), 2);
   auto t_wait = Clock::now();
   watcher.join();
   double wait = std::chrono::duration<double>(Clock::now() - t_wait).count();
   if (!completed) return 4;
-  VerifyResult v = verifyMemory(mem, pattern, work);
+  VerifyResult v = verifyMemory(mem, pattern, *work);
   // Every page the handler populated has its bit cleared; one still set was never populated.
   std::uint64_t bits_set = bitmap ? bitmap->countSet() : 0;
   if (channel) channel->stop();
-  const bool verified = v.mismatches == 0 && bits_set == 0;
-  nlohmann::ordered_json out = destResult(v, work, wait, verified);
+  const bool verified = v.mismatches == 0 && bits_set == 0 && work->guest_mismatches == 0;
+  nlohmann::ordered_json out = destResult(v, *work, wait, verified, vcpus.faultingThresholdNs());
+  vcpus.describe(out);
   describeMemory(out, mem);
   out["uffd_registered"] = registered;
   out["fault_requests"] = channel ? channel->requests() : 0;
@@ -450,13 +475,29 @@ int destMain(int argc, char** argv) {
   std::fprintf(
       stderr, "lazymig-testvm: %llu pages verified, %llu mismatches, %llu guest writes kept\n",
       static_cast<unsigned long long>(v.pages), static_cast<unsigned long long>(v.mismatches),
-      static_cast<unsigned long long>(work.stamps.size()));
+      static_cast<unsigned long long>(work->stamps.size()));
+  if (work->guest_mismatches != 0) {
+    std::fprintf(stderr, "lazymig-testvm: the guest itself found %llu pages not as written\n",
+                 static_cast<unsigned long long>(work->guest_mismatches));
+  }
   if (bits_set != 0) {
     std::fprintf(stderr,
                  "lazymig-testvm: %llu userfault bitmap bits still set after the migration "
                  "completed: those pages were never populated\n",
                  static_cast<unsigned long long>(bits_set));
   }
+  std::optional<WorkloadResult> baseline;
+  if (f.has("--baseline")) {
+    // The same guest again on memory now all present: the guest as it runs when no migration
+    // is going on, the measure of what the migration cost it.
+    auto again = vcpus.runBaseline();
+    if (!again) dieWithResult("vcpu_failed", "baseline: " + again.error().message(), 2);
+    baseline = std::move(*again);
+  }
+  using Ms = std::chrono::duration<double, std::milli>;
+  out["guest_view"] = guestViewJson(*work, baseline ? &*baseline : nullptr,
+                                    Ms(workload_start_wall.time_since_epoch()).count(),
+                                    Ms(completed_at - workload_start).count());
   std::printf("%s\n", out.dump().c_str());
   std::fflush(stdout);
   return verified ? 0 : 1;

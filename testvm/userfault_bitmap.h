@@ -23,6 +23,8 @@ class UserfaultBitmap {
   std::uint64_t countSet() const;
   std::uint64_t pages() const { return pages_; }
   const sys::UniqueFd& fd() const { return fd_; }
+  // The VMM's mapping of the bitmap: a KVM guest reads its bits through a memslot of it.
+  const sys::Mapping& mapping() const { return mapping_; }
 
  private:
   UserfaultBitmap(sys::UniqueFd fd, sys::Mapping mapping, std::uint64_t pages)

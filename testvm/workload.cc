@@ -89,8 +89,10 @@ void runVcpu(const GuestMemory& mem, const WorkloadOptions& o, unsigned id,
   }
 }
 
+}  // namespace
+
 void runBalloon(const GuestMemory& mem, const WorkloadOptions& o,
-                std::atomic<std::uint64_t>& progress, std::vector<bool>& ballooned) {
+                const std::atomic<std::uint64_t>& progress, std::vector<bool>& ballooned) {
   const std::uint64_t pages = mem.pageCount();
   const std::uint64_t first = pages * 7 / 8;
   const std::uint64_t ranges = (pages - first) / 16;
@@ -110,8 +112,6 @@ void runBalloon(const GuestMemory& mem, const WorkloadOptions& o,
   }
 }
 
-}  // namespace
-
 WorkloadResult runWorkload(const GuestMemory& mem, const WorkloadOptions& o) {
   WorkloadResult result;
   result.ballooned.assign(mem.pageCount(), false);
@@ -125,7 +125,22 @@ WorkloadResult runWorkload(const GuestMemory& mem, const WorkloadOptions& o) {
     threads.emplace_back([&, v] { runVcpu(mem, o, v, write_limit, progress, per[v]); });
   }
   if (balloon) threads.emplace_back([&] { runBalloon(mem, o, progress, result.ballooned); });
+  // The threads' progress over time, sampled as the KVM guest reports its own.
+  std::atomic<bool> running{true};
+  std::thread sampler([&] {
+    const std::uint64_t total = std::uint64_t{o.vcpus} * o.accesses;
+    for (std::uint64_t last = ~std::uint64_t{0}; running.load(std::memory_order_relaxed);) {
+      std::uint64_t n = progress.load(std::memory_order_relaxed);
+      if (n != last) result.progress.emplace_back((Clock::now() - t0).count(), n);
+      last = n;
+      if (n >= total) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
   for (auto& t : threads) t.join();
+  running = false;
+  sampler.join();
+  result.progress.emplace_back((Clock::now() - t0).count(), progress.load());
   result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   for (auto& v : per) {
     result.latencies_ns.insert(result.latencies_ns.end(), v.latencies.begin(), v.latencies.end());

@@ -2,6 +2,7 @@
 // arriving: every access is timed, and every write is remembered for verification.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -22,6 +23,7 @@ struct WorkloadOptions {
   std::uint64_t accesses = 20000;  // per vCPU
   bool balloon = false;            // anonymous memory only
   std::uint64_t seed = 42;
+  double zero_ratio = 0.25;  // Pattern::zero_ratio: the KVM guest checks pages against it
   // Runs on the vCPU thread before each access to 4 KiB page `page`, inside the timed span:
   // the guest_memfd variant's userfault exit (FaultChannel::beforeAccess). Empty: none.
   std::function<void(unsigned vcpu, std::uint64_t page)> before_access;
@@ -35,9 +37,23 @@ struct WorkloadResult {
   std::uint64_t writes = 0;
   std::uint64_t ballooned_pages = 0;
   double seconds = 0;
+  // "kvm": KVM vCPUs ran the guest program; "threads": host threads stood in for them.
+  std::string vcpu_kind = "threads";
+  // Progress over time: (ns since the workload started, accesses done by all vCPUs so far).
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> progress;
+  // The guest's own check of the pages it read (KVM vCPUs only; threads leave it to the VMM).
+  std::uint64_t guest_checked_reads = 0;
+  std::uint64_t guest_mismatches = 0;
+  std::vector<std::uint64_t> guest_mismatch_pages;  // the first few
 };
 
+// Host threads standing in for vCPUs (--vcpus-as-threads, or where KVM cannot run a guest).
 WorkloadResult runWorkload(const GuestMemory& memory, const WorkloadOptions& options);
+
+// The balloon device: discards pages from the top eighth of anonymous guest memory while the
+// workload runs, spread over its progress (accesses done by all vCPUs).
+void runBalloon(const GuestMemory& memory, const WorkloadOptions& options,
+                const std::atomic<std::uint64_t>& progress, std::vector<bool>& ballooned);
 
 struct VerifyResult {
   std::uint64_t pages = 0;

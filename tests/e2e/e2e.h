@@ -22,6 +22,7 @@ inline cli::DemoOptions baseOptions() {
   o.size = 64ull << 20;
   o.vcpus = 2;
   o.accesses = 3000;
+  o.guest_baseline = false;  // the guest's rate unmigrated: only the demo and its own test need it
   o.timeout_s = 180;
   o.verbose = false;
   // LAZYMIG_E2E_KEEP=1 keeps every run's directory (agent logs, configs) for debugging.
