@@ -40,6 +40,7 @@ class ProgressLine {
   std::optional<Sample> previous_;
   std::optional<Clock::time_point> last_plain_;
   bool drawn_ = false;
+  bool final_printed_ = false;  // off a terminal
 };
 
 }  // namespace lazymig::cli

@@ -60,6 +60,8 @@ TEST(ProgressLine, OffATerminalPrintsWholeLinesEveryInterval) {
   line.update(sample("running", 2, 0), t0 + 1s);  // too soon: not printed
   line.update(sample("running", 3, 0), t0 + 6s);
   line.update(sample("completed", 10240, 0), t0 + 7s);  // the end: printed however soon
+  line.update(sample("completed", 10240, 0), t0 + 8s);  // ... and only once
+  line.update(sample("completed", 10240, 0), t0 + 20s);
   line.finish();
   std::rewind(out.get());
   std::string text(4096, '\0');
@@ -68,7 +70,10 @@ TEST(ProgressLine, OffATerminalPrintsWholeLinesEveryInterval) {
   EXPECT_NE(text.find("1/10240 pages"), std::string::npos) << text;
   EXPECT_EQ(text.find("2/10240 pages"), std::string::npos) << text;
   EXPECT_NE(text.find("3/10240 pages"), std::string::npos) << text;
-  EXPECT_NE(text.find("vm-1 completed: 10240/10240"), std::string::npos) << text;
+  auto first = text.find("vm-1 completed: 10240/10240");
+  ASSERT_NE(first, std::string::npos) << text;
+  EXPECT_EQ(text.find("vm-1 completed", first + 1), std::string::npos) << "the end printed twice:\n"
+                                                                       << text;
 }
 
 }  // namespace
