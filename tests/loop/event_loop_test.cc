@@ -99,7 +99,13 @@ TEST(EventLoop, TimerOnTheLoopThreadIsPendingUntilItFires) {
   });
   EXPECT_TRUE(b.get());
   EXPECT_FALSE(in.get());
-  loop->post([&] { t = Timer(); });
+  // The handle belongs to the loop thread here: let it go there, and wait for that.
+  std::promise<void> cleared;
+  loop->post([&] {
+    t = Timer();
+    cleared.set_value();
+  });
+  cleared.get_future().wait();
 }
 
 TEST(EventLoop, TimerHandleMayOutliveItsLoop) {
