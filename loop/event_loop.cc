@@ -24,7 +24,7 @@ std::mutex g_finalizers_mu;
 std::vector<EventLoop::BaseFinalizer> g_finalizers;
 }  // namespace
 
-struct EventLoop::Impl : std::enable_shared_from_this<Impl> {
+struct EventLoop::Impl {
   EventBasePtr base;
   EventPtr wake;
   std::thread thread;
