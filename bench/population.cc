@@ -6,10 +6,10 @@
 #include <chrono>
 #include <cstring>
 
-#include "agent/guest_layout.h"
-#include "agent/guest_memory_view.h"
-#include "agent/page_installer.h"
-#include "agent/source_memory.h"
+#include "agent/destination/population/guest_layout.h"
+#include "agent/destination/population/guest_memory_view.h"
+#include "agent/destination/population/page_installer.h"
+#include "agent/source/source_memory.h"
 #include "store/page_map.h"
 #include "sys/kvm.h"
 #include "sys/mapping.h"

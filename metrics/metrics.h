@@ -39,9 +39,10 @@ inline constexpr std::string_view kRefusalReasons[] = {
     // the peer protocol and the migration's checks of a Hello (agent/)
     "protocol", "unknown_migration", "identity", "token", "state", "not_ready", "layout", "flood",
     "hello_timeout",
-    // VMM handshakes and memory handovers (agent/vmm_listener.cc)
+    // VMM handshakes and memory handovers (agent/core/vmm_listener.cc)
     "handshake_credentials", "handshake_malformed", "handshake_rejected", "handshake_busy",
-    // guest_memfd FaultRequests the agent could not serve (agent/destination_migration.cc)
+    // guest_memfd FaultRequests the agent could not serve
+    // (agent/destination/destination_migration.cc)
     "fault_request"};
 inline constexpr std::string_view kMigrationStates[] = {
     "waiting_for_vmm", "waiting_for_memory", "running", "serving",

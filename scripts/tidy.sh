@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # clang-tidy (repo .clang-tidy) over the sources, or over the files given, two at a time.
 #   scripts/tidy.sh                 every .cc outside tests/ and the fuzz targets
-#   scripts/tidy.sh agent/foo.cc    just these
+#   scripts/tidy.sh agent/source/foo.cc    just these
 # Needs clang-tidy-16 (apt-get install clang-tidy-16) and a release build's
 # compile_commands.json (cmake --preset release). Exits non-zero when it warns.
 set -euo pipefail

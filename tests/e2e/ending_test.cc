@@ -1,9 +1,9 @@
 // The ending handshake (docs/protocol.md) with real agents killed by SIGKILL at each of its
-// steps. Each agent is started with LAZYMIG_TEST_STOP_AT naming one step (agent/test_points.h):
-// the agent that reaches it stops itself there (SIGSTOP), the test SIGKILLs the agent the step
-// is about -- that one, or its peer while it waits -- and starts it again. Whatever the step,
-// both sides must learn the outcome: the destination `completed` with the source's
-// acknowledgement, and the source `completed` (its memory released) for good, also after a
+// steps. Each agent is started with LAZYMIG_TEST_STOP_AT naming one step
+// (agent/core/test_points.h): the agent that reaches it stops itself there (SIGSTOP), the test
+// SIGKILLs the agent the step is about -- that one, or its peer while it waits -- and starts it
+// again. Whatever the step, both sides must learn the outcome: the destination `completed` with the
+// source's acknowledgement, and the source `completed` (its memory released) for good, also after a
 // later restart. Invariant 4 meanwhile: the source never releases before it has the
 // destination's Complete, which is why a source killed before recording it must hear it again.
 #include <signal.h>

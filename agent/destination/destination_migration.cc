@@ -1,0 +1,447 @@
+#include "agent/destination/destination_migration.h"
+
+#include <sys/stat.h>
+
+#include "agent/core/loop_sync.h"
+#include "agent/destination/source_probe.h"
+
+namespace lazymig::agent {
+
+using transport::ChannelKind;
+using transport::FrameType;
+
+DestinationMigration::DestinationMigration(DestinationSpec spec, AgentContext& ctx)
+    : Migration(spec.id, "destination", specToJson(MigrationSpec(spec)), ctx, spec.peer_identity),
+      spec_(std::move(spec)) {}
+
+DestinationMigration::~DestinationMigration() { stopEverything(); }
+
+Status DestinationMigration::start() {
+  const auto& hs = ctx_.config.handshake;
+  CredentialPolicy policy{hs.allowed_uids, hs.allowed_gids, spec_.vmm_pid};
+  auto listener = VmmListener::start(
+      spec_.handshake_socket, hs.socket_mode, ctx_.config.migration.handshake_timeout, policy,
+      [this](vmm::Handshake h, const sys::PeerCredentials& peer, sys::UnixSocket conn) {
+        return onHandshake(std::move(h), peer, std::move(conn));
+      },
+      [this](const std::string& reason, const Error&) {
+        if (ctx_.metrics) ctx_.metrics->addRefusal("handshake_" + reason);
+      },
+      log_);
+  if (!listener) return std::unexpected(listener.error());
+  listener_ = std::move(*listener);
+  persist();
+  log_.info("waiting for the VMM", {{"socket", spec_.handshake_socket}});
+  return {};
+}
+
+Status DestinationMigration::onHandshake(vmm::Handshake handshake, const sys::PeerCredentials& peer,
+                                         sys::UnixSocket connection) {
+  if (isFinal(state())) {
+    return fail(Errc::kState, "vmm handshake",
+                "migration '" + id() + "' is " + std::string(stateName(state())));
+  }
+  if (handshaken_.exchange(true)) {
+    return fail(Errc::kAlreadyExists, "vmm handshake",
+                "migration '" + id() + "' already has a VMM (a second handshake is refused)");
+  }
+  if (auto ok = vmm::checkHandedFds(handshake, vmm::Receiver::kDestination); !ok) {
+    handshaken_ = false;
+    return ok;
+  }
+  auto choice = choosePopulation(handshake, kernelCapabilities());
+  if (!choice) {
+    handshaken_ = false;
+    return std::unexpected(choice.error());
+  }
+  if (auto ok = checkSourceLayout(handshake); !ok) {
+    handshaken_ = false;
+    return ok;
+  }
+  kind_ = handshake.kind;
+  population_ = std::move(*choice);
+  if (auto ok = mapGuestMemory(handshake); !ok) {
+    handshaken_ = false;
+    return ok;
+  }
+  auto uffd = sys::Uffd::adopt(std::move(handshake.uffd));
+  if (!uffd) {
+    handshaken_ = false;
+    return std::unexpected(uffd.error());
+  }
+  vmm_connection_ = std::move(connection);
+  auto ok = adopt(std::move(*uffd), std::move(handshake.regions), peer.pid, {});
+  if (!ok) {
+    if (!ready_.load()) handshaken_ = false;
+    return ok;
+  }
+  return {};
+}
+
+Status DestinationMigration::mapGuestMemory(vmm::Handshake& handshake) {
+  if (handshake.kind == vmm::HandshakeKind::kClassic) return {};
+  const bool bitmap = handshake.kind == vmm::HandshakeKind::kGuestMemfd;
+  auto view =
+      GuestMemoryView::map(handshake.guest_memfd, handshake.total_bytes, handshake.page_size,
+                           bitmap ? &handshake.userfault_bitmap : nullptr);
+  if (!view) return std::unexpected(view.error());
+  view_ = std::move(*view);
+  memory_fd_ = std::move(handshake.guest_memfd);
+  bitmap_fd_ = std::move(handshake.userfault_bitmap);
+  return {};
+}
+
+Status DestinationMigration::adopt(sys::Uffd uffd, std::vector<vmm::GuestRegionMapping> regions,
+                                   pid_t vmm_pid, std::vector<std::uint64_t> restored) {
+  auto layout = GuestLayout::fromMappings(regions);
+  if (!layout) return std::unexpected(layout.error());
+  regions_ = std::move(regions);
+  layout_ = std::move(*layout);
+  uffd_ = std::move(uffd);
+  pages_ = std::make_unique<store::PageMap>(layout_->pageCount());
+  if (!restored.empty()) {
+    pages_->restoreInstalled(restored);
+    restored_pages_ = pages_->doneCount();
+  }
+  checkpoint_ = std::make_unique<store::PageMapCheckpoint>(ctx_.db, id(), *pages_);
+  installer_ = std::make_unique<PageInstaller>(uffd_, *layout_, *pages_, population_.path,
+                                               memory_fd_.valid() ? &view_ : nullptr);
+  {
+    std::lock_guard lock(runtime_mu_);
+    runtime_ = {{"vmm_pid", vmm_pid},
+                {"handshake", std::string(vmm::handshakeKindName(kind_))},
+                {"regions", nlohmann::json::parse(vmm::encodeMappings(regions_), nullptr, false)}};
+    struct stat st {};
+    if (memory_fd_.valid() && ::fstat(memory_fd_.get(), &st) == 0) {
+      runtime_["memory_dev"] = static_cast<std::uint64_t>(st.st_dev);
+      runtime_["memory_ino"] = static_cast<std::uint64_t>(st.st_ino);
+    }
+  }
+  ready_.store(true, std::memory_order_release);
+  log_.info(resumed_ ? "uffd recovered from the VMM" : "VMM handshake accepted",
+            {{"vmm_pid", vmm_pid},
+             {"regions", regions_.size()},
+             {"bytes", layout_->totalBytes().value},
+             {"page_size", layout_->pageSize()},
+             {"handshake", vmm::handshakeKindName(kind_)},
+             {"population_path", installer_->pathName()},
+             {"pages_already_installed", restored_pages_.load()}});
+  if (auto ok = startServing(); !ok) {
+    failMigration(ok.error());
+    return ok;
+  }
+  return {};
+}
+
+nlohmann::json DestinationMigration::runtime() const {
+  std::lock_guard lock(runtime_mu_);
+  nlohmann::json out = runtime_;
+  if (every_page_installed_.load() && out.is_object()) out["every_page_installed"] = true;
+  return out;
+}
+
+Status DestinationMigration::checkSourceLayout(const vmm::Handshake& handshake) const {
+  // Long enough for a TLS handshake to a source that serves; a source still waiting for its
+  // memory holds the Hello unanswered, and the channels check the layout later.
+  constexpr std::chrono::milliseconds kBound{1000};
+  auto params = channelParams(ChannelKind::kUrgent);
+  params.page_size = static_cast<std::uint32_t>(handshake.page_size);
+  params.memory_bytes = handshake.total_bytes;
+  auto probe = probeSourceLayout(ctx_.tls_client, params, kBound);
+  if (probe.answer != SourceLayoutAnswer::kDiffers) return {};
+  return fail(Errc::kInvalidArgument, "vmm handshake",
+              "the VMM's regions add up to " + std::to_string(handshake.total_bytes) +
+                  " bytes in pages of " + std::to_string(handshake.page_size) +
+                  ", which is not the memory the source serves (" + probe.detail +
+                  "): a different guest, or the wrong snapshot");
+}
+
+SourceChannelParams DestinationMigration::channelParams(ChannelKind kind) const {
+  const auto& m = ctx_.config.migration;
+  SourceChannelParams p;
+  p.migration_id = id();
+  p.token = spec_.token;
+  p.source_address = spec_.source_address;
+  p.expected_peer = spec_.peer_identity;
+  p.kind = kind;
+  if (ready_.load(std::memory_order_acquire)) {
+    p.page_size = static_cast<std::uint32_t>(layout_->pageSize());
+    p.memory_bytes = layout_->totalBytes().value;
+  }
+  p.initial_backoff = m.reconnect.initial_backoff;
+  p.max_backoff = m.reconnect.max_backoff;
+  p.give_up_after =
+      std::chrono::duration_cast<std::chrono::milliseconds>(m.reconnect.give_up_after);
+  p.stall_timeout = m.stall_timeout;
+  return p;
+}
+
+Status DestinationMigration::startServing() {
+  auto urgent = transport::EventLoop::start("urgent-" + id());
+  if (!urgent) return std::unexpected(urgent.error());
+  auto bulk = transport::EventLoop::start("bulk-" + id());
+  if (!bulk) return std::unexpected(bulk.error());
+  urgent_loop_ = std::move(*urgent);
+  bulk_loop_ = std::move(*bulk);
+  if (ctx_.metrics) ctx_.metrics->addPagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
+  transport::Layout wire{static_cast<std::uint32_t>(layout_->pageSize()), layout_->pageCount()};
+  Status started;
+  runOnLoop(*urgent_loop_, [&] {
+    faults_ = std::make_unique<FaultService>(
+        *urgent_loop_, uffd_, *layout_, *pages_, *installer_, stats_, ctx_.metrics, log_,
+        FaultService::Hooks{[this](std::span<const std::uint64_t> p) { return requestPages(p); },
+                            [this](const Error& e) { failMigration(e); }, [this] { progressed(); },
+                            [this](const vmm::FaultReply& r) {
+                              if (vmm_faults_) vmm_faults_->reply(r);
+                            }});
+    started = faults_->start();
+    if (started && kind_ == vmm::HandshakeKind::kGuestMemfd) started = startFaultChannel();
+    urgent_ = makeUrgentChannel();
+    urgent_->start();
+  });
+  if (!started) return started;
+
+  runOnLoop(*bulk_loop_, [&] {
+    bulk_receiver_ = std::make_unique<BulkReceiver>(
+        wire, *pages_, *installer_, stats_, ctx_.metrics, log_,
+        BulkReceiver::Hooks{[this](std::string_view f) { return bulk_->send(f); },
+                            [this] { progressed(); },
+                            [this](const Error& e) { failMigration(e); }});
+    bulk_ = std::make_unique<SourceChannel>(
+        *bulk_loop_, ctx_.tls_client, channelParams(ChannelKind::kBulk),
+        SourceChannel::Handlers{
+            .on_open = [this] { bulk_receiver_->onOpen(); },
+            .on_frame = [this](const transport::FrameHeader& h,
+                               std::span<const std::byte> p) { bulk_receiver_->onFrame(h, p); },
+            .on_down = [this](const Error&) { countReconnect(metrics::Channel::kBulk); },
+            .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kBulk, e); }},
+        log_);
+    bulk_->start();
+    scheduleCheckpoint();
+  });
+  setState(MigrationState::kRunning);
+  progressed();  // a zero-page guest is complete at once
+  return {};
+}
+
+void DestinationMigration::countReconnect(metrics::Channel channel) {
+  stats_.reconnects.fetch_add(1);
+  if (ctx_.metrics) ctx_.metrics->addReconnect(channel);
+}
+
+std::unique_ptr<SourceChannel> DestinationMigration::makeUrgentChannel() {
+  return std::make_unique<SourceChannel>(
+      *urgent_loop_, ctx_.tls_client, channelParams(ChannelKind::kUrgent),
+      SourceChannel::Handlers{
+          .on_open =
+              [this] {
+                if (faults_) faults_->resendOutstanding();
+                // Every new link hears it again until the source acknowledges: a Complete
+                // sent on a link that died, or to a source killed before it recorded it,
+                // is lost with them.
+                if (state() == MigrationState::kCompleting) sendComplete();
+              },
+          .on_frame = [this](const transport::FrameHeader& h,
+                             std::span<const std::byte> p) { onUrgentFrame(h, p); },
+          .on_down = [this](const Error&) { countReconnect(metrics::Channel::kUrgent); },
+          .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kUrgent, e); }},
+      log_);
+}
+
+void DestinationMigration::onUrgentFrame(const transport::FrameHeader& h,
+                                         std::span<const std::byte> payload) {
+  stats_.bytes_received.fetch_add(payload.size() + transport::kHeaderSize,
+                                  std::memory_order_relaxed);
+  if (ctx_.metrics) {
+    ctx_.metrics->addWireBytes(metrics::Channel::kUrgent, metrics::Direction::kReceived,
+                               payload.size() + transport::kHeaderSize);
+  }
+  transport::Layout wire{static_cast<std::uint32_t>(layout_->pageSize()), layout_->pageCount()};
+  switch (h.type) {
+    case FrameType::kPageData: {
+      auto d = transport::decodePageData(payload, wire);
+      if (!d) return failMigration(d.error());
+      if (faults_) faults_->onPageData(*d);  // none after a restart in `completing`
+      return;
+    }
+    case FrameType::kZeroRange: {
+      auto z = transport::decodeZeroRange(payload, wire);
+      if (!z) return failMigration(z.error());
+      if (faults_) faults_->onZeroRange(*z);
+      return;
+    }
+    case FrameType::kCompleteAck: {
+      if (auto ok = transport::decodeCompleteAck(payload); !ok) return failMigration(ok.error());
+      return acknowledged();
+    }
+    case FrameType::kPong:
+      return;
+    default:
+      return failMigration(Error::make(
+          Errc::kProtocol, "urgent channel",
+          std::string("unexpected frame ") + std::string(transport::frameTypeName(h.type))));
+  }
+}
+
+Status DestinationMigration::startFaultChannel() {
+  auto refuse = [this](const Error& e) {
+    log_.warn("FaultRequest refused", {{"error", e.message()}});
+    if (ctx_.metrics) ctx_.metrics->addRefusal("fault_request");
+  };
+  vmm_faults_ = std::make_unique<VmmFaultChannel>(
+      *urgent_loop_, vmm_connection_,
+      VmmFaultChannel::Handlers{.on_request =
+                                    [this, refuse](const vmm::FaultRequest& r) {
+                                      if (auto ok = faults_->onFaultRequest(r); !ok)
+                                        refuse(ok.error());
+                                    },
+                                .on_bad_request = refuse,
+                                .on_closed =
+                                    [this](const Error& e) {
+                                      if (isFinal(state())) return;
+                                      failMigration(Error::make(
+                                          Errc::kPeerGone, "VMM fault socket",
+                                          e.message() + "; vCPUs can no longer ask for pages"));
+                                    }},
+      log_);
+  return vmm_faults_->start();
+}
+
+bool DestinationMigration::requestPages(std::span<const std::uint64_t> pages) {
+  transport::PageRequest req;
+  req.pages.assign(pages.begin(), pages.end());
+  auto frame = transport::encodePageRequest(req);
+  if (!urgent_ || !urgent_->send(frame)) return false;
+  stats_.bytes_sent.fetch_add(frame.size(), std::memory_order_relaxed);
+  if (ctx_.metrics) {
+    ctx_.metrics->addWireBytes(metrics::Channel::kUrgent, metrics::Direction::kSent, frame.size());
+  }
+  return true;
+}
+
+void DestinationMigration::progressed() {
+  // A fault may wait on a page another path (the bulk stream) just populated: answer it now
+  // rather than when the source's reply to its own request arrives.
+  if (faults_ && faults_->anyWaiting()) {
+    urgent_loop_->post([this] {
+      if (faults_) faults_->answerDone();
+    });
+  }
+  if (!pages_->complete() || finishing_.exchange(true)) return;
+  urgent_loop_->post([this] { finish(); });
+}
+
+void DestinationMigration::scheduleCheckpoint() {
+  checkpoint_timer_ = bulk_loop_->schedule(ctx_.config.migration.checkpoint_interval, [this] {
+    checkpoint_->run();
+    if (!isFinal(state())) scheduleCheckpoint();
+  });
+}
+
+void DestinationMigration::failMigration(const Error& why) {
+  if (finishing_.load()) {
+    // Every page is installed, so the guest has all its memory whatever fails now (the VMM
+    // exiting, a stray frame); the migration ends when the source acknowledges.
+    log_.warn("error after every page was installed; ignored", {{"error", why.message()}});
+    return;
+  }
+  if (setState(MigrationState::kFailed, why.message())) {
+    // Faults already read stay unanswered on purpose (never zeros): the VM is frozen, and
+    // the orchestrator decides what happens to it.
+    if (urgent_loop_)
+      urgent_loop_->post([this] {
+        if (vmm_faults_) vmm_faults_->stop();
+        if (faults_) faults_->stop();
+      });
+    // Nothing more can be installed: keep the bulk stream from asking again and again.
+    if (bulk_loop_)
+      bulk_loop_->post([this] {
+        if (bulk_) bulk_->stop();
+      });
+  }
+}
+
+Status DestinationMigration::cancel(bool) {
+  if (state() == MigrationState::kCompleting) {
+    // The guest has every page: calling it cancelled would read as "roll back to the source",
+    // which would run the VM twice. Only the source's acknowledgement is given up on.
+    endUnacknowledged("the orchestrator stopped waiting for it");
+  }
+  setState(MigrationState::kCancelled, "cancelled by the control API");
+  stopEverything();
+  return {};
+}
+
+void DestinationMigration::shutdown() { stopEverything(); }
+
+void DestinationMigration::stopEverything() {
+  if (stopped_.exchange(true)) return;
+  if (listener_) listener_->stop();
+  if (urgent_loop_) {
+    runOnLoop(*urgent_loop_, [this] {
+      if (urgent_) urgent_->stop();
+      if (vmm_faults_) vmm_faults_->stop();
+      if (faults_) faults_->stop();
+    });
+  }
+  if (bulk_loop_) {
+    runOnLoop(*bulk_loop_, [this] {
+      checkpoint_timer_.cancel();
+      if (bulk_) bulk_->stop();
+      if (checkpoint_) checkpoint_->run();
+    });
+  }
+  if (urgent_loop_) urgent_loop_->stop();
+  if (bulk_loop_) bulk_loop_->stop();
+  if (ctx_.metrics && pages_ && !pages_->complete()) {
+    ctx_.metrics->addPagesRemaining(
+        -static_cast<std::int64_t>(pages_->pageCount() - pages_->doneCount()));
+  }
+}
+
+void DestinationMigration::addDetails(nlohmann::json& out) const {
+  out["handshake_socket"] = spec_.handshake_socket;
+  out["source_address"] = spec_.source_address;
+  bool ready = ready_.load(std::memory_order_acquire);
+  // No installer after a restart in `completing` (resumeEnding): nothing is installed any more.
+  out["population_path"] =
+      ready && installer_ ? std::string(installer_->pathName()) : std::string();
+  out["capabilities"] = kernelCapabilities().toJson();
+  if (ready) {
+    nlohmann::json memory = {{"handshake", std::string(vmm::handshakeKindName(kind_))},
+                             {"page_size", layout_->pageSize()},
+                             {"population", population_.details}};
+    if (!population_.backing.empty()) memory["backing"] = population_.backing;
+    if (memory_fd_.valid()) memory["write_method"] = std::string(view_.methodName());
+    if (view_.hasBitmap()) memory["userfault_bits_set"] = view_.bitsSet();
+    out["memory"] = std::move(memory);
+  }
+  out["resumed_after_restart"] = resumed_.load();
+  out["source_acknowledged"] = source_acknowledged_.load();
+  out["progress"]["restored_pages"] = restored_pages_.load();
+  out["progress"]["page_size"] = ready ? layout_->pageSize() : 0;
+  double secs = out["elapsed_seconds"].get<double>();
+  double mib = static_cast<double>(pagesDone() * (ready ? layout_->pageSize() : 0)) / (1 << 20);
+  out["throughput_mib_s"] = secs > 0 ? mib / secs : 0.0;
+}
+
+std::optional<std::string> DestinationMigration::degraded() const {
+  if (auto record = Migration::degraded()) return record;
+  if (!ready_.load(std::memory_order_acquire)) return std::nullopt;
+  return checkpoint_->failure();
+}
+
+void DestinationMigration::retryPersistence() {
+  Migration::retryPersistence();
+  // The bulk loop's timer retries too, but it stops once the migration is final.
+  if (ready_.load(std::memory_order_acquire) && checkpoint_->failure()) checkpoint_->run();
+}
+
+std::uint64_t DestinationMigration::pagesTotal() const {
+  return ready_.load(std::memory_order_acquire) ? pages_->pageCount() : 0;
+}
+std::uint64_t DestinationMigration::pagesDone() const {
+  return ready_.load(std::memory_order_acquire) ? pages_->doneCount() : 0;
+}
+
+}  // namespace lazymig::agent

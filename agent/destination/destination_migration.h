@@ -1,0 +1,127 @@
+// The destination role: takes the VMM's uffd, serves its faults from the source, installs
+// the bulk stream, and finishes when every page is in and the source has acknowledged it
+// (the ending handshake, docs/protocol.md): `completing` until the source's CompleteAck,
+// across restarts of either agent, then `completed`.
+//
+// Threads: the VMM listener thread (handshake), the urgent loop (uffd events, fault service,
+// urgent channel, completion) and the bulk loop (bulk channel, installs, checkpoints).
+// Page-map checkpoints also run at completion (urgent loop), at shutdown and from the
+// agent's persistence retry; PageMapCheckpoint keeps them from overlapping.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <optional>
+
+#include "agent/core/migration.h"
+#include "agent/core/migration_spec.h"
+#include "agent/core/vmm_listener.h"
+#include "agent/destination/bulk_receiver.h"
+#include "agent/destination/fault_service.h"
+#include "agent/destination/population/guest_layout.h"
+#include "agent/destination/population/guest_memory_view.h"
+#include "agent/destination/population/memory_capabilities.h"
+#include "agent/destination/population/page_installer.h"
+#include "agent/destination/source_channel.h"
+#include "agent/destination/vmm_fault_channel.h"
+#include "store/page_map.h"
+#include "store/page_map_checkpoint.h"
+#include "sys/uffd.h"
+
+namespace lazymig::agent {
+
+class DestinationMigration final : public Migration {
+ public:
+  DestinationMigration(DestinationSpec spec, AgentContext& ctx);
+  ~DestinationMigration() override;
+
+  Status start() override;
+  Status resume(const nlohmann::json& runtime) override;
+  Status cancel(bool force) override;
+  void shutdown() override;
+  std::optional<std::string> degraded() const override;
+  void retryPersistence() override;
+
+ protected:
+  void addDetails(nlohmann::json& out) const override;
+  std::uint64_t pagesTotal() const override;
+  std::uint64_t pagesDone() const override;
+  nlohmann::json runtime() const override;
+
+ private:
+  Status onHandshake(vmm::Handshake handshake, const sys::PeerCredentials& peer,
+                     sys::UnixSocket connection);
+  // Builds the layout, page map and installer for a uffd and its regions; `restored` is
+  // the done-bitmap a restarted agent recovered (empty on a first handshake).
+  Status adopt(sys::Uffd uffd, std::vector<vmm::GuestRegionMapping> regions, pid_t vmm_pid,
+               std::vector<std::uint64_t> restored);
+  // The write paths' own view of the memory fd (and bitmap) the VMM handed over.
+  Status mapGuestMemory(vmm::Handshake& handshake);
+  Status startFaultChannel();  // urgent loop; guest_memfd handshake only
+  Result<std::vector<std::uint64_t>> recoverDoneBitmap(pid_t vmm_pid, const GuestLayout& layout);
+  // After a restart in `completing`: every page was installed, so neither the VMM nor its
+  // uffd is needed any more; only the source has to hear it.
+  Status resumeEnding(const nlohmann::json& runtime);
+  // Refuses a handshake whose regions do not add up to the memory the source serves.
+  Status checkSourceLayout(const vmm::Handshake& handshake) const;
+  Status startServing();
+  SourceChannelParams channelParams(transport::ChannelKind kind) const;
+  std::unique_ptr<SourceChannel> makeUrgentChannel();  // urgent loop
+  void countReconnect(metrics::Channel channel);
+  void onUrgentFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
+  bool requestPages(std::span<const std::uint64_t> pages);
+  void progressed();
+  void finish();                                               // urgent loop
+  void sendComplete();                                         // urgent loop
+  void acknowledged();                                         // urgent loop
+  void gaveUp(transport::ChannelKind kind, const Error& why);  // either loop
+  void endUnacknowledged(const std::string& why);
+  // How long a finished channel keeps reading until the source closes it (SourceChannel::finish);
+  // the agent retires a finished migration only after it (Agent::scheduleRetire).
+  std::chrono::milliseconds lingerTime() const;
+  void scheduleCheckpoint();  // bulk loop
+  void failMigration(const Error& why);
+  void stopEverything();
+
+  DestinationSpec spec_;
+  std::unique_ptr<VmmListener> listener_;
+  std::atomic<bool> handshaken_{false};
+  // Published (release) once layout_, pages_ and installer_ are built; readers on other
+  // threads (the control API) acquire it before touching them.
+  std::atomic<bool> ready_{false};
+
+  // Set once by the handshake, read-only afterwards.
+  sys::UnixSocket vmm_connection_;
+  sys::Uffd uffd_;
+  std::vector<vmm::GuestRegionMapping> regions_;
+  vmm::HandshakeKind kind_ = vmm::HandshakeKind::kClassic;
+  PopulationChoice population_;
+  sys::UniqueFd memory_fd_;  // kSharedMinor / kGuestMemfd
+  sys::UniqueFd bitmap_fd_;  // kGuestMemfd
+  GuestMemoryView view_;
+  std::optional<GuestLayout> layout_;
+  std::unique_ptr<store::PageMap> pages_;
+  std::unique_ptr<store::PageMapCheckpoint> checkpoint_;  // any thread
+  std::unique_ptr<PageInstaller> installer_;
+
+  std::unique_ptr<transport::EventLoop> urgent_loop_;
+  std::unique_ptr<transport::EventLoop> bulk_loop_;
+  std::unique_ptr<FaultService> faults_;         // urgent loop
+  std::unique_ptr<VmmFaultChannel> vmm_faults_;  // urgent loop
+  std::unique_ptr<SourceChannel> urgent_;        // urgent loop
+  std::unique_ptr<SourceChannel> bulk_;          // bulk loop
+  std::unique_ptr<BulkReceiver> bulk_receiver_;  // bulk loop
+  transport::Timer checkpoint_timer_;            // bulk loop
+
+  std::atomic<bool> finishing_{false};  // every page installed
+  // Persisted with the runtime from `completing` on: a restart resumes by telling the source.
+  std::atomic<bool> every_page_installed_{false};
+  std::atomic<bool> source_acknowledged_{false};
+  std::atomic<bool> stopped_{false};
+  std::atomic<std::uint64_t> restored_pages_{0};
+  std::atomic<bool> resumed_{false};
+  mutable std::mutex runtime_mu_;
+  nlohmann::json runtime_;  // vmm_pid and regions, for a restarted agent
+};
+
+}  // namespace lazymig::agent
