@@ -26,22 +26,25 @@ std::string hex(std::uint64_t v) {
 
 std::string rangeText(const TrackedRange& r) { return hex(r.start.value) + "+" + hex(r.len.value); }
 
-// A pagemap fd, as its owner opened it: /proc/<pid>/pagemap (or /proc/self/pagemap) on procfs.
 Status checkPagemap(const UniqueFd& fd) {
-  struct statfs fs {};
-  const std::string what = fd.describe();
-  const std::string suffix = "/pagemap";
-  if (::fstatfs(fd.get(), &fs) != 0 || fs.f_type != kProcSuperMagic ||
-      what.size() < suffix.size() ||
-      what.compare(what.size() - suffix.size(), suffix.size(), suffix) != 0) {
-    return fail(
-        Errc::kInvalidArgument, "pagemap",
-        "fd " + std::to_string(fd.get()) + " is not a /proc/PID/pagemap (it is " + what + ")");
+  if (!isProcPagemap(fd)) {
+    return fail(Errc::kInvalidArgument, "pagemap",
+                "fd " + std::to_string(fd.get()) + " is not a /proc/PID/pagemap (it is " +
+                    fd.describe() + ")");
   }
   return {};
 }
 
 }  // namespace
+
+bool isProcPagemap(const UniqueFd& fd) {
+  struct statfs fs {};
+  const std::string what = fd.describe();
+  const std::string suffix = "/pagemap";
+  return ::fstatfs(fd.get(), &fs) == 0 && fs.f_type == kProcSuperMagic &&
+         what.size() > suffix.size() &&
+         what.compare(what.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
 
 Result<bool> uffdHasFeatures(const Uffd& uffd, std::uint64_t features) {
   // userfaultfd_show_fdinfo() prints "API:\t<api>:<features>:<ioctls>" in hex.

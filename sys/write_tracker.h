@@ -84,6 +84,9 @@ class WriteTracker {
   std::vector<abi::PageRegion> scan_buffer_;  // reused between scans
 };
 
+// Whether `fd` is a /proc/PID/pagemap (or /proc/self/pagemap) on procfs.
+bool isProcPagemap(const UniqueFd& fd);
+
 // Whether the uffd (whoever created it) was negotiated with every bit of `features`, from the
 // API line the kernel prints in its fdinfo.
 Result<bool> uffdHasFeatures(const Uffd& uffd, std::uint64_t features);

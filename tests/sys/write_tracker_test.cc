@@ -4,6 +4,9 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <random>
@@ -11,6 +14,7 @@
 
 #include "sys/mapping.h"
 #include "sys/memory_fd.h"
+#include "sys/unix_socket.h"
 
 namespace lazymig::sys {
 namespace {
@@ -262,6 +266,58 @@ TEST(WriteTracker, TracksHugetlbMemoryInHugePages) {
       .store(3);
   EXPECT_EQ(takeWritten(*tracker), (std::vector<PageRun>{{2, 1}}));
   EXPECT_EQ(takeWritten(*tracker), std::vector<PageRun>{});
+}
+
+// The agent's view: another process (standing in for the VMM) protects its own memory and hands
+// over its uffd and its pagemap; the agent scans them without access to that process beyond the
+// two fds. Once the process is gone the scan says so.
+TEST(WriteTracker, ScansAnotherProcessThroughTheFdsItHandedOver) {
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  UnixSocket agent_end{UniqueFd(pair[0])};
+  UnixSocket vmm_end{UniqueFd(pair[1])};
+  constexpr std::uint64_t kPages = 32;
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // The "VMM": never returns into the test.
+    auto mem = TestMemory::create(Memory::kAnonymous, kPages);
+    auto tracker = WriteTracker::trackOwnMemory({mem.range()}, Bytes{kPage});
+    if (!tracker) ::_exit(10);
+    const std::string where = std::to_string(mem.mapping.address().value);
+    int fds[] = {tracker->uffd().pollFd(), tracker->pagemap().get()};
+    if (!vmm_end.sendWithFds(where, fds)) ::_exit(11);
+    for (;;) {  // one byte per command: a page number to write, or 0xff to exit
+      auto cmd = vmm_end.receiveSome(1);
+      if (!cmd || cmd->empty() || static_cast<unsigned char>((*cmd)[0]) == 0xff) ::_exit(0);
+      mem.word(static_cast<unsigned char>((*cmd)[0])).store(1);
+      if (!vmm_end.sendAll("k")) ::_exit(12);
+    }
+  }
+  auto msg = agent_end.receiveWithFds(64, 2);
+  ASSERT_TRUE(msg) << msg.error().message();
+  ASSERT_EQ(msg->fds.size(), 2u);
+  const HostAddr base{std::stoull(msg->data)};
+  auto uffd = Uffd::adopt(std::move(msg->fds[0]));
+  ASSERT_TRUE(uffd) << uffd.error().message();
+  auto tracker = WriteTracker::adopt(std::move(*uffd), std::move(msg->fds[1]),
+                                     {{base, Bytes{kPages * kPage}}}, Bytes{kPage});
+  ASSERT_TRUE(tracker) << tracker.error().message();
+  EXPECT_EQ(takeWritten(*tracker), std::vector<PageRun>{});
+  for (char page : {char(4), char(5), char(20)}) {
+    ASSERT_TRUE(agent_end.sendAll(std::string(1, page)));
+    auto ack = agent_end.receiveSome(1);
+    ASSERT_TRUE(ack && *ack == "k");
+  }
+  EXPECT_EQ(takeWritten(*tracker), (std::vector<PageRun>{{4, 2}, {20, 1}}));
+  ASSERT_TRUE(agent_end.sendAll(std::string(1, char(0xff))));
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  std::vector<PageRun> runs;
+  auto gone = tracker->takeWritten(0, runs);
+  ASSERT_FALSE(gone) << "a scan of an exited process's memory succeeded";
+  EXPECT_EQ(gone.error().code, Errc::kPeerGone) << gone.error().message();
 }
 
 }  // namespace
