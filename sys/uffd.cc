@@ -156,6 +156,17 @@ Status Uffd::wake(HostAddr start, Bytes len) const {
   return {};
 }
 
+Status Uffd::writeProtect(HostAddr start, Bytes len, bool protect) const {
+  uffdio_writeprotect wp{};
+  wp.range = {start.value, len.value};
+  wp.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0;
+  if (::ioctl(fd_.get(), UFFDIO_WRITEPROTECT, &wp) != 0) {
+    if (errno == ESRCH) return fail(Errc::kPeerGone, "UFFDIO_WRITEPROTECT", "the VMM has exited");
+    return failSys("UFFDIO_WRITEPROTECT", rangeText(start, len));
+  }
+  return {};
+}
+
 Result<std::size_t> Uffd::readEvents(std::span<uffd_msg> out) const {
   for (;;) {
     ssize_t n = ::read(fd_.get(), out.data(), out.size_bytes());

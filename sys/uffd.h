@@ -34,6 +34,9 @@ enum class RegisterMode : std::uint64_t {
   kMissing = UFFDIO_REGISTER_MODE_MISSING,
   kMinor = UFFDIO_REGISTER_MODE_MINOR,
   kMissingAndMinor = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR,
+  // Write-protect tracking (sys/write_tracker.h): with UFFD_FEATURE_WP_ASYNC no fault ever
+  // reaches a handler; the kernel only records that the page was written.
+  kWriteProtect = UFFDIO_REGISTER_MODE_WP,
 };
 
 class Uffd {
@@ -59,6 +62,8 @@ class Uffd {
   Result<InstallResult> zeroPage(HostAddr dst, Bytes len, bool wake = true) const;
   Result<InstallResult> continue_(HostAddr dst, Bytes len, bool wake = true) const;
   Status wake(HostAddr start, Bytes len) const;
+  // UFFDIO_WRITEPROTECT: protect (or unprotect) a range registered with kWriteProtect.
+  Status writeProtect(HostAddr start, Bytes len, bool protect = true) const;
 
   // Reads as many queued events as fit into `out`; 0 when none are queued.
   Result<std::size_t> readEvents(std::span<uffd_msg> out) const;

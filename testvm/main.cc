@@ -30,6 +30,7 @@
 #include "sys/unix_socket.h"
 #include "testvm/fault_channel.h"
 #include "testvm/guest_memory.h"
+#include "testvm/live_source.h"
 #include "testvm/pattern.h"
 #include "testvm/uffd_setup.h"
 #include "testvm/userfault_bitmap.h"
@@ -47,12 +48,14 @@ constexpr const char* kSynopsis =
     "usage:\n"
     "  lazymig-testvm source --memory KIND --size SIZE [--seed N] [--zero-ratio R] [--regions N]\n"
     "                        [--require-kvm | --memfd-standin]\n"
-    "                        (--snapshot-file PATH | --handover-socket PATH [--hold])\n"
+    "                        (--snapshot-file PATH | --handover-socket PATH [--hold]\n"
+    "                         | --handover-socket PATH --live [--live-vcpus N]\n"
+    "                           [--live-writes-per-s N] [--stamps-file PATH])\n"
     "  lazymig-testvm dest   --memory KIND --size SIZE [--seed N] [--zero-ratio R] [--regions N]\n"
     "                        [--require-kvm | --memfd-standin] [--no-uffd-register]\n"
     "                        --handshake-socket PATH [--vcpus N]\n"
     "                        [--pattern sequential|random|hot|write] [--accesses N] [--balloon]\n"
-    "                        [--vcpus-as-threads] [--baseline]\n"
+    "                        [--vcpus-as-threads] [--baseline] [--source-stamps PATH]\n"
     "                        --control ENDPOINT --migration ID [--timeout-s N]\n";
 constexpr const char* kDetails =
     "\n"
@@ -72,6 +75,16 @@ constexpr const char* kDetails =
     "the huge pages must be free (/proc/sys/vm/nr_hugepages).\n"
     "source: --snapshot-file for every KIND; --handover-socket hands the memory fd itself to the\n"
     "agent (one fd), for memfd, memfd-minor, guest_memfd, hugetlb-shared and hugetlb-minor.\n"
+    "--live             source: the VM keeps running (pre-copy): --live-vcpus threads (default 2)\n"
+    "                   write stamps, nine in ten into the hot set, --live-writes-per-s each (0,\n"
+    "                   the default: as fast as they can); the handover adds a write-protect\n"
+    "                   uffd (UFFD_FEATURE_WP_ASYNC) and /proc/self/pagemap: 3 fds [memory, uffd,\n"
+    "                   pagemap]. SIGUSR1 pauses the VM (the orchestrator's pause): the vCPUs "
+    "stop,\n"
+    "                   a second JSON line reports what they wrote, --stamps-file gets the "
+    "stamps;\n"
+    "                   the memory is held until SIGTERM\n"
+    "--source-stamps    dest: the stamps file of a --live source: its pages are expected stamped\n"
     "--require-kvm      guest_memfd: exit 2 when /dev/kvm cannot give a guest_memfd, instead of\n"
     "                   letting a memfd stand in (same handshake, bitmap and FaultRequests)\n"
     "--memfd-standin    guest_memfd: let a memfd stand in even where /dev/kvm gives a "
@@ -219,10 +232,11 @@ Result<sys::UnixSocket> connectWithRetry(const std::string& path, std::chrono::s
 }
 
 int sourceMain(int argc, char** argv) {
-  Flags f = parseFlags(argc, argv,
-                       {"--memory", "--size", "--seed", "--zero-ratio", "--regions",
-                        "--snapshot-file", "--handover-socket"},
-                       {"--hold", "--require-kvm", "--memfd-standin"});
+  Flags f =
+      parseFlags(argc, argv,
+                 {"--memory", "--size", "--seed", "--zero-ratio", "--regions", "--snapshot-file",
+                  "--handover-socket", "--live-vcpus", "--live-writes-per-s", "--stamps-file"},
+                 {"--hold", "--require-kvm", "--memfd-standin", "--live"});
   if (!f.has("--size")) usage("--size is required");
   MemoryKind kind = parseMemory(f);
   Pattern pattern = parsePattern(f);
@@ -234,6 +248,12 @@ int sourceMain(int argc, char** argv) {
     usage(std::string("--handover-socket needs memory in a file descriptor (--memory memfd, "
                       "memfd-minor, guest_memfd, hugetlb-shared or hugetlb-minor); for --memory ") +
           memoryKindName(kind) + " use --snapshot-file");
+  }
+  const bool live = f.has("--live");
+  if (live && !f.has("--handover-socket")) usage("--live needs --handover-socket");
+  if (live && f.has("--hold")) usage("--live holds the memory anyway; drop --hold");
+  for (const char* flag : {"--live-vcpus", "--live-writes-per-s", "--stamps-file"}) {
+    if (f.has(flag) && !live) usage(std::string(flag) + " needs --live");
   }
   auto t0 = Clock::now();
   GuestMemory mem = createMemory(f, kind, size);
@@ -254,6 +274,20 @@ int sourceMain(int argc, char** argv) {
       die("ftruncate: " + std::string(std::strerror(errno)));
   }
   double fill = std::chrono::duration<double>(Clock::now() - t0).count();
+  nlohmann::ordered_json out{
+      {"role", "source"}, {"pages", mem.pageCount()}, {"zero_pages", zero}, {"bytes", size}};
+  describeMemory(out, mem);
+  out["fill_seconds"] = std::round(fill * 1000) / 1000;
+  if (live) {
+    LiveSourceOptions options;
+    options.writes.vcpus = static_cast<unsigned>(f.number("--live-vcpus", 2));
+    options.writes.seed = pattern.seed;
+    options.writes.writes_per_s = f.number("--live-writes-per-s", 0);
+    options.stamps_file = f.get("--stamps-file");
+    return runLiveSource(
+        mem, [&] { return connectWithRetry(f.get("--handover-socket"), std::chrono::seconds(10)); },
+        options, out);
+  }
   if (f.has("--handover-socket")) {
     auto sock = connectWithRetry(f.get("--handover-socket"), std::chrono::seconds(10));
     if (!sock) die("handover: " + sock.error().message());
@@ -268,10 +302,6 @@ int sourceMain(int argc, char** argv) {
     std::fprintf(stderr, "lazymig-testvm: memory handed over on %s\n",
                  f.get("--handover-socket").c_str());
   }
-  nlohmann::ordered_json out{
-      {"role", "source"}, {"pages", mem.pageCount()}, {"zero_pages", zero}, {"bytes", size}};
-  describeMemory(out, mem);
-  out["fill_seconds"] = std::round(fill * 1000) / 1000;
   std::printf("%s\n", out.dump().c_str());
   std::fflush(stdout);
   if (f.has("--hold")) {
@@ -384,12 +414,12 @@ nlohmann::ordered_json destResult(const VerifyResult& v, const WorkloadResult& w
 }
 
 int destMain(int argc, char** argv) {
-  Flags f =
-      parseFlags(argc, argv,
-                 {"--memory", "--size", "--seed", "--zero-ratio", "--regions", "--handshake-socket",
-                  "--vcpus", "--pattern", "--accesses", "--control", "--migration", "--timeout-s"},
-                 {"--balloon", "--require-kvm", "--memfd-standin", "--no-uffd-register",
-                  "--vcpus-as-threads", "--baseline"});
+  Flags f = parseFlags(
+      argc, argv,
+      {"--memory", "--size", "--seed", "--zero-ratio", "--regions", "--handshake-socket", "--vcpus",
+       "--pattern", "--accesses", "--control", "--migration", "--timeout-s", "--source-stamps"},
+      {"--balloon", "--require-kvm", "--memfd-standin", "--no-uffd-register", "--vcpus-as-threads",
+       "--baseline"});
   for (const char* req : {"--size", "--handshake-socket", "--control", "--migration"}) {
     if (!f.has(req)) usage(std::string(req) + " is required");
   }
@@ -460,6 +490,12 @@ int destMain(int argc, char** argv) {
   watcher.join();
   double wait = std::chrono::duration<double>(Clock::now() - t_wait).count();
   if (!completed) return 4;
+  if (f.has("--source-stamps")) {
+    // The source guest's writes before its pause, under any the destination guest made since.
+    auto source = readStampsFile(f.get("--source-stamps"));
+    if (!source) dieWithResult("bad_source_stamps", source.error().message(), 2);
+    work->stamps.merge(*source);
+  }
   VerifyResult v = verifyMemory(mem, pattern, *work);
   // Every page the handler populated has its bit cleared; one still set was never populated.
   std::uint64_t bits_set = bitmap ? bitmap->countSet() : 0;

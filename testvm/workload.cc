@@ -19,6 +19,21 @@ std::atomic_ref<std::uint64_t> guestWord(std::byte* at) {
 }
 }  // namespace
 
+void writeStamp(const GuestMemory& mem, std::uint64_t page, std::uint64_t generation) {
+  std::byte stamp[Stamp::kBytes];
+  Stamp::fill(page, generation, stamp);
+  std::byte* at = mem.page(page) + Stamp::offsetIn(page);
+  for (std::size_t w = 0; w < Stamp::kBytes; w += 8) {
+    std::uint64_t word;
+    std::memcpy(&word, stamp + w, 8);
+    guestWord(at + w).store(word, std::memory_order_relaxed);
+  }
+}
+
+std::uint64_t hotSetStart(std::uint64_t pages, std::uint64_t seed) {
+  return mix64(seed) % (pages - hotSetPages(pages) + 1);
+}
+
 Result<AccessPattern> parseAccessPattern(const std::string& name) {
   if (name == "sequential") return AccessPattern::kSequential;
   if (name == "random") return AccessPattern::kRandom;
@@ -41,8 +56,8 @@ void runVcpu(const GuestMemory& mem, const WorkloadOptions& o, unsigned id,
   std::mt19937_64 rng(o.seed * 1000 + id);
   const std::uint64_t slice = std::max<std::uint64_t>(1, pages / o.vcpus);
   const std::uint64_t slice_start = std::min(pages - 1, id * slice);
-  const std::uint64_t hot_count = std::max<std::uint64_t>(1, pages / 10);
-  const std::uint64_t hot_start = mix64(o.seed) % (pages - hot_count + 1);
+  const std::uint64_t hot_count = hotSetPages(pages);
+  const std::uint64_t hot_start = hotSetStart(pages, o.seed);
   out.latencies.reserve(o.accesses);
   std::uint64_t generation = 0;
   for (std::uint64_t i = 0; i < o.accesses; ++i) {
@@ -71,13 +86,7 @@ void runVcpu(const GuestMemory& mem, const WorkloadOptions& o, unsigned id,
     auto t0 = Clock::now();
     if (o.before_access) o.before_access(id, page);
     if (write) {
-      std::byte stamp[Stamp::kBytes];
-      Stamp::fill(page, ++generation, stamp);
-      for (std::size_t w = 0; w < Stamp::kBytes; w += 8) {
-        std::uint64_t word;
-        std::memcpy(&word, stamp + w, 8);
-        guestWord(p + Stamp::offsetIn(page) + w).store(word, std::memory_order_relaxed);
-      }
+      writeStamp(mem, page, ++generation);
       out.stamps.emplace_back(page, generation);
     } else {
       volatile std::uint64_t sink =

@@ -2,6 +2,7 @@
 // arriving: every access is timed, and every write is remembered for verification.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -46,6 +47,16 @@ struct WorkloadResult {
   std::uint64_t guest_mismatches = 0;
   std::vector<std::uint64_t> guest_mismatch_pages;  // the first few
 };
+
+// A guest write: the stamp of (page, generation) at the page's stamp offset, word by word.
+void writeStamp(const GuestMemory& memory, std::uint64_t page, std::uint64_t generation);
+
+// The hot pattern's working set: a tenth of the pages from a seed-chosen start, the same on
+// the source VM (testvm/live_vcpus.h) as on the destination.
+inline std::uint64_t hotSetPages(std::uint64_t pages) {
+  return std::max<std::uint64_t>(1, pages / 10);
+}
+std::uint64_t hotSetStart(std::uint64_t pages, std::uint64_t seed);
 
 // Host threads standing in for vCPUs (--vcpus-as-threads, or where KVM cannot run a guest).
 WorkloadResult runWorkload(const GuestMemory& memory, const WorkloadOptions& options);

@@ -7,6 +7,7 @@
 #include "base/strict_json.h"
 #include "sys/memory_fd.h"
 #include "sys/uffd.h"
+#include "vmm/source_handover.h"
 
 namespace lazymig::vmm {
 namespace {
@@ -244,12 +245,7 @@ Status checkHandedFds(const Handshake& h, Receiver receiver) {
     return bad("fd " + std::to_string(place) + " is not " + should_be + " (it is " + fd.describe() +
                ")");
   };
-  if (receiver == Receiver::kSource) {
-    if (!sys::isSharedMemory(h.uffd)) {
-      return refuse(0, h.uffd, "guest memory (a memfd, a hugetlbfs file or a guest_memfd)");
-    }
-    return {};
-  }
+  if (receiver == Receiver::kSource) return checkSourceFds(h);
   if (!sys::Uffd::isUserfaultfd(h.uffd)) return refuse(0, h.uffd, "a userfaultfd");
   if (h.guest_memfd.valid() && !sys::isSharedMemory(h.guest_memfd)) {
     return refuse(1, h.guest_memfd,
