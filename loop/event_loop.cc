@@ -4,6 +4,7 @@
 #include <event2/thread.h>
 #include <pthread.h>
 #include <signal.h>
+#include <time.h>
 
 #include <atomic>
 #include <deque>
@@ -37,6 +38,12 @@ struct EventLoop::Impl {
   // Set by stop() on the loop's own thread: the thread frees the state after its last callback.
   // Written and read only on the loop thread.
   bool finish_on_loop_thread = false;
+  // The thread's CPU clock is valid only while the thread lives (its id may be reused after),
+  // so the thread records its total under cpu_mu before it ends and readers take the lock.
+  mutable std::mutex cpu_mu;
+  clockid_t cpu_clock{};
+  bool cpu_clock_live = false;
+  std::chrono::nanoseconds cpu_total{};
   std::atomic<std::uint64_t> next_timer{1};
   struct TimerEntry {
     Impl* impl;
@@ -47,6 +54,26 @@ struct EventLoop::Impl {
   std::map<std::uint64_t, std::unique_ptr<TimerEntry>> timers;  // loop thread only
 
   bool inLoopThread() const { return std::this_thread::get_id() == tid.load(); }
+
+  std::chrono::nanoseconds cpuTime() const {
+    std::lock_guard lock(cpu_mu);
+    if (!cpu_clock_live) return cpu_total;
+    timespec ts{};
+    if (clock_gettime(cpu_clock, &ts) != 0) return cpu_total;
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+  }
+
+  // On the loop thread, first and last thing it does.
+  void startCpuClock() {
+    std::lock_guard lock(cpu_mu);
+    cpu_clock_live = pthread_getcpuclockid(pthread_self(), &cpu_clock) == 0;
+  }
+  void endCpuClock() {
+    std::chrono::nanoseconds total = cpuTime();
+    std::lock_guard lock(cpu_mu);
+    cpu_total = total;
+    cpu_clock_live = false;
+  }
 
   bool post(std::function<void()> fn) {
     std::lock_guard lock(mu);
@@ -142,9 +169,11 @@ Result<std::unique_ptr<EventLoop>> EventLoop::start(const std::string& name, int
     sigaddset(&pipe, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
     pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+    self->startCpuClock();
     started.set_value();
     event_base_loop(self->base.get(), EVLOOP_NO_EXIT_ON_EMPTY);
     if (self->finish_on_loop_thread) self->finish();
+    self->endCpuClock();
   });
   fut.wait();
   return std::unique_ptr<EventLoop>(new EventLoop(std::move(impl)));
@@ -176,6 +205,8 @@ void EventLoop::scheduleDetached(std::chrono::milliseconds delay, std::function<
 bool EventLoop::inLoopThread() const { return impl_->inLoopThread(); }
 
 event_base* EventLoop::base() const { return impl_->base.get(); }
+
+std::chrono::nanoseconds EventLoop::cpuTime() const { return impl_->cpuTime(); }
 
 void EventLoop::stop() {
   {

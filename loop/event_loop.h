@@ -35,6 +35,9 @@ class EventLoop {
   void scheduleDetached(std::chrono::milliseconds delay, std::function<void()> fn);
   bool inLoopThread() const;
   event_base* base() const;
+  // CPU time the loop's thread has used (its own clock, not the process's), for the cost of
+  // the work it runs. Thread-safe; after the thread has ended it stays at the thread's total.
+  std::chrono::nanoseconds cpuTime() const;
   // Idempotent. From another thread: breaks the loop and joins its thread. From the loop's own
   // thread (a callback stopping or destroying its loop): breaks the loop, and the thread frees
   // the loop's state itself once the running callback has returned. Either way, work posted
