@@ -16,6 +16,20 @@ struct event_base;
 namespace lazymig::loop {
 
 class Timer;
+struct ThreadCpu;
+
+// A loop thread's CPU clock (its own, not the process's): copyable, and it outlives its loop,
+// standing at the thread's total once the thread has ended. Thread-safe.
+class CpuClock {
+ public:
+  CpuClock() = default;  // reads zero
+  std::chrono::nanoseconds read() const;
+
+ private:
+  friend class EventLoop;
+  explicit CpuClock(std::shared_ptr<const ThreadCpu> thread) : thread_(std::move(thread)) {}
+  std::shared_ptr<const ThreadCpu> thread_;
+};
 
 class EventLoop {
  public:
@@ -35,9 +49,9 @@ class EventLoop {
   void scheduleDetached(std::chrono::milliseconds delay, std::function<void()> fn);
   bool inLoopThread() const;
   event_base* base() const;
-  // CPU time the loop's thread has used (its own clock, not the process's), for the cost of
-  // the work it runs. Thread-safe; after the thread has ended it stays at the thread's total.
-  std::chrono::nanoseconds cpuTime() const;
+  // The CPU time the loop's thread has used, for the cost of the work it runs.
+  CpuClock cpuClock() const;
+  std::chrono::nanoseconds cpuTime() const { return cpuClock().read(); }
   // Idempotent. From another thread: breaks the loop and joins its thread. From the loop's own
   // thread (a callback stopping or destroying its loop): breaks the loop, and the thread frees
   // the loop's state itself once the running callback has returned. Either way, work posted

@@ -163,10 +163,14 @@ TEST(EventLoop, CpuTimeIsTheLoopThreadsOwn) {
   const auto after_work = loop->cpuTime();
   EXPECT_GE(after_work - after_idle, 100ms) << "the loop's own work is missing from its clock";
 
+  const CpuClock clock = loop->cpuClock();
   loop->stop();
   const auto after_stop = loop->cpuTime();
   EXPECT_GE(after_stop, after_work) << "the total was lost when the thread ended";
   EXPECT_EQ(loop->cpuTime(), after_stop) << "a stopped loop's clock must stand still";
+  loop.reset();
+  EXPECT_EQ(clock.read(), after_stop) << "the clock must outlive its loop";
+  EXPECT_EQ(CpuClock{}.read(), 0ns);
 }
 
 }  // namespace
