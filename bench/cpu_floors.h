@@ -14,8 +14,12 @@ struct CpuCost {
   std::string name;   // e.g. "aes_gcm"
   double cpu_s = 0;   // the measuring threads' CPU seconds, scaled to one GiB
   double wall_s = 0;  // wall seconds, scaled to one GiB
-  bool ran = false;   // false when the step could not be set up here
-  std::string what;   // what was measured, for the table
+  // cpu_s split by the agent whose work it stands for: the source encrypts and sends, the
+  // destination receives, decrypts and installs.
+  double source_cpu_s = 0;
+  double destination_cpu_s = 0;
+  bool ran = false;  // false when the step could not be set up here
+  std::string what;  // what was measured, for the table
 };
 
 // AES-256-GCM (the TLS 1.3 suite the transport negotiates) encrypt and then decrypt of

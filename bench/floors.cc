@@ -246,9 +246,12 @@ std::string cpuFloorsJson(const char* condition, const std::vector<bench::CpuCos
     std::fprintf(stderr, "    %-5s %-13s %6.3f CPU s/GiB  %6.3f wall s/GiB  %s%s\n", condition,
                  c.name.c_str(), c.cpu_s, c.wall_s, c.ran ? "" : "NOT RUN: ", c.what.c_str());
     if (!c.ran) continue;
-    char buf[160];
-    std::snprintf(buf, sizeof buf, "%s\"%s\":{\"cpu_s\":%.4f,\"wall_s\":%.4f}",
-                  json.size() > 1 ? "," : "", c.name.c_str(), c.cpu_s, c.wall_s);
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "%s\"%s\":{\"cpu_s\":%.4f,\"wall_s\":%.4f,\"source_cpu_s\":%.4f,"
+                  "\"destination_cpu_s\":%.4f}",
+                  json.size() > 1 ? "," : "", c.name.c_str(), c.cpu_s, c.wall_s, c.source_cpu_s,
+                  c.destination_cpu_s);
     json += buf;
   }
   return json + "}";
