@@ -5,10 +5,13 @@
 //   install floor      populating fresh memory (MADV_POPULATE_WRITE) and bulk UFFDIO_COPY
 //   population paths   the agent's PageInstaller on each kind of guest memory, as a ratio of
 //                      uffd_copy on anonymous memory measured in the same run
+//   CPU floors         the CPU seconds a GiB costs at the least through each step both agents
+//                      take with it: AES-GCM, loopback TCP, UFFDIO_COPY (bench/cpu_floors.h)
+// The latency and CPU floors are measured twice: with the CPUs idle, and busy (a spinning
+// thread per core; bench/busy_cpus.h says why). The idle figures stay at the JSON's top level
+// as before; "idle", "busy" and "cpu_s_per_gib" hold both conditions.
 // Prints a human table on stderr and one JSON object on stdout.
 #include <linux/userfaultfd.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -25,6 +28,9 @@
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include "bench/busy_cpus.h"
+#include "bench/cpu_floors.h"
+#include "bench/loopback.h"
 #include "bench/population.h"
 #include "sys/mapping.h"
 #include "sys/uffd.h"
@@ -82,47 +88,28 @@ std::vector<double> localFaults(std::size_t faults) {
 }
 
 std::vector<double> tcpRoundTrips(std::size_t n) {
-  sys::UniqueFd lst(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  if (::bind(lst.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::getsockname(lst.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
-      ::listen(lst.get(), 1) != 0) {
-    std::perror("floors: loopback listener");
-    return {};
-  }
+  auto pair = bench::loopbackPair();
+  if (!pair) return {};
   std::thread server([&] {
-    sys::UniqueFd c(::accept(lst.get(), nullptr, nullptr));
-    int one = 1;
-    ::setsockopt(c.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     char req[32];
     std::vector<char> reply(kPage, 'x');
     for (std::size_t i = 0; i < n; ++i) {
-      if (::recv(c.get(), req, sizeof req, MSG_WAITALL) != sizeof req) return;
-      if (::send(c.get(), reply.data(), reply.size(), 0) < 0) return;
+      if (::recv(pair->server.get(), req, sizeof req, MSG_WAITALL) != sizeof req) return;
+      if (::send(pair->server.get(), reply.data(), reply.size(), MSG_NOSIGNAL) < 0) return;
     }
   });
-  sys::UniqueFd c(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (::connect(c.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    std::perror("floors: loopback connect");
-    ::shutdown(lst.get(), SHUT_RDWR);  // so that the server's accept returns
-    server.join();
-    return {};
-  }
-  int one = 1;
-  ::setsockopt(c.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   std::vector<double> us;
   char req[32] = {};
   std::vector<char> reply(kPage);
   for (std::size_t i = 0; i < n; ++i) {
     auto t0 = Clock::now();
-    if (::send(c.get(), req, sizeof req, 0) < 0) break;
-    if (::recv(c.get(), reply.data(), reply.size(), MSG_WAITALL) != static_cast<ssize_t>(kPage))
+    if (::send(pair->client.get(), req, sizeof req, MSG_NOSIGNAL) < 0) break;
+    if (::recv(pair->client.get(), reply.data(), reply.size(), MSG_WAITALL) !=
+        static_cast<ssize_t>(kPage))
       break;
     us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
   }
+  if (us.size() < n) ::shutdown(pair->client.get(), SHUT_RDWR);  // so that the server ends
   server.join();
   return us;
 }
@@ -219,63 +206,123 @@ std::vector<double> transportRoundTrips(std::size_t n) {
   return us;
 }
 
-}  // namespace
+// The latency floors under one condition (idle or busy CPUs).
+struct LatencyFloors {
+  std::vector<double> local;  // uffd fault served by a local thread
+  std::vector<double> net;    // TCP round trip, small request and a 4 KiB reply
+  std::vector<double> tls;    // our transport's round trip on its loop threads
+};
 
-int main() {
-  auto local = localFaults(20000);
-  auto net = tcpRoundTrips(20000);
-  auto tls = transportRoundTrips(5000);
-  double populate = populateMiBs(512ull << 20);
-  double copy1 = bulkCopyMiBs(256ull << 20, 1);
-  double copy64 = bulkCopyMiBs(256ull << 20, 64);
-  auto paths = bench::populationPathRates(256ull << 20, 5);
+LatencyFloors measureLatencies() {
+  return {localFaults(20000), tcpRoundTrips(20000), transportRoundTrips(5000)};
+}
+
+std::string percentilesJson(const std::vector<double>& us) {
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "{\"p50\":%.2f,\"p99\":%.2f}", medianUs(us), p99Us(us));
+  return buf;
+}
+
+std::string latenciesJson(const LatencyFloors& f) {
+  return "{\"local_fault_us\":" + percentilesJson(f.local) +
+         ",\"network_rtt_us\":" + percentilesJson(f.net) +
+         ",\"transport_rtt_us\":" + percentilesJson(f.tls) + "}";
+}
+
+void printLatencies(const char* condition, const LatencyFloors& f) {
   std::fprintf(stderr,
-               "floors on this machine (medians of 20000):\n"
-               "  local fault floor   p50 %8.1f us   p99 %8.1f us\n"
-               "  network floor (TCP) p50 %8.1f us   p99 %8.1f us\n"
-               "  lazymig transport   p50 %8.1f us   p99 %8.1f us   (TLS request + 4 KiB reply, "
-               "loop threads)\n"
-               "  install floor       MADV_POPULATE_WRITE %7.0f MiB/s\n"
-               "                      UFFDIO_COPY 1 page  %7.0f MiB/s, 64 pages %7.0f MiB/s\n",
-               medianUs(local), p99Us(local), medianUs(net), p99Us(net), medianUs(tls), p99Us(tls),
-               populate, copy1, copy64);
-  std::fprintf(stderr, "  population paths (PageInstaller, 256 KiB batches, median of 5):\n");
-  const double base = paths.front().mib_s;
-  std::string paths_json;
-  for (const auto& p : paths) {
-    if (!p.ran) {
-      std::fprintf(stderr, "    %-44s  not run: %s\n", p.name.c_str(), p.note.c_str());
-      continue;
-    }
-    std::fprintf(stderr, "    %-44s %7.0f MiB/s  %.2fx anonymous uffd_copy\n", p.name.c_str(),
-                 p.mib_s, base > 0 ? p.mib_s / base : 0.0);
-    paths_json += (paths_json.empty() ? "" : ",") + std::string("\"") + p.name +
-                  "\":" + std::to_string(static_cast<long>(p.mib_s));
+               "  %s CPUs:\n"
+               "    local fault floor   p50 %8.1f us   p99 %8.1f us\n"
+               "    network floor (TCP) p50 %8.1f us   p99 %8.1f us\n"
+               "    lazymig transport   p50 %8.1f us   p99 %8.1f us   (TLS request + 4 KiB reply, "
+               "loop threads)\n",
+               condition, medianUs(f.local), p99Us(f.local), medianUs(f.net), p99Us(f.net),
+               medianUs(f.tls), p99Us(f.tls));
+}
+
+std::string cpuFloorsJson(const char* condition, const std::vector<bench::CpuCost>& costs) {
+  std::string json = "{";
+  for (const auto& c : costs) {
+    std::fprintf(stderr, "    %-5s %-13s %6.3f CPU s/GiB  %6.3f wall s/GiB  %s%s\n", condition,
+                 c.name.c_str(), c.cpu_s, c.wall_s, c.ran ? "" : "NOT RUN: ", c.what.c_str());
+    if (!c.ran) continue;
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "%s\"%s\":{\"cpu_s\":%.4f,\"wall_s\":%.4f,\"source_cpu_s\":%.4f,"
+                  "\"destination_cpu_s\":%.4f}",
+                  json.size() > 1 ? "," : "", c.name.c_str(), c.cpu_s, c.wall_s, c.source_cpu_s,
+                  c.destination_cpu_s);
+    json += buf;
   }
-  auto reads = bench::sourceReadRates(256ull << 20, 5);
-  std::fprintf(stderr, "  source reads (SourceMemory, 64-page runs, median of 5):\n");
-  std::string reads_json;
-  for (std::size_t i = 0; i < reads.size(); ++i) {
-    const auto& r = reads[i];
+  return json + "}";
+}
+
+// "name":MiB/s pairs of the rates that ran, and the table lines on stderr. `pairs`: the rates
+// come as (faulting, prefaulted) pairs, each read against the one before it; otherwise each is
+// read against the first (anonymous uffd_copy).
+std::string ratesJson(const std::vector<bench::PathRate>& rates, bool pairs) {
+  std::string json;
+  for (std::size_t i = 0; i < rates.size(); ++i) {
+    const auto& r = rates[i];
     if (!r.ran) {
       std::fprintf(stderr, "    %-44s  not run: %s\n", r.name.c_str(), r.note.c_str());
       continue;
     }
-    // Pairs: faulting, then prefaulted, for each kind of memory.
-    const double faulting = i % 2 == 1 && reads[i - 1].ran ? reads[i - 1].mib_s : 0;
     std::fprintf(stderr, "    %-44s %7.0f MiB/s", r.name.c_str(), r.mib_s);
-    if (faulting > 0) std::fprintf(stderr, "  %.2fx faulting", r.mib_s / faulting);
+    if (!pairs && rates.front().mib_s > 0) {
+      std::fprintf(stderr, "  %.2fx anonymous uffd_copy", r.mib_s / rates.front().mib_s);
+    }
+    // Pairs: faulting, then prefaulted, for each kind of memory.
+    if (pairs && i % 2 == 1 && rates[i - 1].ran && rates[i - 1].mib_s > 0) {
+      std::fprintf(stderr, "  %.2fx faulting", r.mib_s / rates[i - 1].mib_s);
+    }
     std::fprintf(stderr, "\n");
-    reads_json += (reads_json.empty() ? "" : ",") + std::string("\"") + r.name +
-                  "\":" + std::to_string(static_cast<long>(r.mib_s));
+    json += (json.empty() ? "" : ",") + std::string("\"") + r.name +
+            "\":" + std::to_string(static_cast<long>(r.mib_s));
   }
+  return "{" + json + "}";
+}
+
+}  // namespace
+
+int main() {
+  constexpr std::size_t kGiB = 1ull << 30;
+  auto idle = measureLatencies();
+  auto idle_cpu = bench::cpuFloorsPerGib(kGiB);
+  LatencyFloors busy;
+  std::vector<bench::CpuCost> busy_cpu;
+  {
+    bench::BusyCpus spinning;
+    busy = measureLatencies();
+    busy_cpu = bench::cpuFloorsPerGib(kGiB);
+  }
+  double populate = populateMiBs(512ull << 20);
+  double copy1 = bulkCopyMiBs(256ull << 20, 1);
+  double copy64 = bulkCopyMiBs(256ull << 20, 64);
+  std::fprintf(stderr, "floors on this machine (medians of 20000; transport of 5000):\n");
+  printLatencies("idle", idle);
+  printLatencies("busy (a SCHED_IDLE spinner per core)", busy);
+  std::fprintf(stderr,
+               "  install floor       MADV_POPULATE_WRITE %7.0f MiB/s\n"
+               "                      UFFDIO_COPY 1 page  %7.0f MiB/s, 64 pages %7.0f MiB/s\n"
+               "  CPU per GiB (the measuring threads' own CPU clocks):\n",
+               populate, copy1, copy64);
+  const std::string idle_cpu_json = cpuFloorsJson("idle", idle_cpu);
+  const std::string busy_cpu_json = cpuFloorsJson("busy", busy_cpu);
+  const std::string cpu_json = "{\"idle\":" + idle_cpu_json + ",\"busy\":" + busy_cpu_json + "}";
+  std::fprintf(stderr, "  population paths (PageInstaller, 256 KiB batches, median of 5):\n");
+  const std::string paths_json = ratesJson(bench::populationPathRates(256ull << 20, 5), false);
+  std::fprintf(stderr, "  source reads (SourceMemory, 64-page runs, median of 5):\n");
+  const std::string reads_json = ratesJson(bench::sourceReadRates(256ull << 20, 5), true);
+  // The idle figures stay at the top level, where bench/run.sh and older readers find them.
+  const std::string idle_json = latenciesJson(idle);
   std::printf(
-      "{\"local_fault_us\":{\"p50\":%.2f,\"p99\":%.2f},\"network_rtt_us\":{\"p50\":%.2f,\"p99\":%."
-      "2f},"
-      "\"transport_rtt_us\":{\"p50\":%.2f,\"p99\":%.2f},"
-      "\"populate_mib_s\":%.0f,\"uffd_copy_1page_mib_s\":%.0f,\"uffd_copy_64page_mib_s\":%.0f,"
-      "\"population_path_mib_s\":{%s},\"source_read_mib_s\":{%s}}\n",
-      medianUs(local), p99Us(local), medianUs(net), p99Us(net), medianUs(tls), p99Us(tls), populate,
-      copy1, copy64, paths_json.c_str(), reads_json.c_str());
-  return local.empty() || net.empty() ? 1 : 0;
+      "%s,\"idle\":%s,\"busy\":%s,\"cpu_s_per_gib\":%s,"
+      "\"populate_mib_s\":%.0f,\"uffd_copy_1page_mib_s\":%.0f,"
+      "\"uffd_copy_64page_mib_s\":%.0f,"
+      "\"population_path_mib_s\":%s,\"source_read_mib_s\":%s}\n",
+      idle_json.substr(0, idle_json.size() - 1).c_str(), idle_json.c_str(),
+      latenciesJson(busy).c_str(), cpu_json.c_str(), populate, copy1, copy64, paths_json.c_str(),
+      reads_json.c_str());
+  return idle.local.empty() || idle.net.empty() ? 1 : 0;
 }

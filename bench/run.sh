@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Migration numbers beside this machine's floors, measured in the same run (DESIGN.md,
-# "Performance model"). Prints a table and one JSON object per scenario and vCPU kind (KVM
+# "Performance model"): fault latency against the latency floors of matching conditions (idle
+# or busy CPUs), and both agents' CPU seconds per GiB against lazymig-floors' CPU floor. Prints a table and one JSON object per scenario and vCPU kind (KVM
 # vCPUs, host threads standing in); medians of N runs.
 #   bench/run.sh [runs=3] [size=256MiB]
 set -euo pipefail
@@ -21,8 +22,11 @@ printf 'migration:\n  bulk_rate_limit_mib_s: 32\n' > "$tmp/quiet.yaml"
 # (where /dev/kvm can run a guest) and on host threads standing in for them, so the fault
 # latency and vCPU stall as KVM vCPUs see them sit beside the stand-in's; the KVM rows add the
 # guest's rate not migrating and during, and the share of its work lost to the migration.
-run_scenario() {  # name extra_yaml demo-flags...
-  local name=$1 extra=$2; shift 2
+# `condition` names the floors a scenario is read against (lazymig-floors measures both): "busy"
+# while the bulk stream saturates (the agents keep the CPUs running, so wake-ups are cheap),
+# "idle" with the bulk stream capped (the CPUs idle between faults, and each wake-up pays it).
+run_scenario() {  # name condition extra_yaml demo-flags...
+  local name=$1 condition=$2 extra=$3; shift 3
   for vcpus in kvm threads; do
     local as=()
     [[ $vcpus == threads ]] && as=(--vcpus-as-threads)
@@ -30,11 +34,14 @@ run_scenario() {  # name extra_yaml demo-flags...
       $bin/lazymig demo --size "$size" --extra-yaml "$extra" "${as[@]}" "$@" 2>/dev/null | tail -1
     done > "$tmp/$name-$vcpus.jsonl"
   done
-  python3 - "$name" "$tmp/$name" "$floors" <<'PY'
+  python3 - "$name" "$tmp/$name" "$floors" "$condition" <<'PY'
 import json, statistics, sys
-name, prefix, floors = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+name, prefix, floors, condition = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 med = lambda xs: statistics.median(xs) if xs else 0
-floor = floors["local_fault_us"]["p50"] + floors["network_rtt_us"]["p50"]
+# Floors of the matching condition; an older lazymig-floors had the idle ones only.
+lat = floors.get(condition, floors)
+floor = lat["local_fault_us"]["p50"] + lat["network_rtt_us"]["p50"]
+cpu_floor = floors.get("cpu_s_per_gib", {}).get(condition, {}).get("total", {})
 for asked in ("kvm", "threads"):
     rows = [json.loads(l) for l in open(f"{prefix}-{asked}.jsonl") if l.strip()]
     ran = sorted({r.get("vcpus", "threads") for r in rows}) or ["none"]
@@ -44,30 +51,44 @@ for asked in ("kvm", "threads"):
     vp99 = med([r["vcpu_access_latency_us"]["p99"] for r in rows])
     thr = med([r["throughput_mib_s"] for r in rows])
     rate = lambda k: med([r["guest_rate"][k] for r in rows if r.get("guest_rate", {}).get(k) is not None])
+    cpu = lambda side: med([r["cpu_seconds_per_gib"][side] for r in rows
+                            if (r.get("cpu_seconds_per_gib") or {}).get(side) is not None])
+    src_cpu, dst_cpu = cpu("source"), cpu("destination")
+    ratio = lambda x, f: x / f if f else 0
+    src_floor, dst_floor = cpu_floor.get("source_cpu_s", 0), cpu_floor.get("destination_cpu_s", 0)
     degr = [r["degradation"] for r in rows if r.get("degradation") is not None]
     ok = bool(rows) and all(r["verified"] for r in rows)
     mismatches = sum(r["mismatches"] + r.get("guest_mismatches", 0) for r in rows)
     label = f"{name} [{'/'.join(ran)}]"
-    print(f"{label:38s} fault p50 {p50:7.0f} us ({p50/floor:4.1f}x floor {floor:.0f} us) p99 {p99:7.0f} us  "
+    print(f"{label:38s} fault p50 {p50:7.0f} us ({p50/floor:4.1f}x {condition} floor {floor:.0f} us) p99 {p99:7.0f} us  "
           f"vCPU stall p50 {vp50:7.0f} p99 {vp99:7.0f} us  {thr:5.0f} MiB/s  "
+          f"CPU s/GiB source {src_cpu:.2f} ({ratio(src_cpu, src_floor):.1f}x floor {src_floor:.2f}) "
+          f"destination {dst_cpu:.2f} ({ratio(dst_cpu, dst_floor):.1f}x floor {dst_floor:.2f}) "
+          f"both {ratio(src_cpu + dst_cpu, src_floor + dst_floor):.1f}x  "
           f"guest {rate('before'):.2f}->{rate('during'):.2f} pages/ms, lost {100*med(degr):3.0f}%  "
           f"verified={ok} mismatches={mismatches}")
     print(json.dumps({"scenario": name, "vcpus": "/".join(ran), "runs": len(rows), "fault_p50_us": p50,
-                      "fault_p99_us": p99, "floor_us": floor, "ratio_to_floor": p50 / floor,
+                      "fault_p99_us": p99, "floor_us": floor, "floor_condition": condition,
+                      "ratio_to_floor": p50 / floor,
                       "vcpu_stall_p50_us": vp50, "vcpu_stall_p99_us": vp99, "throughput_mib_s": thr,
                       "install_floor_mib_s": floors["uffd_copy_64page_mib_s"],
+                      "cpu_s_per_gib": {"source": src_cpu, "destination": dst_cpu},
+                      "cpu_floor_s_per_gib": {"source": src_floor, "destination": dst_floor},
+                      "cpu_ratio_to_floor": {"source": ratio(src_cpu, src_floor),
+                                             "destination": ratio(dst_cpu, dst_floor),
+                                             "both": ratio(src_cpu + dst_cpu, src_floor + dst_floor)},
                       "guest_rate_before": rate("before"), "guest_rate_during": rate("during"),
                       "guest_rate_after": rate("after"), "degradation": med(degr),
                       "verified": ok, "mismatches": mismatches}))
 PY
 }
 
-run_scenario quiet-bulk-random "$tmp/quiet.yaml" --pattern random --vcpus 1 --accesses 2000
-run_scenario saturated-bulk-random "$tmp/none.yaml" --pattern random --vcpus 1 --accesses 2000
-run_scenario saturated-bulk-hot-4vcpu "$tmp/none.yaml" --pattern hot --vcpus 4 --accesses 5000
+run_scenario quiet-bulk-random idle "$tmp/quiet.yaml" --pattern random --vcpus 1 --accesses 2000
+run_scenario saturated-bulk-random busy "$tmp/none.yaml" --pattern random --vcpus 1 --accesses 2000
+run_scenario saturated-bulk-hot-4vcpu busy "$tmp/none.yaml" --pattern hot --vcpus 4 --accesses 5000
 # Every kind of guest memory, the guest writing while pages arrive (hugetlb raises
 # vm.nr_hugepages for the run and puts it back).
 for memory in memfd memfd-minor guest_memfd hugetlb hugetlb-minor; do
-  run_scenario "$memory-write-4vcpu" "$tmp/none.yaml" --memory "$memory" --pattern write --vcpus 4 \
+  run_scenario "$memory-write-4vcpu" busy "$tmp/none.yaml" --memory "$memory" --pattern write --vcpus 4 \
     --accesses 5000
 done

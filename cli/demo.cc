@@ -53,6 +53,21 @@ std::string randomHex(std::size_t bytes) {
   return out;
 }
 
+// Both agents' CPU for this migration (their loops' own clocks, from the control API), per GiB
+// moved beside the raw seconds: bench/run.sh reads it against lazymig-floors' CPU floor.
+nlohmann::json agentCpuJson(const Result<nlohmann::json>& source,
+                            const Result<nlohmann::json>& destination) {
+  auto field = [](const Result<nlohmann::json>& m, const char* key) {
+    return m && m->contains(key) ? (*m)[key] : nlohmann::json(nullptr);
+  };
+  return {{"cpu_seconds",
+           {{"source", field(source, "cpu_seconds")},
+            {"destination", field(destination, "cpu_seconds")}}},
+          {"cpu_seconds_per_gib",
+           {{"source", field(source, "cpu_seconds_per_gib")},
+            {"destination", field(destination, "cpu_seconds_per_gib")}}}};
+}
+
 std::string selfDir() {
   std::error_code ec;
   auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
@@ -446,6 +461,7 @@ nlohmann::json DemoRun::report(const nlohmann::json& vm, double total_seconds) {
       {"destination_reason", d.value("reason", "")}};
   const nlohmann::json view = vm.value("guest_view", nlohmann::json::object());
   out.update(guestRateJson(view));
+  out.update(agentCpuJson(src, dst));
   // The share of the vCPUs' time spent waiting in accesses that faulted: unlike the rate, it
   // does not depend on how much CPU the host gives the guest meanwhile.
   const double vcpu_seconds = vm.value("workload_seconds", 0.0) * options_.vcpus;

@@ -71,6 +71,13 @@ void printSummary(const DemoOptions& o, const std::string& size_text, const json
   printGuestSummary(r);
   std::printf("  time             %.2f s, %.0f MiB/s\n", r.value("total_seconds", 0.0),
               r.value("throughput_mib_s", 0.0));
+  const json per_gib = r.value("cpu_seconds_per_gib", json::object());
+  auto figure = [&](const char* side) {
+    const json v = per_gib.value(side, json());
+    return v.is_number() ? v.get<double>() : 0.0;
+  };
+  std::printf("  CPU per GiB      source %.2f s, destination %.2f s (the agents' loop threads)\n",
+              figure("source"), figure("destination"));
   std::printf("  verified         %s (%llu mismatches)\n",
               r.value("verified", false) ? "yes" : "NO",
               static_cast<unsigned long long>(r.value("mismatches", 0)));

@@ -4,6 +4,7 @@
 #include <event2/thread.h>
 #include <pthread.h>
 #include <signal.h>
+#include <time.h>
 
 #include <atomic>
 #include <deque>
@@ -24,6 +25,34 @@ std::mutex g_finalizers_mu;
 std::vector<EventLoop::BaseFinalizer> g_finalizers;
 }  // namespace
 
+// The thread's CPU clock is valid only while the thread lives (its id may be reused after),
+// so the thread records its total under mu before it ends and readers take the lock.
+struct ThreadCpu {
+  mutable std::mutex mu;
+  clockid_t clock{};
+  bool live = false;
+  std::chrono::nanoseconds total{};
+
+  std::chrono::nanoseconds read() const {
+    std::lock_guard lock(mu);
+    if (!live) return total;
+    timespec ts{};
+    if (clock_gettime(clock, &ts) != 0) return total;
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+  }
+  // On the thread itself: first and last thing it does.
+  void begin() {
+    std::lock_guard lock(mu);
+    live = pthread_getcpuclockid(pthread_self(), &clock) == 0;
+  }
+  void end() {
+    std::chrono::nanoseconds last = read();
+    std::lock_guard lock(mu);
+    total = last;
+    live = false;
+  }
+};
+
 struct EventLoop::Impl {
   EventBasePtr base;
   EventPtr wake;
@@ -37,6 +66,7 @@ struct EventLoop::Impl {
   // Set by stop() on the loop's own thread: the thread frees the state after its last callback.
   // Written and read only on the loop thread.
   bool finish_on_loop_thread = false;
+  std::shared_ptr<ThreadCpu> cpu = std::make_shared<ThreadCpu>();
   std::atomic<std::uint64_t> next_timer{1};
   struct TimerEntry {
     Impl* impl;
@@ -142,9 +172,11 @@ Result<std::unique_ptr<EventLoop>> EventLoop::start(const std::string& name, int
     sigaddset(&pipe, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
     pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+    self->cpu->begin();
     started.set_value();
     event_base_loop(self->base.get(), EVLOOP_NO_EXIT_ON_EMPTY);
     if (self->finish_on_loop_thread) self->finish();
+    self->cpu->end();
   });
   fut.wait();
   return std::unique_ptr<EventLoop>(new EventLoop(std::move(impl)));
@@ -176,6 +208,12 @@ void EventLoop::scheduleDetached(std::chrono::milliseconds delay, std::function<
 bool EventLoop::inLoopThread() const { return impl_->inLoopThread(); }
 
 event_base* EventLoop::base() const { return impl_->base.get(); }
+
+CpuClock EventLoop::cpuClock() const { return CpuClock(impl_->cpu); }
+
+std::chrono::nanoseconds CpuClock::read() const {
+  return thread_ ? thread_->read() : std::chrono::nanoseconds{};
+}
 
 void EventLoop::stop() {
   {

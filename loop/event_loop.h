@@ -16,6 +16,20 @@ struct event_base;
 namespace lazymig::loop {
 
 class Timer;
+struct ThreadCpu;
+
+// A loop thread's CPU clock (its own, not the process's): copyable, and it outlives its loop,
+// standing at the thread's total once the thread has ended. Thread-safe.
+class CpuClock {
+ public:
+  CpuClock() = default;  // reads zero
+  std::chrono::nanoseconds read() const;
+
+ private:
+  friend class EventLoop;
+  explicit CpuClock(std::shared_ptr<const ThreadCpu> thread) : thread_(std::move(thread)) {}
+  std::shared_ptr<const ThreadCpu> thread_;
+};
 
 class EventLoop {
  public:
@@ -35,6 +49,9 @@ class EventLoop {
   void scheduleDetached(std::chrono::milliseconds delay, std::function<void()> fn);
   bool inLoopThread() const;
   event_base* base() const;
+  // The CPU time the loop's thread has used, for the cost of the work it runs.
+  CpuClock cpuClock() const;
+  std::chrono::nanoseconds cpuTime() const { return cpuClock().read(); }
   // Idempotent. From another thread: breaks the loop and joins its thread. From the loop's own
   // thread (a callback stopping or destroying its loop): breaks the loop, and the thread frees
   // the loop's state itself once the running callback has returned. Either way, work posted

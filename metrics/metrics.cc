@@ -23,6 +23,8 @@ const Histogram::BucketBoundaries kFaultBuckets = {
     10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1,      2.5,  5,      10};
 const Histogram::BucketBoundaries kDurationBuckets = {0.1, 0.5, 1,   2.5, 5,    10,  30,
                                                       60,  120, 300, 600, 1800, 3600};
+const Histogram::BucketBoundaries kCpuPerGibBuckets = {0.25, 0.5, 0.75, 1, 1.5, 2,
+                                                       3,    4,   6,    8, 12,  16};
 const Histogram::BucketBoundaries kStoreBuckets = {10e-6,  25e-6, 50e-6,  100e-6, 250e-6,
                                                    500e-6, 1e-3,  2.5e-3, 5e-3,   10e-3,
                                                    25e-3,  50e-3, 100e-3, 1};
@@ -132,6 +134,7 @@ class PrometheusMetrics final : public AgentMetrics {
                     .Labels(labels_)
                     .Register(*registry_)
                     .Add({});
+    registerCpuFamilies();
     prometheus::BuildGauge()
         .Name("lazymig_build_info")
         .Help("lazymig build information")
@@ -199,8 +202,46 @@ class PrometheusMetrics final : public AgentMetrics {
   }
   void setStoreWritable(bool writable) override { store_writable_->Set(writable ? 1 : 0); }
   void addUffdExists(std::uint64_t n) override { eexist_->Increment(static_cast<double>(n)); }
+  void addMigrationCpu(std::string_view role, double cpu_seconds,
+                       std::uint64_t bytes_moved) override {
+    std::lock_guard lock(mu_);
+    const std::map<std::string, std::string> label{{"role", std::string(role)}};
+    cpu_seconds_->Add(label).Increment(cpu_seconds);
+    moved_bytes_->Add(label).Increment(static_cast<double>(bytes_moved));
+    if (bytes_moved > 0) {
+      cpu_per_gib_->Add(label, kCpuPerGibBuckets)
+          .Observe(cpu_seconds / (static_cast<double>(bytes_moved) / (1ull << 30)));
+    }
+  }
 
  private:
+  // The CPU a GiB costs the agent (issue 14): counters whose ratio is the fleet's figure, and
+  // each finished migration's own figure as a histogram.
+  void registerCpuFamilies() {
+    cpu_seconds_ = &prometheus::BuildCounter()
+                        .Name("lazymig_migration_cpu_seconds_total")
+                        .Help(
+                            "CPU seconds of finished migrations' threads (their own clocks), by "
+                            "role")
+                        .Labels(labels_)
+                        .Register(*registry_);
+    moved_bytes_ = &prometheus::BuildCounter()
+                        .Name("lazymig_migration_moved_bytes_total")
+                        .Help("Guest memory moved by finished migrations, by role")
+                        .Labels(labels_)
+                        .Register(*registry_);
+    cpu_per_gib_ = &prometheus::BuildHistogram()
+                        .Name("lazymig_migration_cpu_seconds_per_gib")
+                        .Help("Each finished migration's CPU seconds per GiB moved, by role")
+                        .Labels(labels_)
+                        .Register(*registry_);
+    for (auto role : kRoles) {
+      cpu_seconds_->Add({{"role", std::string(role)}});
+      moved_bytes_->Add({{"role", std::string(role)}});
+      cpu_per_gib_->Add({{"role", std::string(role)}}, kCpuPerGibBuckets);
+    }
+  }
+
   std::shared_ptr<prometheus::Registry> registry_;
   std::map<std::string, std::string> labels_;
   std::unique_ptr<prometheus::Exposer> exposer_;
@@ -217,6 +258,9 @@ class PrometheusMetrics final : public AgentMetrics {
   Gauge* store_writable_ = nullptr;
   Counter* eexist_ = nullptr;
   Counter* blocked_ = nullptr;
+  prometheus::Family<Counter>* cpu_seconds_ = nullptr;
+  prometheus::Family<Counter>* moved_bytes_ = nullptr;
+  prometheus::Family<Histogram>* cpu_per_gib_ = nullptr;
   std::mutex mu_;  // the label maps of the cold-path families
 };
 

@@ -48,6 +48,7 @@ inline constexpr std::string_view kMigrationStates[] = {
     "waiting_for_vmm", "waiting_for_memory", "running", "serving",
     "completing",      "completed",          "failed",  "cancelled"};
 inline constexpr std::string_view kMigrationOutcomes[] = {"completed", "failed", "cancelled"};
+inline constexpr std::string_view kRoles[] = {"source", "destination"};
 // Why a migration is degraded (its durable state lags, it carries on from memory).
 inline constexpr std::string_view kDegradedReasons[] = {"store_full", "store_error"};
 
@@ -79,6 +80,10 @@ class AgentMetrics {
   virtual void setDegraded(std::string_view reason, std::uint64_t migrations) = 0;
   virtual void setStoreWritable(bool writable) = 0;
   virtual void addUffdExists(std::uint64_t n) = 0;  // EEXIST races on install
+  // A migration reached its final state: the CPU seconds of its threads (their own clocks)
+  // and the guest memory it moved. `role` is one of kRoles.
+  virtual void addMigrationCpu(std::string_view role, double cpu_seconds,
+                               std::uint64_t bytes_moved) = 0;
 };
 
 }  // namespace lazymig::metrics

@@ -79,11 +79,14 @@ bool Migration::setState(MigrationState next, std::string reason) {
     updated_ms_ = unixMillisNow();
     if (isFinal(next)) finished_ = std::chrono::steady_clock::now();
   }
+  if (isFinal(next)) cpu_.stop();
   if (ctx_.metrics) {
     ctx_.metrics->migrationState(stateName(prev), stateName(next));
     if (isFinal(next)) {
       ctx_.metrics->observeMigrationDuration(stateName(next),
                                              std::chrono::steady_clock::now() - started_);
+      ctx_.metrics->addMigrationCpu(role_, std::chrono::duration<double>(cpu_.total()).count(),
+                                    bytesMoved());
     }
   }
   if (next == MigrationState::kFailed) {
@@ -212,7 +215,15 @@ nlohmann::json Migration::toJson() const {
                      {"eexist_races", stats_.eexist_races.load()},
                      {"bytes_received", stats_.bytes_received.load()},
                      {"bytes_sent", stats_.bytes_sent.load()},
-                     {"reconnects", stats_.reconnects.load()}};
+                     {"reconnects", stats_.reconnects.load()},
+                     {"bytes_moved", bytesMoved()}};
+  // The CPU of the migration's own threads per GiB of guest memory moved: what carries to
+  // larger hosts (throughput = cores x GiB per CPU second), read against lazymig-floors.
+  const double cpu = std::chrono::duration<double>(cpu_.total()).count();
+  const auto cpu_per_gib =
+      cpuSecondsPerGib(cpu, out["progress"]["bytes_moved"].get<std::uint64_t>());
+  out["cpu_seconds"] = cpu;
+  out["cpu_seconds_per_gib"] = cpu_per_gib ? nlohmann::json(*cpu_per_gib) : nlohmann::json();
   const auto& h = stats_.fault_latency;
   auto us = [](std::chrono::nanoseconds ns) { return static_cast<double>(ns.count()) / 1000.0; };
   out["fault_latency_us"] = {{"count", h.count()},

@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/core/migration_cpu.h"
 #include "agent/core/migration_stats.h"
 #include "base/error.h"
 #include "base/latest_state_writer.h"
@@ -95,9 +96,12 @@ class Migration {
   virtual nlohmann::json runtime() const { return nullptr; }
   virtual std::uint64_t pagesTotal() const = 0;
   virtual std::uint64_t pagesDone() const = 0;
+  // Guest memory moved so far (pages done times the page size), for cpu_seconds_per_gib.
+  virtual std::uint64_t bytesMoved() const = 0;
 
   AgentContext& ctx_;
   MigrationStats stats_;
+  MigrationCpu cpu_;  // the role counts the loops it runs on; stopped at the final state
   log::Logger log_;
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 

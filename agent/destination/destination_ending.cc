@@ -119,6 +119,7 @@ Status DestinationMigration::resumeEnding(const nlohmann::json& runtime) {
   auto urgent = transport::EventLoop::start("urgent-" + id());
   if (!urgent) return std::unexpected(urgent.error());
   urgent_loop_ = std::move(*urgent);
+  cpu_.count(*urgent_loop_);
   setState(MigrationState::kCompleting);
   runOnLoop(*urgent_loop_, [this] {
     urgent_ = makeUrgentChannel();

@@ -183,6 +183,8 @@ Status DestinationMigration::startServing() {
   if (!bulk) return std::unexpected(bulk.error());
   urgent_loop_ = std::move(*urgent);
   bulk_loop_ = std::move(*bulk);
+  cpu_.count(*urgent_loop_);
+  cpu_.count(*bulk_loop_);
   if (ctx_.metrics) ctx_.metrics->addPagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
   transport::Layout wire{static_cast<std::uint32_t>(layout_->pageSize()), layout_->pageCount()};
   Status started;
@@ -421,7 +423,7 @@ void DestinationMigration::addDetails(nlohmann::json& out) const {
   out["progress"]["restored_pages"] = restored_pages_.load();
   out["progress"]["page_size"] = ready ? layout_->pageSize() : 0;
   double secs = out["elapsed_seconds"].get<double>();
-  double mib = static_cast<double>(pagesDone() * (ready ? layout_->pageSize() : 0)) / (1 << 20);
+  double mib = static_cast<double>(bytesMoved()) / (1 << 20);
   out["throughput_mib_s"] = secs > 0 ? mib / secs : 0.0;
 }
 
@@ -442,6 +444,9 @@ std::uint64_t DestinationMigration::pagesTotal() const {
 }
 std::uint64_t DestinationMigration::pagesDone() const {
   return ready_.load(std::memory_order_acquire) ? pages_->doneCount() : 0;
+}
+std::uint64_t DestinationMigration::bytesMoved() const {
+  return ready_.load(std::memory_order_acquire) ? pages_->doneCount() * layout_->pageSize() : 0;
 }
 
 }  // namespace lazymig::agent

@@ -46,6 +46,7 @@ class DestinationMigration final : public Migration {
   void addDetails(nlohmann::json& out) const override;
   std::uint64_t pagesTotal() const override;
   std::uint64_t pagesDone() const override;
+  std::uint64_t bytesMoved() const override;
   nlohmann::json runtime() const override;
 
  private:

@@ -121,6 +121,7 @@ Status SourceMigration::useMemory(std::unique_ptr<SourceMemory> memory) {
   page_count_.store(memory->pageCount());
   page_size_.store(memory->pageSize());
   memory_ = std::move(memory);
+  cpu_.count(peer_loop_);
   ready_.store(true, std::memory_order_release);
   setState(MigrationState::kServing);
   peer_loop_.post([this] { attachParked(); });
@@ -497,6 +498,7 @@ void SourceMigration::addDetails(nlohmann::json& out) const {
 }
 
 std::uint64_t SourceMigration::pagesTotal() const { return page_count_.load(); }
+std::uint64_t SourceMigration::bytesMoved() const { return pagesDone() * page_size_.load(); }
 std::uint64_t SourceMigration::pagesDone() const {
   // Pages re-sent after a reconnect count again; never report more than there are.
   return std::min(page_count_.load(), stats_.served_demand_pages.load() +

@@ -3,6 +3,7 @@
 #include "loop/event_loop.h"
 
 #include <gtest/gtest.h>
+#include <time.h>
 
 #include <atomic>
 #include <chrono>
@@ -73,7 +74,9 @@ TEST(EventLoop, TimerFiresUnlessItsHandleIsDestroyedOrCancelled) {
   auto f = fired.get_future();
   std::atomic<int> must_not_run{0};
   Timer kept = loop->schedule(20ms, [&] { fired.set_value(); });
-  { Timer dropped = loop->schedule(1ms, [&] { ++must_not_run; }); }
+  {
+    Timer dropped = loop->schedule(1ms, [&] { ++must_not_run; });
+  }
   Timer cancelled = loop->schedule(1ms, [&] { ++must_not_run; });
   cancelled.cancel();
   Timer moved_from = loop->schedule(1ms, [&] { ++must_not_run; });
@@ -124,6 +127,50 @@ TEST(EventLoop, BaseFinalizersSeeTheBaseBeforeItIsFreed) {
   event_base* base = loop->base();
   loop->stop();
   EXPECT_EQ(g_finalized, base);
+}
+
+std::chrono::nanoseconds callingThreadCpu() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+// Burns `amount` of the calling thread's own CPU time.
+void spinFor(std::chrono::nanoseconds amount) {
+  auto end = callingThreadCpu() + amount;
+  while (callingThreadCpu() < end) {
+  }
+}
+
+// The loop's CPU clock is its thread's: work run on the loop adds to it, work elsewhere in the
+// process does not, and the total outlives the thread.
+TEST(EventLoop, CpuTimeIsTheLoopThreadsOwn) {
+  auto loop = startLoop();
+  const auto at_start = loop->cpuTime();
+
+  // Another thread of the process works while the loop sleeps in epoll: a process-wide clock
+  // would grow by the whole spin.
+  spinFor(100ms);
+  const auto after_idle = loop->cpuTime();
+  EXPECT_LT(after_idle - at_start, 50ms) << "the loop's clock counted another thread's work";
+
+  std::promise<void> spun;
+  loop->post([&] {
+    spinFor(100ms);
+    spun.set_value();
+  });
+  ASSERT_EQ(spun.get_future().wait_for(30s), std::future_status::ready);
+  const auto after_work = loop->cpuTime();
+  EXPECT_GE(after_work - after_idle, 100ms) << "the loop's own work is missing from its clock";
+
+  const CpuClock clock = loop->cpuClock();
+  loop->stop();
+  const auto after_stop = loop->cpuTime();
+  EXPECT_GE(after_stop, after_work) << "the total was lost when the thread ended";
+  EXPECT_EQ(loop->cpuTime(), after_stop) << "a stopped loop's clock must stand still";
+  loop.reset();
+  EXPECT_EQ(clock.read(), after_stop) << "the clock must outlive its loop";
+  EXPECT_EQ(CpuClock{}.read(), 0ns);
 }
 
 }  // namespace

@@ -35,6 +35,7 @@ void touchEverything(AgentMetrics& m) {
   m.setDegraded("store_full", 2);
   m.setStoreWritable(false);
   m.addUffdExists(2);
+  m.addMigrationCpu("source", 0.75, 512ull << 20);
 }
 
 TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
@@ -46,7 +47,9 @@ TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
         "lazymig_pages_remaining", "lazymig_migrations", "lazymig_migration_duration_seconds_count",
         "lazymig_reconnects_total", "lazymig_refusals_total", "lazymig_store_write_seconds_count",
         "lazymig_uffd_eexist_total", "lazymig_vcpu_blocked_seconds_total", "lazymig_build_info",
-        "lazymig_migrations_degraded", "lazymig_store_writable"}) {
+        "lazymig_migrations_degraded", "lazymig_store_writable",
+        "lazymig_migration_cpu_seconds_total", "lazymig_migration_moved_bytes_total",
+        "lazymig_migration_cpu_seconds_per_gib_bucket"}) {
     EXPECT_NE(text.find(family), std::string::npos) << family;
   }
   EXPECT_NE(text.find(R"(lazymig_pages_total{node="node-a",path="bulk"} 64)"), std::string::npos)
@@ -90,6 +93,30 @@ TEST(Metrics, AlertedSeriesExistAtZeroBeforeTheFirstEvent) {
         << reason;
   }
   EXPECT_NE(text.find(R"(lazymig_store_writable{node="n"} 1)"), std::string::npos);
+  for (auto role : kRoles) {
+    EXPECT_NE(text.find("lazymig_migration_cpu_seconds_total{node=\"n\",role=\"" +
+                        std::string(role) + "\"} 0"),
+              std::string::npos)
+        << role;
+  }
+}
+
+// The fleet's CPU per GiB is the ratio of the two counters; each migration's own figure is
+// one observation of the histogram. A migration that moved nothing adds its CPU but no figure.
+TEST(Metrics, MigrationCpuCountersAndFigurePerGibAgree) {
+  auto m = AgentMetrics::create("n");
+  m->addMigrationCpu("destination", 1.0, 1ull << 30);
+  m->addMigrationCpu("destination", 1.5, 512ull << 20);
+  m->addMigrationCpu("destination", 0.25, 0);
+  const std::string text = m->scrapeText();
+  for (const char* series :
+       {R"(lazymig_migration_cpu_seconds_total{node="n",role="destination"} 2.75)",
+        R"(lazymig_migration_moved_bytes_total{node="n",role="destination"} 1610612736)",
+        R"(lazymig_migration_cpu_seconds_per_gib_count{node="n",role="destination"} 2)",
+        R"(lazymig_migration_cpu_seconds_per_gib_sum{node="n",role="destination"} 4)",
+        R"(lazymig_migration_cpu_seconds_total{node="n",role="source"} 0)"}) {
+    EXPECT_NE(text.find(series), std::string::npos) << series << "\n" << text;
+  }
 }
 
 TEST(Metrics, ConcurrentObservationsAddUp) {

@@ -28,6 +28,7 @@ class BareMigration final : public Migration {
   void addDetails(nlohmann::json&) const override {}
   std::uint64_t pagesTotal() const override { return 0; }
   std::uint64_t pagesDone() const override { return 0; }
+  std::uint64_t bytesMoved() const override { return 0; }
 };
 
 class Persistence : public ::testing::Test {
