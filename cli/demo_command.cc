@@ -73,8 +73,8 @@ void printSummary(const DemoOptions& o, const std::string& size_text, const json
               r.value("throughput_mib_s", 0.0));
   const json per_gib = r.value("cpu_seconds_per_gib", json::object());
   auto figure = [&](const char* side) {
-    const json v = per_gib.value(side, json());
-    return v.is_number() ? v.get<double>() : 0.0;
+    const json seconds = per_gib.value(side, json());
+    return seconds.is_number() ? seconds.get<double>() : 0.0;
   };
   std::printf("  CPU per GiB      source %.2f s, destination %.2f s (the agents' loop threads)\n",
               figure("source"), figure("destination"));
