@@ -17,10 +17,13 @@ struct MigrationStats {
   std::atomic<std::uint64_t> zero_pages{0};     // pages installed from a zero marker
   std::atomic<std::uint64_t> removed_pages{0};  // discarded by the guest (balloon) before arrival
   std::atomic<std::uint64_t> eexist_races{0};   // installs that found the page present
+  // Bytes on the wire, both channels together (frame headers included)...
   std::atomic<std::uint64_t> bytes_received{0};
   std::atomic<std::uint64_t> bytes_sent{0};
+  // ... and by channel, then direction (metrics::Channel, metrics::Direction).
+  std::atomic<std::uint64_t> wire_bytes[2][2]{};
   std::atomic<std::uint64_t> reconnects{0};
-  // Source: pages served.
+  // Source: pages asked for on the urgent channel are counted in demand_faults; pages served:
   std::atomic<std::uint64_t> served_demand_pages{0};
   std::atomic<std::uint64_t> served_bulk_pages{0};
   std::atomic<std::uint64_t> served_zero_pages{0};
