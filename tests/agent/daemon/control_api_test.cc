@@ -17,6 +17,7 @@
 #include "agent/core/loop_sync.h"
 #include "agent/daemon/agent.h"
 #include "client/control_client.h"
+#include "tests/control_answer.h"
 #include "transport/pki.h"
 
 // A spy on close(2) (the one libevent calls too): counts closes of a descriptor that was not
@@ -47,12 +48,7 @@ std::string temporaryDirectory() {
   return dir;
 }
 
-struct Answer {
-  int status = 0;
-  std::string code;
-  std::string message;
-  nlohmann::json body;
-};
+using lazymig::testing::Answer;
 
 class ControlApiTest : public ::testing::Test {
  protected:
@@ -84,17 +80,8 @@ class ControlApiTest : public ::testing::Test {
   std::string controlSocket() const { return dir_ + "/control.sock"; }
 
   Answer ask(const std::string& method, const std::string& path, const std::string& body = "") {
-    client::ControlClient client("unix:" + controlSocket());
-    auto r = client.request(method, path, body);
-    EXPECT_TRUE(r) << method << " " << path << ": " << r.error().message();
-    if (!r) return {};
-    Answer a{r->status, "", "", nlohmann::json::parse(r->body, nullptr, false)};
-    EXPECT_FALSE(a.body.is_discarded()) << method << " " << path << " answered: " << r->body;
-    if (a.body.is_object() && a.body.contains("error")) {
-      a.code = a.body["error"].value("code", "");
-      a.message = a.body["error"].value("message", "");
-    }
-    return a;
+    return lazymig::testing::ask(client::ControlClient("unix:" + controlSocket()), method, path,
+                                 body);
   }
 
   // A destination migration whose VMM never comes: it waits, listening on its socket.
