@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <cassert>
 #include <deque>
 #include <future>
 #include <map>
@@ -231,6 +232,7 @@ void Timer::cancel() {
 
 bool Timer::pending() const {
   auto impl = loop_.lock();
+  assert(!impl || impl->inLoopThread());
   return id_ != 0 && impl && impl->timers.contains(id_);
 }
 
