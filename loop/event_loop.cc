@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include <atomic>
+#include <cassert>
 #include <deque>
 #include <future>
 #include <map>
@@ -269,6 +270,7 @@ void Timer::cancel() {
 
 bool Timer::pending() const {
   auto impl = loop_.lock();
+  assert(!impl || impl->inLoopThread());
   return id_ != 0 && impl && impl->timers.contains(id_);
 }
 

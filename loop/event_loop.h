@@ -1,6 +1,8 @@
 // One thread, one libevent event_base. Everything that touches the loop's events runs on its
-// thread; other threads hand work over with post(), the only cross-thread call besides stop()
-// and the Timer handles (which post their cancel when destroyed elsewhere).
+// thread; other threads hand work over with post() or schedule(). The calls any thread may
+// make are post(), schedule(), scheduleDetached(), inLoopThread(), stop() and a Timer's
+// cancel or destruction (which posts the cancel); the rest is the loop thread's alone.
+// State shared between threads outside a loop is listed in docs/architecture.md.
 #pragma once
 
 #include <chrono>
@@ -82,7 +84,8 @@ class Timer {
   Timer& operator=(const Timer&) = delete;
   ~Timer();
   void cancel();
-  // True from schedule() until it fires or is cancelled (as seen from the loop thread).
+  // True from schedule() until it fires or is cancelled. Loop thread only: the timers it
+  // looks in are that thread's alone.
   bool pending() const;
 
  private:

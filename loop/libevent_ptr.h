@@ -10,6 +10,7 @@ struct bufferevent;
 struct evbuffer;
 struct evhttp;
 struct evconnlistener;
+struct evkeyvalq;
 
 namespace lazymig::loop {
 
@@ -20,6 +21,7 @@ struct LibeventFree {
   void operator()(evbuffer* b) const;
   void operator()(evhttp* h) const;
   void operator()(evconnlistener* l) const;
+  void operator()(evkeyvalq* q) const;
 };
 
 using EventPtr = std::unique_ptr<event, LibeventFree>;
@@ -28,5 +30,11 @@ using BufferEventPtr = std::unique_ptr<bufferevent, LibeventFree>;
 using EvBufferPtr = std::unique_ptr<evbuffer, LibeventFree>;
 using EvHttpPtr = std::unique_ptr<evhttp, LibeventFree>;
 using EvConnListenerPtr = std::unique_ptr<evconnlistener, LibeventFree>;
+// A list of key/value pairs (a parsed query string): evhttp_clear_headers frees its entries,
+// then the list itself goes.
+using KeyValuesPtr = std::unique_ptr<evkeyvalq, LibeventFree>;
+
+// An empty list, for evhttp_parse_query_str to fill.
+KeyValuesPtr newKeyValues();
 
 }  // namespace lazymig::loop

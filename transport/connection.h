@@ -2,7 +2,8 @@
 //
 // Threading: an EventLoop (loop/event_loop.h) owns one thread and one event_base. Everything
 // that touches a Connection, Server or connect() callback runs on that loop's thread; other
-// threads hand work over with EventLoop::post().
+// threads hand work over with EventLoop::post(). TlsContext is the exception: every loop makes
+// sessions from it while the main thread may reload it (its own mutex).
 #pragma once
 
 #include <chrono>

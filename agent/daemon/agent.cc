@@ -13,6 +13,7 @@
 #include "agent/destination/destination_migration.h"
 #include "agent/source/source_migration.h"
 #include "base/version.h"
+#include "loop/assert_on_loop.h"
 
 namespace lazymig::agent {
 namespace {
@@ -262,6 +263,7 @@ void Agent::resumeMigration(store::MigrationRecord r) {
 
 std::expected<std::shared_ptr<Migration>, ApiError> Agent::create(const nlohmann::json& body,
                                                                   bool& created) {
+  LAZYMIG_ASSERT_ON_LOOP(*control_loop_);
   auto spec = parseMigrationSpec(body, config_.handshake_dir);
   if (!spec) return std::unexpected(ApiError{400, "bad_request", spec.error().message()});
   auto want = specToJson(*spec);
@@ -388,6 +390,7 @@ void Agent::scheduleRetire(const std::string& id) {
 }
 
 void Agent::retire(const std::string& id) {
+  LAZYMIG_ASSERT_ON_LOOP(*retire_loop_);
   auto m = registry_.find(id);
   if (!m || !isFinal(m->state())) return;
   if (m->degraded()) {
@@ -409,6 +412,7 @@ void Agent::retire(const std::string& id) {
 }
 
 void Agent::watchPersistence() {
+  LAZYMIG_ASSERT_ON_LOOP(*retire_loop_);
   if (db_->failure()) {
     if (auto ok = db_->recover(); !ok)
       log_.debug("state directory still failing", {{"error", ok.error().message()}});

@@ -37,14 +37,16 @@ class Agent {
   // A finished migration keeps its threads, fds and mappings (a minor-mode or guest_memfd
   // destination maps the guest's memory) until retired: after a grace period that lets its
   // channels close cleanly, it is shut down and only its report stays, as history.
-  void scheduleRetire(const std::string& id);
-  void retire(const std::string& id);
+  void scheduleRetire(const std::string& id);  // any thread
+  void retire(const std::string& id);          // retire loop only
   void forgetOldHistory();
   // Every kPersistenceRetry on the retire loop: reopens a failed database once its directory
   // has room, writes again what degraded migrations could not persist, and sets the
-  // degraded and store-writable metrics.
+  // degraded and store-writable metrics. Retire loop only.
   void watchPersistence();
   static constexpr std::chrono::milliseconds kPersistenceRetry{1000};
+  // Control loop only (the API's backend): one create at a time, so a check and the
+  // registration that follows it never interleave with another create.
   std::expected<std::shared_ptr<Migration>, ApiError> create(const nlohmann::json& body,
                                                              bool& created);
   nlohmann::json info() const;

@@ -5,7 +5,6 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/ssl.h>
@@ -16,6 +15,8 @@
 
 #include "agent/core/migration_spec.h"
 #include "agent/daemon/json_error_pages.h"
+#include "loop/assert_on_loop.h"
+#include "sys/unix_socket.h"
 
 namespace lazymig::agent {
 namespace {
@@ -56,12 +57,10 @@ const char* reasonPhrase(int status) {
 bool queryFlag(evhttp_request* req, const char* name) {
   const char* query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
   if (query == nullptr) return false;
-  evkeyvalq params;
-  if (evhttp_parse_query_str(query, &params) != 0) return false;
-  const char* v = evhttp_find_header(&params, name);
-  bool on = v != nullptr && (std::string_view(v) == "true" || std::string_view(v) == "1");
-  evhttp_clear_headers(&params);
-  return on;
+  auto params = loop::newKeyValues();
+  if (evhttp_parse_query_str(query, params.get()) != 0) return false;
+  const char* v = evhttp_find_header(params.get(), name);
+  return v != nullptr && (std::string_view(v) == "true" || std::string_view(v) == "1");
 }
 
 }  // namespace
@@ -70,33 +69,39 @@ Result<std::unique_ptr<ControlApi>> ControlApi::start(transport::EventLoop& loop
                                                       const std::string& listen, Registry& registry,
                                                       Backend backend, std::string bearer_token,
                                                       std::shared_ptr<transport::TlsContext> tls) {
+  LAZYMIG_ASSERT_ON_LOOP(loop);
   std::unique_ptr<ControlApi> api(
-      new ControlApi(registry, std::move(backend), std::move(bearer_token)));
+      new ControlApi(loop, registry, std::move(backend), std::move(bearer_token)));
   api->tls_ = std::move(tls);
-  api->http_ = evhttp_new(loop.base());
-  if (api->http_ == nullptr) return fail(Errc::kSystem, "evhttp_new", "control api");
-  evhttp_set_max_body_size(api->http_, kTransportMaxBody);
+  api->http_.reset(evhttp_new(loop.base()));
+  if (!api->http_) return fail(Errc::kSystem, "evhttp_new", "control api");
+  evhttp_set_max_body_size(api->http_.get(), kTransportMaxBody);
   // Every method reaches route(), which answers the ones a path does not take with a JSON 405.
-  evhttp_set_allowed_methods(api->http_, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_DELETE |
-                                             EVHTTP_REQ_PUT | EVHTTP_REQ_PATCH | EVHTTP_REQ_HEAD |
-                                             EVHTTP_REQ_OPTIONS);
-  evhttp_set_gencb(api->http_, &ControlApi::onRequest, api.get());
+  evhttp_set_allowed_methods(api->http_.get(),
+                             EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_DELETE | EVHTTP_REQ_PUT |
+                                 EVHTTP_REQ_PATCH | EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS);
+  evhttp_set_gencb(api->http_.get(), &ControlApi::onRequest, api.get());
   // Every connection gets our bufferevent (TLS or plain), whose output is watched for
   // libevent's own HTML error pages.
-  evhttp_set_bevcb(api->http_, &ControlApi::newBufferevent, api.get());
+  evhttp_set_bevcb(api->http_.get(), &ControlApi::newBufferevent, api.get());
   // A body over the limit is read to its end (and dropped) before the 413 goes out: a client
   // still writing it would otherwise meet a reset and never read the answer.
-  evhttp_set_flags(api->http_, EVHTTP_SERVER_LINGERING_CLOSE);
+  evhttp_set_flags(api->http_.get(), EVHTTP_SERVER_LINGERING_CLOSE);
   if (listen.rfind("unix:", 0) == 0) {
     api->unix_path_ = listen.substr(5);
     // Owner and group only: the control API creates migrations that hand out guest memory.
     auto sock = sys::UnixSocket::listen(api->unix_path_, 0660, 64);
     if (!sock) return std::unexpected(sock.error());
     if (auto ok = sock->setNonBlocking(true); !ok) return std::unexpected(ok.error());
-    if (evhttp_accept_socket_with_handle(api->http_, sock->get()) == nullptr) {
+    // evhttp closes the descriptor it accepts on when it is freed (LEV_OPT_CLOSE_ON_FREE), so
+    // it gets a descriptor of its own: the socket's owner closing it too would close a number
+    // another thread may have been handed in between.
+    auto listening = sock->fd().duplicate();
+    if (!listening) return std::unexpected(listening.error());
+    if (evhttp_accept_socket_with_handle(api->http_.get(), listening->get()) == nullptr) {
       return fail(Errc::kSystem, "evhttp_accept_socket", listen);
     }
-    api->unix_socket_ = std::move(*sock);
+    (void)listening->releaseOwnership();
     api->bound_ = listen;
     return api;
   }
@@ -108,7 +113,7 @@ Result<std::unique_ptr<ControlApi>> ControlApi::start(transport::EventLoop& loop
   std::string host = listen.substr(0, colon);
   if (host.size() > 1 && host.front() == '[') host = host.substr(1, host.size() - 2);
   auto port = static_cast<std::uint16_t>(std::stoul(listen.substr(colon + 1)));
-  evhttp_bound_socket* bound = evhttp_bind_socket_with_handle(api->http_, host.c_str(), port);
+  evhttp_bound_socket* bound = evhttp_bind_socket_with_handle(api->http_.get(), host.c_str(), port);
   if (bound == nullptr) return failSys("bind", "control api " + listen);
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
@@ -121,7 +126,8 @@ Result<std::unique_ptr<ControlApi>> ControlApi::start(transport::EventLoop& loop
 }
 
 ControlApi::~ControlApi() {
-  if (http_ != nullptr) evhttp_free(http_);
+  LAZYMIG_ASSERT_ON_LOOP(loop_);
+  http_.reset();  // closes the listening socket before its path goes
   if (!unix_path_.empty()) ::unlink(unix_path_.c_str());
 }
 
@@ -144,11 +150,10 @@ void ControlApi::onRequest(evhttp_request* req, void* arg) {
 
 void ControlApi::reply(evhttp_request* req, int status, const nlohmann::json& body) {
   evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-  evbuffer* buf = evbuffer_new();
+  loop::EvBufferPtr buf(evbuffer_new());
   std::string text = body.dump() + "\n";
-  evbuffer_add(buf, text.data(), text.size());
-  evhttp_send_reply(req, status, reasonPhrase(status), buf);
-  evbuffer_free(buf);
+  evbuffer_add(buf.get(), text.data(), text.size());
+  evhttp_send_reply(req, status, reasonPhrase(status), buf.get());
 }
 
 void ControlApi::replyError(evhttp_request* req, const ApiError& e) {
@@ -156,6 +161,7 @@ void ControlApi::replyError(evhttp_request* req, const ApiError& e) {
 }
 
 void ControlApi::handle(evhttp_request* req) {
+  LAZYMIG_ASSERT_ON_LOOP(loop_);
   const char* raw_path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
   std::string path = raw_path ? raw_path : "/";
   // Probes (kubelet, systemd) carry no token and learn nothing but up/ready.

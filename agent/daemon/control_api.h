@@ -10,10 +10,9 @@
 
 #include "agent/daemon/registry.h"
 #include "base/error.h"
-#include "sys/unix_socket.h"
+#include "loop/libevent_ptr.h"
 #include "transport/connection.h"
 
-struct evhttp;
 struct evhttp_request;
 struct bufferevent;
 struct event_base;
@@ -39,8 +38,9 @@ class ControlApi {
     std::function<bool()> ready;
   };
 
-  // Call on the control loop's thread. `listen` is "unix:/path" or "host:port"; with `tls`
-  // (a server context that requires client certificates) a TCP listener speaks HTTPS.
+  // Loop-only: start, the handlers and the destructor run on the control loop's thread (the
+  // evhttp lives on its base). `listen` is "unix:/path" or "host:port"; with `tls` (a server
+  // context that requires client certificates) a TCP listener speaks HTTPS.
   static Result<std::unique_ptr<ControlApi>> start(
       transport::EventLoop& loop, const std::string& listen, Registry& registry, Backend backend,
       std::string bearer_token, std::shared_ptr<transport::TlsContext> tls = nullptr);
@@ -48,8 +48,11 @@ class ControlApi {
   const std::string& boundAddress() const { return bound_; }
 
  private:
-  ControlApi(Registry& registry, Backend backend, std::string token)
-      : registry_(registry), backend_(std::move(backend)), bearer_token_(std::move(token)) {}
+  ControlApi(transport::EventLoop& loop, Registry& registry, Backend backend, std::string token)
+      : loop_(loop),
+        registry_(registry),
+        backend_(std::move(backend)),
+        bearer_token_(std::move(token)) {}
   static void onRequest(evhttp_request* req, void* arg);
   static bufferevent* newBufferevent(event_base* base, void* arg);
   void handle(evhttp_request* req);
@@ -58,12 +61,12 @@ class ControlApi {
   void reply(evhttp_request* req, int status, const nlohmann::json& body);
   void replyError(evhttp_request* req, const ApiError& e);
 
+  transport::EventLoop& loop_;
   Registry& registry_;
   Backend backend_;
   std::string bearer_token_;
   std::shared_ptr<transport::TlsContext> tls_;
-  evhttp* http_ = nullptr;
-  sys::UnixSocket unix_socket_;
+  loop::EvHttpPtr http_;
   std::string unix_path_;
   std::string bound_;
 };

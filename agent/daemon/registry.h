@@ -1,5 +1,5 @@
-// The agent's migrations by id. Thread-safe: the control API, the peer listener and
-// migrations' own threads all look things up here.
+// The agent's migrations by id. Thread-safe (one mutex): the control loop, the peer loop,
+// the retire loop and the main thread (start-up, stop) all use it; see docs/architecture.md.
 #pragma once
 
 #include <map>

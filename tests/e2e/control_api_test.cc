@@ -9,6 +9,7 @@
 
 #include "client/control_client.h"
 #include "sys/unix_socket.h"
+#include "tests/control_answer.h"
 #include "tests/e2e/e2e.h"
 
 namespace lazymig::e2e {
@@ -17,26 +18,8 @@ namespace {
 using cli::DemoRun;
 using cli::Side;
 
-struct Answer {
-  int status = 0;
-  std::string code;
-  std::string message;
-  nlohmann::json body;
-};
-
-Answer ask(const client::ControlClient& c, const std::string& method, const std::string& path,
-           const std::string& body = "") {
-  auto r = c.request(method, path, body);
-  EXPECT_TRUE(r) << method << " " << path << ": " << r.error().message();
-  if (!r) return {};
-  Answer a{r->status, "", "", nlohmann::json::parse(r->body, nullptr, false)};
-  EXPECT_FALSE(a.body.is_discarded()) << method << " " << path << " answered non-JSON: " << r->body;
-  if (a.body.is_object() && a.body.contains("error")) {
-    a.code = a.body["error"].value("code", "");
-    a.message = a.body["error"].value("message", "");
-  }
-  return a;
-}
+using lazymig::testing::Answer;
+using lazymig::testing::ask;
 
 nlohmann::json sourceBody(const DemoRun& run, const std::string& token) {
   return {{"id", "api-test"},

@@ -50,12 +50,20 @@ struct FinishedRun {
   nlohmann::json vm;
 };
 
-inline Result<FinishedRun> runToTheEnd(const cli::DemoOptions& o) {
+// Both agents started from `o`, the source's memory handed over, the migration created on both
+// and the destination test VM started: from here the guest runs on memory arriving lazily.
+inline Result<cli::DemoRun> migrationUnderWay(const cli::DemoOptions& o) {
   auto run = cli::DemoRun::prepare(o);
   if (!run) return std::unexpected(run.error());
   if (auto ok = run->prepareSourceMemory(); !ok) return std::unexpected(ok.error());
   if (auto ok = run->createMigrations(); !ok) return std::unexpected(ok.error());
   if (auto ok = run->startDestinationVm(); !ok) return std::unexpected(ok.error());
+  return run;
+}
+
+inline Result<FinishedRun> runToTheEnd(const cli::DemoOptions& o) {
+  auto run = migrationUnderWay(o);
+  if (!run) return std::unexpected(run.error());
   auto vm = run->waitDestinationVm();
   if (!vm) return std::unexpected(vm.error());
   return FinishedRun{std::move(*run), std::move(*vm)};

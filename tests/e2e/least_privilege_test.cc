@@ -79,11 +79,8 @@ TEST(LeastPrivilege, RestartRecoveryWithoutCapSysPtraceFailsSayingWhy) {
   o.timeout_s = 60;
   o.extra_yaml = "migration:\n  bulk_rate_limit_mib_s: 32\n";
   o.agent_prefix = onlyCapabilities("");
-  auto run = DemoRun::prepare(o);
+  auto run = migrationUnderWay(o);
   ASSERT_TRUE(run) << run.error().message();
-  ASSERT_TRUE(run->prepareSourceMemory());
-  ASSERT_TRUE(run->createMigrations());
-  ASSERT_TRUE(run->startDestinationVm());
   ASSERT_TRUE(waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 0; },
                         std::chrono::seconds(60)));
   run->killAgent(Side::kDestination, SIGKILL);

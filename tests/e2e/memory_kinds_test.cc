@@ -230,11 +230,8 @@ TEST(MemoryKinds, MinorModeDestinationKilledMidBulkRecovers) {
   auto o = racingWrites("memfd-minor");
   o.size = 128ull << 20;
   o.extra_yaml = std::string(kThrottledBulk) + "  checkpoint_interval_ms: 20\n";
-  auto run = cli::DemoRun::prepare(o);
+  auto run = migrationUnderWay(o);
   ASSERT_TRUE(run) << run.error().message();
-  ASSERT_TRUE(run->prepareSourceMemory());
-  ASSERT_TRUE(run->createMigrations());
-  ASSERT_TRUE(run->startDestinationVm());
   ASSERT_TRUE(waitUntil(
       [&] {
         return progressOf(*run, cli::Side::kDestination, "pages_installed") > o.size / 4096 / 3;
@@ -269,11 +266,8 @@ TEST(MemoryKinds, FinishedMigrationLetsGoOfGuestMemoryAndKeepsItsReport) {
   auto o = baseOptions();
   o.memory = "memfd-minor";
   o.extra_yaml = "migration:\n  stall_timeout_ms: 1000\n";
-  auto run = cli::DemoRun::prepare(o);
+  auto run = migrationUnderWay(o);
   ASSERT_TRUE(run) << run.error().message();
-  ASSERT_TRUE(run->prepareSourceMemory());
-  ASSERT_TRUE(run->createMigrations());
-  ASSERT_TRUE(run->startDestinationVm());
   const pid_t agent = run->agentPid(cli::Side::kDestination);
   ASSERT_TRUE(waitUntil([&] { return agentMapsGuestMemory(agent); }, std::chrono::seconds(30)))
       << "the minor-mode destination writes through its own mapping of the memfd";
@@ -294,11 +288,8 @@ TEST(MemoryKinds, FinishedMigrationLetsGoOfGuestMemoryAndKeepsItsReport) {
 TEST(MemoryKinds, GuestMemfdDestinationKilledFailsSayingWhy) {
   auto o = racingWrites("guest_memfd");
   o.no_uffd_register = true;
-  auto run = cli::DemoRun::prepare(o);
+  auto run = migrationUnderWay(o);
   ASSERT_TRUE(run) << run.error().message();
-  ASSERT_TRUE(run->prepareSourceMemory());
-  ASSERT_TRUE(run->createMigrations());
-  ASSERT_TRUE(run->startDestinationVm());
   ASSERT_TRUE(
       waitUntil([&] { return progressOf(*run, cli::Side::kDestination, "pages_installed") > 100; },
                 std::chrono::seconds(60)));

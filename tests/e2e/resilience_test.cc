@@ -163,11 +163,8 @@ class SourceKilled : public ::testing::TestWithParam<std::string> {};
 TEST_P(SourceKilled, RestartedSourceServesTheRest) {
   auto o = slowOptions();
   o.memory = GetParam();
-  auto run = cli::DemoRun::prepare(o);
+  auto run = migrationUnderWay(o);
   ASSERT_TRUE(run) << run.error().message();
-  ASSERT_TRUE(run->prepareSourceMemory());
-  ASSERT_TRUE(run->createMigrations());
-  ASSERT_TRUE(run->startDestinationVm());
   const std::uint64_t total = o.size / 4096;
   ASSERT_TRUE(
       waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > total / 3; },
@@ -186,11 +183,8 @@ TEST(Resilience, SourceGoneForGoodFailsLoudlyWithinDeadline) {
   o.extra_yaml =
       "migration:\n  bulk_rate_limit_mib_s: 16\n  stall_timeout_ms: 500\n"
       "  reconnect:\n    initial_backoff_ms: 20\n    max_backoff_ms: 200\n    give_up_after_s: 2\n";
-  auto run = cli::DemoRun::prepare(o);
+  auto run = migrationUnderWay(o);
   ASSERT_TRUE(run) << run.error().message();
-  ASSERT_TRUE(run->prepareSourceMemory());
-  ASSERT_TRUE(run->createMigrations());
-  ASSERT_TRUE(run->startDestinationVm());
   ASSERT_TRUE(
       waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 1000; },
                 std::chrono::seconds(30)));
@@ -224,11 +218,8 @@ TEST(Resilience, SourceGoneForGoodFailsLoudlyWithinDeadline) {
 // Invariant 3: the source never releases memory a running destination still needs. A cancel
 // without force is refused (409) and changes nothing; the migration still completes.
 TEST(Resilience, SourceRefusesCancelWhileDestinationRuns) {
-  auto run = cli::DemoRun::prepare(slowOptions());
+  auto run = migrationUnderWay(slowOptions());
   ASSERT_TRUE(run) << run.error().message();
-  ASSERT_TRUE(run->prepareSourceMemory());
-  ASSERT_TRUE(run->createMigrations());
-  ASSERT_TRUE(run->startDestinationVm());
   const std::uint64_t total = run->options().size / 4096;
   ASSERT_TRUE(
       waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > total / 4; },

@@ -139,11 +139,8 @@ TEST(Security, EveryAttackOnTheSourceIsRefusedCountedAndTheMigrationCompletes) {
   o.memory = "anon";
   // A bulk stream slow enough that every attack lands while the migration runs.
   o.extra_yaml = "migration:\n  bulk_rate_limit_mib_s: 16\n";
-  auto run = DemoRun::prepare(o);
+  auto run = migrationUnderWay(o);
   ASSERT_TRUE(run) << run.error().message();
-  ASSERT_TRUE(run->prepareSourceMemory());
-  ASSERT_TRUE(run->createMigrations());
-  ASSERT_TRUE(run->startDestinationVm());
   ASSERT_TRUE(
       waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 0; }, 30s));
 
@@ -292,11 +289,8 @@ TEST(Security, CertificatesReloadOnSighupWithoutDroppingTheMigration) {
   auto o = baseOptions();
   o.memory = "anon";
   o.extra_yaml = "migration:\n  bulk_rate_limit_mib_s: 16\n";
-  auto run = DemoRun::prepare(o);
+  auto run = migrationUnderWay(o);
   ASSERT_TRUE(run) << run.error().message();
-  ASSERT_TRUE(run->prepareSourceMemory());
-  ASSERT_TRUE(run->createMigrations());
-  ASSERT_TRUE(run->startDestinationVm());
   ASSERT_TRUE(
       waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 0; }, 30s));
 
@@ -407,11 +401,8 @@ TEST(Security, SecondHandshakeForARunningMigrationIsRefused) {
   auto o = baseOptions();
   o.memory = "anon";
   o.extra_yaml = "migration:\n  bulk_rate_limit_mib_s: 16\n";
-  auto run = DemoRun::prepare(o);
+  auto run = migrationUnderWay(o);
   ASSERT_TRUE(run) << run.error().message();
-  ASSERT_TRUE(run->prepareSourceMemory());
-  ASSERT_TRUE(run->createMigrations());
-  ASSERT_TRUE(run->startDestinationVm());
   ASSERT_TRUE(
       waitUntil([&] { return progressOf(*run, Side::kDestination, "pages_installed") > 0; }, 30s));
   const std::string socket = run->dir() + "/destination-vmm/" + DemoRun::kMigrationId + ".sock";
