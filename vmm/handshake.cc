@@ -183,7 +183,7 @@ std::string encodeMappings(const std::vector<GuestRegionMapping>& regions) {
 }
 
 Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::milliseconds timeout,
-                                   const ParseLimits& limits, int cancel_fd) {
+                                   const ParseLimits& limits, int cancel_fd, Receiver receiver) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   auto remaining = [&] {
     return std::max(std::chrono::milliseconds(1),
@@ -199,6 +199,9 @@ Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::m
   }
   Handshake h;
   std::size_t nfds = msg->fds.size();
+  if (receiver == Receiver::kSource && nfds != 1) {
+    return bad("expected 1 file descriptor (the guest memory), got " + std::to_string(nfds));
+  }
   if (nfds == 1) {
     h.kind = HandshakeKind::kClassic;
   } else if (nfds == 2) {
@@ -233,8 +236,12 @@ Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::m
   h.regions = std::move(*regions);
   h.page_size = h.regions.front().page_size;
   for (const auto& r : h.regions) h.total_bytes += r.size;
+  if (receiver == Receiver::kSource) {
+    h.memory = std::move(msg->fds[0]);
+    return h;
+  }
   h.uffd = std::move(msg->fds[0]);
-  if (nfds >= 2) h.guest_memfd = std::move(msg->fds[1]);
+  if (nfds >= 2) h.memory = std::move(msg->fds[1]);
   if (nfds == 3) h.userfault_bitmap = std::move(msg->fds[2]);
   return h;
 }
@@ -245,14 +252,14 @@ Status checkHandedFds(const Handshake& h, Receiver receiver) {
                ")");
   };
   if (receiver == Receiver::kSource) {
-    if (!sys::isSharedMemory(h.uffd)) {
-      return refuse(0, h.uffd, "guest memory (a memfd, a hugetlbfs file or a guest_memfd)");
+    if (!sys::isSharedMemory(h.memory)) {
+      return refuse(0, h.memory, "guest memory (a memfd, a hugetlbfs file or a guest_memfd)");
     }
     return {};
   }
   if (!sys::Uffd::isUserfaultfd(h.uffd)) return refuse(0, h.uffd, "a userfaultfd");
-  if (h.guest_memfd.valid() && !sys::isSharedMemory(h.guest_memfd)) {
-    return refuse(1, h.guest_memfd,
+  if (h.memory.valid() && !sys::isSharedMemory(h.memory)) {
+    return refuse(1, h.memory,
                   h.kind == HandshakeKind::kGuestMemfd
                       ? "a guest_memfd (or a memfd standing in for one)"
                       : "shared guest memory (a memfd or a hugetlbfs file)");

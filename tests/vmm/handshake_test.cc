@@ -125,6 +125,36 @@ TEST(Handshake, ClassicCarriesTheUffdFd) {
   EXPECT_EQ(s1.st_ino, s2.st_ino);
 }
 
+// Issue 13: the source's one fd is the guest memory, and lands in the member named so: a
+// member named uffd holding a memfd sent every reader of the source side the wrong way.
+TEST(Handshake, TheSourcesOneFdIsItsMemoryNeverAUffd) {
+  auto p = socketPair();
+  auto memfd = sys::createMemfd("h", Bytes{4096});
+  std::vector<GuestRegionMapping> regions = {
+      {.base_host_virt_addr = 0x20000, .size = 4096, .offset = 0}};
+  int fds[] = {memfd->get()};
+  ASSERT_TRUE(sendHandshake(p.a, regions, fds));
+  auto h = receiveHandshake(p.b, std::chrono::seconds(2), {}, -1, Receiver::kSource);
+  ASSERT_TRUE(h) << h.error().message();
+  EXPECT_FALSE(h->uffd.valid());
+  ASSERT_TRUE(h->memory.valid());
+  struct stat s1 {
+  }, s2{};
+  ::fstat(memfd->get(), &s1);
+  ::fstat(h->memory.get(), &s2);
+  EXPECT_EQ(s1.st_ino, s2.st_ino);
+  EXPECT_TRUE(checkHandedFds(*h, Receiver::kSource));
+
+  // A source takes its memory alone: a second fd is refused, naming the count.
+  int two[] = {memfd->get(), memfd->get()};
+  ASSERT_TRUE(sendHandshake(p.a, regions, two));
+  auto refused = receiveHandshake(p.b, std::chrono::seconds(2), {}, -1, Receiver::kSource);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message().find("expected 1 file descriptor (the guest memory), got 2"),
+            std::string::npos)
+      << refused.error().message();
+}
+
 TEST(Handshake, ThreeFdsSelectTheGuestMemfdVariant) {
   auto p = socketPair();
   auto e = sys::EventFd::create();
@@ -134,7 +164,7 @@ TEST(Handshake, ThreeFdsSelectTheGuestMemfdVariant) {
   auto h = receiveHandshake(p.b, std::chrono::seconds(2));
   ASSERT_TRUE(h) << h.error().message();
   EXPECT_EQ(h->kind, HandshakeKind::kGuestMemfd);
-  EXPECT_TRUE(h->guest_memfd.valid() && h->userfault_bitmap.valid());
+  EXPECT_TRUE(h->memory.valid() && h->userfault_bitmap.valid());
 }
 
 TEST(Handshake, TwoFdsSelectSharedMemoryInMinorMode) {
@@ -146,7 +176,7 @@ TEST(Handshake, TwoFdsSelectSharedMemoryInMinorMode) {
   auto h = receiveHandshake(p.b, std::chrono::seconds(2));
   ASSERT_TRUE(h) << h.error().message();
   EXPECT_EQ(h->kind, HandshakeKind::kSharedMinor);
-  EXPECT_TRUE(h->guest_memfd.valid());
+  EXPECT_TRUE(h->memory.valid());
   EXPECT_FALSE(h->userfault_bitmap.valid());
 }
 
@@ -281,7 +311,7 @@ TEST(Handshake, HandedFdsAreCheckedForWhatTheyAre) {
   Handshake minor;
   minor.kind = HandshakeKind::kSharedMinor;
   minor.uffd = std::move(*uffd->fd().duplicate());
-  minor.guest_memfd = devnull();
+  minor.memory = devnull();
   auto m = check(std::move(minor), Receiver::kDestination);
   EXPECT_NE(m.find("fd 1 is not shared guest memory"), std::string::npos) << m;
   EXPECT_NE(m.find("/dev/null"), std::string::npos) << m;
@@ -292,17 +322,17 @@ TEST(Handshake, HandedFdsAreCheckedForWhatTheyAre) {
   Handshake gmem;
   gmem.kind = HandshakeKind::kGuestMemfd;
   gmem.uffd = std::move(*uffd->fd().duplicate());
-  gmem.guest_memfd = memfd();
+  gmem.memory = memfd();
   gmem.userfault_bitmap = sys::UniqueFd(p[0]);
   auto g = check(std::move(gmem), Receiver::kDestination);
   EXPECT_NE(g.find("fd 2 is not a userfault bitmap memfd (it is pipe:["), std::string::npos) << g;
 
   Handshake handover;
-  handover.uffd = devnull();
+  handover.memory = devnull();
   auto s = check(std::move(handover), Receiver::kSource);
   EXPECT_NE(s.find("fd 0 is not guest memory"), std::string::npos) << s;
   Handshake memory;
-  memory.uffd = memfd();
+  memory.memory = memfd();
   EXPECT_EQ(check(std::move(memory), Receiver::kSource), "ok");
 }
 
