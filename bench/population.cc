@@ -10,6 +10,7 @@
 #include "agent/destination/population/guest_memory_view.h"
 #include "agent/destination/population/page_installer.h"
 #include "agent/source/source_memory.h"
+#include "base/bitmap.h"
 #include "store/page_map.h"
 #include "sys/kvm.h"
 #include "sys/mapping.h"
@@ -81,7 +82,7 @@ double installOnce(Memory kind, std::size_t bytes) {
   agent::GuestMemoryView view;
   if (minor) {
     if (gmem) {
-      bitmap_fd = *sys::createMemfd("bitmap", Bytes{(bytes / page + 63) / 64 * 8});
+      bitmap_fd = *sys::createMemfd("bitmap", Bytes{Bitmap::wordsFor(bytes / page) * 8});
     }
     auto v =
         agent::GuestMemoryView::map(memfd, bytes, page, bitmap_fd.valid() ? &bitmap_fd : nullptr,
@@ -89,7 +90,7 @@ double installOnce(Memory kind, std::size_t bytes) {
     if (!v) return -1;
     view = std::move(*v);
     if (bitmap_fd.valid()) {
-      auto b = sys::Mapping::ofFd(bitmap_fd.get(), Bytes{(bytes / page + 63) / 64 * 8},
+      auto b = sys::Mapping::ofFd(bitmap_fd.get(), Bytes{Bitmap::wordsFor(bytes / page) * 8},
                                   GuestOffset{0}, PROT_READ | PROT_WRITE, MAP_SHARED);
       std::memset(b->data(), 0xff, b->size().value);
     }

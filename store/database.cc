@@ -19,7 +19,8 @@
 namespace lazymig::store {
 namespace {
 
-constexpr std::size_t kChunkBytes = kPagesPerChunk / 8;
+constexpr std::uint64_t kChunkWords = Bitmap::wordsFor(kPagesPerChunk);
+constexpr std::size_t kChunkBytes = kChunkWords * sizeof(std::uint64_t);
 
 std::string pageKey(const std::string& id, std::uint64_t chunk) {
   // id, a NUL (ids never contain one), then the chunk index big-endian so keys sort by chunk
@@ -48,26 +49,46 @@ nlohmann::json toJson(const MigrationRecord& r) {
           {"updated_unix_ms", r.updated_unix_ms}};
 }
 
+// Field by field, so that the error names the field: nlohmann's own exceptions name a type.
 Result<MigrationRecord> fromJson(const std::string& key, const std::string& text) {
   auto j = nlohmann::json::parse(text, nullptr, false);
   auto corrupt = [&](const std::string& why) {
-    return fail(Errc::kProtocol, "migration record", "key '" + key + "': " + why);
+    return fail(Errc::kProtocol, "migration record", "migration '" + key + "': " + why);
   };
   if (!j.is_object()) return corrupt("not a JSON object");
+  auto text_field = [&](const char* field, std::string& out, bool required) -> Status {
+    auto it = j.find(field);
+    if (it == j.end() && !required) return {};
+    if (it == j.end()) return corrupt(std::string(field) + ": missing");
+    if (!it->is_string())
+      return corrupt(std::string(field) + ": expected a string, got " + it->dump());
+    out = it->get<std::string>();
+    return {};
+  };
+  auto millis = [&](const char* field, std::int64_t& out) -> Status {
+    auto it = j.find(field);
+    if (it == j.end()) return {};
+    if (!it->is_number_integer()) return corrupt(std::string(field) + ": expected an integer");
+    out = it->get<std::int64_t>();
+    return {};
+  };
   MigrationRecord r;
-  try {
-    r.id = j.at("id").get<std::string>();
-    r.role = j.at("role").get<std::string>();
-    r.state = j.at("state").get<std::string>();
-    r.peer = j.value("peer", "");
-    r.reason = j.value("reason", "");
-    r.spec_json = j.value("spec", "");
-    r.counters = j.value("counters", std::map<std::string, std::uint64_t>{});
-    r.report_json = j.value("report", "");
-    r.created_unix_ms = j.value("created_unix_ms", std::int64_t{0});
-    r.updated_unix_ms = j.value("updated_unix_ms", std::int64_t{0});
-  } catch (const nlohmann::json::exception& e) {
-    return corrupt(e.what());
+  for (auto ok :
+       {text_field("id", r.id, true), text_field("role", r.role, true),
+        text_field("state", r.state, true), text_field("peer", r.peer, false),
+        text_field("reason", r.reason, false), text_field("spec", r.spec_json, false),
+        text_field("report", r.report_json, false), millis("created_unix_ms", r.created_unix_ms),
+        millis("updated_unix_ms", r.updated_unix_ms)}) {
+    if (!ok) return std::unexpected(ok.error());
+  }
+  if (auto it = j.find("counters"); it != j.end()) {
+    if (!it->is_object()) return corrupt("counters: expected an object");
+    for (const auto& [name, value] : it->items()) {
+      if (!value.is_number_unsigned()) {
+        return corrupt("counters." + name + ": expected an unsigned integer, got " + value.dump());
+      }
+      r.counters[name] = value.get<std::uint64_t>();
+    }
   }
   return r;
 }
@@ -155,16 +176,23 @@ class RocksDatabase final : public Database {
     return std::optional<MigrationRecord>(std::move(*r));
   }
 
-  Result<std::vector<MigrationRecord>> listMigrations() override {
-    std::vector<MigrationRecord> out;
+  Result<StoredMigrations> listMigrations() override {
+    StoredMigrations out;
     std::shared_lock life(life_);
     if (!open_.db) return closed("list");
     std::unique_ptr<rocksdb::Iterator> it(
         open_.db->NewIterator(rocksdb::ReadOptions(), migrations()));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       auto r = fromJson(it->key().ToString(), it->value().ToString());
-      if (!r) return std::unexpected(r.error());
-      out.push_back(std::move(*r));
+      if (r) {
+        out.records.push_back(std::move(*r));
+        continue;
+      }
+      auto j = nlohmann::json::parse(it->value().ToString(), nullptr, false);
+      auto role = j.is_object() ? j.find("role") : j.end();
+      bool known = role != j.end() && (*role == "source" || *role == "destination");
+      out.unreadable.push_back(
+          {it->key().ToString(), r.error(), known ? role->get<std::string>() : std::string()});
     }
     if (!it->status().ok()) return dbError("list", "migrations", it->status());
     return out;
@@ -186,7 +214,7 @@ class RocksDatabase final : public Database {
     rocksdb::WriteBatch batch;
     std::string value;
     for (const auto& c : chunks) {
-      if (c.words.size() != kPagesPerChunk / 64) {
+      if (c.words.size() != kChunkWords) {
         return fail(Errc::kInvalidArgument, "writePageChunks",
                     "chunk " + std::to_string(c.chunk_index) + " has " +
                         std::to_string(c.words.size()) + " words");
@@ -200,9 +228,9 @@ class RocksDatabase final : public Database {
                  [&](rocksdb::DB& db) { return db.Write(rocksdb::WriteOptions(), &batch); });
   }
 
-  Result<std::vector<std::uint64_t>> loadPageBitmap(const std::string& migration_id,
-                                                    std::uint64_t page_count) override {
-    std::vector<std::uint64_t> out((page_count + 63) / 64, 0);
+  Result<Bitmap> loadPageBitmap(const std::string& migration_id,
+                                std::uint64_t page_count) override {
+    std::vector<std::uint64_t> out(Bitmap::wordsFor(page_count), 0);
     std::shared_lock life(life_);
     if (!open_.db) return closed("load");
     std::unique_ptr<rocksdb::Iterator> it(open_.db->NewIterator(rocksdb::ReadOptions(), pages()));
@@ -217,18 +245,16 @@ class RocksDatabase final : public Database {
       for (int i = 0; i < 8; ++i) {
         chunk = (chunk << 8) | static_cast<unsigned char>(key[prefix.size() + i]);
       }
-      std::uint64_t first_word = chunk * (kPagesPerChunk / 64);
+      std::uint64_t first_word = chunk * kChunkWords;
       // RocksDB values carry no alignment: copy the words out rather than cast the bytes.
       const char* bytes = it->value().data();
-      for (std::uint64_t w = 0; w < kPagesPerChunk / 64 && first_word + w < out.size(); ++w) {
+      for (std::uint64_t w = 0; w < kChunkWords && first_word + w < out.size(); ++w) {
         std::memcpy(&out[first_word + w], bytes + w * sizeof(std::uint64_t), sizeof(std::uint64_t));
       }
     }
     if (!it->status().ok())
       return dbError("load", "page map of '" + migration_id + "'", it->status());
-    if (page_count % 64 != 0 && !out.empty())
-      out.back() &= (std::uint64_t{1} << (page_count % 64)) - 1;
-    return out;
+    return Bitmap::fromWords(page_count, std::move(out));
   }
 
   std::optional<std::string> failure() const override {

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "base/bitmap.h"
 #include "base/error.h"
 
 namespace lazymig::store {
@@ -35,11 +36,25 @@ struct MigrationRecord {
   std::int64_t updated_unix_ms = 0;
 };
 
-// A chunk of a page bitmap: bit i of words[j] is page chunk_index*kPagesPerChunk + 64*j + i.
+// A stored record that cannot be read (cut short, a field of the wrong type): the key names
+// the migration, the error the field. It stays in the database as it is.
+struct UnreadableRecord {
+  std::string key;
+  Error error;
+  std::string role;  // "source" or "destination" when the record still says so; else empty
+};
+
+struct StoredMigrations {
+  std::vector<MigrationRecord> records;
+  std::vector<UnreadableRecord> unreadable;
+};
+
+// A chunk of a page bitmap, the words of a Bitmap (base/bitmap.h) of kPagesPerChunk bits: bit
+// i is page chunk_index * kPagesPerChunk + i. Stored as they are: the layout is on disk.
 constexpr std::uint64_t kPagesPerChunk = 4096;
 struct BitmapChunk {
   std::uint64_t chunk_index = 0;
-  std::vector<std::uint64_t> words;  // kPagesPerChunk / 64 words
+  std::vector<std::uint64_t> words;  // Bitmap::wordsFor(kPagesPerChunk) words
 };
 
 // Free space below which the state directory counts as full: new migrations are refused
@@ -62,17 +77,18 @@ class Database {
 
   virtual Status putMigration(const MigrationRecord& record) = 0;
   virtual Result<std::optional<MigrationRecord>> getMigration(const std::string& id) = 0;
-  virtual Result<std::vector<MigrationRecord>> listMigrations() = 0;
+  // Every record; one that cannot be read is listed apart and hides none of the others.
+  virtual Result<StoredMigrations> listMigrations() = 0;
   // Removes the record and its page map.
   virtual Status deleteMigration(const std::string& id) = 0;
 
   // Writes all chunks in one atomic batch (a chunk replaces the stored one).
   virtual Status writePageChunks(const std::string& migration_id,
                                  std::span<const BitmapChunk> chunks) = 0;
-  // The stored bitmap for `page_count` pages (words = ceil(page_count/64)); pages in chunks
-  // never written are 0 (not installed).
-  virtual Result<std::vector<std::uint64_t>> loadPageBitmap(const std::string& migration_id,
-                                                            std::uint64_t page_count) = 0;
+  // The stored bitmap for `page_count` pages; pages in chunks never written are clear (not
+  // installed).
+  virtual Result<Bitmap> loadPageBitmap(const std::string& migration_id,
+                                        std::uint64_t page_count) = 0;
   // Why writes are refused since the first one failed; empty while writes go through.
   virtual std::optional<std::string> failure() const = 0;
   // When writes are refused: reopens the database once its directory has kMinFreeBytes

@@ -5,9 +5,9 @@ namespace lazymig::store {
 PageMap::PageMap(std::uint64_t page_count)
     : page_count_(page_count),
       states_(new std::atomic<std::uint8_t>[page_count]),
-      dirty_((page_count + kPagesPerChunk * 64 - 1) / (kPagesPerChunk * 64)) {
+      dirty_words_(Bitmap::wordsFor((page_count + kPagesPerChunk - 1) / kPagesPerChunk), 0),
+      dirty_(dirty_words_.data(), (page_count + kPagesPerChunk - 1) / kPagesPerChunk) {
   for (std::uint64_t i = 0; i < page_count; ++i) states_[i].store(0, std::memory_order_relaxed);
-  for (auto& d : dirty_) d.store(0, std::memory_order_relaxed);
 }
 
 bool PageMap::tryMarkRequested(PageIndex page) {
@@ -39,55 +39,50 @@ bool PageMap::markRemoved(PageIndex page) { return transitionToDone(page, PageSt
 
 void PageMap::markDirty(PageIndex page) { markChunkDirty(page.value / kPagesPerChunk); }
 
-void PageMap::markChunkDirty(std::uint64_t chunk) {
-  dirty_[chunk / 64].fetch_or(std::uint64_t{1} << (chunk % 64), std::memory_order_release);
-}
+void PageMap::markChunkDirty(std::uint64_t chunk) { dirty_.set(chunk); }
 
 void PageMap::markChunksDirty(std::span<const BitmapChunk> chunks) {
   for (const auto& c : chunks) markChunkDirty(c.chunk_index);
 }
 
 BitmapChunk PageMap::snapshotChunk(std::uint64_t chunk) const {
-  BitmapChunk out{chunk, std::vector<std::uint64_t>(kPagesPerChunk / 64, 0)};
+  Bitmap done(kPagesPerChunk);
   std::uint64_t first = chunk * kPagesPerChunk;
   std::uint64_t last = std::min(first + kPagesPerChunk, page_count_);
   for (std::uint64_t p = first; p < last; ++p) {
-    if (isDone(PageIndex{p})) out.words[(p - first) / 64] |= std::uint64_t{1} << ((p - first) % 64);
+    if (isDone(PageIndex{p})) done.set(p - first);
   }
-  return out;
+  return BitmapChunk{chunk, std::move(done).takeWords()};
 }
 
 std::vector<BitmapChunk> PageMap::takeDirtyChunks() {
   std::vector<BitmapChunk> out;
-  for (std::size_t w = 0; w < dirty_.size(); ++w) {
+  for (std::uint64_t w = 0; w < dirty_.wordCount(); ++w) {
     // Clearing before reading the pages means a page done concurrently re-dirties the
     // chunk and is written again next time, never lost.
-    std::uint64_t bits = dirty_[w].exchange(0, std::memory_order_acq_rel);
-    while (bits != 0) {
-      int b = __builtin_ctzll(bits);
-      bits &= bits - 1;
-      out.push_back(snapshotChunk(w * 64 + static_cast<std::uint64_t>(b)));
+    auto taken = Bitmap::fromWords(Bitmap::kBitsPerWord, {dirty_.takeWord(w)});
+    for (auto b = taken.findNextSet(0); b < taken.size(); b = taken.findNextSet(b + 1)) {
+      out.push_back(snapshotChunk(w * Bitmap::kBitsPerWord + b));
     }
   }
   return out;
 }
 
 std::vector<std::uint64_t> PageMap::doneBitmap() const {
-  std::vector<std::uint64_t> out((page_count_ + 63) / 64, 0);
+  Bitmap done(page_count_);
   for (std::uint64_t p = 0; p < page_count_; ++p) {
-    if (isDone(PageIndex{p})) out[p / 64] |= std::uint64_t{1} << (p % 64);
+    if (isDone(PageIndex{p})) done.set(p);
   }
-  return out;
+  return std::move(done).takeWords();
 }
 
-void PageMap::restoreInstalled(std::span<const std::uint64_t> bitmap) {
-  for (std::uint64_t p = 0; p < page_count_ && p / 64 < bitmap.size(); ++p) {
-    if ((bitmap[p / 64] >> (p % 64)) & 1) {
-      auto prev = states_[p].exchange(static_cast<std::uint8_t>(PageState::kInstalled));
-      if (prev != static_cast<std::uint8_t>(PageState::kInstalled) &&
-          prev != static_cast<std::uint8_t>(PageState::kRemoved)) {
-        done_.fetch_add(1, std::memory_order_acq_rel);
-      }
+void PageMap::restoreInstalled(std::span<const std::uint64_t> words) {
+  const auto installed = Bitmap::fromWords(page_count_, {words.begin(), words.end()});
+  for (auto p = installed.findNextSet(0); p < page_count_; p = installed.findNextSet(p + 1)) {
+    auto prev = states_[p].exchange(static_cast<std::uint8_t>(PageState::kInstalled));
+    if (prev != static_cast<std::uint8_t>(PageState::kInstalled) &&
+        prev != static_cast<std::uint8_t>(PageState::kRemoved)) {
+      done_.fetch_add(1, std::memory_order_acq_rel);
     }
   }
 }

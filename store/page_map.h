@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "base/bitmap.h"
 #include "base/units.h"
 #include "store/database.h"
 
@@ -53,10 +54,12 @@ class PageMap {
   std::vector<BitmapChunk> takeDirtyChunks();
   // Chunks taken but not written (the write failed): the next takeDirtyChunks() returns them.
   void markChunksDirty(std::span<const BitmapChunk> chunks);
-  // Done-bitmap of the whole map (bit set = installed or removed).
+  // Done-bitmap of the whole map (bit set = installed or removed), as the words of the Resume
+  // frames (base/bitmap.h's layout).
   std::vector<std::uint64_t> doneBitmap() const;
-  // Restart: mark every page whose bit is set as installed (clean, not dirty).
-  void restoreInstalled(std::span<const std::uint64_t> bitmap);
+  // Restart: mark every page whose bit is set in these words (that layout) as installed
+  // (clean, not dirty).
+  void restoreInstalled(std::span<const std::uint64_t> words);
 
  private:
   bool transitionToDone(PageIndex page, PageState target);
@@ -66,7 +69,8 @@ class PageMap {
 
   std::uint64_t page_count_;
   std::unique_ptr<std::atomic<std::uint8_t>[]> states_;
-  std::vector<std::atomic<std::uint64_t>> dirty_;  // one bit per chunk
+  std::vector<std::uint64_t> dirty_words_;  // only through dirty_
+  AtomicBitmapView dirty_;                  // one bit per chunk
   std::atomic<std::uint64_t> done_{0};
 };
 

@@ -61,14 +61,18 @@ Result<UniqueFd> takeFdByInode(pid_t pid, std::uint64_t dev, std::uint64_t ino) 
                   std::to_string(ino) + ")");
 }
 
-Result<std::vector<std::uint64_t>> presentPages(pid_t pid, HostAddr start, std::uint64_t pages,
-                                                std::uint64_t page_size) {
+// /proc/PID/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+constexpr std::uint64_t kPagemapPresent = std::uint64_t{1} << 63;
+constexpr std::uint64_t kPagemapSwapped = std::uint64_t{1} << 62;
+
+Result<Bitmap> presentPages(pid_t pid, HostAddr start, std::uint64_t pages,
+                            std::uint64_t page_size) {
   std::string path = "/proc/" + std::to_string(pid) + "/pagemap";
   auto fd = openFile(path, O_RDONLY);
   if (!fd) return std::unexpected(fd.error());
   const std::uint64_t base_page = 4096;
   const std::uint64_t sub = page_size / base_page;  // pagemap entries per guest page
-  std::vector<std::uint64_t> out((pages + 63) / 64, 0);
+  Bitmap out(pages);
   std::vector<std::uint64_t> entries;
   constexpr std::uint64_t kBatch = 8192;  // guest pages per read
   for (std::uint64_t p = 0; p < pages; p += kBatch) {
@@ -81,7 +85,7 @@ Result<std::vector<std::uint64_t>> presentPages(pid_t pid, HostAddr start, std::
     for (std::uint64_t i = 0; i < n; ++i) {
       // A huge page is present when its first base page is.
       std::uint64_t e = entries[i * sub];
-      if ((e >> 63) & 1 || (e >> 62) & 1) out[(p + i) / 64] |= std::uint64_t{1} << ((p + i) % 64);
+      if ((e & (kPagemapPresent | kPagemapSwapped)) != 0) out.set(p + i);
     }
   }
   return out;

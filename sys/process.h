@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "base/bitmap.h"
 #include "base/error.h"
 #include "base/units.h"
 #include "sys/unique_fd.h"
@@ -30,8 +31,8 @@ Result<UniqueFd> takeFdByInode(pid_t pid, std::uint64_t dev, std::uint64_t ino);
 
 // For `pages` pages of `page_size` from `start` in `pid`'s address space, sets bit i of the
 // result when page i is present in RAM or swapped out (/proc/PID/pagemap bits 63 and 62).
-Result<std::vector<std::uint64_t>> presentPages(pid_t pid, HostAddr start, std::uint64_t pages,
-                                                std::uint64_t page_size);
+Result<Bitmap> presentPages(pid_t pid, HostAddr start, std::uint64_t pages,
+                            std::uint64_t page_size);
 
 bool processAlive(pid_t pid);
 

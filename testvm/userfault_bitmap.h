@@ -1,11 +1,13 @@
 // The userfault bitmap of the guest_memfd handshake (../shared/PROTOCOLS.md section 2): one bit
 // per 4 KiB guest page in a memfd the VMM shares with KVM and the handler. A set bit means
 // "not populated yet": a vCPU touching that page exits to the VMM instead of reading it.
-// Bit i is bit (i % 64) of 64-bit word i / 64.
+// A kernel ABI: KVM reads the bits in base/bitmap.h's layout (bit i is bit i % 64 of 64-bit
+// word i / 64), so it stays exactly that whatever Bitmap becomes.
 #pragma once
 
 #include <cstdint>
 
+#include "base/bitmap.h"
 #include "base/error.h"
 #include "sys/mapping.h"
 #include "sys/unique_fd.h"
@@ -28,12 +30,15 @@ class UserfaultBitmap {
 
  private:
   UserfaultBitmap(sys::UniqueFd fd, sys::Mapping mapping, std::uint64_t pages)
-      : fd_(std::move(fd)), mapping_(std::move(mapping)), pages_(pages) {}
-  std::uint64_t* words() const { return reinterpret_cast<std::uint64_t*>(mapping_.data()); }
+      : fd_(std::move(fd)),
+        mapping_(std::move(mapping)),
+        pages_(pages),
+        bits_(reinterpret_cast<std::uint64_t*>(mapping_.data()), pages) {}
 
   sys::UniqueFd fd_;
   sys::Mapping mapping_;
   std::uint64_t pages_ = 0;
+  AtomicBitmapView bits_;  // over mapping_, shared with KVM and the handler
 };
 
 }  // namespace lazymig::testvm

@@ -1,5 +1,7 @@
 #include "transport/frame.h"
 
+#include "base/bitmap.h"
+
 #include <cstring>
 
 namespace lazymig::transport {
@@ -342,10 +344,14 @@ Result<Resume> decodeResume(std::span<const std::byte> payload, const Layout& la
   if (!r.u64(m.first_page) || !r.u8(last) || !r.u32(n)) return bad(FrameType::kResume, "truncated");
   if (last > 1) return bad(FrameType::kResume, "last must be 0 or 1");
   m.last = last == 1;
-  if (m.first_page % 64 != 0) return bad(FrameType::kResume, "first_page must be a multiple of 64");
-  std::uint64_t words_total = (layout.page_count + 63) / 64;
-  if (n == 0 || m.first_page >= layout.page_count || n > words_total - m.first_page / 64) {
-    return bad(FrameType::kResume, "bitmap words " + std::to_string(m.first_page / 64) + "+" +
+  // Whole words of the page bitmap (base/bitmap.h's layout), so a frame starts on a word.
+  if (m.first_page % Bitmap::kBitsPerWord != 0) {
+    return bad(FrameType::kResume, "first_page must be a multiple of 64");
+  }
+  const std::uint64_t words_total = Bitmap::wordsFor(layout.page_count);
+  const std::uint64_t first_word = Bitmap::wordOf(m.first_page);
+  if (n == 0 || m.first_page >= layout.page_count || n > words_total - first_word) {
+    return bad(FrameType::kResume, "bitmap words " + std::to_string(first_word) + "+" +
                                        std::to_string(n) + " out of range (" +
                                        std::to_string(words_total) + " words)");
   }

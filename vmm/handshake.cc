@@ -184,7 +184,7 @@ std::string encodeMappings(const std::vector<GuestRegionMapping>& regions) {
 }
 
 Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::milliseconds timeout,
-                                   const ParseLimits& limits, int cancel_fd) {
+                                   const ParseLimits& limits, int cancel_fd, Receiver receiver) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   auto remaining = [&] {
     return std::max(std::chrono::milliseconds(1),
@@ -200,6 +200,12 @@ Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::m
   }
   Handshake h;
   std::size_t nfds = msg->fds.size();
+  if (receiver == Receiver::kSource && nfds != 1 && nfds != 3) {
+    return bad(
+        "expected 1 file descriptor (the guest memory) or 3 (a live source: the memory, a "
+        "write-protect userfaultfd and the VMM's pagemap), got " +
+        std::to_string(nfds));
+  }
   if (nfds == 1) {
     h.kind = HandshakeKind::kClassic;
   } else if (nfds == 2) {
@@ -234,8 +240,16 @@ Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::m
   h.regions = std::move(*regions);
   h.page_size = h.regions.front().page_size;
   for (const auto& r : h.regions) h.total_bytes += r.size;
+  if (receiver == Receiver::kSource) {
+    h.memory = std::move(msg->fds[0]);
+    if (nfds == 3) {
+      h.uffd = std::move(msg->fds[1]);
+      h.pagemap = std::move(msg->fds[2]);
+    }
+    return h;
+  }
   h.uffd = std::move(msg->fds[0]);
-  if (nfds >= 2) h.guest_memfd = std::move(msg->fds[1]);
+  if (nfds >= 2) h.memory = std::move(msg->fds[1]);
   if (nfds == 3) h.userfault_bitmap = std::move(msg->fds[2]);
   return h;
 }
@@ -247,8 +261,8 @@ Status checkHandedFds(const Handshake& h, Receiver receiver) {
   };
   if (receiver == Receiver::kSource) return checkSourceFds(h);
   if (!sys::Uffd::isUserfaultfd(h.uffd)) return refuse(0, h.uffd, "a userfaultfd");
-  if (h.guest_memfd.valid() && !sys::isSharedMemory(h.guest_memfd)) {
-    return refuse(1, h.guest_memfd,
+  if (h.memory.valid() && !sys::isSharedMemory(h.memory)) {
+    return refuse(1, h.memory,
                   h.kind == HandshakeKind::kGuestMemfd
                       ? "a guest_memfd (or a memfd standing in for one)"
                       : "shared guest memory (a memfd or a hugetlbfs file)");

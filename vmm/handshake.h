@@ -37,14 +37,22 @@ enum class HandshakeKind {
 };
 std::string_view handshakeKindName(HandshakeKind kind);
 
+// The fds travel by position (SCM_RIGHTS), never by name; what each position holds depends on
+// who receives it (see Receiver), and each member below holds only what its name says.
 struct Handshake {
   HandshakeKind kind = HandshakeKind::kClassic;
   std::vector<GuestRegionMapping> regions;  // sorted by offset
   std::uint64_t page_size = 4096;
   std::uint64_t total_bytes = 0;  // sum of region sizes
+  // A userfaultfd: a destination's fd 0 (MISSING or MINOR); a live source's fd 1, registered
+  // write-protect with WP_ASYNC for pre-copy's write tracking; a paused source has none.
   sys::UniqueFd uffd;
-  sys::UniqueFd guest_memfd;       // kGuestMemfd: the guest_memfd; kSharedMinor: the memfd
-  sys::UniqueFd userfault_bitmap;  // kGuestMemfd only
+  // The guest memory itself: a source handover's fd 0; a destination's fd 1 (kSharedMinor:
+  // the memfd or hugetlbfs file; kGuestMemfd: the guest_memfd). Named guest_memfd before,
+  // and the source's memory fd travelled in `uffd`.
+  sys::UniqueFd memory;
+  sys::UniqueFd userfault_bitmap;  // destination, kGuestMemfd only: fd 2
+  sys::UniqueFd pagemap;           // live source only: fd 2, the VMM's /proc/self/pagemap
 };
 
 struct ParseLimits {
@@ -62,14 +70,18 @@ Result<std::vector<GuestRegionMapping>> parseMappings(std::string_view json,
                                                       const ParseLimits& limits = {});
 std::string encodeMappings(const std::vector<GuestRegionMapping>& regions);
 
+// Who receives a handshake: the destination (uffd, then the shared memory or guest_memfd,
+// then the userfault bitmap) or the source (the paused guest's memory alone, or a live source's
+// memory, write-protect uffd and pagemap: vmm/source_handover.h).
+enum class Receiver { kDestination, kSource };
+
 // Receives one handshake message (JSON + 1, 2 or 3 fds) from an accepted connection, waiting at
 // most `timeout`, or until `cancel_fd` (an eventfd) is signalled. The fd count selects the
-// kind; any other count is an error.
+// kind; any other count is an error. A source takes its memory into `memory`, and a live
+// source's write-protect uffd and pagemap into `uffd` and `pagemap`.
 Result<Handshake> receiveHandshake(const sys::UnixSocket& socket, std::chrono::milliseconds timeout,
-                                   const ParseLimits& limits = {}, int cancel_fd = -1);
-// Who receives a handshake: the destination (uffd, then the shared memory or guest_memfd,
-// then the userfault bitmap) or the source (the paused guest's memory alone).
-enum class Receiver { kDestination, kSource };
+                                   const ParseLimits& limits = {}, int cancel_fd = -1,
+                                   Receiver receiver = Receiver::kDestination);
 // Checks that every handed-over fd is what its place in the message says, before anything
 // uses it: a pipe or /dev/null where the uffd should be would otherwise fail the migration at
 // its first ioctl, after the VMM can no longer hand over. Errors name the fd's place in the

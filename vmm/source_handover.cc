@@ -16,18 +16,17 @@ std::unexpected<Error> refuse(int place, const sys::UniqueFd& fd, const std::str
              ")");
 }
 
-// The handshake receiver fills its fd slots in message order whatever the receiver; on the
-// source they are memory, uffd, pagemap.
 std::size_t fdCount(const Handshake& h) {
-  return std::size_t{h.uffd.valid()} + h.guest_memfd.valid() + h.userfault_bitmap.valid();
+  return std::size_t{h.memory.valid()} + h.uffd.valid() + h.pagemap.valid() +
+         h.userfault_bitmap.valid();
 }
 
 }  // namespace
 
 Status checkSourceFds(const Handshake& h) {
-  const sys::UniqueFd& memory = h.uffd;
-  const sys::UniqueFd& uffd = h.guest_memfd;
-  const sys::UniqueFd& pagemap = h.userfault_bitmap;
+  const sys::UniqueFd& memory = h.memory;
+  const sys::UniqueFd& uffd = h.uffd;
+  const sys::UniqueFd& pagemap = h.pagemap;
   const std::size_t count = fdCount(h);
   if (count != 1 && count != 3) {
     return bad(
@@ -50,9 +49,9 @@ Result<SourceHandover> sourceHandover(Handshake h) {
   out.regions = std::move(h.regions);
   out.page_size = h.page_size;
   out.total_bytes = h.total_bytes;
-  out.memory = std::move(h.uffd);
-  out.write_tracking_uffd = std::move(h.guest_memfd);
-  out.pagemap = std::move(h.userfault_bitmap);
+  out.memory = std::move(h.memory);
+  out.write_tracking_uffd = std::move(h.uffd);
+  out.pagemap = std::move(h.pagemap);
   return out;
 }
 

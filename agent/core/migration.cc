@@ -144,7 +144,7 @@ void Migration::writeRecord() {
     rec.state = std::string(stateName(state_.load()));
     rec.peer = peer_;
     rec.reason = reason_;
-    rec.spec_json = nlohmann::json{{"spec", spec_}, {"runtime", runtime()}}.dump();
+    rec.spec_json = SavedMigration{spec_, runtime()}.toJson();
     rec.created_unix_ms = created_ms_;
     rec.updated_unix_ms = updated_ms_;
   }

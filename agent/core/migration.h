@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/core/migration_cpu.h"
+#include "agent/core/migration_record.h"
 #include "agent/core/migration_stats.h"
 #include "base/error.h"
 #include "base/latest_state_writer.h"
@@ -68,7 +69,7 @@ class Migration {
   virtual Status start() = 0;
   // After an agent restart: pick the migration up from what the dead agent persisted
   // (`runtime`, see runtime()) and from the kernel's view, and carry on.
-  virtual Status resume(const nlohmann::json& runtime) = 0;
+  virtual Status resume(const RuntimeRecord& runtime) = 0;
   // force: a source releases memory a destination may still need.
   virtual Status cancel(bool force) = 0;
   // The agent is stopping: stop threads, leave the persisted record as it is.
@@ -93,7 +94,7 @@ class Migration {
   void logReport() const;
   virtual void addDetails(nlohmann::json& out) const = 0;
   // What a restarted agent needs beyond the spec (the VMM's pid, the region layout...).
-  virtual nlohmann::json runtime() const { return nullptr; }
+  virtual RuntimeRecord runtime() const { return {}; }
   virtual std::uint64_t pagesTotal() const = 0;
   virtual std::uint64_t pagesDone() const = 0;
   // Guest memory moved so far (pages done times the page size), for cpu_seconds_per_gib.

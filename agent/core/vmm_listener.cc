@@ -28,7 +28,8 @@ Status checkCredentials(const CredentialPolicy& policy, const sys::PeerCredentia
   return {};
 }
 
-Result<std::unique_ptr<VmmListener>> VmmListener::start(const std::string& path, unsigned mode,
+Result<std::unique_ptr<VmmListener>> VmmListener::start(const std::string& path,
+                                                        vmm::Receiver receiver, unsigned mode,
                                                         std::chrono::milliseconds timeout,
                                                         CredentialPolicy policy,
                                                         OnHandshake on_handshake,
@@ -40,6 +41,7 @@ Result<std::unique_ptr<VmmListener>> VmmListener::start(const std::string& path,
   std::unique_ptr<VmmListener> out(
       new VmmListener(path, std::move(*socket), std::move(*stop), timeout, std::move(policy),
                       std::move(on_handshake), std::move(on_refused), std::move(logger)));
+  out->receiver_ = receiver;
   out->thread_ = std::thread([l = out.get()] { l->run(); });
   return out;
 }
@@ -129,7 +131,7 @@ void VmmListener::serve(sys::UnixSocket conn) {
   auto cred = conn.peerCredentials();
   if (!cred) return refuse("credentials", cred.error());
   if (auto ok = checkCredentials(policy_, *cred); !ok) return refuse("credentials", ok.error());
-  auto handshake = vmm::receiveHandshake(conn, timeout_, {}, stop_.pollFd());
+  auto handshake = vmm::receiveHandshake(conn, timeout_, {}, stop_.pollFd(), receiver_);
   if (!handshake) {
     if (stopping_) return;  // cut short by stop(): not the client's fault
     return refuse("malformed", handshake.error());

@@ -47,7 +47,9 @@ class VmmListener {
   // At most this many connections are served at once; more are refused at once ("busy").
   static constexpr std::size_t kMaxConnections = 8;
 
-  static Result<std::unique_ptr<VmmListener>> start(const std::string& path, unsigned mode,
+  // `receiver`: which side's handshake the VMM sends (vmm::receiveHandshake).
+  static Result<std::unique_ptr<VmmListener>> start(const std::string& path, vmm::Receiver receiver,
+                                                    unsigned mode,
                                                     std::chrono::milliseconds timeout,
                                                     CredentialPolicy policy,
                                                     OnHandshake on_handshake, OnRefused on_refused,
@@ -76,6 +78,7 @@ class VmmListener {
   sys::UnixSocket socket_;
   sys::EventFd stop_;
   std::chrono::milliseconds timeout_;
+  vmm::Receiver receiver_ = vmm::Receiver::kDestination;
   CredentialPolicy policy_;
   OnHandshake on_handshake_;
   OnRefused on_refused_;

@@ -34,6 +34,8 @@ class Agent {
   // Finished migrations become history; unfinished ones are resumed (invariant 4).
   void loadMigrations();
   void resumeMigration(store::MigrationRecord record);
+  // A record the store cannot read: logged with its id and shown as failed; nothing else.
+  void reportUnreadable(const store::UnreadableRecord& bad);
   // A finished migration keeps its threads, fds and mappings (a minor-mode or guest_memfd
   // destination maps the guest's memory) until retired: after a grace period that lets its
   // channels close cleanly, it is shut down and only its report stays, as history.

@@ -90,19 +90,13 @@ void DestinationMigration::acknowledged() {
   setState(MigrationState::kCompleted);
 }
 
-Status DestinationMigration::resumeEnding(const nlohmann::json& runtime) {
-  if (!runtime.contains("regions")) {
-    return fail(Errc::kState, "resume", "the record of a completing migration has no regions");
-  }
-  auto regions = vmm::parseMappings(runtime["regions"].dump());
-  if (!regions) return std::unexpected(regions.error());
-  auto layout = GuestLayout::fromMappings(*regions);
+Status DestinationMigration::resumeEnding(const RuntimeRecord& runtime) {
+  auto layout = GuestLayout::fromMappings(runtime.regions);
   if (!layout) return std::unexpected(layout.error());
-  regions_ = std::move(*regions);
+  regions_ = runtime.regions;
   layout_ = std::move(*layout);
   pages_ = std::make_unique<store::PageMap>(layout_->pageCount());
-  pages_->restoreInstalled(
-      std::vector<std::uint64_t>((layout_->pageCount() + 63) / 64, ~std::uint64_t{0}));
+  pages_->restoreInstalled(Bitmap(layout_->pageCount(), true).words());
   restored_pages_ = pages_->doneCount();
   // Every page is installed already; it still answers degraded() and retryPersistence().
   checkpoint_ = std::make_unique<store::PageMapCheckpoint>(ctx_.db, id(), *pages_);

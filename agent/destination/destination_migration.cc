@@ -20,7 +20,8 @@ Status DestinationMigration::start() {
   const auto& hs = ctx_.config.handshake;
   CredentialPolicy policy{hs.allowed_uids, hs.allowed_gids, spec_.vmm_pid};
   auto listener = VmmListener::start(
-      spec_.handshake_socket, hs.socket_mode, ctx_.config.migration.handshake_timeout, policy,
+      spec_.handshake_socket, vmm::Receiver::kDestination, hs.socket_mode,
+      ctx_.config.migration.handshake_timeout, policy,
       [this](vmm::Handshake h, const sys::PeerCredentials& peer, sys::UnixSocket conn) {
         return onHandshake(std::move(h), peer, std::move(conn));
       },
@@ -81,12 +82,11 @@ Status DestinationMigration::onHandshake(vmm::Handshake handshake, const sys::Pe
 Status DestinationMigration::mapGuestMemory(vmm::Handshake& handshake) {
   if (handshake.kind == vmm::HandshakeKind::kClassic) return {};
   const bool bitmap = handshake.kind == vmm::HandshakeKind::kGuestMemfd;
-  auto view =
-      GuestMemoryView::map(handshake.guest_memfd, handshake.total_bytes, handshake.page_size,
-                           bitmap ? &handshake.userfault_bitmap : nullptr);
+  auto view = GuestMemoryView::map(handshake.memory, handshake.total_bytes, handshake.page_size,
+                                   bitmap ? &handshake.userfault_bitmap : nullptr);
   if (!view) return std::unexpected(view.error());
   view_ = std::move(*view);
-  memory_fd_ = std::move(handshake.guest_memfd);
+  memory_fd_ = std::move(handshake.memory);
   bitmap_fd_ = std::move(handshake.userfault_bitmap);
   return {};
 }
@@ -108,13 +108,11 @@ Status DestinationMigration::adopt(sys::Uffd uffd, std::vector<vmm::GuestRegionM
                                                memory_fd_.valid() ? &view_ : nullptr);
   {
     std::lock_guard lock(runtime_mu_);
-    runtime_ = {{"vmm_pid", vmm_pid},
-                {"handshake", std::string(vmm::handshakeKindName(kind_))},
-                {"regions", nlohmann::json::parse(vmm::encodeMappings(regions_), nullptr, false)}};
+    runtime_ = RuntimeRecord{.vmm_pid = vmm_pid, .regions = regions_, .handshake = kind_};
     struct stat st {};
     if (memory_fd_.valid() && ::fstat(memory_fd_.get(), &st) == 0) {
-      runtime_["memory_dev"] = static_cast<std::uint64_t>(st.st_dev);
-      runtime_["memory_ino"] = static_cast<std::uint64_t>(st.st_ino);
+      runtime_.memory = FileIdentity{static_cast<std::uint64_t>(st.st_dev),
+                                     static_cast<std::uint64_t>(st.st_ino)};
     }
   }
   ready_.store(true, std::memory_order_release);
@@ -133,10 +131,10 @@ Status DestinationMigration::adopt(sys::Uffd uffd, std::vector<vmm::GuestRegionM
   return {};
 }
 
-nlohmann::json DestinationMigration::runtime() const {
+RuntimeRecord DestinationMigration::runtime() const {
   std::lock_guard lock(runtime_mu_);
-  nlohmann::json out = runtime_;
-  if (every_page_installed_.load() && out.is_object()) out["every_page_installed"] = true;
+  RuntimeRecord out = runtime_;
+  if (every_page_installed_.load() && out.vmm_pid) out.every_page_installed = true;
   return out;
 }
 

@@ -36,7 +36,7 @@ class DestinationMigration final : public Migration {
   ~DestinationMigration() override;
 
   Status start() override;
-  Status resume(const nlohmann::json& runtime) override;
+  Status resume(const RuntimeRecord& runtime) override;
   Status cancel(bool force) override;
   void shutdown() override;
   std::optional<std::string> degraded() const override;
@@ -47,7 +47,7 @@ class DestinationMigration final : public Migration {
   std::uint64_t pagesTotal() const override;
   std::uint64_t pagesDone() const override;
   std::uint64_t bytesMoved() const override;
-  nlohmann::json runtime() const override;
+  RuntimeRecord runtime() const override;
 
  private:
   Status onHandshake(vmm::Handshake handshake, const sys::PeerCredentials& peer,
@@ -62,7 +62,7 @@ class DestinationMigration final : public Migration {
   Result<std::vector<std::uint64_t>> recoverDoneBitmap(pid_t vmm_pid, const GuestLayout& layout);
   // After a restart in `completing`: every page was installed, so neither the VMM nor its
   // uffd is needed any more; only the source has to hear it.
-  Status resumeEnding(const nlohmann::json& runtime);
+  Status resumeEnding(const RuntimeRecord& runtime);
   // Refuses a handshake whose regions do not add up to the memory the source serves.
   Status checkSourceLayout(const vmm::Handshake& handshake) const;
   Status startServing();
@@ -122,7 +122,7 @@ class DestinationMigration final : public Migration {
   std::atomic<std::uint64_t> restored_pages_{0};
   std::atomic<bool> resumed_{false};
   mutable std::mutex runtime_mu_;
-  nlohmann::json runtime_;  // vmm_pid and regions, for a restarted agent
+  RuntimeRecord runtime_;  // vmm_pid and regions, for a restarted agent
 };
 
 }  // namespace lazymig::agent

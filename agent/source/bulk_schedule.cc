@@ -9,25 +9,19 @@ BulkSchedule::BulkSchedule(std::uint64_t page_count, std::uint64_t window,
     : page_count_(page_count),
       window_(window),
       max_hot_windows_(max_hot_windows),
-      sent_((page_count + 63) / 64, 0),
+      sent_(page_count),
       remaining_(page_count) {}
 
 void BulkSchedule::reset(std::span<const std::uint64_t> installed_bitmap) {
-  std::fill(sent_.begin(), sent_.end(), 0);
-  std::copy_n(installed_bitmap.begin(), std::min(installed_bitmap.size(), sent_.size()),
-              sent_.begin());
-  if (page_count_ % 64 != 0 && !sent_.empty()) {
-    sent_.back() &= (std::uint64_t{1} << (page_count_ % 64)) - 1;
-  }
-  remaining_ = page_count_;
-  for (auto w : sent_) remaining_ -= static_cast<std::uint64_t>(__builtin_popcountll(w));
+  sent_ = Bitmap::fromWords(page_count_, {installed_bitmap.begin(), installed_bitmap.end()});
+  remaining_ = page_count_ - sent_.count();
   cursor_ = 0;
   hot_.clear();
 }
 
 void BulkSchedule::markSent(std::uint64_t page) {
   if (page >= page_count_ || sent(page)) return;
-  sent_[page / 64] |= std::uint64_t{1} << (page % 64);
+  sent_.set(page);
   --remaining_;
 }
 
@@ -50,22 +44,14 @@ void BulkSchedule::noteFault(std::uint64_t page) {
 
 std::optional<std::uint64_t> BulkSchedule::firstUnsentFrom(std::uint64_t from,
                                                            std::uint64_t end) const {
-  std::uint64_t p = from;
-  while (p < end) {
-    std::uint64_t word = ~sent_[p / 64] >> (p % 64);
-    if (word != 0) {
-      std::uint64_t q = p + static_cast<std::uint64_t>(__builtin_ctzll(word));
-      return q < end ? std::optional(q) : std::nullopt;
-    }
-    p = (p / 64 + 1) * 64;
-  }
-  return std::nullopt;
+  std::uint64_t p = sent_.findNextClear(from);
+  return p < end ? std::optional(p) : std::nullopt;
 }
 
 PageRun BulkSchedule::take(std::uint64_t first, std::uint64_t end, std::uint64_t max_pages) {
   std::uint64_t last = first;
   while (last < end && last - first < max_pages && !sent(last)) {
-    sent_[last / 64] |= std::uint64_t{1} << (last % 64);
+    sent_.set(last);
     ++last;
   }
   remaining_ -= last - first;

@@ -10,6 +10,8 @@
 #include <span>
 #include <vector>
 
+#include "base/bitmap.h"
+
 namespace lazymig::agent {
 
 struct PageRun {
@@ -35,7 +37,7 @@ class BulkSchedule {
   std::uint64_t pageCount() const { return page_count_; }
 
  private:
-  bool sent(std::uint64_t p) const { return (sent_[p / 64] >> (p % 64)) & 1; }
+  bool sent(std::uint64_t p) const { return sent_.test(p); }
   std::optional<std::uint64_t> firstUnsentFrom(std::uint64_t from, std::uint64_t end) const;
   PageRun take(std::uint64_t first, std::uint64_t end, std::uint64_t max_pages);
 
@@ -46,7 +48,7 @@ class BulkSchedule {
   std::uint64_t page_count_;
   std::uint64_t window_;
   std::size_t max_hot_windows_;
-  std::vector<std::uint64_t> sent_;
+  Bitmap sent_;
   std::uint64_t remaining_ = 0;
   std::uint64_t cursor_ = 0;
   std::deque<Window> hot_;  // most recent fault first

@@ -41,12 +41,11 @@ Result<std::unique_ptr<SourceMemory>> SourceMemory::fromSnapshotFile(const std::
 }
 
 Result<std::unique_ptr<SourceMemory>> SourceMemory::fromHandover(vmm::Handshake handshake) {
-  if (handshake.kind != vmm::HandshakeKind::kClassic || !handshake.uffd.valid()) {
+  if (handshake.kind != vmm::HandshakeKind::kClassic || !handshake.memory.valid()) {
     return fail(Errc::kInvalidArgument, "memory handover",
                 "expected exactly one file descriptor (the guest memory fd)");
   }
-  // The classic handshake's one fd is, on the source side, the guest memory itself.
-  sys::UniqueFd fd = std::move(handshake.uffd);
+  sys::UniqueFd fd = std::move(handshake.memory);
   auto size = sys::fileSize(fd.get());
   if (!size) return std::unexpected(size.error());
   if (size->value < handshake.total_bytes) {

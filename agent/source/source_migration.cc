@@ -44,7 +44,8 @@ Status SourceMigration::start() {
 Status SourceMigration::listenForHandover() {
   const auto& hs = ctx_.config.handshake;
   auto listener = VmmListener::start(
-      spec_.handover_socket, hs.socket_mode, ctx_.config.migration.handshake_timeout,
+      spec_.handover_socket, vmm::Receiver::kSource, hs.socket_mode,
+      ctx_.config.migration.handshake_timeout,
       CredentialPolicy{hs.allowed_uids, hs.allowed_gids, std::nullopt},
       [this](vmm::Handshake h, const sys::PeerCredentials& peer, sys::UnixSocket) -> Status {
         if (ready_.load()) {
@@ -53,17 +54,16 @@ Status SourceMigration::listenForHandover() {
         }
         if (auto ok = vmm::checkHandedFds(h, vmm::Receiver::kSource); !ok) return ok;
         struct stat st {};
-        if (h.uffd.valid()) ::fstat(h.uffd.get(), &st);
-        nlohmann::json regions =
-            nlohmann::json::parse(vmm::encodeMappings(h.regions), nullptr, false);
+        if (h.memory.valid()) ::fstat(h.memory.get(), &st);
+        std::vector<vmm::GuestRegionMapping> regions = h.regions;
         auto mem = SourceMemory::fromHandover(std::move(h));
         if (!mem) return std::unexpected(mem.error());
         {
           std::lock_guard lock(runtime_mu_);
-          runtime_ = {{"vmm_pid", peer.pid},
-                      {"regions", regions},
-                      {"memory_dev", static_cast<std::uint64_t>(st.st_dev)},
-                      {"memory_ino", static_cast<std::uint64_t>(st.st_ino)}};
+          runtime_ = RuntimeRecord{.vmm_pid = peer.pid,
+                                   .regions = std::move(regions),
+                                   .memory = FileIdentity{static_cast<std::uint64_t>(st.st_dev),
+                                                          static_cast<std::uint64_t>(st.st_ino)}};
         }
         log_.info("memory handed over", {{"vmm_pid", peer.pid}});
         return useMemory(std::move(*mem));
@@ -78,23 +78,21 @@ Status SourceMigration::listenForHandover() {
   return {};
 }
 
-Status SourceMigration::resume(const nlohmann::json& runtime) {
-  if (!spec_.snapshot_file.empty() || !runtime.is_object() || !runtime.contains("vmm_pid")) {
-    return start();
-  }
+Status SourceMigration::resume(const RuntimeRecord& runtime) {
+  if (!spec_.snapshot_file.empty() || !runtime.vmm_pid) return start();
   // The paused VMM still holds the guest memory fd it handed over: take it back from its fd
-  // table (the one whose inode is the one recorded) instead of asking it again.
-  auto pid = runtime["vmm_pid"].get<pid_t>();
-  auto dev = runtime["memory_dev"].get<std::uint64_t>();
-  auto ino = runtime["memory_ino"].get<std::uint64_t>();
-  auto copy = sys::takeFdByInode(pid, dev, ino);
-  auto regions = vmm::parseMappings(runtime["regions"].dump());
-  if (copy && regions) {
+  // table (the one whose inode is the one recorded) instead of asking it again. A record from
+  // before the identity was kept cannot: the VMM hands its memory over again.
+  const pid_t pid = *runtime.vmm_pid;
+  Result<sys::UniqueFd> copy =
+      runtime.memory ? sys::takeFdByInode(pid, runtime.memory->dev, runtime.memory->ino)
+                     : fail(Errc::kNotFound, "resume", "no memory fd identity recorded");
+  if (copy) {
     vmm::Handshake h;
-    h.regions = *regions;
-    h.page_size = regions->front().page_size;
-    for (const auto& r : *regions) h.total_bytes += r.size;
-    h.uffd = std::move(*copy);
+    h.regions = runtime.regions;
+    h.page_size = runtime.regions.front().page_size;
+    for (const auto& r : runtime.regions) h.total_bytes += r.size;
+    h.memory = std::move(*copy);
     if (auto mem = SourceMemory::fromHandover(std::move(h))) {
       {
         std::lock_guard lock(runtime_mu_);
@@ -109,7 +107,7 @@ Status SourceMigration::resume(const nlohmann::json& runtime) {
   return listenForHandover();
 }
 
-nlohmann::json SourceMigration::runtime() const {
+RuntimeRecord SourceMigration::runtime() const {
   std::lock_guard lock(runtime_mu_);
   return runtime_;
 }
@@ -243,7 +241,7 @@ std::optional<std::string> SourceMigration::attach(std::unique_ptr<transport::Co
     };
   } else {
     resumed_ = false;
-    resume_bitmap_.assign((memory_->pageCount() + 63) / 64, 0);
+    resume_bitmap_.assign(Bitmap::wordsFor(memory_->pageCount()), 0);
     slot->setLowWatermark(bulk_window_bytes_ / 2);
     handlers.on_frame = [this](const transport::FrameHeader& h, std::span<const std::byte> p) {
       onBulkFrame(h, p);
@@ -362,7 +360,7 @@ void SourceMigration::onBulkFrame(const transport::FrameHeader& h,
     auto r = transport::decodeResume(payload, layout());
     if (r) {
       for (std::size_t i = 0; i < r->words.size(); ++i)
-        resume_bitmap_[r->first_page / 64 + i] = r->words[i];
+        resume_bitmap_[Bitmap::wordOf(r->first_page) + i] = r->words[i];
       if (r->last) {
         schedule_->reset(resume_bitmap_);
         resumed_ = true;

@@ -26,7 +26,7 @@ class SourceMigration final : public Migration {
   ~SourceMigration() override;
 
   Status start() override;
-  Status resume(const nlohmann::json& runtime) override;
+  Status resume(const RuntimeRecord& runtime) override;
   Status cancel(bool force) override;
   void shutdown() override;
 
@@ -43,7 +43,7 @@ class SourceMigration final : public Migration {
   std::uint64_t pagesTotal() const override;
   std::uint64_t pagesDone() const override;
   std::uint64_t bytesMoved() const override;
-  nlohmann::json runtime() const override;
+  RuntimeRecord runtime() const override;
 
  private:
   Status useMemory(std::unique_ptr<SourceMemory> memory);
@@ -80,7 +80,7 @@ class SourceMigration final : public Migration {
   std::atomic<std::uint64_t> page_count_{0};
   std::atomic<std::uint64_t> page_size_{0};
   mutable std::mutex runtime_mu_;
-  nlohmann::json runtime_;  // the handing-over VMM's pid, regions and memory fd identity
+  RuntimeRecord runtime_;  // the handing-over VMM's pid, regions and memory fd identity
 
   // Peer loop only.
   std::unique_ptr<transport::Connection> urgent_;

@@ -50,7 +50,7 @@ TEST_F(Db, RecordsSurviveReopen) {
   ASSERT_TRUE(got && *got);
   EXPECT_EQ((*got)->state, "completed");
   EXPECT_EQ((*got)->counters.at("pages_done"), 5u);
-  EXPECT_EQ((*db)->listMigrations()->size(), 2u);
+  EXPECT_EQ((*db)->listMigrations()->records.size(), 2u);
   EXPECT_FALSE(*(*db)->getMigration("vm-3"));
   EXPECT_FALSE((*db)->putMigration(record("")));
 }
@@ -65,13 +65,15 @@ TEST_F(Db, PageChunksRoundTripAndDeleteRespectsIdPrefixes) {
   std::uint64_t pages = kPagesPerChunk * 2 + 70;  // the last chunk is partial
   auto bm = db->loadPageBitmap("vm-1", pages);
   ASSERT_TRUE(bm) << bm.error().message();
-  EXPECT_EQ(bm->size(), (pages + 63) / 64);
-  EXPECT_EQ((*bm)[0], 0b1011u);
-  EXPECT_EQ((*bm)[2 * kPagesPerChunk / 64], ~std::uint64_t{0});
-  EXPECT_EQ(bm->back(), (std::uint64_t{1} << 6) - 1);  // bits past page_count cleared
+  EXPECT_EQ(bm->size(), pages);
+  EXPECT_EQ(bm->words()[0], 0b1011u);
+  EXPECT_EQ(bm->words()[2 * kPagesPerChunk / 64], ~std::uint64_t{0});
+  EXPECT_EQ(bm->words().back(), (std::uint64_t{1} << 6) - 1);  // bits past page_count cleared
+  EXPECT_EQ(bm->count(), 3 + 70u);
   ASSERT_TRUE(db->deleteMigration("vm-1"));
-  EXPECT_EQ((*db->loadPageBitmap("vm-1", pages))[0], 0u);
-  EXPECT_EQ((*db->loadPageBitmap("vm-10", pages))[2 * kPagesPerChunk / 64], ~std::uint64_t{0});
+  EXPECT_EQ(db->loadPageBitmap("vm-1", pages)->count(), 0u);
+  EXPECT_EQ(db->loadPageBitmap("vm-10", pages)->words()[2 * kPagesPerChunk / 64],
+            ~std::uint64_t{0});
 }
 
 TEST_F(Db, SecondOpenOfALockedDatabaseIsAClearError) {
@@ -124,7 +126,7 @@ TEST_F(Db, WritesSurviveAKilledWriter) {
   ASSERT_TRUE(db) << db.error().message();
   auto bm = (*db)->loadPageBitmap("vm-k", kPagesPerChunk * 2);
   ASSERT_TRUE(bm);
-  EXPECT_EQ((*bm)[kPagesPerChunk / 64], 0x5555u);
+  EXPECT_EQ(bm->words()[kPagesPerChunk / 64], 0x5555u);
   EXPECT_TRUE(*(*db)->getMigration("vm-k"));
 }
 

@@ -38,14 +38,13 @@ class GatedDatabase final : public Database {
   Result<std::optional<MigrationRecord>> getMigration(const std::string& id) override {
     return real_.getMigration(id);
   }
-  Result<std::vector<MigrationRecord>> listMigrations() override { return real_.listMigrations(); }
+  Result<StoredMigrations> listMigrations() override { return real_.listMigrations(); }
   Status deleteMigration(const std::string& id) override { return real_.deleteMigration(id); }
   Status writePageChunks(const std::string& id, std::span<const BitmapChunk> chunks) override {
     gate(Held::kPages, "");
     return real_.writePageChunks(id, chunks);
   }
-  Result<std::vector<std::uint64_t>> loadPageBitmap(const std::string& id,
-                                                    std::uint64_t page_count) override {
+  Result<Bitmap> loadPageBitmap(const std::string& id, std::uint64_t page_count) override {
     return real_.loadPageBitmap(id, page_count);
   }
   std::optional<std::string> failure() const override { return real_.failure(); }

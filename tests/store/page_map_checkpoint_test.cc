@@ -24,7 +24,7 @@ class Checkpoint : public ::testing::Test {
 bool storedDone(Database& db, std::uint64_t page, std::uint64_t page_count) {
   auto bitmap = db.loadPageBitmap("m", page_count);
   EXPECT_TRUE(bitmap) << bitmap.error().message();
-  return bitmap && (((*bitmap)[page / 64] >> (page % 64)) & 1);
+  return bitmap && bitmap->test(page);
 }
 
 // Issue 13: the bulk loop's timer and finish() on the urgent loop both checkpoint. The first

@@ -27,7 +27,8 @@ TEST(Process, PagemapShowsPresentPages) {
   mem->data()[5 * 4096] = std::byte{1};
   auto bits = presentPages(::getpid(), mem->address(), 8, 4096);
   ASSERT_TRUE(bits) << bits.error().message();
-  EXPECT_EQ((*bits)[0], 0b100001u);
+  EXPECT_EQ(bits->size(), 8u);
+  EXPECT_EQ(bits->words()[0], 0b100001u);
 }
 
 TEST(Process, MissingProcessIsAClearError) {

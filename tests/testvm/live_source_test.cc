@@ -131,7 +131,8 @@ TEST(LiveSource, AnAgentCopyingInRoundsEndsWithTheMemoryAsPaused) {
   ASSERT_TRUE(vm) << vm.error().message();
   auto conn = listener->accept();
   ASSERT_TRUE(conn) << conn.error().message();
-  auto handshake = vmm::receiveHandshake(*conn, std::chrono::seconds(30));
+  auto handshake =
+      vmm::receiveHandshake(*conn, std::chrono::seconds(30), {}, -1, vmm::Receiver::kSource);
   ASSERT_TRUE(handshake) << handshake.error().message();
   ASSERT_TRUE(vmm::checkHandedFds(*handshake, vmm::Receiver::kSource));
   auto handover = vmm::sourceHandover(std::move(*handshake));

@@ -107,22 +107,57 @@ Pair socketPair() {
   return {sys::UnixSocket(sys::UniqueFd(fds[0])), sys::UnixSocket(sys::UniqueFd(fds[1]))};
 }
 
+const std::vector<GuestRegionMapping> kOnePage = {
+    {.base_host_virt_addr = 0x20000, .size = 4096, .offset = 0}};
+
+// A memfd sent as the one fd of a handshake, and what `receiver` made of it.
+struct OneFd {
+  sys::UniqueFd sent;
+  Result<Handshake> received;
+};
+OneFd handOverOneMemfd(const Pair& p, Receiver receiver) {
+  auto memfd = sys::createMemfd("h", Bytes{4096});
+  int fds[] = {memfd->get()};
+  EXPECT_TRUE(sendHandshake(p.a, kOnePage, fds));
+  auto h = receiveHandshake(p.b, std::chrono::seconds(2), {}, -1, receiver);
+  return {std::move(*memfd), std::move(h)};
+}
+
+bool sameFile(const sys::UniqueFd& a, const sys::UniqueFd& b) {
+  struct stat s1 {
+  }, s2{};
+  return ::fstat(a.get(), &s1) == 0 && ::fstat(b.get(), &s2) == 0 && s1.st_ino == s2.st_ino &&
+         s1.st_dev == s2.st_dev;
+}
+
 TEST(Handshake, ClassicCarriesTheUffdFd) {
   auto p = socketPair();
-  auto memfd = sys::createMemfd("h", Bytes{4096});
-  std::vector<GuestRegionMapping> regions = {
-      {.base_host_virt_addr = 0x20000, .size = 4096, .offset = 0}};
-  int fds[] = {memfd->get()};
-  ASSERT_TRUE(sendHandshake(p.a, regions, fds));
-  auto h = receiveHandshake(p.b, std::chrono::seconds(2));
+  auto [sent, h] = handOverOneMemfd(p, Receiver::kDestination);
   ASSERT_TRUE(h) << h.error().message();
   EXPECT_EQ(h->kind, HandshakeKind::kClassic);
   EXPECT_EQ(h->total_bytes, 4096u);
-  struct stat s1 {
-  }, s2{};
-  ::fstat(memfd->get(), &s1);
-  ::fstat(h->uffd.get(), &s2);
-  EXPECT_EQ(s1.st_ino, s2.st_ino);
+  EXPECT_TRUE(sameFile(sent, h->uffd));
+}
+
+// Issue 13: the source's one fd is the guest memory, and lands in the member named so: a
+// member named uffd holding a memfd sent every reader of the source side the wrong way.
+TEST(Handshake, TheSourcesOneFdIsItsMemoryNeverAUffd) {
+  auto p = socketPair();
+  auto [memfd, h] = handOverOneMemfd(p, Receiver::kSource);
+  ASSERT_TRUE(h) << h.error().message();
+  EXPECT_FALSE(h->uffd.valid());
+  EXPECT_TRUE(sameFile(memfd, h->memory));
+  EXPECT_TRUE(checkHandedFds(*h, Receiver::kSource));
+
+  // A source takes its memory alone: a second fd is refused, naming the count.
+  int two[] = {memfd.get(), memfd.get()};
+  ASSERT_TRUE(sendHandshake(p.a, kOnePage, two));
+  auto refused = receiveHandshake(p.b, std::chrono::seconds(2), {}, -1, Receiver::kSource);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message().find(
+                "expected 1 file descriptor (the guest memory) or 3 (a live source"),
+            std::string::npos)
+      << refused.error().message();
 }
 
 TEST(Handshake, ThreeFdsSelectTheGuestMemfdVariant) {
@@ -134,7 +169,7 @@ TEST(Handshake, ThreeFdsSelectTheGuestMemfdVariant) {
   auto h = receiveHandshake(p.b, std::chrono::seconds(2));
   ASSERT_TRUE(h) << h.error().message();
   EXPECT_EQ(h->kind, HandshakeKind::kGuestMemfd);
-  EXPECT_TRUE(h->guest_memfd.valid() && h->userfault_bitmap.valid());
+  EXPECT_TRUE(h->memory.valid() && h->userfault_bitmap.valid());
 }
 
 TEST(Handshake, TwoFdsSelectSharedMemoryInMinorMode) {
@@ -146,7 +181,7 @@ TEST(Handshake, TwoFdsSelectSharedMemoryInMinorMode) {
   auto h = receiveHandshake(p.b, std::chrono::seconds(2));
   ASSERT_TRUE(h) << h.error().message();
   EXPECT_EQ(h->kind, HandshakeKind::kSharedMinor);
-  EXPECT_TRUE(h->guest_memfd.valid());
+  EXPECT_TRUE(h->memory.valid());
   EXPECT_FALSE(h->userfault_bitmap.valid());
 }
 
@@ -281,7 +316,7 @@ TEST(Handshake, HandedFdsAreCheckedForWhatTheyAre) {
   Handshake minor;
   minor.kind = HandshakeKind::kSharedMinor;
   minor.uffd = std::move(*uffd->fd().duplicate());
-  minor.guest_memfd = devnull();
+  minor.memory = devnull();
   auto m = check(std::move(minor), Receiver::kDestination);
   EXPECT_NE(m.find("fd 1 is not shared guest memory"), std::string::npos) << m;
   EXPECT_NE(m.find("/dev/null"), std::string::npos) << m;
@@ -292,17 +327,17 @@ TEST(Handshake, HandedFdsAreCheckedForWhatTheyAre) {
   Handshake gmem;
   gmem.kind = HandshakeKind::kGuestMemfd;
   gmem.uffd = std::move(*uffd->fd().duplicate());
-  gmem.guest_memfd = memfd();
+  gmem.memory = memfd();
   gmem.userfault_bitmap = sys::UniqueFd(p[0]);
   auto g = check(std::move(gmem), Receiver::kDestination);
   EXPECT_NE(g.find("fd 2 is not a userfault bitmap memfd (it is pipe:["), std::string::npos) << g;
 
   Handshake handover;
-  handover.uffd = devnull();
+  handover.memory = devnull();
   auto s = check(std::move(handover), Receiver::kSource);
   EXPECT_NE(s.find("fd 0 is not guest memory"), std::string::npos) << s;
   Handshake memory;
-  memory.uffd = memfd();
+  memory.memory = memfd();
   EXPECT_EQ(check(std::move(memory), Receiver::kSource), "ok");
 }
 

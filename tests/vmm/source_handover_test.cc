@@ -43,7 +43,7 @@ Result<SourceHandover> handOver(const LiveVmm& vmm, std::vector<int> fds) {
   region.base_host_virt_addr = vmm.mapping.address().value;
   region.size = kBytes;
   EXPECT_TRUE(sendHandshake(a, {region}, fds));
-  auto h = receiveHandshake(b, std::chrono::seconds(5));
+  auto h = receiveHandshake(b, std::chrono::seconds(5), {}, -1, Receiver::kSource);
   if (!h) return std::unexpected(h.error());
   if (auto ok = checkHandedFds(*h, Receiver::kSource); !ok) return std::unexpected(ok.error());
   return sourceHandover(std::move(*h));

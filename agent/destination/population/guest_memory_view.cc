@@ -4,7 +4,6 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
-#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -41,7 +40,7 @@ Result<GuestMemoryView> GuestMemoryView::map(const sys::UniqueFd& memory, std::u
   }
   v.memory_ = std::move(*m);
   if (bitmap != nullptr) {
-    std::uint64_t need = (v.pages_ + 63) / 64 * 8;
+    std::uint64_t need = Bitmap::wordsFor(v.pages_) * sizeof(std::uint64_t);
     auto bsize = sys::fileSize(bitmap->get());
     if (!bsize) return std::unexpected(bsize.error());
     if (bsize->value < need) {
@@ -53,6 +52,7 @@ Result<GuestMemoryView> GuestMemoryView::map(const sys::UniqueFd& memory, std::u
                                 MAP_SHARED);
     if (!b) return std::unexpected(b.error());
     v.bitmap_ = std::move(*b);
+    v.bits_ = AtomicBitmapView(reinterpret_cast<std::uint64_t*>(v.bitmap_.data()), v.pages_);
   }
   return v;
 }
@@ -83,17 +83,6 @@ Result<WriteOutcome> GuestMemoryView::write(PageIndex first, std::uint64_t count
     done += static_cast<std::uint64_t>(w);
   }
   return WriteOutcome{};
-}
-
-std::uint64_t GuestMemoryView::bitsSet() const {
-  if (!hasBitmap()) return 0;
-  std::uint64_t n = 0;
-  for (std::uint64_t w = 0; w < (pages_ + 63) / 64; ++w) {
-    std::uint64_t bits = word(PageIndex{w * 64}).load(std::memory_order_relaxed);
-    if (w == pages_ / 64 && pages_ % 64 != 0) bits &= (std::uint64_t{1} << (pages_ % 64)) - 1;
-    n += static_cast<std::uint64_t>(std::popcount(bits));
-  }
-  return n;
 }
 
 std::string describeMemoryFd(int fd) {

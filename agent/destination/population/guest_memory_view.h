@@ -4,8 +4,8 @@
 // the VMM shares with KVM (bit set = the page is not populated; a vCPU touching it exits).
 //
 // Page i of the guest lives at byte i * page_size of the memory fd: the VMM maps its regions
-// at their `offset`s, which the handshake validates to be contiguous from 0. Bit i of the
-// bitmap is bit (i % 64) of 64-bit word i / 64, one bit per guest page.
+// at their `offset`s, which the handshake validates to be contiguous from 0. The bitmap has one
+// bit per guest page in base/bitmap.h's layout, which is KVM's: a kernel ABI, kept as it is.
 #pragma once
 
 #include <atomic>
@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 
+#include "base/bitmap.h"
 #include "base/error.h"
 #include "base/units.h"
 #include "sys/mapping.h"
@@ -50,27 +51,19 @@ class GuestMemoryView {
   std::uint64_t pageSize() const { return page_size_; }
   bool hasBitmap() const { return bitmap_.valid(); }
   // Acquire: a clear bit means the page's bytes were written before it was cleared.
-  bool bitSet(PageIndex p) const {
-    return (word(p).load(std::memory_order_acquire) >> (p.value % 64)) & 1;
-  }
+  bool bitSet(PageIndex p) const { return bits_.test(p.value); }
   // Release: the page's bytes are written before any vCPU can see the bit clear.
-  void clearBit(PageIndex p) const {
-    word(p).fetch_and(~(std::uint64_t{1} << (p.value % 64)), std::memory_order_release);
-  }
-  std::uint64_t bitsSet() const;
+  void clearBit(PageIndex p) const { bits_.clear(p.value); }
+  std::uint64_t bitsSet() const { return hasBitmap() ? bits_.count() : 0; }
   // What the memory fd is, for the status ("guest_memfd", "memfd", "hugetlbfs", "file").
   const std::string& backing() const { return backing_; }
 
  private:
-  std::atomic_ref<std::uint64_t> word(PageIndex p) const {
-    return std::atomic_ref<std::uint64_t>(
-        *reinterpret_cast<std::uint64_t*>(bitmap_.data() + (p.value / 64) * 8));
-  }
-
   int fd_ = -1;  // the caller keeps the memory fd open as long as this view
   WriteMethod method_ = WriteMethod::kMmap;
   sys::Mapping memory_;
   sys::Mapping bitmap_;
+  AtomicBitmapView bits_;  // over bitmap_, shared with KVM and the VMM
   std::uint64_t page_size_ = 4096;
   std::uint64_t pages_ = 0;
   std::string backing_;

@@ -137,7 +137,7 @@ Result<PopulationChoice> choosePopulation(const vmm::Handshake& h, const MemoryC
                                : "the VMM registered its memory in missing mode"}};
       return c;
     case vmm::HandshakeKind::kSharedMinor: {
-      c.backing = describeMemoryFd(h.guest_memfd.get());
+      c.backing = describeMemoryFd(h.memory.get());
       const bool huge = c.backing == "hugetlbfs";
       const Capability& minor = huge ? caps.uffd_minor_hugetlbfs : caps.uffd_minor_shmem;
       if (minor.answer == Capability::Answer::kNo) {
@@ -153,14 +153,14 @@ Result<PopulationChoice> choosePopulation(const vmm::Handshake& h, const MemoryC
       return c;
     }
     case vmm::HandshakeKind::kGuestMemfd: {
-      c.backing = describeMemoryFd(h.guest_memfd.get());
+      c.backing = describeMemoryFd(h.memory.get());
       if (h.page_size != 4096) {
         return fail(Errc::kUnsupported, "vmm handshake",
                     "guest_memfd with page_size " + std::to_string(h.page_size) +
                         ": the userfault bitmap has one bit per 4 KiB page");
       }
       // The handed-over fd itself: can it be written (a zero-length pwrite touches nothing)?
-      bool writable = ::pwrite(h.guest_memfd.get(), "", 0, 0) == 0;
+      bool writable = ::pwrite(h.memory.get(), "", 0, 0) == 0;
       c.path = PopulationPath::kGuestMemfd;
       c.details = {{"why", "pages are written through the agent's mapping of the " + c.backing +
                                ", then their userfault-bitmap bit is cleared"},

@@ -91,7 +91,7 @@ class CountingMigration final : public Migration {
       : Migration("m", "destination", nlohmann::json::object(), ctx, "peer"), moved_(moved) {}
   using Migration::setState;
   Status start() override { return {}; }
-  Status resume(const nlohmann::json&) override { return {}; }
+  Status resume(const RuntimeRecord&) override { return {}; }
   Status cancel(bool) override { return {}; }
   void shutdown() override {}
   void count(loop::EventLoop& loop) { cpu_.count(loop); }

@@ -20,7 +20,7 @@ class BareMigration final : public Migration {
       : Migration("m", "destination", nlohmann::json::object(), ctx, "peer") {}
   using Migration::setState;
   Status start() override { return {}; }
-  Status resume(const nlohmann::json&) override { return {}; }
+  Status resume(const RuntimeRecord&) override { return {}; }
   Status cancel(bool) override { return {}; }
   void shutdown() override {}
 

@@ -33,7 +33,7 @@ std::unique_ptr<SourceMemory> handOver(sys::UniqueFd fd) {
   h.kind = vmm::HandshakeKind::kClassic;
   h.page_size = kPage;
   h.total_bytes = kPages * kPage;
-  h.uffd = std::move(fd);
+  h.memory = std::move(fd);
   auto mem = SourceMemory::fromHandover(std::move(h));
   EXPECT_TRUE(mem) << mem.error().message();
   return mem ? std::move(*mem) : nullptr;

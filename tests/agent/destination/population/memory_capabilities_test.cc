@@ -17,7 +17,7 @@ vmm::Handshake handshake(vmm::HandshakeKind kind, sys::UniqueFd memory, std::uin
   h.kind = kind;
   h.page_size = page_size;
   h.total_bytes = page_size;
-  h.guest_memfd = std::move(memory);
+  h.memory = std::move(memory);
   return h;
 }
 
