@@ -3,12 +3,13 @@
 # "Performance model"): fault latency against the latency floors of matching conditions (idle
 # or busy CPUs), and both agents' CPU seconds per GiB against lazymig-floors' CPU floor. Prints a table and one JSON object per scenario and vCPU kind (KVM
 # vCPUs, host threads standing in); medians of N runs.
-#   bench/run.sh [runs=3] [size=256MiB]
+#   bench/run.sh [runs=3] [size=256MiB] [scenarios=.]   (scenarios: a regex of the names to run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=build/bin
 runs=${1:-3}
 size=${2:-256MiB}
+only=${3:-.}
 [[ -x $bin/lazymig && -x $bin/lazymig-floors ]] || { echo "build first: cmake --build --preset release" >&2; exit 2; }
 
 floors=$($bin/lazymig-floors 2>/dev/null)
@@ -27,6 +28,7 @@ printf 'migration:\n  bulk_rate_limit_mib_s: 32\n' > "$tmp/quiet.yaml"
 # "idle" with the bulk stream capped (the CPUs idle between faults, and each wake-up pays it).
 run_scenario() {  # name condition extra_yaml demo-flags...
   local name=$1 condition=$2 extra=$3; shift 3
+  [[ $name =~ $only ]] || return 0
   for vcpus in kvm threads; do
     local as=()
     [[ $vcpus == threads ]] && as=(--vcpus-as-threads)
