@@ -1,5 +1,7 @@
 #include "agent/source/peer_listener.h"
 
+#include <cassert>
+
 #include "agent/core/peer_errors.h"
 #include "agent/source/source_migration.h"
 
@@ -18,7 +20,7 @@ Result<std::unique_ptr<PeerListener>> PeerListener::start(
   opts.on_refused = [l = out.get()](transport::RefusalReason reason, const std::string& detail) {
     l->log_.warn("agent connection refused",
                  {{"reason", transport::refusalReasonName(reason)}, {"detail", detail}});
-    if (l->metrics_) l->metrics_->addRefusal(std::string(transport::refusalReasonName(reason)));
+    l->countRefusal(transport::refusalReasonName(reason));
   };
   auto server = transport::Server::listen(loop, std::move(tls), std::move(opts));
   if (!server) return std::unexpected(server.error());
@@ -26,7 +28,12 @@ Result<std::unique_ptr<PeerListener>> PeerListener::start(
   return out;
 }
 
+void PeerListener::countRefusal(std::string_view reason) const {
+  if (metrics_) metrics_->addRefusal(reason);
+}
+
 void PeerListener::stop() {
+  assert(loop_.inLoopThread());
   for (auto& [ptr, p] : pending_) {
     p.hello_timer.cancel();
     p.conn->close();
@@ -42,6 +49,7 @@ void PeerListener::forget(transport::Connection* conn) {
 }
 
 void PeerListener::accepted(std::unique_ptr<transport::Connection> conn) {
+  assert(loop_.inLoopThread());
   transport::Connection* raw = conn.get();
   conn->setHandlers({
       .on_frame = [this, raw](const transport::FrameHeader& h,
@@ -67,7 +75,7 @@ void PeerListener::refuse(transport::Connection* conn, std::uint16_t code,
                                          {"detail", message},
                                          {"remote", conn->remoteAddress()},
                                          {"peer", conn->peer().describe()}});
-  if (metrics_) metrics_->addRefusal(reason);
+  countRefusal(reason);
   conn->sendEncoded(transport::encodeError({code, message}));
   conn->close();
   loop_.post([this, conn] { forget(conn); });
@@ -75,6 +83,7 @@ void PeerListener::refuse(transport::Connection* conn, std::uint16_t code,
 
 void PeerListener::onFirstFrame(transport::Connection* conn, const transport::FrameHeader& h,
                                 std::span<const std::byte> payload) {
+  assert(loop_.inLoopThread());
   if (auto it = pending_.find(conn); it != pending_.end()) {
     it->second.hello_timer.cancel();  // it spoke in time, whatever it said
   }
@@ -94,7 +103,7 @@ void PeerListener::onFirstFrame(transport::Connection* conn, const transport::Fr
       // ending handshake: CompleteAck for a completed one), anyone else is not authorised.
       auto refused = answerFinishedSource(*conn, *hello, *finished,
                                           log_.with({{"migration", hello->migration_id}}));
-      if (refused && metrics_) metrics_->addRefusal(*refused);
+      if (refused) countRefusal(helloRefusalName(refused->reason));
       loop_.post([this, conn] { forget(conn); });
       return;
     }
@@ -106,15 +115,13 @@ void PeerListener::onFirstFrame(transport::Connection* conn, const transport::Fr
                   "no such migration here (yet)", "unknown_migration");
   }
   // Hand the connection over after this callback returns: the migration replaces its
-  // handlers, which must not happen while one of them runs.
+  // handlers, which must not happen while one of them runs. It counts its own refusals.
   loop_.post([this, conn, migration, h = *hello] {
     auto it = pending_.find(conn);
     if (it == pending_.end()) return;
     auto owned = std::move(it->second.conn);
     forget(conn);
-    if (auto refused = migration->attach(std::move(owned), h)) {
-      if (metrics_) metrics_->addRefusal(*refused);
-    }
+    migration->attach(std::move(owned), h);
   });
 }
 

@@ -1,6 +1,7 @@
 // The agent's TLS listener for other agents: every connection must open with a Hello that
 // names a migration this agent serves; it is then handed to that migration, which checks
-// the peer's identity and token. Lives on the peer loop.
+// the peer's identity and token. Lives on the peer loop: every method but port() runs there
+// (asserted in debug builds).
 #pragma once
 
 #include <chrono>
@@ -47,12 +48,13 @@ class PeerListener {
         find_(std::move(find)),
         finished_(std::move(finished)),
         metrics_(metrics) {}
-  void forget(transport::Connection* conn);
-  void accepted(std::unique_ptr<transport::Connection> conn);
+  void forget(transport::Connection* conn);                    // peer loop
+  void accepted(std::unique_ptr<transport::Connection> conn);  // peer loop
   void onFirstFrame(transport::Connection* conn, const transport::FrameHeader& h,
-                    std::span<const std::byte> payload);
+                    std::span<const std::byte> payload);  // peer loop
   void refuse(transport::Connection* conn, std::uint16_t code, const std::string& message,
-              const std::string& reason);
+              const std::string& reason);  // peer loop
+  void countRefusal(std::string_view reason) const;
 
   // A connection waiting for its Hello, and the timer that ends the wait.
   struct Pending {

@@ -1,10 +1,14 @@
 // The source role: holds the paused guest's memory and serves it to the one destination
 // allowed to have it -- demand pages on the urgent channel first, everything else on the
-// bulk stream -- until the destination confirms every page is installed (invariant 4: the
-// memory is never released before that).
+// bulk stream (BulkSender) -- until the destination confirms every page is installed
+// (invariant 4: the memory is never released before that).
 //
-// Connections live on the agent's peer loop; everything here but start/cancel/toJson runs
-// there.
+// Threads: start, resume, cancel and shutdown run on the agent's threads (control API,
+// start-up, retirement); the memory handover arrives on the VMM listener's connection thread;
+// toJson runs anywhere.
+// What they share is atomic (ready_, released_, the shape) or under runtime_mu_. Channels
+// live on the agent's peer loop: the methods marked "peer loop" run only there (asserted in
+// debug builds) and own everything under "peer loop only" below.
 #pragma once
 
 #include <memory>
@@ -12,9 +16,12 @@
 
 #include "agent/core/migration.h"
 #include "agent/core/migration_spec.h"
-#include "agent/core/peer_errors.h"
+#include "agent/core/transfer_recorder.h"
 #include "agent/core/vmm_listener.h"
 #include "agent/source/bulk_schedule.h"
+#include "agent/source/bulk_sender.h"
+#include "agent/source/hello_check.h"
+#include "agent/source/parked_channels.h"
 #include "agent/source/source_memory.h"
 #include "transport/connection.h"
 
@@ -28,15 +35,16 @@ class SourceMigration final : public Migration {
   Status start() override;
   Status resume(const RuntimeRecord& runtime) override;
   Status cancel(bool force) override;
+  // Closes every channel on the peer loop and waits for it (runs at once on the peer loop).
   void shutdown() override;
 
   // Peer loop: a connection said Hello for this migration. Either the channel is accepted
   // (HelloOk sent, the migration owns the connection), or it waits for the memory handover
   // (an authorised destination that came first: answered the moment the memory arrives), or
-  // an Error frame is sent and the connection closed; a refusal reason is returned for the
-  // metrics.
-  std::optional<std::string> attach(std::unique_ptr<transport::Connection> conn,
-                                    const transport::Hello& hello);
+  // an Error frame is sent, the connection closed and the refusal counted; the refusal is
+  // returned.
+  std::optional<HelloRefusal> attach(std::unique_ptr<transport::Connection> conn,
+                                     const transport::Hello& hello);
 
  protected:
   void addDetails(nlohmann::json& out) const override;
@@ -48,28 +56,22 @@ class SourceMigration final : public Migration {
  private:
   Status useMemory(std::unique_ptr<SourceMemory> memory);
   Status listenForHandover();
-  std::optional<std::string> checkHello(const transport::Hello& hello, PeerErrorCode& code,
-                                        std::string& message,
-                                        const transport::Connection& conn) const;
-  void onUrgentFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
-  void onBulkFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
-  void servePage(std::uint64_t page);
-  void pumpBulk();
-  // Returns the bytes it queued on the wire.
-  std::uint64_t sendRun(transport::Connection& conn, std::uint64_t first, std::uint64_t count,
-                        std::atomic<std::uint64_t>& counter);
-  void channelClosed(transport::ChannelKind kind, const Error& e);
-  void completed(std::uint64_t pages_installed);
-  void releaseMemory();  // peer loop
-  void park(std::unique_ptr<transport::Connection> conn, const transport::Hello& hello);
-  struct Parked;
-  std::optional<Parked>& parked(transport::ChannelKind kind);
-  void attachParked();  // peer loop, once the memory is here
-  void closeParked();   // peer loop
+  void attachUrgent(std::unique_ptr<transport::Connection> conn);  // peer loop
+  void onUrgentFrame(const transport::FrameHeader& h,
+                     std::span<const std::byte> payload);  // peer loop
+  void dropUrgent();                                       // peer loop
+  void completed(std::uint64_t pages_installed);           // peer loop
+  void attachParked();                                     // peer loop, once the memory is here
+  void releaseMemory();                                    // peer loop
+  // The one teardown of every channel, parked or attached, and of the bulk stream's timer.
+  // Peer loop; or, from shutdown() once the peer loop has stopped, the caller's thread
+  // (nothing runs on the loop any more).
+  void closeChannels();
   transport::Layout layout() const;
 
   SourceSpec spec_;
   transport::EventLoop& peer_loop_;
+  TransferRecorder recorder_;
   std::unique_ptr<VmmListener> listener_;
   // Set once, before ready_. Queued page frames share it (sendWithBody), so the mapping
   // outlives a release while a closing connection still flushes them.
@@ -84,27 +86,9 @@ class SourceMigration final : public Migration {
 
   // Peer loop only.
   std::unique_ptr<transport::Connection> urgent_;
-  std::unique_ptr<transport::Connection> bulk_;
-  // Authorised channels that said Hello before the memory was handed over, one per kind.
-  // Answering them the moment it arrives spares the destination's first faults a reconnect
-  // backoff (up to seconds) when the orchestrator resumes the VM while the handover runs.
-  struct Parked {
-    std::unique_ptr<transport::Connection> conn;
-    transport::Hello hello;
-  };
-  std::optional<Parked> parked_urgent_;
-  std::optional<Parked> parked_bulk_;
+  ParkedChannels parked_;
   std::optional<BulkSchedule> schedule_;
-  std::vector<std::uint64_t> resume_bitmap_;
-  bool resumed_ = false;
-  bool bulk_done_sent_ = false;
-  std::size_t bulk_window_bytes_ = 4 << 20;
-  std::uint32_t bulk_batch_pages_ = 64;
-  // Token bucket for bulk_rate_limit_mib_s (peer loop only).
-  double bulk_rate_bytes_s_ = 0;
-  double bulk_tokens_ = 0;
-  std::chrono::steady_clock::time_point bulk_refill_{};
-  transport::Timer bulk_timer_;
+  BulkSender bulk_;
 };
 
 }  // namespace lazymig::agent

@@ -1,0 +1,114 @@
+#include "agent/source/bulk_sender.h"
+
+#include <cassert>
+
+#include "agent/source/page_frames.h"
+#include "base/bitmap.h"
+
+namespace lazymig::agent {
+
+using transport::FrameType;
+
+namespace {
+constexpr auto kBulk = metrics::Channel::kBulk;
+}  // namespace
+
+void BulkSender::attach(std::unique_ptr<transport::Connection> conn,
+                        std::shared_ptr<SourceMemory> memory, BulkSchedule& schedule) {
+  assert(peer_loop_.inLoopThread());
+  if (conn_) {
+    log_.info("channel replaced by a new connection");
+    conn_->close();
+  }
+  conn_ = std::move(conn);
+  memory_ = std::move(memory);
+  schedule_ = &schedule;
+  resumed_ = false;
+  resume_bitmap_.assign(Bitmap::wordsFor(memory_->pageCount()), 0);
+  conn_->setPriority(1);
+  conn_->setLowWatermark(options_.window_bytes / 2);
+  transport::Connection::Handlers handlers;
+  handlers.on_frame = [this](const transport::FrameHeader& h, std::span<const std::byte> p) {
+    onFrame(h, p);
+  };
+  handlers.on_drained = [this] { pump(); };
+  handlers.on_closed = [this](const Error& e) {
+    log_.warn("channel closed", {{"channel", "bulk"}, {"error", e.message()}});
+    // Dropping the connection from its own close handler is allowed by the transport.
+    conn_.reset();
+  };
+  conn_->setHandlers(std::move(handlers));
+}
+
+void BulkSender::close() {
+  rate_timer_.cancel();
+  if (conn_) conn_->close();
+  conn_.reset();
+}
+
+void BulkSender::onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload) {
+  assert(peer_loop_.inLoopThread());
+  recorder_.wireBytes(kBulk, metrics::Direction::kReceived,
+                      payload.size() + transport::kHeaderSize);
+  if (h.type == FrameType::kPing) {
+    if (auto ping = transport::decodePing(payload)) {
+      return sendFrame(*conn_, kBulk, transport::encodePing(FrameType::kPong, *ping), recorder_);
+    }
+  }
+  if (h.type == FrameType::kResume) {
+    const transport::Layout layout{static_cast<std::uint32_t>(memory_->pageSize()),
+                                   memory_->pageCount()};
+    if (auto r = transport::decodeResume(payload, layout)) {
+      for (std::size_t i = 0; i < r->words.size(); ++i)
+        resume_bitmap_[Bitmap::wordOf(r->first_page) + i] = r->words[i];
+      if (r->last) {
+        schedule_->reset(resume_bitmap_);
+        resumed_ = true;
+        done_sent_ = false;
+        log_.info("bulk stream (re)starting", {{"pages_to_send", schedule_->remaining()}});
+        pump();
+      }
+      return;
+    }
+  }
+  log_.warn("bad frame on the bulk channel; closing it",
+            {{"frame", transport::frameTypeName(h.type)}});
+  recorder_.refusal("protocol");
+  conn_->close();
+  conn_.reset();
+}
+
+void BulkSender::pump() {
+  assert(peer_loop_.inLoopThread());
+  if (!conn_ || !resumed_ || finished_() || rate_timer_.pending()) return;
+  // batch_pages counts 4 KiB pages: a batch of huge pages is as many bytes, at least one page,
+  // so that a frame stays under the transport's payload limit.
+  const std::uint64_t batch_pages =
+      std::max<std::uint64_t>(1, std::uint64_t{options_.batch_pages} * 4096 / memory_->pageSize());
+  const double batch_bytes = static_cast<double>(batch_pages * memory_->pageSize());
+  while (conn_->pendingOutputBytes() < options_.window_bytes) {
+    if (auto wait = limiter_.limited()
+                        ? limiter_.waitFor(batch_bytes, std::chrono::steady_clock::now())
+                        : BulkRateLimiter::Clock::duration::zero();
+        wait > wait.zero()) {
+      rate_timer_ =
+          peer_loop_.schedule(std::max(std::chrono::duration_cast<std::chrono::milliseconds>(wait),
+                                       std::chrono::milliseconds(1)),
+                              [this] { pump(); });
+      return;
+    }
+    auto run = schedule_->next(batch_pages);
+    if (!run) {
+      if (!done_sent_) {
+        done_sent_ = true;
+        sendFrame(*conn_, kBulk, transport::encodeBulkDone({stats_.served_bulk_pages.load()}),
+                  recorder_);
+        log_.info("bulk stream sent every page");
+      }
+      return;
+    }
+    limiter_.charge(static_cast<double>(sendPageRun(*conn_, kBulk, memory_, *run, recorder_)));
+  }
+}
+
+}  // namespace lazymig::agent

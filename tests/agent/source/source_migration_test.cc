@@ -1,0 +1,255 @@
+// SourceMigration against a destination dialling it over real TLS on loopback: which Hellos it
+// serves and why it refuses the others (typed), what it counts, the bulk stream's rate cap
+// (in bytes against elapsed time, never a timed expectation), and its one teardown.
+#include "agent/source/source_migration.h"
+
+#include "tests/agent/source/source_peer.h"
+
+namespace lazymig::agent {
+namespace {
+
+using source_test::TestDestination;
+using transport::ChannelKind;
+using transport::FrameType;
+using Frame = TestDestination::Frame;
+
+// The server side of a raw TLS connection, handed to SourceMigration::attach by the test
+// itself (PeerListener's own checks are peer_listener_test's).
+class SourceMigrationTest : public source_test::SourcePeer {
+ protected:
+  static constexpr std::uint64_t kBytes = SourcePeer::kBytes;
+
+  void SetUp() override {
+    SourcePeer::SetUp();
+    runOnLoop(*peer_loop_, [&] {
+      transport::Server::Options o;
+      o.on_connection = [this](std::unique_ptr<transport::Connection> c) {
+        std::lock_guard lock(mu_);
+        accepted_.push_back(std::move(c));
+        cv_.notify_all();
+      };
+      server_ = std::move(*transport::Server::listen(*peer_loop_, source_tls_, o));
+    });
+  }
+  void TearDown() override {
+    runOnLoop(*peer_loop_, [&] {
+      accepted_.clear();
+      server_.reset();
+    });
+    SourcePeer::TearDown();
+  }
+
+  // A destination dialled with `tls`, and the source's end of its connection.
+  std::pair<std::unique_ptr<TestDestination>, std::unique_ptr<transport::Connection>> connect(
+      std::shared_ptr<transport::TlsContext> tls = nullptr) {
+    auto client = std::make_unique<TestDestination>(*client_loop_, tls ? tls : destination_tls_,
+                                                    server_->port());
+    std::unique_ptr<transport::Connection> server_end;
+    source_test::waitOn(mu_, cv_, [&] { return !accepted_.empty(); });
+    std::lock_guard lock(mu_);
+    if (!accepted_.empty()) {
+      server_end = std::move(accepted_.front());
+      accepted_.erase(accepted_.begin());
+    }
+    return {std::move(client), std::move(server_end)};
+  }
+  std::optional<HelloRefusal> attach(std::unique_ptr<transport::Connection> conn,
+                                     const transport::Hello& hello) {
+    std::optional<HelloRefusal> out;
+    runOnLoop(*peer_loop_, [&] { out = migration_->attach(std::move(conn), hello); });
+    return out;
+  }
+  // A destination's channel the source accepted.
+  std::unique_ptr<TestDestination> attached(ChannelKind kind) {
+    auto [client, conn] = connect();
+    EXPECT_FALSE(attach(std::move(conn), client->hello(kind, kBytes)));
+    EXPECT_TRUE(client->waitFor(FrameType::kHelloOk));
+    return std::move(client);
+  }
+  nlohmann::json progress() { return migration_->toJson()["progress"]; }
+
+  std::unique_ptr<transport::Server> server_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::unique_ptr<transport::Connection>> accepted_;
+};
+
+// Everything the source sent on the wire from HelloOk on, as the destination received it.
+std::uint64_t wireBytes(const std::vector<Frame>& frames) {
+  std::uint64_t n = 0;
+  for (const auto& f : frames) {
+    if (f.type != FrameType::kHelloOk) n += f.payload.size() + transport::kHeaderSize;
+  }
+  return n;
+}
+
+TEST_F(SourceMigrationTest, AcceptsItsDestinationWithHelloOk) {
+  createMigration();
+  auto [client, conn] = connect();
+  EXPECT_FALSE(attach(std::move(conn), client->hello(ChannelKind::kUrgent, kBytes)));
+  auto ok = client->waitFor(FrameType::kHelloOk);
+  ASSERT_TRUE(ok);
+  auto hello_ok = transport::decodeHelloOk(ok->payload);
+  ASSERT_TRUE(hello_ok);
+  EXPECT_EQ(hello_ok->page_size, 4096u);
+  EXPECT_EQ(hello_ok->memory_bytes, kBytes);
+}
+
+TEST_F(SourceMigrationTest, RefusesAnotherPeerIdentityAsIdentity) {
+  createMigration();
+  auto [client, conn] = connect(stranger_tls_);
+  auto refused = attach(std::move(conn), client->hello(ChannelKind::kUrgent, kBytes));
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->reason, HelloRefusalReason::kIdentity);
+  EXPECT_EQ(client->errorCode(), static_cast<std::uint16_t>(PeerErrorCode::kAuth));
+  EXPECT_TRUE(client->waitClosed());
+  EXPECT_EQ(refusals("identity"), 1);
+}
+
+TEST_F(SourceMigrationTest, RefusesAWrongTokenAsToken) {
+  createMigration();
+  auto [client, conn] = connect();
+  auto refused = attach(std::move(conn), client->hello(ChannelKind::kBulk, kBytes,
+                                                       "ffffffffffffffffffffffffffffffff"));
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->reason, HelloRefusalReason::kToken);
+  EXPECT_EQ(client->errorCode(), static_cast<std::uint16_t>(PeerErrorCode::kAuth));
+  EXPECT_EQ(refusals("token"), 1);
+}
+
+TEST_F(SourceMigrationTest, RefusesAnotherMemorySizeAsLayout) {
+  createMigration();
+  auto [client, conn] = connect();
+  auto refused = attach(std::move(conn), client->hello(ChannelKind::kUrgent, 2 * kBytes));
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->reason, HelloRefusalReason::kLayout);
+  EXPECT_NE(refused->message.find(std::to_string(2 * kBytes)), std::string::npos)
+      << refused->message;
+  EXPECT_EQ(client->errorCode(), static_cast<std::uint16_t>(PeerErrorCode::kLayout));
+  EXPECT_EQ(refusals("layout"), 1);
+}
+
+TEST_F(SourceMigrationTest, ACancelledMigrationRefusesAsState) {
+  createMigration();
+  ASSERT_TRUE(migration_->cancel(true));
+  auto [client, conn] = connect();
+  auto refused = attach(std::move(conn), client->hello(ChannelKind::kUrgent, kBytes));
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->reason, HelloRefusalReason::kState);
+  EXPECT_EQ(client->errorCode(), static_cast<std::uint16_t>(PeerErrorCode::kState));
+}
+
+// An authorised destination that comes before the memory waits (no answer, no refusal); the
+// teardown closes it like any other channel.
+TEST_F(SourceMigrationTest, ParksADestinationThatCameBeforeTheMemory) {
+  createMigration(/*with_memory=*/false);
+  auto [client, conn] = connect();
+  EXPECT_FALSE(attach(std::move(conn), client->hello(ChannelKind::kUrgent, kBytes)));
+  EXPECT_EQ(refusals("not_ready"), 0);
+  migration_->shutdown();
+  EXPECT_TRUE(client->waitClosed());
+  EXPECT_FALSE(client->waitFor(FrameType::kHelloOk));
+  EXPECT_FALSE(client->waitFor(FrameType::kError));
+}
+
+// Issue 13: the source counted received bytes on the urgent channel only, and none of its
+// received bytes in the metrics. Every frame after the Hello exchange counts, both ways, on
+// both channels, in the migration's stats and in lazymig_wire_bytes_total alike.
+TEST_F(SourceMigrationTest, CountsBytesBothWaysOnBothChannelsInStatsAndMetrics) {
+  createMigration();
+  auto urgent = attached(ChannelKind::kUrgent);
+  auto bulk = attached(ChannelKind::kBulk);
+
+  const std::string request = transport::encodePageRequest({{5, 6}});
+  urgent->send(request);
+  ASSERT_TRUE(urgent->waitUntil([](const std::vector<Frame>& frames) {
+    return std::count_if(frames.begin(), frames.end(),
+                         [](const Frame& f) { return f.type == FrameType::kPageData; }) == 2;
+  }));
+  const std::string resume =
+      transport::encodeResume({0, true, std::vector<std::uint64_t>(SourcePeer::kPages / 64, 0)});
+  bulk->send(resume);
+  ASSERT_TRUE(bulk->waitFor(FrameType::kBulkDone));
+  const std::string ping = transport::encodePing(FrameType::kPing, {7});
+  bulk->send(ping);
+  urgent->send(ping);
+  ASSERT_TRUE(bulk->waitFor(FrameType::kPong));
+  ASSERT_TRUE(urgent->waitFor(FrameType::kPong));
+
+  std::vector<Frame> urgent_frames, bulk_frames;
+  urgent->waitUntil([&](const std::vector<Frame>& f) { return urgent_frames = f, true; });
+  bulk->waitUntil([&](const std::vector<Frame>& f) { return bulk_frames = f, true; });
+  const double urgent_sent = wireBytes(urgent_frames);
+  const double bulk_sent = wireBytes(bulk_frames);
+  const double urgent_received = request.size() + ping.size();
+  const double bulk_received = resume.size() + ping.size();
+  // Every non-zero page went on the bulk stream as page data (page 4 of every 4 is zero).
+  EXPECT_GT(bulk_sent, (SourcePeer::kPages * 3 / 4 - 2) * 4096.0);
+  EXPECT_EQ(metricValue("lazymig_wire_bytes_total", R"(channel="urgent",direction="sent")"),
+            urgent_sent);
+  EXPECT_EQ(metricValue("lazymig_wire_bytes_total", R"(channel="bulk",direction="sent")"),
+            bulk_sent);
+  EXPECT_EQ(metricValue("lazymig_wire_bytes_total", R"(channel="urgent",direction="received")"),
+            urgent_received);
+  EXPECT_EQ(metricValue("lazymig_wire_bytes_total", R"(channel="bulk",direction="received")"),
+            bulk_received);
+  EXPECT_EQ(progress()["bytes_sent"].get<double>(), urgent_sent + bulk_sent);
+  EXPECT_EQ(progress()["bytes_received"].get<double>(), urgent_received + bulk_received);
+  EXPECT_EQ(progress()["demand_faults"], 2);
+}
+
+// The bulk stream never runs ahead of bulk_rate_limit_mib_s: the bytes it sent are at most
+// the bucket (a tenth of a second at the rate) plus the rate times the time since the Resume,
+// plus the one batch that may overdraw it. Both bounds are in bytes against the time it took:
+// a slow machine only sends less, and nothing here waits on a clock.
+TEST_F(SourceMigrationTest, BulkStreamStaysUnderTheRateCapInBytes) {
+  constexpr double kRate = 4 << 20;
+  config_.migration.bulk_rate_limit_mib_s = 4;
+  createMigration();
+  auto bulk = attached(ChannelKind::kBulk);
+  const auto resumed = std::chrono::steady_clock::now();
+  bulk->send(
+      transport::encodeResume({0, true, std::vector<std::uint64_t>(SourcePeer::kPages / 64, 0)}));
+  ASSERT_TRUE(bulk->waitFor(FrameType::kBulkDone));
+  const auto done = std::chrono::steady_clock::now();
+  const double sent = metricValue("lazymig_wire_bytes_total", R"(channel="bulk",direction="sent")");
+  const double batch = 64 * 4096 + 64;
+  const double elapsed = std::chrono::duration<double>(done - resumed).count();
+  EXPECT_GT(sent, SourcePeer::kPages * 3 / 4 * 4096.0);
+  EXPECT_LE(sent, kRate / 10 + kRate * elapsed + batch)
+      << "sent " << sent << " bytes in " << elapsed << " s";
+  // And it did wait for tokens: a MiB at 4 MiB/s after a 0.4 MiB bucket is not all at once.
+  EXPECT_GT(elapsed, (sent - kRate / 10 - batch) / kRate);
+}
+
+// One teardown: shutdown closes the urgent and bulk channels (each destination sees its
+// link close), and a second shutdown, or a cancel after it, finds nothing left to do.
+TEST_F(SourceMigrationTest, ShutdownClosesEveryChannelOnce) {
+  createMigration();
+  auto urgent = attached(ChannelKind::kUrgent);
+  auto bulk = attached(ChannelKind::kBulk);
+  migration_->shutdown();
+  EXPECT_TRUE(urgent->waitClosed());
+  EXPECT_TRUE(bulk->waitClosed());
+  migration_->shutdown();
+  EXPECT_TRUE(migration_->cancel(true));
+  EXPECT_EQ(migration_->state(), MigrationState::kCancelled);
+}
+
+// The destination's Complete: persisted, acknowledged, channels closed, memory released.
+TEST_F(SourceMigrationTest, CompleteIsAcknowledgedThenTheMemoryIsReleased) {
+  createMigration();
+  auto urgent = attached(ChannelKind::kUrgent);
+  auto bulk = attached(ChannelKind::kBulk);
+  urgent->send(transport::encodeComplete({SourcePeer::kPages}));
+  EXPECT_TRUE(urgent->waitFor(FrameType::kCompleteAck));
+  EXPECT_TRUE(urgent->waitClosed());
+  EXPECT_TRUE(bulk->waitClosed());
+  EXPECT_EQ(migration_->state(), MigrationState::kCompleted);
+  runOnLoop(*peer_loop_, [] {});  // the release runs one loop iteration after the close
+  runOnLoop(*peer_loop_, [] {});
+  EXPECT_EQ(migration_->toJson()["memory_released"], true);
+}
+
+}  // namespace
+}  // namespace lazymig::agent
