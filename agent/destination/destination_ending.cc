@@ -55,7 +55,7 @@ void DestinationMigration::finish() {
   setState(MigrationState::kCompleting);
   testPoint(test_point::kDestinationCompletingPersisted, log_);
   // The bulk stream has nothing left to carry; keep reading until the source closes it (see
-  // SourceChannel::finish).
+  // SourceLink::finish).
   bulk_loop_->post([this] {
     if (bulk_) bulk_->finish(lingerTime());
   });

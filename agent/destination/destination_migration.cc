@@ -156,9 +156,9 @@ Status DestinationMigration::checkSourceLayout(const vmm::Handshake& handshake) 
                   "): a different guest, or the wrong snapshot");
 }
 
-SourceChannelParams DestinationMigration::channelParams(ChannelKind kind) const {
+SourceLinkParams DestinationMigration::channelParams(ChannelKind kind) const {
   const auto& m = ctx_.config.migration;
-  SourceChannelParams p;
+  SourceLinkParams p;
   p.migration_id = id();
   p.token = spec_.token;
   p.source_address = spec_.source_address;
@@ -209,9 +209,9 @@ Status DestinationMigration::startServing() {
         BulkReceiver::Hooks{[this](std::string_view f) { return bulk_->send(f); },
                             [this] { progressed(); },
                             [this](const Error& e) { failMigration(e); }});
-    bulk_ = std::make_unique<SourceChannel>(
+    bulk_ = std::make_unique<SourceLink>(
         *bulk_loop_, ctx_.tls_client, channelParams(ChannelKind::kBulk),
-        SourceChannel::Handlers{
+        SourceLink::Handlers{
             .on_open = [this] { bulk_receiver_->onOpen(); },
             .on_frame = [this](const transport::FrameHeader& h,
                                std::span<const std::byte> p) { bulk_receiver_->onFrame(h, p); },
@@ -231,10 +231,10 @@ void DestinationMigration::countReconnect(metrics::Channel channel) {
   if (ctx_.metrics) ctx_.metrics->addReconnect(channel);
 }
 
-std::unique_ptr<SourceChannel> DestinationMigration::makeUrgentChannel() {
-  return std::make_unique<SourceChannel>(
+std::unique_ptr<SourceLink> DestinationMigration::makeUrgentChannel() {
+  return std::make_unique<SourceLink>(
       *urgent_loop_, ctx_.tls_client, channelParams(ChannelKind::kUrgent),
-      SourceChannel::Handlers{
+      SourceLink::Handlers{
           .on_open =
               [this] {
                 if (faults_) faults_->resendOutstanding();

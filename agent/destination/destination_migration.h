@@ -22,7 +22,7 @@
 #include "agent/destination/population/guest_memory_view.h"
 #include "agent/destination/population/memory_capabilities.h"
 #include "agent/destination/population/page_installer.h"
-#include "agent/destination/source_channel.h"
+#include "agent/destination/source_link.h"
 #include "agent/destination/vmm_fault_channel.h"
 #include "store/page_map.h"
 #include "store/page_map_checkpoint.h"
@@ -66,8 +66,8 @@ class DestinationMigration final : public Migration {
   // Refuses a handshake whose regions do not add up to the memory the source serves.
   Status checkSourceLayout(const vmm::Handshake& handshake) const;
   Status startServing();
-  SourceChannelParams channelParams(transport::ChannelKind kind) const;
-  std::unique_ptr<SourceChannel> makeUrgentChannel();  // urgent loop
+  SourceLinkParams channelParams(transport::ChannelKind kind) const;
+  std::unique_ptr<SourceLink> makeUrgentChannel();  // urgent loop
   void countReconnect(metrics::Channel channel);
   void onUrgentFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
   bool requestPages(std::span<const std::uint64_t> pages);
@@ -77,7 +77,7 @@ class DestinationMigration final : public Migration {
   void acknowledged();                                         // urgent loop
   void gaveUp(transport::ChannelKind kind, const Error& why);  // either loop
   void endUnacknowledged(const std::string& why);
-  // How long a finished channel keeps reading until the source closes it (SourceChannel::finish);
+  // How long a finished channel keeps reading until the source closes it (SourceLink::finish);
   // the agent retires a finished migration only after it (Agent::scheduleRetire).
   std::chrono::milliseconds lingerTime() const;
   void scheduleCheckpoint();  // bulk loop
@@ -109,8 +109,8 @@ class DestinationMigration final : public Migration {
   std::unique_ptr<transport::EventLoop> bulk_loop_;
   std::unique_ptr<FaultService> faults_;         // urgent loop
   std::unique_ptr<VmmFaultChannel> vmm_faults_;  // urgent loop
-  std::unique_ptr<SourceChannel> urgent_;        // urgent loop
-  std::unique_ptr<SourceChannel> bulk_;          // bulk loop
+  std::unique_ptr<SourceLink> urgent_;        // urgent loop
+  std::unique_ptr<SourceLink> bulk_;          // bulk loop
   std::unique_ptr<BulkReceiver> bulk_receiver_;  // bulk loop
   transport::Timer checkpoint_timer_;            // bulk loop
 
