@@ -2,6 +2,8 @@
 
 #include <sys/stat.h>
 
+#include <cassert>
+
 #include "agent/core/loop_sync.h"
 #include "agent/destination/source_probe.h"
 
@@ -144,7 +146,7 @@ Status DestinationMigration::checkSourceLayout(const vmm::Handshake& handshake) 
   // Long enough for a TLS handshake to a source that serves; a source still waiting for its
   // memory holds the Hello unanswered, and the channels check the layout later.
   constexpr std::chrono::milliseconds kBound{1000};
-  auto params = channelParams(ChannelKind::kUrgent);
+  auto params = linkParams();
   params.page_size = static_cast<std::uint32_t>(handshake.page_size);
   params.memory_bytes = handshake.total_bytes;
   auto probe = probeSourceLayout(ctx_.tls_client, params, kBound);
@@ -156,18 +158,13 @@ Status DestinationMigration::checkSourceLayout(const vmm::Handshake& handshake) 
                   "): a different guest, or the wrong snapshot");
 }
 
-SourceLinkParams DestinationMigration::channelParams(ChannelKind kind) const {
+SourceLinkParams DestinationMigration::linkParams() const {
   const auto& m = ctx_.config.migration;
   SourceLinkParams p;
   p.migration_id = id();
   p.token = spec_.token;
   p.source_address = spec_.source_address;
   p.expected_peer = spec_.peer_identity;
-  p.kind = kind;
-  if (ready_.load(std::memory_order_acquire)) {
-    p.page_size = static_cast<std::uint32_t>(layout_->pageSize());
-    p.memory_bytes = layout_->totalBytes().value;
-  }
   p.initial_backoff = m.reconnect.initial_backoff;
   p.max_backoff = m.reconnect.max_backoff;
   p.give_up_after =
@@ -186,39 +183,48 @@ Status DestinationMigration::startServing() {
   cpu_.count(*urgent_loop_);
   cpu_.count(*bulk_loop_);
   if (ctx_.metrics) ctx_.metrics->addPagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
-  transport::Layout wire{static_cast<std::uint32_t>(layout_->pageSize()), layout_->pageCount()};
+  context_.emplace(DestinationContext{.layout = *layout_,
+                                      .pages = *pages_,
+                                      .installer = *installer_,
+                                      .uffd = uffd_,
+                                      .stats = stats_,
+                                      .metrics = ctx_.metrics,
+                                      .log = log_,
+                                      .urgent_loop = *urgent_loop_,
+                                      .bulk_loop = *bulk_loop_,
+                                      .tls = ctx_.tls_client,
+                                      .link = linkParams()});
   Status started;
   runOnLoop(*urgent_loop_, [&] {
     faults_ = std::make_unique<FaultService>(
-        *urgent_loop_, uffd_, *layout_, *pages_, *installer_, stats_, ctx_.metrics, log_,
-        FaultService::Hooks{[this](std::span<const std::uint64_t> p) { return requestPages(p); },
-                            [this](const Error& e) { failMigration(e); }, [this] { progressed(); },
-                            [this](const vmm::FaultReply& r) {
-                              if (vmm_faults_) vmm_faults_->reply(r);
-                            }});
+        *context_,
+        FaultService::Hooks{
+            .fatal = [this](const Error& e) { failMigration(e); },
+            .progressed = [this] { progressed(); },
+            // Every new link hears it again until the source acknowledges: a Complete sent on
+            // a link that died, or to a source killed before it recorded it, is lost with them.
+            .link_open =
+                [this] {
+                  if (state() == MigrationState::kCompleting) sendComplete();
+                },
+            .acknowledged = [this] { acknowledged(); },
+            .gave_up = [this](const Error& e) { gaveUp(ChannelKind::kUrgent, e); },
+            .reply =
+                [this](const vmm::FaultReply& r) {
+                  if (vmm_faults_) vmm_faults_->reply(r);
+                }});
     started = faults_->start();
     if (started && kind_ == vmm::HandshakeKind::kGuestMemfd) started = startFaultChannel();
-    urgent_ = makeUrgentChannel();
-    urgent_->start();
   });
   if (!started) return started;
 
   runOnLoop(*bulk_loop_, [&] {
     bulk_receiver_ = std::make_unique<BulkReceiver>(
-        wire, *pages_, *installer_, stats_, ctx_.metrics, log_,
-        BulkReceiver::Hooks{[this](std::string_view f) { return bulk_->send(f); },
-                            [this] { progressed(); },
-                            [this](const Error& e) { failMigration(e); }});
-    bulk_ = std::make_unique<SourceLink>(
-        *bulk_loop_, ctx_.tls_client, channelParams(ChannelKind::kBulk),
-        SourceLink::Handlers{
-            .on_open = [this] { bulk_receiver_->onOpen(); },
-            .on_frame = [this](const transport::FrameHeader& h,
-                               std::span<const std::byte> p) { bulk_receiver_->onFrame(h, p); },
-            .on_down = [this](const Error&) { countReconnect(metrics::Channel::kBulk); },
-            .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kBulk, e); }},
-        log_);
-    bulk_->start();
+        *context_,
+        BulkReceiver::Hooks{.progressed = [this] { progressed(); },
+                            .fatal = [this](const Error& e) { failMigration(e); },
+                            .gave_up = [this](const Error& e) { gaveUp(ChannelKind::kBulk, e); }});
+    bulk_receiver_->start();
     scheduleCheckpoint();
   });
   setState(MigrationState::kRunning);
@@ -226,63 +232,10 @@ Status DestinationMigration::startServing() {
   return {};
 }
 
-void DestinationMigration::countReconnect(metrics::Channel channel) {
-  stats_.reconnects.fetch_add(1);
-  if (ctx_.metrics) ctx_.metrics->addReconnect(channel);
-}
-
-std::unique_ptr<SourceLink> DestinationMigration::makeUrgentChannel() {
-  return std::make_unique<SourceLink>(
-      *urgent_loop_, ctx_.tls_client, channelParams(ChannelKind::kUrgent),
-      SourceLink::Handlers{
-          .on_open =
-              [this] {
-                if (faults_) faults_->resendOutstanding();
-                // Every new link hears it again until the source acknowledges: a Complete
-                // sent on a link that died, or to a source killed before it recorded it,
-                // is lost with them.
-                if (state() == MigrationState::kCompleting) sendComplete();
-              },
-          .on_frame = [this](const transport::FrameHeader& h,
-                             std::span<const std::byte> p) { onUrgentFrame(h, p); },
-          .on_down = [this](const Error&) { countReconnect(metrics::Channel::kUrgent); },
-          .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kUrgent, e); }},
-      log_);
-}
-
-void DestinationMigration::onUrgentFrame(const transport::FrameHeader& h,
-                                         std::span<const std::byte> payload) {
-  stats_.bytes_received.fetch_add(payload.size() + transport::kHeaderSize,
-                                  std::memory_order_relaxed);
-  if (ctx_.metrics) {
-    ctx_.metrics->addWireBytes(metrics::Channel::kUrgent, metrics::Direction::kReceived,
-                               payload.size() + transport::kHeaderSize);
-  }
-  transport::Layout wire{static_cast<std::uint32_t>(layout_->pageSize()), layout_->pageCount()};
-  switch (h.type) {
-    case FrameType::kPageData: {
-      auto d = transport::decodePageData(payload, wire);
-      if (!d) return failMigration(d.error());
-      if (faults_) faults_->onPageData(*d);  // none after a restart in `completing`
-      return;
-    }
-    case FrameType::kZeroRange: {
-      auto z = transport::decodeZeroRange(payload, wire);
-      if (!z) return failMigration(z.error());
-      if (faults_) faults_->onZeroRange(*z);
-      return;
-    }
-    case FrameType::kCompleteAck: {
-      if (auto ok = transport::decodeCompleteAck(payload); !ok) return failMigration(ok.error());
-      return acknowledged();
-    }
-    case FrameType::kPong:
-      return;
-    default:
-      return failMigration(Error::make(
-          Errc::kProtocol, "urgent channel",
-          std::string("unexpected frame ") + std::string(transport::frameTypeName(h.type))));
-  }
+SourceLink* DestinationMigration::urgentLink() {
+  assert(urgent_loop_->inLoopThread());
+  if (faults_) return &faults_->link();
+  return ending_link_.get();
 }
 
 Status DestinationMigration::startFaultChannel() {
@@ -307,18 +260,6 @@ Status DestinationMigration::startFaultChannel() {
                                     }},
       log_);
   return vmm_faults_->start();
-}
-
-bool DestinationMigration::requestPages(std::span<const std::uint64_t> pages) {
-  transport::PageRequest req;
-  req.pages.assign(pages.begin(), pages.end());
-  auto frame = transport::encodePageRequest(req);
-  if (!urgent_ || !urgent_->send(frame)) return false;
-  stats_.bytes_sent.fetch_add(frame.size(), std::memory_order_relaxed);
-  if (ctx_.metrics) {
-    ctx_.metrics->addWireBytes(metrics::Channel::kUrgent, metrics::Direction::kSent, frame.size());
-  }
-  return true;
 }
 
 void DestinationMigration::progressed() {
@@ -353,12 +294,12 @@ void DestinationMigration::failMigration(const Error& why) {
     if (urgent_loop_)
       urgent_loop_->post([this] {
         if (vmm_faults_) vmm_faults_->stop();
-        if (faults_) faults_->stop();
+        if (faults_) faults_->stopReadingFaults();
       });
     // Nothing more can be installed: keep the bulk stream from asking again and again.
     if (bulk_loop_)
       bulk_loop_->post([this] {
-        if (bulk_) bulk_->stop();
+        if (bulk_receiver_) bulk_receiver_->stop();
       });
   }
 }
@@ -381,7 +322,7 @@ void DestinationMigration::stopEverything() {
   if (listener_) listener_->stop();
   if (urgent_loop_) {
     runOnLoop(*urgent_loop_, [this] {
-      if (urgent_) urgent_->stop();
+      if (ending_link_) ending_link_->stop();
       if (vmm_faults_) vmm_faults_->stop();
       if (faults_) faults_->stop();
     });
@@ -389,7 +330,7 @@ void DestinationMigration::stopEverything() {
   if (bulk_loop_) {
     runOnLoop(*bulk_loop_, [this] {
       checkpoint_timer_.cancel();
-      if (bulk_) bulk_->stop();
+      if (bulk_receiver_) bulk_receiver_->stop();
       if (checkpoint_) checkpoint_->run();
     });
   }

@@ -1,6 +1,7 @@
 #include "agent/destination/source_link.h"
 
 #include <algorithm>
+#include <cassert>
 
 #include "agent/core/peer_errors.h"
 
@@ -9,8 +10,7 @@ namespace lazymig::agent {
 using transport::FrameType;
 
 SourceLink::SourceLink(transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
-                             SourceLinkParams params, Handlers handlers,
-                             const log::Logger& logger)
+                       SourceLinkParams params, Handlers handlers, const log::Logger& logger)
     : loop_(loop),
       tls_(std::move(tls)),
       params_(std::move(params)),
@@ -21,12 +21,14 @@ SourceLink::SourceLink(transport::EventLoop& loop, std::shared_ptr<transport::Tl
 SourceLink::~SourceLink() { stop(); }
 
 void SourceLink::start() {
+  assert(loop_.inLoopThread());
   down_since_ = std::chrono::steady_clock::now();
   attempt();
 }
 
 void SourceLink::stop() {
   if (stopped_) return;
+  assert(loop_.inLoopThread());
   stopped_ = true;
   *alive_ = false;
   retry_timer_.cancel();
@@ -38,6 +40,7 @@ void SourceLink::stop() {
 }
 
 void SourceLink::finish(std::chrono::milliseconds linger) {
+  assert(loop_.inLoopThread());
   if (stopped_ || finishing_) return;
   if (!conn_) return stop();
   finishing_ = true;
@@ -46,6 +49,7 @@ void SourceLink::finish(std::chrono::milliseconds linger) {
 }
 
 bool SourceLink::send(std::string_view frame) {
+  assert(loop_.inLoopThread());
   if (!open_ || !conn_) return false;
   conn_->sendEncoded(frame);
   return true;

@@ -46,9 +46,11 @@ class SourceLink {
   };
 
   SourceLink(transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
-                SourceLinkParams params, Handlers handlers, const log::Logger& logger);
+             SourceLinkParams params, Handlers handlers, const log::Logger& logger);
+  // Stops the link (see stop()); on the loop's thread unless already stopped.
   ~SourceLink();
 
+  // The loop's thread only (asserted in debug builds), like every method below.
   void start();
   void stop();
   // The migration is complete and the last frame is sent: keep reading (and dropping) what
