@@ -14,19 +14,15 @@ void BulkReceiver::start() {
   assertOnLoop();
   link_ = std::make_unique<SourceLink>(
       ctx_.bulk_loop, ctx_.tls, ctx_.linkParams(transport::ChannelKind::kBulk),
-      SourceLink::Handlers{.on_open = [this] { sendResume(); },
-                           .on_frame = [this](const transport::FrameHeader& h,
-                                              std::span<const std::byte> p) { onFrame(h, p); },
-                           .on_down =
-                               [this](const Error&) {
-                                 ctx_.stats.reconnects.fetch_add(1, std::memory_order_relaxed);
-                                 if (ctx_.metrics)
-                                   ctx_.metrics->addReconnect(metrics::Channel::kBulk);
-                               },
-                           .on_give_up =
-                               [this](const Error& e) {
-                                 if (hooks_.gave_up) hooks_.gave_up(e);
-                               }},
+      SourceLink::Handlers{
+          .on_open = [this] { sendResume(); },
+          .on_frame = [this](const transport::FrameHeader& h,
+                             std::span<const std::byte> p) { onFrame(h, p); },
+          .on_down = [this](const Error&) { ctx_.recorder.reconnect(metrics::Channel::kBulk); },
+          .on_give_up =
+              [this](const Error& e) {
+                if (hooks_.gave_up) hooks_.gave_up(e);
+              }},
       log_);
   link_->start();
 }
@@ -60,12 +56,8 @@ void BulkReceiver::sendResume() {
 
 void BulkReceiver::onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload) {
   assertOnLoop();
-  ctx_.stats.bytes_received.fetch_add(payload.size() + transport::kHeaderSize,
-                                      std::memory_order_relaxed);
-  if (ctx_.metrics) {
-    ctx_.metrics->addWireBytes(metrics::Channel::kBulk, metrics::Direction::kReceived,
-                               payload.size() + transport::kHeaderSize);
-  }
+  ctx_.recorder.wireBytes(metrics::Channel::kBulk, metrics::Direction::kReceived,
+                          payload.size() + transport::kHeaderSize);
   switch (h.type) {
     case FrameType::kPageData: {
       auto d = transport::decodePageData(payload, ctx_.wire());
@@ -104,15 +96,8 @@ void BulkReceiver::install(std::uint64_t first, std::uint64_t count, const std::
       [] { std::this_thread::sleep_for(std::chrono::microseconds(50)); },
       /*fault_thread=*/false);
   if (!r) return hooks_.fatal(r.error());
-  (data ? ctx_.stats.bulk_pages : ctx_.stats.zero_pages)
-      .fetch_add(r->installed, std::memory_order_relaxed);
-  ctx_.stats.eexist_races.fetch_add(r->already_present, std::memory_order_relaxed);
-  if (ctx_.metrics) {
-    ctx_.metrics->addPages(data ? metrics::PagePath::kBulk : metrics::PagePath::kZero,
-                           r->installed);
-    ctx_.metrics->addPagesRemaining(-static_cast<std::int64_t>(r->installed));
-    if (r->already_present) ctx_.metrics->addUffdExists(r->already_present);
-  }
+  ctx_.recorder.pagesInstalled(data ? metrics::PagePath::kBulk : metrics::PagePath::kZero,
+                               r->installed, r->already_present);
   if (r->installed > 0 || r->already_present > 0) hooks_.progressed();
 }
 

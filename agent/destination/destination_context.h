@@ -6,12 +6,11 @@
 
 #include <memory>
 
-#include "agent/core/migration_stats.h"
+#include "agent/core/transfer_recorder.h"
 #include "agent/destination/population/guest_layout.h"
 #include "agent/destination/population/page_installer.h"
 #include "agent/destination/source_link.h"
 #include "base/log.h"
-#include "metrics/metrics.h"
 #include "store/page_map.h"
 #include "sys/uffd.h"
 #include "transport/connection.h"
@@ -23,8 +22,7 @@ struct DestinationContext {
   store::PageMap& pages;
   PageInstaller& installer;
   const sys::Uffd& uffd;
-  MigrationStats& stats;
-  metrics::AgentMetrics* metrics;  // may be null (tests)
+  TransferRecorder recorder;  // the migration's stats and the agent's metrics, together
   log::Logger log;
   transport::EventLoop& urgent_loop;  // FaultService and the urgent link
   transport::EventLoop& bulk_loop;    // BulkReceiver and the bulk link

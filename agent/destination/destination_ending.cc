@@ -150,11 +150,7 @@ void DestinationMigration::startEndingLink() {
                 }
                 acknowledged();
               },
-          .on_down =
-              [this](const Error&) {
-                stats_.reconnects.fetch_add(1, std::memory_order_relaxed);
-                if (ctx_.metrics) ctx_.metrics->addReconnect(metrics::Channel::kUrgent);
-              },
+          .on_down = [this](const Error&) { recorder_.reconnect(metrics::Channel::kUrgent); },
           .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kUrgent, e); }},
       log_);
   ending_link_->start();

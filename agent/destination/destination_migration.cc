@@ -26,9 +26,7 @@ Status DestinationMigration::start() {
       [this](vmm::Handshake h, const sys::PeerCredentials& peer, sys::UnixSocket conn) {
         return onHandshake(std::move(h), peer, std::move(conn));
       },
-      [this](const std::string& reason, const Error&) {
-        if (ctx_.metrics) ctx_.metrics->addRefusal("handshake_" + reason);
-      },
+      [this](const std::string& reason, const Error&) { recorder_.refusal("handshake_" + reason); },
       log_);
   if (!listener) return std::unexpected(listener.error());
   listener_ = std::move(*listener);
@@ -182,13 +180,12 @@ Status DestinationMigration::startServing() {
   bulk_loop_ = std::move(*bulk);
   cpu_.count(*urgent_loop_);
   cpu_.count(*bulk_loop_);
-  if (ctx_.metrics) ctx_.metrics->addPagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
+  recorder_.pagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
   context_.emplace(DestinationContext{.layout = *layout_,
                                       .pages = *pages_,
                                       .installer = *installer_,
                                       .uffd = uffd_,
-                                      .stats = stats_,
-                                      .metrics = ctx_.metrics,
+                                      .recorder = recorder_,
                                       .log = log_,
                                       .urgent_loop = *urgent_loop_,
                                       .bulk_loop = *bulk_loop_,
@@ -241,7 +238,7 @@ SourceLink* DestinationMigration::urgentLink() {
 Status DestinationMigration::startFaultChannel() {
   auto refuse = [this](const Error& e) {
     log_.warn("FaultRequest refused", {{"error", e.message()}});
-    if (ctx_.metrics) ctx_.metrics->addRefusal("fault_request");
+    recorder_.refusal("fault_request");
   };
   vmm_faults_ = std::make_unique<VmmFaultChannel>(
       *urgent_loop_, vmm_connection_,
@@ -336,9 +333,8 @@ void DestinationMigration::stopEverything() {
   }
   if (urgent_loop_) urgent_loop_->stop();
   if (bulk_loop_) bulk_loop_->stop();
-  if (ctx_.metrics && pages_ && !pages_->complete()) {
-    ctx_.metrics->addPagesRemaining(
-        -static_cast<std::int64_t>(pages_->pageCount() - pages_->doneCount()));
+  if (pages_ && !pages_->complete()) {
+    recorder_.pagesRemaining(-static_cast<std::int64_t>(pages_->pageCount() - pages_->doneCount()));
   }
 }
 

@@ -15,6 +15,7 @@
 
 #include "agent/core/migration.h"
 #include "agent/core/migration_spec.h"
+#include "agent/core/transfer_recorder.h"
 #include "agent/core/vmm_listener.h"
 #include "agent/destination/bulk_receiver.h"
 #include "agent/destination/destination_context.h"
@@ -85,6 +86,8 @@ class DestinationMigration final : public Migration {
   void stopEverything();
 
   DestinationSpec spec_;
+  // This migration's stats_ and the agent's metrics, updated together (any thread).
+  const TransferRecorder recorder_{stats_, ctx_.metrics};
   std::unique_ptr<VmmListener> listener_;
   std::atomic<bool> handshaken_{false};
   // Published (release) once layout_, pages_ and installer_ are built; readers on other

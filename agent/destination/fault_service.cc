@@ -39,11 +39,7 @@ Status FaultService::start() {
               },
           .on_frame = [this](const transport::FrameHeader& h,
                              std::span<const std::byte> p) { onSourceFrame(h, p); },
-          .on_down =
-              [this](const Error&) {
-                ctx_.stats.reconnects.fetch_add(1, std::memory_order_relaxed);
-                if (ctx_.metrics) ctx_.metrics->addReconnect(metrics::Channel::kUrgent);
-              },
+          .on_down = [this](const Error&) { ctx_.recorder.reconnect(metrics::Channel::kUrgent); },
           .on_give_up =
               [this](const Error& e) {
                 if (hooks_.gave_up) hooks_.gave_up(e);
@@ -115,7 +111,7 @@ void FaultService::drainEvents() {
 
 void FaultService::handlePageFault(std::uint64_t address, std::vector<std::uint64_t>& to_request,
                                    std::vector<RemovedFault>& to_zero) {
-  ctx_.stats.demand_faults.fetch_add(1, std::memory_order_relaxed);
+  ctx_.recorder.faultRead();
   auto page = ctx_.layout.pageOf(HostAddr{address});
   if (!page) {
     hooks_.fatal(Error::make(Errc::kProtocol, "uffd page fault",
@@ -162,7 +158,7 @@ Status FaultService::onFaultRequest(const vmm::FaultRequest& request) {
                     ? "gpa " + std::to_string(*request.gpa) + " is in no region"
                     : "offset " + std::to_string(request.offset) + " is beyond guest memory");
   }
-  ctx_.stats.demand_faults.fetch_add(1, std::memory_order_relaxed);
+  ctx_.recorder.faultRead();
   if (ctx_.pages.isDone(*page)) {
     if (ctx_.pages.state(*page) == PageState::kRemoved) {
       auto r = ctx_.installer.installZeroForRemoved(*page, [this] { drainEvents(); });
@@ -193,8 +189,7 @@ void FaultService::replyTo(const vmm::FaultRequest& request, PageIndex page, boo
 
 void FaultService::handleRemove(std::uint64_t start, std::uint64_t end) {
   std::uint64_t n = ctx_.installer.removeRange(HostAddr{start}, HostAddr{end});
-  ctx_.stats.removed_pages.fetch_add(n, std::memory_order_relaxed);
-  if (ctx_.metrics && n > 0) ctx_.metrics->addPagesRemaining(-static_cast<std::int64_t>(n));
+  ctx_.recorder.pagesRemoved(n);
   if (n > 0) hooks_.progressed();
 }
 
@@ -203,22 +198,15 @@ bool FaultService::requestPages(std::span<const std::uint64_t> pages) {
   req.pages.assign(pages.begin(), pages.end());
   auto frame = transport::encodePageRequest(req);
   if (!link_ || !link_->send(frame)) return false;
-  ctx_.stats.bytes_sent.fetch_add(frame.size(), std::memory_order_relaxed);
-  if (ctx_.metrics) {
-    ctx_.metrics->addWireBytes(metrics::Channel::kUrgent, metrics::Direction::kSent, frame.size());
-  }
+  ctx_.recorder.wireBytes(metrics::Channel::kUrgent, metrics::Direction::kSent, frame.size());
   return true;
 }
 
 void FaultService::onSourceFrame(const transport::FrameHeader& h,
                                  std::span<const std::byte> payload) {
   assertOnLoop();
-  ctx_.stats.bytes_received.fetch_add(payload.size() + transport::kHeaderSize,
-                                      std::memory_order_relaxed);
-  if (ctx_.metrics) {
-    ctx_.metrics->addWireBytes(metrics::Channel::kUrgent, metrics::Direction::kReceived,
-                               payload.size() + transport::kHeaderSize);
-  }
+  ctx_.recorder.wireBytes(metrics::Channel::kUrgent, metrics::Direction::kReceived,
+                          payload.size() + transport::kHeaderSize);
   switch (h.type) {
     case FrameType::kPageData: {
       auto d = transport::decodePageData(payload, ctx_.wire());
@@ -246,15 +234,8 @@ void FaultService::installReply(PageIndex first, std::uint64_t count, const std:
   auto r = ctx_.installer.install(
       first, count, data, [this] { drainEvents(); }, /*fault_thread=*/true);
   if (!r) return hooks_.fatal(r.error());
-  (data ? ctx_.stats.demand_pages : ctx_.stats.zero_pages)
-      .fetch_add(r->installed, std::memory_order_relaxed);
-  ctx_.stats.eexist_races.fetch_add(r->already_present, std::memory_order_relaxed);
-  if (ctx_.metrics) {
-    ctx_.metrics->addPages(data ? metrics::PagePath::kDemand : metrics::PagePath::kZero,
-                           r->installed);
-    ctx_.metrics->addPagesRemaining(-static_cast<std::int64_t>(r->installed));
-    if (r->already_present) ctx_.metrics->addUffdExists(r->already_present);
-  }
+  ctx_.recorder.pagesInstalled(data ? metrics::PagePath::kDemand : metrics::PagePath::kZero,
+                               r->installed, r->already_present);
   for (std::uint64_t p = first.value; p < first.value + count; ++p) {
     PageIndex page{p};
     if (ctx_.pages.state(page) == PageState::kRemoved) {
@@ -290,8 +271,7 @@ void FaultService::finishPending(PageIndex page, metrics::FaultPath path, bool z
 }
 
 void FaultService::recordFault(metrics::FaultPath path, std::chrono::nanoseconds latency) {
-  ctx_.stats.fault_latency.record(latency);
-  if (ctx_.metrics) ctx_.metrics->observeFault(path, latency);
+  ctx_.recorder.faultServed(path, latency);
 }
 
 void FaultService::makeVisibleOrFail(PageIndex page) {

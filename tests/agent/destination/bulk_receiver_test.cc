@@ -15,8 +15,8 @@
 #include <thread>
 
 #include "agent/core/loop_sync.h"
-#include "source_stand_in.h"
 #include "sys/mapping.h"
+#include "test_support.h"
 
 namespace lazymig::agent {
 namespace {
@@ -25,14 +25,7 @@ using namespace std::chrono_literals;
 constexpr std::uint64_t kPage = 4096;
 constexpr std::uint64_t kPages = 64;
 
-bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
+using test_support::waitUntil;
 
 std::vector<std::byte> sourceMemory() {
   std::vector<std::byte> m(kPages * kPage);
@@ -63,17 +56,8 @@ struct Destination {
 
   Destination(const test_support::TestPki& pki, SourceLinkParams link) {
     EXPECT_TRUE(uffd.registerRange(guest.address(), guest.size(), sys::RegisterMode::kMissing));
-    ctx.emplace(DestinationContext{.layout = layout,
-                                   .pages = pages,
-                                   .installer = installer,
-                                   .uffd = uffd,
-                                   .stats = stats,
-                                   .metrics = nullptr,
-                                   .log = log::root(),
-                                   .urgent_loop = *loop,
-                                   .bulk_loop = *loop,
-                                   .tls = pki.clientContext(),
-                                   .link = std::move(link)});
+    ctx.emplace(test_support::contextFor(layout, pages, installer, uffd, stats, *loop,
+                                         pki.clientContext(), std::move(link)));
     runOnLoop(*loop, [&] {
       receiver = std::make_unique<BulkReceiver>(
           *ctx, BulkReceiver::Hooks{.progressed =

@@ -17,10 +17,10 @@
 #include <functional>
 #include <thread>
 
-#include "source_stand_in.h"
 #include "store/database.h"
 #include "sys/mapping.h"
 #include "sys/unix_socket.h"
+#include "test_support.h"
 
 namespace lazymig::agent {
 namespace {
@@ -29,14 +29,7 @@ using namespace std::chrono_literals;
 constexpr std::uint64_t kPage = 4096;
 constexpr std::uint64_t kPages = 64;
 
-bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
+using test_support::waitUntil;
 
 std::vector<std::byte> sourceMemory() {
   std::vector<std::byte> m(kPages * kPage);

@@ -15,11 +15,11 @@
 #include "agent/destination/fault_service.h"
 #include "agent/destination/population/guest_layout.h"
 #include "agent/destination/population/page_installer.h"
-#include "source_stand_in.h"
 #include "store/page_map.h"
 #include "sys/mapping.h"
 #include "sys/memory_fd.h"
 #include "sys/uffd.h"
+#include "test_support.h"
 #include "transport/connection.h"
 
 namespace lazymig::agent {
@@ -42,25 +42,6 @@ std::vector<std::byte> makeSource(std::uint64_t pages) {
     for (std::uint64_t i = 0; i < kPage / 8; ++i) w[i] = rng() | 1;
   }
   return src;
-}
-
-// What FaultService works with, on one loop; its urgent link goes to `source`.
-DestinationContext contextFor(const test_support::SourceStandIn& source,
-                              const test_support::TestPki& pki, transport::EventLoop& loop,
-                              const sys::Uffd& uffd, const GuestLayout& layout,
-                              store::PageMap& pages, PageInstaller& installer,
-                              MigrationStats& stats) {
-  return DestinationContext{.layout = layout,
-                            .pages = pages,
-                            .installer = installer,
-                            .uffd = uffd,
-                            .stats = stats,
-                            .metrics = nullptr,
-                            .log = log::root(),
-                            .urgent_loop = loop,
-                            .bulk_loop = loop,
-                            .tls = pki.clientContext(),
-                            .link = source.linkParams(transport::ChannelKind::kUrgent)};
 }
 
 bool isZero(const std::byte* p) {
@@ -166,7 +147,8 @@ void hammer(Mode mode, Write write = Write::kPwrite) {
   test_support::SourceStandIn source(pki,
                                      {.migration_id = "race", .page_size = kPage, .memory = src});
   const DestinationContext ctx =
-      contextFor(source, pki, **loop, *uffd, *layout, map, installer, stats);
+      test_support::contextFor(*layout, map, installer, *uffd, stats, **loop, pki.clientContext(),
+                               source.linkParams(transport::ChannelKind::kUrgent));
   std::unique_ptr<FaultService> faults;
   std::atomic<bool> fatal{false};
   runOnLoop(**loop, [&] {
@@ -313,7 +295,8 @@ TEST(FaultRace, RemovedPagesReadAsZerosNotOldContents) {
   test_support::SourceStandIn source(
       pki, {.migration_id = "removed", .page_size = kPage, .memory = src});
   const DestinationContext ctx =
-      contextFor(source, pki, **loop, *uffd, *layout, map, installer, stats);
+      test_support::contextFor(*layout, map, installer, *uffd, stats, **loop, pki.clientContext(),
+                               source.linkParams(transport::ChannelKind::kUrgent));
   std::unique_ptr<FaultService> faults;
   runOnLoop(**loop, [&] {
     faults = std::make_unique<FaultService>(

@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "agent/core/loop_sync.h"
-#include "source_stand_in.h"
 #include "sys/unique_fd.h"
+#include "test_support.h"
 
 namespace lazymig::agent {
 namespace {
@@ -24,14 +24,7 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
-  auto deadline = Clock::now() + timeout;
-  while (!pred()) {
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
+using test_support::waitUntil;
 
 // A TCP listener on loopback that accepts every connection and closes it at once, noting when
 // each arrived: a source host whose agent is not there yet, as the link sees it.

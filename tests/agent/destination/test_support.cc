@@ -1,15 +1,41 @@
-#include "source_stand_in.h"
+#include "test_support.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <thread>
 
 #include "agent/core/loop_sync.h"
 #include "transport/pki.h"
 
 namespace lazymig::agent::test_support {
+
+bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+DestinationContext contextFor(const GuestLayout& layout, store::PageMap& pages,
+                              PageInstaller& installer, const sys::Uffd& uffd,
+                              MigrationStats& stats, transport::EventLoop& loop,
+                              std::shared_ptr<transport::TlsContext> tls, SourceLinkParams link) {
+  return DestinationContext{.layout = layout,
+                            .pages = pages,
+                            .installer = installer,
+                            .uffd = uffd,
+                            .recorder = TransferRecorder(stats, nullptr),
+                            .log = log::root(),
+                            .urgent_loop = loop,
+                            .bulk_loop = loop,
+                            .tls = std::move(tls),
+                            .link = std::move(link)};
+}
 
 using transport::FrameType;
 

@@ -1,4 +1,7 @@
-// A source agent stand-in for the destination's unit tests: a real TLS listener on loopback
+// What the destination's unit tests share: waiting on a condition, a DestinationContext, and
+// a source agent stand-in.
+//
+// The source stand-in is a real TLS listener on loopback
 // (certificates made by transport/pki) that speaks the source's side of docs/protocol.md for
 // one migration, from bytes it holds. It is not the real SourceMigration (agent/source/ is
 // another box, tested on its own): it answers Hello, PageRequest, Resume and Complete, and
@@ -6,16 +9,28 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "agent/destination/destination_context.h"
 #include "agent/destination/source_link.h"
 #include "transport/connection.h"
 
 namespace lazymig::agent::test_support {
+
+// Polls `pred` until it holds or `timeout` passes; false on timeout.
+bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
+
+// A DestinationContext on one loop (urgent and bulk alike), without metrics.
+DestinationContext contextFor(const GuestLayout& layout, store::PageMap& pages,
+                              PageInstaller& installer, const sys::Uffd& uffd,
+                              MigrationStats& stats, transport::EventLoop& loop,
+                              std::shared_ptr<transport::TlsContext> tls, SourceLinkParams link);
 
 // A CA with one source (server) and one destination (client) certificate, in a temporary
 // directory removed with it.
