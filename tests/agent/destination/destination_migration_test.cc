@@ -31,14 +31,7 @@ constexpr std::uint64_t kPages = 64;
 
 using test_support::waitUntil;
 
-std::vector<std::byte> sourceMemory() {
-  std::vector<std::byte> m(kPages * kPage);
-  for (std::uint64_t p = 0; p < kPages; ++p) {
-    if (p % 4 == 3) continue;  // every fourth page is zero
-    std::memset(m.data() + p * kPage, static_cast<int>(0x40 + p), kPage);
-  }
-  return m;
-}
+std::vector<std::byte> sourceMemory() { return test_support::sourceMemory(kPages, kPage); }
 
 // The VMM's side: guest memory registered with a uffd, handed over in Firecracker's classic
 // handshake (one fd: the uffd; the regions as JSON).

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -19,6 +20,15 @@ bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds time
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   return true;
+}
+
+std::vector<std::byte> sourceMemory(std::uint64_t pages, std::uint64_t page_size) {
+  std::vector<std::byte> m(pages * page_size);
+  for (std::uint64_t p = 0; p < pages; ++p) {
+    if (p % 4 == 3) continue;
+    std::memset(m.data() + p * page_size, static_cast<int>(0x40 + p % 0x80), page_size);
+  }
+  return m;
 }
 
 DestinationContext contextFor(const GuestLayout& layout, store::PageMap& pages,

@@ -26,6 +26,9 @@ namespace lazymig::agent::test_support {
 // Polls `pred` until it holds or `timeout` passes; false on timeout.
 bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
 
+// `pages` pages of `page_size` bytes, each filled with its own byte, every fourth one zero.
+std::vector<std::byte> sourceMemory(std::uint64_t pages, std::uint64_t page_size);
+
 // A DestinationContext on one loop (urgent and bulk alike), without metrics.
 DestinationContext contextFor(const GuestLayout& layout, store::PageMap& pages,
                               PageInstaller& installer, const sys::Uffd& uffd,
