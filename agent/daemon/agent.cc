@@ -409,7 +409,7 @@ nlohmann::json Agent::info() const {
 }
 
 void Agent::scheduleRetire(const std::string& id) {
-  // Longer than a completed destination lingers on its channels (SourceChannel::finish), so
+  // Longer than a completed destination lingers on its channels (SourceLink::finish), so
   // that retiring never cuts a Complete short.
   auto grace = std::max(config_.migration.stall_timeout, std::chrono::milliseconds(1000)) +
                std::chrono::milliseconds(2000);

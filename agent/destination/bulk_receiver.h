@@ -1,19 +1,17 @@
-// The destination's end of the bulk stream: tells the source what is already installed
-// (Resume) and installs each batch in as few ioctls as the page map allows. Lives on the bulk
-// loop thread.
+// The destination's end of the bulk stream: owns the bulk link to the source, tells the source
+// what is already installed (Resume) and installs each batch in as few ioctls as the page map
+// allows. Lives on the bulk loop thread. The counterpart of FaultService, which owns the
+// urgent link.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 
-#include "agent/core/migration_stats.h"
-#include "agent/destination/population/page_installer.h"
-#include "base/log.h"
-#include "metrics/metrics.h"
-#include "store/database.h"
-#include "store/page_map.h"
+#include "agent/destination/destination_context.h"
 #include "transport/frame.h"
 
 namespace lazymig::agent {
@@ -21,36 +19,37 @@ namespace lazymig::agent {
 class BulkReceiver {
  public:
   struct Hooks {
-    std::function<bool(std::string_view frame)> send;
-    std::function<void()> progressed;
+    std::function<void()> progressed;  // pages became done (or were found present)
     std::function<void(const Error&)> fatal;
+    // The bulk link is gone for good (give_up_after, or a refusal that will not change).
+    std::function<void(const Error&)> gave_up = {};
   };
-  BulkReceiver(const transport::Layout& layout, store::PageMap& pages, PageInstaller& installer,
-               MigrationStats& stats, metrics::AgentMetrics* metrics, log::Logger logger,
-               Hooks hooks)
-      : layout_(layout),
-        pages_(pages),
-        installer_(installer),
-        stats_(stats),
-        metrics_(metrics),
-        log_(std::move(logger)),
-        hooks_(std::move(hooks)) {}
+  BulkReceiver(const DestinationContext& ctx, Hooks hooks)
+      : ctx_(ctx), log_(ctx.log), hooks_(std::move(hooks)) {}
+  BulkReceiver(const BulkReceiver&) = delete;
+  BulkReceiver& operator=(const BulkReceiver&) = delete;
 
-  // The channel (re)opened: send the installed-page bitmap so the source streams only the rest.
-  void onOpen();
+  // Every method runs on the bulk loop (asserted).
+  // Connects the bulk link; the source streams once it has heard the Resume.
+  void start();
+  void stop();
+  // Every page is installed: read what the source still sends until it closes the link, or
+  // `linger` passes (SourceLink::finish).
+  void finish(std::chrono::milliseconds linger);
+  // One frame from the bulk link (public for the unit tests, which feed frames directly).
   void onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
   bool bulkDone() const { return bulk_done_; }
 
  private:
+  // The link (re)opened: send the installed-page bitmap so the source streams only the rest.
+  void sendResume();
   void install(std::uint64_t first, std::uint64_t count, const std::byte* data);
+  void assertOnLoop() const;
 
-  transport::Layout layout_;
-  store::PageMap& pages_;
-  PageInstaller& installer_;
-  MigrationStats& stats_;
-  metrics::AgentMetrics* metrics_;
+  const DestinationContext& ctx_;
   log::Logger log_;
   Hooks hooks_;
+  std::unique_ptr<SourceLink> link_;
   bool bulk_done_ = false;
 };
 

@@ -55,11 +55,11 @@ void DestinationMigration::finish() {
   setState(MigrationState::kCompleting);
   testPoint(test_point::kDestinationCompletingPersisted, log_);
   // The bulk stream has nothing left to carry; keep reading until the source closes it (see
-  // SourceChannel::finish).
+  // SourceLink::finish).
   bulk_loop_->post([this] {
-    if (bulk_) bulk_->finish(lingerTime());
+    if (bulk_receiver_) bulk_receiver_->finish(lingerTime());
   });
-  if (urgent_ && urgent_->isOpen())
+  if (SourceLink* link = urgentLink(); link && link->isOpen())
     sendComplete();
   else
     log_.info("every page installed; telling the source once the urgent link is back");
@@ -67,7 +67,8 @@ void DestinationMigration::finish() {
 
 void DestinationMigration::sendComplete() {
   transport::Complete c{pages_->doneCount()};
-  if (!urgent_->send(transport::encodeComplete(c))) return;
+  SourceLink* link = urgentLink();
+  if (!link || !link->send(transport::encodeComplete(c))) return;
   log_.info("told the source every page is installed; waiting for its acknowledgement");
   testPoint(test_point::kDestinationCompleteSent, log_);
 }
@@ -86,7 +87,7 @@ void DestinationMigration::acknowledged() {
   source_acknowledged_ = true;
   log_.info("the source recorded the migration completed and releases the guest memory");
   // The source closes the link after its acknowledgement.
-  urgent_->finish(lingerTime());
+  urgentLink()->finish(lingerTime());
   setState(MigrationState::kCompleted);
 }
 
@@ -115,11 +116,38 @@ Status DestinationMigration::resumeEnding(const RuntimeRecord& runtime) {
   urgent_loop_ = std::move(*urgent);
   cpu_.count(*urgent_loop_);
   setState(MigrationState::kCompleting);
-  runOnLoop(*urgent_loop_, [this] {
-    urgent_ = makeUrgentChannel();
-    urgent_->start();
-  });
+  runOnLoop(*urgent_loop_, [this] { startEndingLink(); });
   return {};
+}
+
+void DestinationMigration::startEndingLink() {
+  // The same urgent link FaultService would own, carrying nothing but the ending: Complete on
+  // every new link, until the CompleteAck.
+  SourceLinkParams params = linkParams();
+  params.kind = ChannelKind::kUrgent;
+  params.page_size = static_cast<std::uint32_t>(layout_->pageSize());
+  params.memory_bytes = layout_->totalBytes().value;
+  ending_link_ = std::make_unique<SourceLink>(
+      *urgent_loop_, ctx_.tls_client, std::move(params),
+      SourceLink::Handlers{
+          .on_open =
+              [this] {
+                if (state() == MigrationState::kCompleting) sendComplete();
+              },
+          .on_frame =
+              [this](const transport::FrameHeader& h, std::span<const std::byte> payload) {
+                if (h.type != transport::FrameType::kCompleteAck) return;
+                if (auto ok = transport::decodeCompleteAck(payload); !ok) {
+                  log_.warn("unreadable CompleteAck; waiting for another",
+                            {{"error", ok.error().message()}});
+                  return;
+                }
+                acknowledged();
+              },
+          .on_down = [this](const Error&) { recorder_.reconnect(metrics::Channel::kUrgent); },
+          .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kUrgent, e); }},
+      log_);
+  ending_link_->start();
 }
 
 }  // namespace lazymig::agent

@@ -2,6 +2,8 @@
 
 #include <sys/stat.h>
 
+#include <cassert>
+
 #include "agent/core/loop_sync.h"
 #include "agent/destination/source_probe.h"
 
@@ -25,9 +27,7 @@ Status DestinationMigration::start() {
       [this](vmm::Handshake h, const sys::PeerCredentials& peer, sys::UnixSocket conn) {
         return onHandshake(std::move(h), peer, std::move(conn));
       },
-      [this](const std::string& reason, const Error&) {
-        if (ctx_.metrics) ctx_.metrics->addRefusal("handshake_" + reason);
-      },
+      [this](const std::string& reason, const Error&) { recorder_.refusal("handshake_" + reason); },
       log_);
   if (!listener) return std::unexpected(listener.error());
   listener_ = std::move(*listener);
@@ -142,7 +142,7 @@ Status DestinationMigration::checkSourceLayout(const vmm::Handshake& handshake) 
   // Long enough for a TLS handshake to a source that serves; a source still waiting for its
   // memory holds the Hello unanswered, and the channels check the layout later.
   constexpr std::chrono::milliseconds kBound{1000};
-  auto params = channelParams(ChannelKind::kUrgent);
+  auto params = linkParams();
   params.page_size = static_cast<std::uint32_t>(handshake.page_size);
   params.memory_bytes = handshake.total_bytes;
   auto probe = probeSourceLayout(ctx_.tls_client, params, kBound);
@@ -154,18 +154,13 @@ Status DestinationMigration::checkSourceLayout(const vmm::Handshake& handshake) 
                   "): a different guest, or the wrong snapshot");
 }
 
-SourceChannelParams DestinationMigration::channelParams(ChannelKind kind) const {
+SourceLinkParams DestinationMigration::linkParams() const {
   const auto& m = ctx_.config.migration;
-  SourceChannelParams p;
+  SourceLinkParams p;
   p.migration_id = id();
   p.token = spec_.token;
   p.source_address = spec_.source_address;
   p.expected_peer = spec_.peer_identity;
-  p.kind = kind;
-  if (ready_.load(std::memory_order_acquire)) {
-    p.page_size = static_cast<std::uint32_t>(layout_->pageSize());
-    p.memory_bytes = layout_->totalBytes().value;
-  }
   p.initial_backoff = m.reconnect.initial_backoff;
   p.max_backoff = m.reconnect.max_backoff;
   p.give_up_after =
@@ -183,40 +178,48 @@ Status DestinationMigration::startServing() {
   bulk_loop_ = std::move(*bulk);
   cpu_.count(*urgent_loop_);
   cpu_.count(*bulk_loop_);
-  if (ctx_.metrics) ctx_.metrics->addPagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
-  transport::Layout wire{static_cast<std::uint32_t>(layout_->pageSize()), layout_->pageCount()};
+  recorder_.pagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
+  context_.emplace(DestinationContext{.layout = *layout_,
+                                      .pages = *pages_,
+                                      .installer = *installer_,
+                                      .uffd = uffd_,
+                                      .recorder = recorder_,
+                                      .log = log_,
+                                      .urgent_loop = *urgent_loop_,
+                                      .bulk_loop = *bulk_loop_,
+                                      .tls = ctx_.tls_client,
+                                      .link = linkParams()});
   Status started;
   runOnLoop(*urgent_loop_, [&] {
     faults_ = std::make_unique<FaultService>(
-        *urgent_loop_, uffd_, *layout_, *pages_, *installer_, stats_, ctx_.metrics, log_,
-        FaultService::Hooks{[this](std::span<const std::uint64_t> p) { return requestPages(p); },
-                            [this](const Error& e) { failMigration(e); }, [this] { progressed(); },
-                            [this](const vmm::FaultReply& r) {
-                              if (vmm_faults_) vmm_faults_->reply(r);
-                            }});
+        *context_,
+        FaultService::Hooks{
+            .fatal = [this](const Error& e) { failMigration(e); },
+            .progressed = [this] { progressed(); },
+            // Every new link hears it again until the source acknowledges: a Complete sent on
+            // a link that died, or to a source killed before it recorded it, is lost with them.
+            .link_open =
+                [this] {
+                  if (state() == MigrationState::kCompleting) sendComplete();
+                },
+            .acknowledged = [this] { acknowledged(); },
+            .gave_up = [this](const Error& e) { gaveUp(ChannelKind::kUrgent, e); },
+            .reply =
+                [this](const vmm::FaultReply& r) {
+                  if (vmm_faults_) vmm_faults_->reply(r);
+                }});
     started = faults_->start();
     if (started && kind_ == vmm::HandshakeKind::kGuestMemfd) started = startFaultChannel();
-    urgent_ = makeUrgentChannel();
-    urgent_->start();
   });
   if (!started) return started;
 
   runOnLoop(*bulk_loop_, [&] {
     bulk_receiver_ = std::make_unique<BulkReceiver>(
-        wire, *pages_, *installer_, stats_, ctx_.metrics, log_,
-        BulkReceiver::Hooks{[this](std::string_view f) { return bulk_->send(f); },
-                            [this] { progressed(); },
-                            [this](const Error& e) { failMigration(e); }});
-    bulk_ = std::make_unique<SourceChannel>(
-        *bulk_loop_, ctx_.tls_client, channelParams(ChannelKind::kBulk),
-        SourceChannel::Handlers{
-            .on_open = [this] { bulk_receiver_->onOpen(); },
-            .on_frame = [this](const transport::FrameHeader& h,
-                               std::span<const std::byte> p) { bulk_receiver_->onFrame(h, p); },
-            .on_down = [this](const Error&) { countReconnect(metrics::Channel::kBulk); },
-            .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kBulk, e); }},
-        log_);
-    bulk_->start();
+        *context_,
+        BulkReceiver::Hooks{.progressed = [this] { progressed(); },
+                            .fatal = [this](const Error& e) { failMigration(e); },
+                            .gave_up = [this](const Error& e) { gaveUp(ChannelKind::kBulk, e); }});
+    bulk_receiver_->start();
     scheduleCheckpoint();
   });
   setState(MigrationState::kRunning);
@@ -224,69 +227,16 @@ Status DestinationMigration::startServing() {
   return {};
 }
 
-void DestinationMigration::countReconnect(metrics::Channel channel) {
-  stats_.reconnects.fetch_add(1);
-  if (ctx_.metrics) ctx_.metrics->addReconnect(channel);
-}
-
-std::unique_ptr<SourceChannel> DestinationMigration::makeUrgentChannel() {
-  return std::make_unique<SourceChannel>(
-      *urgent_loop_, ctx_.tls_client, channelParams(ChannelKind::kUrgent),
-      SourceChannel::Handlers{
-          .on_open =
-              [this] {
-                if (faults_) faults_->resendOutstanding();
-                // Every new link hears it again until the source acknowledges: a Complete
-                // sent on a link that died, or to a source killed before it recorded it,
-                // is lost with them.
-                if (state() == MigrationState::kCompleting) sendComplete();
-              },
-          .on_frame = [this](const transport::FrameHeader& h,
-                             std::span<const std::byte> p) { onUrgentFrame(h, p); },
-          .on_down = [this](const Error&) { countReconnect(metrics::Channel::kUrgent); },
-          .on_give_up = [this](const Error& e) { gaveUp(ChannelKind::kUrgent, e); }},
-      log_);
-}
-
-void DestinationMigration::onUrgentFrame(const transport::FrameHeader& h,
-                                         std::span<const std::byte> payload) {
-  stats_.bytes_received.fetch_add(payload.size() + transport::kHeaderSize,
-                                  std::memory_order_relaxed);
-  if (ctx_.metrics) {
-    ctx_.metrics->addWireBytes(metrics::Channel::kUrgent, metrics::Direction::kReceived,
-                               payload.size() + transport::kHeaderSize);
-  }
-  transport::Layout wire{static_cast<std::uint32_t>(layout_->pageSize()), layout_->pageCount()};
-  switch (h.type) {
-    case FrameType::kPageData: {
-      auto d = transport::decodePageData(payload, wire);
-      if (!d) return failMigration(d.error());
-      if (faults_) faults_->onPageData(*d);  // none after a restart in `completing`
-      return;
-    }
-    case FrameType::kZeroRange: {
-      auto z = transport::decodeZeroRange(payload, wire);
-      if (!z) return failMigration(z.error());
-      if (faults_) faults_->onZeroRange(*z);
-      return;
-    }
-    case FrameType::kCompleteAck: {
-      if (auto ok = transport::decodeCompleteAck(payload); !ok) return failMigration(ok.error());
-      return acknowledged();
-    }
-    case FrameType::kPong:
-      return;
-    default:
-      return failMigration(Error::make(
-          Errc::kProtocol, "urgent channel",
-          std::string("unexpected frame ") + std::string(transport::frameTypeName(h.type))));
-  }
+SourceLink* DestinationMigration::urgentLink() {
+  assert(urgent_loop_->inLoopThread());
+  if (faults_) return &faults_->link();
+  return ending_link_.get();
 }
 
 Status DestinationMigration::startFaultChannel() {
   auto refuse = [this](const Error& e) {
     log_.warn("FaultRequest refused", {{"error", e.message()}});
-    if (ctx_.metrics) ctx_.metrics->addRefusal("fault_request");
+    recorder_.refusal("fault_request");
   };
   vmm_faults_ = std::make_unique<VmmFaultChannel>(
       *urgent_loop_, vmm_connection_,
@@ -305,18 +255,6 @@ Status DestinationMigration::startFaultChannel() {
                                     }},
       log_);
   return vmm_faults_->start();
-}
-
-bool DestinationMigration::requestPages(std::span<const std::uint64_t> pages) {
-  transport::PageRequest req;
-  req.pages.assign(pages.begin(), pages.end());
-  auto frame = transport::encodePageRequest(req);
-  if (!urgent_ || !urgent_->send(frame)) return false;
-  stats_.bytes_sent.fetch_add(frame.size(), std::memory_order_relaxed);
-  if (ctx_.metrics) {
-    ctx_.metrics->addWireBytes(metrics::Channel::kUrgent, metrics::Direction::kSent, frame.size());
-  }
-  return true;
 }
 
 void DestinationMigration::progressed() {
@@ -351,12 +289,12 @@ void DestinationMigration::failMigration(const Error& why) {
     if (urgent_loop_)
       urgent_loop_->post([this] {
         if (vmm_faults_) vmm_faults_->stop();
-        if (faults_) faults_->stop();
+        if (faults_) faults_->stopReadingFaults();
       });
     // Nothing more can be installed: keep the bulk stream from asking again and again.
     if (bulk_loop_)
       bulk_loop_->post([this] {
-        if (bulk_) bulk_->stop();
+        if (bulk_receiver_) bulk_receiver_->stop();
       });
   }
 }
@@ -379,7 +317,7 @@ void DestinationMigration::stopEverything() {
   if (listener_) listener_->stop();
   if (urgent_loop_) {
     runOnLoop(*urgent_loop_, [this] {
-      if (urgent_) urgent_->stop();
+      if (ending_link_) ending_link_->stop();
       if (vmm_faults_) vmm_faults_->stop();
       if (faults_) faults_->stop();
     });
@@ -387,15 +325,14 @@ void DestinationMigration::stopEverything() {
   if (bulk_loop_) {
     runOnLoop(*bulk_loop_, [this] {
       checkpoint_timer_.cancel();
-      if (bulk_) bulk_->stop();
+      if (bulk_receiver_) bulk_receiver_->stop();
       if (checkpoint_) checkpoint_->run();
     });
   }
   if (urgent_loop_) urgent_loop_->stop();
   if (bulk_loop_) bulk_loop_->stop();
-  if (ctx_.metrics && pages_ && !pages_->complete()) {
-    ctx_.metrics->addPagesRemaining(
-        -static_cast<std::int64_t>(pages_->pageCount() - pages_->doneCount()));
+  if (pages_ && !pages_->complete()) {
+    recorder_.pagesRemaining(-static_cast<std::int64_t>(pages_->pageCount() - pages_->doneCount()));
   }
 }
 

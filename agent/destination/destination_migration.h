@@ -3,8 +3,8 @@
 // (the ending handshake, docs/protocol.md): `completing` until the source's CompleteAck,
 // across restarts of either agent, then `completed`.
 //
-// Threads: the VMM listener thread (handshake), the urgent loop (uffd events, fault service,
-// urgent channel, completion) and the bulk loop (bulk channel, installs, checkpoints).
+// Threads: the VMM listener thread (handshake), the urgent loop (FaultService with the urgent
+// link, completion) and the bulk loop (BulkReceiver with the bulk link, checkpoints).
 // Page-map checkpoints also run at completion (urgent loop), at shutdown and from the
 // agent's persistence retry; PageMapCheckpoint keeps them from overlapping.
 #pragma once
@@ -15,14 +15,15 @@
 
 #include "agent/core/migration.h"
 #include "agent/core/migration_spec.h"
+#include "agent/core/transfer_recorder.h"
 #include "agent/core/vmm_listener.h"
 #include "agent/destination/bulk_receiver.h"
+#include "agent/destination/destination_context.h"
 #include "agent/destination/fault_service.h"
 #include "agent/destination/population/guest_layout.h"
 #include "agent/destination/population/guest_memory_view.h"
 #include "agent/destination/population/memory_capabilities.h"
 #include "agent/destination/population/page_installer.h"
-#include "agent/destination/source_channel.h"
 #include "agent/destination/vmm_fault_channel.h"
 #include "store/page_map.h"
 #include "store/page_map_checkpoint.h"
@@ -66,25 +67,27 @@ class DestinationMigration final : public Migration {
   // Refuses a handshake whose regions do not add up to the memory the source serves.
   Status checkSourceLayout(const vmm::Handshake& handshake) const;
   Status startServing();
-  SourceChannelParams channelParams(transport::ChannelKind kind) const;
-  std::unique_ptr<SourceChannel> makeUrgentChannel();  // urgent loop
-  void countReconnect(metrics::Channel channel);
-  void onUrgentFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
-  bool requestPages(std::span<const std::uint64_t> pages);
-  void progressed();
-  void finish();                                               // urgent loop
-  void sendComplete();                                         // urgent loop
-  void acknowledged();                                         // urgent loop
+  // Where the source is, who it must be, and this migration's Hello (layout not yet set).
+  SourceLinkParams linkParams() const;
+  // FaultService's link, or after a restart in `completing` the ending's own.
+  SourceLink* urgentLink();  // urgent loop
+  void startEndingLink();    // urgent loop; restart in `completing` only
+  void progressed();         // either loop
+  void finish();             // urgent loop
+  void sendComplete();       // urgent loop
+  void acknowledged();       // urgent loop
   void gaveUp(transport::ChannelKind kind, const Error& why);  // either loop
   void endUnacknowledged(const std::string& why);
-  // How long a finished channel keeps reading until the source closes it (SourceChannel::finish);
+  // How long a finished link keeps reading until the source closes it (SourceLink::finish);
   // the agent retires a finished migration only after it (Agent::scheduleRetire).
   std::chrono::milliseconds lingerTime() const;
-  void scheduleCheckpoint();  // bulk loop
-  void failMigration(const Error& why);
+  void scheduleCheckpoint();             // bulk loop
+  void failMigration(const Error& why);  // any thread
   void stopEverything();
 
   DestinationSpec spec_;
+  // This migration's stats_ and the agent's metrics, updated together (any thread).
+  const TransferRecorder recorder_{stats_, ctx_.metrics};
   std::unique_ptr<VmmListener> listener_;
   std::atomic<bool> handshaken_{false};
   // Published (release) once layout_, pages_ and installer_ are built; readers on other
@@ -107,10 +110,11 @@ class DestinationMigration final : public Migration {
 
   std::unique_ptr<transport::EventLoop> urgent_loop_;
   std::unique_ptr<transport::EventLoop> bulk_loop_;
+  // Built by startServing; outlives faults_ and bulk_receiver_, which hold it.
+  std::optional<DestinationContext> context_;
   std::unique_ptr<FaultService> faults_;         // urgent loop
   std::unique_ptr<VmmFaultChannel> vmm_faults_;  // urgent loop
-  std::unique_ptr<SourceChannel> urgent_;        // urgent loop
-  std::unique_ptr<SourceChannel> bulk_;          // bulk loop
+  std::unique_ptr<SourceLink> ending_link_;      // urgent loop; restart in `completing` only
   std::unique_ptr<BulkReceiver> bulk_receiver_;  // bulk loop
   transport::Timer checkpoint_timer_;            // bulk loop
 

@@ -3,43 +3,60 @@
 #include <event2/event.h>
 
 #include <array>
+#include <cassert>
 
 namespace lazymig::agent {
 
 using Clock = std::chrono::steady_clock;
 using store::PageState;
+using transport::FrameType;
 
-FaultService::FaultService(transport::EventLoop& loop, const sys::Uffd& uffd,
-                           const GuestLayout& layout, store::PageMap& pages,
-                           PageInstaller& installer, MigrationStats& stats,
-                           metrics::AgentMetrics* metrics, log::Logger logger, Hooks hooks)
-    : loop_(loop),
-      uffd_(uffd),
-      layout_(layout),
-      pages_(pages),
-      installer_(installer),
-      stats_(stats),
-      metrics_(metrics),
-      log_(std::move(logger)),
-      hooks_(std::move(hooks)) {}
+FaultService::FaultService(const DestinationContext& ctx, Hooks hooks)
+    : ctx_(ctx), log_(ctx.log), hooks_(std::move(hooks)) {}
 
-FaultService::~FaultService() { stop(); }
+// The owner stops it on the loop first; the handles free what is left.
+FaultService::~FaultService() = default;
+
+void FaultService::assertOnLoop() const { assert(ctx_.urgent_loop.inLoopThread()); }
 
 Status FaultService::start() {
-  event_ = event_new(loop_.base(), uffd_.pollFd(), EV_READ | EV_PERSIST, &FaultService::onReadable,
-                     this);
-  if (event_ == nullptr) return fail(Errc::kSystem, "event_new", "uffd event");
+  assertOnLoop();
+  uffd_event_.reset(event_new(ctx_.urgent_loop.base(), ctx_.uffd.pollFd(), EV_READ | EV_PERSIST,
+                              &FaultService::onReadable, this));
+  if (!uffd_event_) return fail(Errc::kSystem, "event_new", "uffd event");
   // Faults are the most urgent work on this loop: ahead of every connection's events.
-  event_priority_set(event_, 0);
-  if (event_add(event_, nullptr) != 0) return fail(Errc::kSystem, "event_add", "uffd event");
+  event_priority_set(uffd_event_.get(), 0);
+  if (event_add(uffd_event_.get(), nullptr) != 0) {
+    return fail(Errc::kSystem, "event_add", "uffd event");
+  }
+  link_ = std::make_unique<SourceLink>(
+      ctx_.urgent_loop, ctx_.tls, ctx_.linkParams(transport::ChannelKind::kUrgent),
+      SourceLink::Handlers{
+          .on_open =
+              [this] {
+                resendOutstanding();
+                if (hooks_.link_open) hooks_.link_open();
+              },
+          .on_frame = [this](const transport::FrameHeader& h,
+                             std::span<const std::byte> p) { onSourceFrame(h, p); },
+          .on_down = [this](const Error&) { ctx_.recorder.reconnect(metrics::Channel::kUrgent); },
+          .on_give_up =
+              [this](const Error& e) {
+                if (hooks_.gave_up) hooks_.gave_up(e);
+              }},
+      log_);
+  link_->start();
   return {};
 }
 
+void FaultService::stopReadingFaults() {
+  assertOnLoop();
+  uffd_event_.reset();
+}
+
 void FaultService::stop() {
-  if (event_ != nullptr) {
-    event_free(event_);
-    event_ = nullptr;
-  }
+  stopReadingFaults();
+  if (link_) link_->stop();
 }
 
 void FaultService::onReadable(int, short, void* arg) {
@@ -47,6 +64,7 @@ void FaultService::onReadable(int, short, void* arg) {
 }
 
 void FaultService::drainEvents() {
+  assertOnLoop();
   // An install retried after EAGAIN drains the uffd from inside a reply handler; the
   // events it reads are handled there, and the outer call sees an empty queue.
   if (draining_) return;
@@ -55,8 +73,8 @@ void FaultService::drainEvents() {
   std::vector<std::uint64_t> to_request;
   std::vector<RemovedFault> to_zero;
   for (;;) {
-    auto lock = installer_.eventsLock();
-    auto n = uffd_.readEvents(msgs);
+    auto lock = ctx_.installer.eventsLock();
+    auto n = ctx_.uffd.readEvents(msgs);
     if (!n) {
       draining_ = false;
       lock.unlock();
@@ -83,24 +101,24 @@ void FaultService::drainEvents() {
   // Outside the drain: a zero install that meets EAGAIN (another remove queued) must be able
   // to read that event, which it cannot while this drain holds the events lock.
   for (const RemovedFault& f : to_zero) {
-    auto r = installer_.installZeroForRemoved(f.page, [this] { drainEvents(); });
+    auto r = ctx_.installer.installZeroForRemoved(f.page, [this] { drainEvents(); });
     if (!r) return hooks_.fatal(r.error());
     makeVisibleOrFail(f.page);
     recordFault(metrics::FaultPath::kLocal, Clock::now() - f.at);
   }
-  if (!to_request.empty()) hooks_.request_pages(to_request);
+  if (!to_request.empty()) requestPages(to_request);
 }
 
 void FaultService::handlePageFault(std::uint64_t address, std::vector<std::uint64_t>& to_request,
                                    std::vector<RemovedFault>& to_zero) {
-  stats_.demand_faults.fetch_add(1, std::memory_order_relaxed);
-  auto page = layout_.pageOf(HostAddr{address});
+  ctx_.recorder.faultRead();
+  auto page = ctx_.layout.pageOf(HostAddr{address});
   if (!page) {
     hooks_.fatal(Error::make(Errc::kProtocol, "uffd page fault",
                              "address outside every region the VMM described"));
     return;
   }
-  PageState state = pages_.state(*page);
+  PageState state = ctx_.pages.state(*page);
   if (state == PageState::kInstalled) {
     // Installed between the fault and this read (the bulk stream's install woke it, or
     // will), or, on the write paths, populated but not yet mapped for the VMM: making it
@@ -124,24 +142,26 @@ FaultService::Pending& FaultService::addPending(PageIndex page,
   it->second.faults.push_back(Clock::now());
   if (fresh) {
     waiting_.store(pending_.size(), std::memory_order_relaxed);
-    pages_.tryMarkRequested(page);
+    ctx_.pages.tryMarkRequested(page);
     to_request.push_back(page.value);
   }
   return it->second;
 }
 
 Status FaultService::onFaultRequest(const vmm::FaultRequest& request) {
-  auto page = request.gpa ? layout_.pageOfGpa(*request.gpa) : layout_.pageOfOffset(request.offset);
+  assertOnLoop();
+  auto page =
+      request.gpa ? ctx_.layout.pageOfGpa(*request.gpa) : ctx_.layout.pageOfOffset(request.offset);
   if (!page) {
     return fail(Errc::kInvalidArgument, "FaultRequest",
                 request.gpa
                     ? "gpa " + std::to_string(*request.gpa) + " is in no region"
                     : "offset " + std::to_string(request.offset) + " is beyond guest memory");
   }
-  stats_.demand_faults.fetch_add(1, std::memory_order_relaxed);
-  if (pages_.isDone(*page)) {
-    if (pages_.state(*page) == PageState::kRemoved) {
-      auto r = installer_.installZeroForRemoved(*page, [this] { drainEvents(); });
+  ctx_.recorder.faultRead();
+  if (ctx_.pages.isDone(*page)) {
+    if (ctx_.pages.state(*page) == PageState::kRemoved) {
+      auto r = ctx_.installer.installZeroForRemoved(*page, [this] { drainEvents(); });
       if (!r) {
         hooks_.fatal(r.error());
         return {};
@@ -153,52 +173,74 @@ Status FaultService::onFaultRequest(const vmm::FaultRequest& request) {
   }
   std::vector<std::uint64_t> to_request;
   addPending(*page, to_request).requests.push_back(request);
-  if (!to_request.empty()) hooks_.request_pages(to_request);
+  if (!to_request.empty()) requestPages(to_request);
   return {};
 }
 
 void FaultService::replyTo(const vmm::FaultRequest& request, PageIndex page, bool zero) {
   if (!hooks_.reply) return;
   hooks_.reply(vmm::FaultReply{.vcpu = request.vcpu,
-                               .offset = page.value * layout_.pageSize(),
-                               .len = layout_.pageSize(),
+                               .offset = page.value * ctx_.layout.pageSize(),
+                               .len = ctx_.layout.pageSize(),
                                .flags = request.flags,
                                .gpa = request.gpa,
                                .zero = zero});
 }
 
 void FaultService::handleRemove(std::uint64_t start, std::uint64_t end) {
-  std::uint64_t n = installer_.removeRange(HostAddr{start}, HostAddr{end});
-  stats_.removed_pages.fetch_add(n, std::memory_order_relaxed);
-  if (metrics_ && n > 0) metrics_->addPagesRemaining(-static_cast<std::int64_t>(n));
+  std::uint64_t n = ctx_.installer.removeRange(HostAddr{start}, HostAddr{end});
+  ctx_.recorder.pagesRemoved(n);
   if (n > 0) hooks_.progressed();
 }
 
-void FaultService::onPageData(const transport::PageData& data) {
-  installReply(PageIndex{data.first_page}, data.count, data.data.data());
+bool FaultService::requestPages(std::span<const std::uint64_t> pages) {
+  transport::PageRequest req;
+  req.pages.assign(pages.begin(), pages.end());
+  auto frame = transport::encodePageRequest(req);
+  if (!link_ || !link_->send(frame)) return false;
+  ctx_.recorder.wireBytes(metrics::Channel::kUrgent, metrics::Direction::kSent, frame.size());
+  return true;
 }
 
-void FaultService::onZeroRange(const transport::ZeroRange& zeros) {
-  installReply(PageIndex{zeros.first_page}, zeros.count, nullptr);
+void FaultService::onSourceFrame(const transport::FrameHeader& h,
+                                 std::span<const std::byte> payload) {
+  assertOnLoop();
+  ctx_.recorder.wireBytes(metrics::Channel::kUrgent, metrics::Direction::kReceived,
+                          payload.size() + transport::kHeaderSize);
+  switch (h.type) {
+    case FrameType::kPageData: {
+      auto d = transport::decodePageData(payload, ctx_.wire());
+      if (!d) return hooks_.fatal(d.error());
+      return installReply(PageIndex{d->first_page}, d->count, d->data.data());
+    }
+    case FrameType::kZeroRange: {
+      auto z = transport::decodeZeroRange(payload, ctx_.wire());
+      if (!z) return hooks_.fatal(z.error());
+      return installReply(PageIndex{z->first_page}, z->count, nullptr);
+    }
+    case FrameType::kCompleteAck: {
+      if (auto ok = transport::decodeCompleteAck(payload); !ok) return hooks_.fatal(ok.error());
+      if (hooks_.acknowledged) hooks_.acknowledged();
+      return;
+    }
+    default:
+      return hooks_.fatal(Error::make(
+          Errc::kProtocol, "urgent link",
+          std::string("unexpected frame ") + std::string(transport::frameTypeName(h.type))));
+  }
 }
 
 void FaultService::installReply(PageIndex first, std::uint64_t count, const std::byte* data) {
-  auto r = installer_.install(
+  auto r = ctx_.installer.install(
       first, count, data, [this] { drainEvents(); }, /*fault_thread=*/true);
   if (!r) return hooks_.fatal(r.error());
-  (data ? stats_.demand_pages : stats_.zero_pages)
-      .fetch_add(r->installed, std::memory_order_relaxed);
-  stats_.eexist_races.fetch_add(r->already_present, std::memory_order_relaxed);
-  if (metrics_) {
-    metrics_->addPages(data ? metrics::PagePath::kDemand : metrics::PagePath::kZero, r->installed);
-    metrics_->addPagesRemaining(-static_cast<std::int64_t>(r->installed));
-    if (r->already_present) metrics_->addUffdExists(r->already_present);
-  }
+  ctx_.recorder.pagesInstalled(data ? metrics::PagePath::kDemand : metrics::PagePath::kZero,
+                               r->installed, r->already_present);
   for (std::uint64_t p = first.value; p < first.value + count; ++p) {
     PageIndex page{p};
-    if (pages_.state(page) == PageState::kRemoved) {
+    if (ctx_.pages.state(page) == PageState::kRemoved) {
       // The guest discarded the page while its contents were on the way.
-      auto z = installer_.installZeroForRemoved(page, [this] { drainEvents(); });
+      auto z = ctx_.installer.installZeroForRemoved(page, [this] { drainEvents(); });
       if (!z) return hooks_.fatal(z.error());
     }
     if (pending_.count(p) != 0) {
@@ -219,8 +261,8 @@ void FaultService::finishPending(PageIndex page, metrics::FaultPath path, bool z
   // uffd_copy and minor-mode installs wake the range themselves, but not when another path
   // installed the page first (the fault may have been read after that wake-up), and a
   // guest_memfd install only clears the bitmap bit: the uffd waiter needs its CONTINUE.
-  if (pending.by_uffd &&
-      (path != metrics::FaultPath::kNetwork || installer_.path() == PopulationPath::kGuestMemfd)) {
+  if (pending.by_uffd && (path != metrics::FaultPath::kNetwork ||
+                          ctx_.installer.path() == PopulationPath::kGuestMemfd)) {
     makeVisibleOrFail(page);
   }
   for (const auto& request : pending.requests) replyTo(request, page, zero);
@@ -229,24 +271,24 @@ void FaultService::finishPending(PageIndex page, metrics::FaultPath path, bool z
 }
 
 void FaultService::recordFault(metrics::FaultPath path, std::chrono::nanoseconds latency) {
-  stats_.fault_latency.record(latency);
-  if (metrics_) metrics_->observeFault(path, latency);
+  ctx_.recorder.faultServed(path, latency);
 }
 
 void FaultService::makeVisibleOrFail(PageIndex page) {
-  auto s = installer_.makeVisible(page);
+  auto s = ctx_.installer.makeVisible(page);
   if (!s) hooks_.fatal(s.error());
 }
 
 void FaultService::answerDone() {
+  assertOnLoop();
   std::vector<std::uint64_t> done;
   for (const auto& [p, pending] : pending_) {
-    if (pages_.isDone(PageIndex{p})) done.push_back(p);
+    if (ctx_.pages.isDone(PageIndex{p})) done.push_back(p);
   }
   for (auto p : done) {
     PageIndex page{p};
-    if (pages_.state(page) == PageState::kRemoved) {
-      auto z = installer_.installZeroForRemoved(page, [this] { drainEvents(); });
+    if (ctx_.pages.state(page) == PageState::kRemoved) {
+      auto z = ctx_.installer.installZeroForRemoved(page, [this] { drainEvents(); });
       if (!z) return hooks_.fatal(z.error());
     }
     finishPending(page, metrics::FaultPath::kRaced, false);
@@ -254,6 +296,7 @@ void FaultService::answerDone() {
 }
 
 void FaultService::resendOutstanding() {
+  assertOnLoop();
   // Pages installed by the bulk stream while the urgent link was down are answered here.
   answerDone();
   std::vector<std::uint64_t> again;
@@ -261,7 +304,7 @@ void FaultService::resendOutstanding() {
   for (const auto& [p, pending] : pending_) again.push_back(p);
   for (std::size_t i = 0; i < again.size(); i += 512) {
     std::size_t n = std::min<std::size_t>(512, again.size() - i);
-    hooks_.request_pages(std::span(again).subspan(i, n));
+    requestPages(std::span(again).subspan(i, n));
   }
 }
 

@@ -1,8 +1,9 @@
-// Serves the guest's page faults on the destination. It lives on the urgent loop thread, so
-// that reading a fault, asking the source and installing the reply never cross a thread: the
-// whole round trip is one thread's work plus the network. Faults arrive by two routes with
-// the same priority and latency metric: uffd events, and (guest_memfd handshake) the VMM's
-// FaultRequests, each answered with a FaultReply once its page is populated.
+// Serves the guest's page faults on the destination, top to bottom: reads the fault, asks the
+// source on the urgent link it owns, decodes the reply and installs it (PageInstaller). It
+// lives on the urgent loop thread, so that the whole round trip is one thread's work plus the
+// network. Faults arrive by two routes with the same priority and latency metric: uffd events,
+// and (guest_memfd handshake) the VMM's FaultRequests, each answered with a FaultReply once
+// its page is populated. The counterpart of BulkReceiver, which owns the bulk link.
 //
 // Invariant 3: every fault read is answered (installed or woken) -- or the migration fails
 // loudly. A fault is never answered with zeros to "recover", except on a page the guest
@@ -17,45 +18,42 @@
 #include <unordered_map>
 #include <vector>
 
-#include "agent/core/migration_stats.h"
-#include "agent/destination/population/guest_layout.h"
-#include "agent/destination/population/page_installer.h"
-#include "base/log.h"
-#include "metrics/metrics.h"
-#include "store/page_map.h"
-#include "sys/uffd.h"
-#include "transport/connection.h"
+#include "agent/destination/destination_context.h"
+#include "loop/libevent_ptr.h"
 #include "transport/frame.h"
 #include "vmm/handshake.h"
-
-struct event;
 
 namespace lazymig::agent {
 
 class FaultService {
  public:
   struct Hooks {
-    // Ask the source for these pages; returns false when the urgent link is down (the pages
-    // stay outstanding and are asked again by resendOutstanding()).
-    std::function<bool(std::span<const std::uint64_t>)> request_pages;
     std::function<void(const Error&)> fatal;
     std::function<void()> progressed;  // pages became done
+    // The urgent link (re)opened; every page a vCPU waits on has been asked for again.
+    std::function<void()> link_open = {};
+    // The source recorded the migration completed (CompleteAck, docs/protocol.md).
+    std::function<void()> acknowledged = {};
+    // The urgent link is gone for good (give_up_after, or a refusal that will not change).
+    std::function<void(const Error&)> gave_up = {};
     // guest_memfd handshake only: answer a FaultRequest.
     std::function<void(const vmm::FaultReply&)> reply = {};
   };
 
-  FaultService(transport::EventLoop& loop, const sys::Uffd& uffd, const GuestLayout& layout,
-               store::PageMap& pages, PageInstaller& installer, MigrationStats& stats,
-               metrics::AgentMetrics* metrics, log::Logger logger, Hooks hooks);
+  FaultService(const DestinationContext& ctx, Hooks hooks);
   ~FaultService();
   FaultService(const FaultService&) = delete;
   FaultService& operator=(const FaultService&) = delete;
 
-  // Loop thread only, from here on.
+  // Every method below runs on the urgent loop (asserted), except anyWaiting().
+  // Watches the uffd and connects the urgent link.
   Status start();
+  // Stops watching the uffd; faults already read stay unanswered. The link stays up.
+  void stopReadingFaults();
+  // stopReadingFaults(), and closes the link.
   void stop();
-  void onPageData(const transport::PageData& data);
-  void onZeroRange(const transport::ZeroRange& zeros);
+  // The link to the source, for the ending handshake (Complete and the linger after it).
+  SourceLink& link() { return *link_; }
   // A vCPU exited on a page whose userfault bit is set (guest_memfd handshake). A request for
   // a page outside guest memory is an error returned to the caller; the service goes on.
   Status onFaultRequest(const vmm::FaultRequest& request);
@@ -63,10 +61,6 @@ class FaultService {
   void answerDone();
   // Any thread: whether faults wait (so that the bulk path knows answerDone() has work).
   bool anyWaiting() const { return waiting_.load(std::memory_order_relaxed) > 0; }
-  // The urgent link is back: ask again for every page a vCPU still waits on.
-  void resendOutstanding();
-  // Reads and handles every queued uffd event.
-  void drainEvents();
   std::size_t outstanding() const { return pending_.size(); }
 
  private:
@@ -83,9 +77,17 @@ class FaultService {
     std::chrono::steady_clock::time_point at;
   };
   static void onReadable(int fd, short what, void* arg);
+  // Reads and handles every queued uffd event.
+  void drainEvents();
   void handlePageFault(std::uint64_t address, std::vector<std::uint64_t>& to_request,
                        std::vector<RemovedFault>& to_zero);
   void handleRemove(std::uint64_t start, std::uint64_t end);
+  // Asks the source for these pages; false when the link is down (the pages stay pending and
+  // are asked again when it is back).
+  bool requestPages(std::span<const std::uint64_t> pages);
+  // The urgent link is back: ask again for every page a vCPU still waits on.
+  void resendOutstanding();
+  void onSourceFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
   void installReply(PageIndex first, std::uint64_t count, const std::byte* data);
   // One answered fault, in the migration's latency histogram and in the metrics: every fault
   // counted in demand_faults is recorded exactly once.
@@ -95,17 +97,13 @@ class FaultService {
   void makeVisibleOrFail(PageIndex page);
   void replyTo(const vmm::FaultRequest& request, PageIndex page, bool zero);
   Pending& addPending(PageIndex page, std::vector<std::uint64_t>& to_request);
+  void assertOnLoop() const;
 
-  transport::EventLoop& loop_;
-  const sys::Uffd& uffd_;
-  const GuestLayout& layout_;
-  store::PageMap& pages_;
-  PageInstaller& installer_;
-  MigrationStats& stats_;
-  metrics::AgentMetrics* metrics_;
+  const DestinationContext& ctx_;
   log::Logger log_;
   Hooks hooks_;
-  event* event_ = nullptr;
+  loop::EventPtr uffd_event_;
+  std::unique_ptr<SourceLink> link_;
   bool draining_ = false;
   std::unordered_map<std::uint64_t, Pending> pending_;
   std::atomic<std::size_t> waiting_{0};  // pending_.size(), readable from any thread

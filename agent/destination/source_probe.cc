@@ -23,7 +23,7 @@ SourceLayoutProbe answerOf(const transport::FrameHeader& h, std::span<const std:
 }  // namespace
 
 SourceLayoutProbe probeSourceLayout(const std::shared_ptr<transport::TlsContext>& tls,
-                                    const SourceChannelParams& params,
+                                    const SourceLinkParams& params,
                                     std::chrono::milliseconds bound) {
   auto loop = transport::EventLoop::start("probe-" + params.migration_id);
   if (!loop) return {SourceLayoutAnswer::kUnknown, loop.error().message()};

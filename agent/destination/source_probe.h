@@ -9,7 +9,7 @@
 #include <memory>
 #include <string>
 
-#include "agent/destination/source_channel.h"
+#include "agent/destination/source_link.h"
 #include "base/error.h"
 #include "transport/connection.h"
 
@@ -31,7 +31,7 @@ struct SourceLayoutProbe {
 // `bound` for the source's first frame, and closes. Blocks the calling thread (the VMM
 // listener's), never an event loop.
 SourceLayoutProbe probeSourceLayout(const std::shared_ptr<transport::TlsContext>& tls,
-                                    const SourceChannelParams& params,
+                                    const SourceLinkParams& params,
                                     std::chrono::milliseconds bound);
 
 }  // namespace lazymig::agent

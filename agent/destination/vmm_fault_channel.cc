@@ -4,6 +4,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include <cassert>
 #include <cstring>
 
 namespace lazymig::agent {
@@ -12,26 +13,27 @@ VmmFaultChannel::VmmFaultChannel(transport::EventLoop& loop, const sys::UnixSock
                                  Handlers handlers, log::Logger logger)
     : loop_(loop), socket_(socket), handlers_(std::move(handlers)), log_(std::move(logger)) {}
 
-VmmFaultChannel::~VmmFaultChannel() { stop(); }
+VmmFaultChannel::~VmmFaultChannel() = default;
+
+void VmmFaultChannel::assertOnLoop() const { assert(loop_.inLoopThread()); }
 
 Status VmmFaultChannel::start() {
+  assertOnLoop();
   if (auto ok = socket_.setNonBlocking(true); !ok) return ok;
   // The UnixSocket keeps owning the descriptor: no BEV_OPT_CLOSE_ON_FREE.
-  bev_ = bufferevent_socket_new(loop_.base(), socket_.get(), 0);
-  if (bev_ == nullptr) return fail(Errc::kSystem, "bufferevent_socket_new", "VMM fault socket");
-  bufferevent_priority_set(bev_, 0);
-  bufferevent_setcb(bev_, &VmmFaultChannel::onRead, nullptr, &VmmFaultChannel::onEvent, this);
-  if (bufferevent_enable(bev_, EV_READ | EV_WRITE) != 0) {
+  bev_.reset(bufferevent_socket_new(loop_.base(), socket_.get(), 0));
+  if (!bev_) return fail(Errc::kSystem, "bufferevent_socket_new", "VMM fault socket");
+  bufferevent_priority_set(bev_.get(), 0);
+  bufferevent_setcb(bev_.get(), &VmmFaultChannel::onRead, nullptr, &VmmFaultChannel::onEvent, this);
+  if (bufferevent_enable(bev_.get(), EV_READ | EV_WRITE) != 0) {
     return fail(Errc::kSystem, "bufferevent_enable", "VMM fault socket");
   }
   return {};
 }
 
 void VmmFaultChannel::stop() {
-  if (bev_ != nullptr) {
-    bufferevent_free(bev_);
-    bev_ = nullptr;
-  }
+  assertOnLoop();
+  bev_.reset();
 }
 
 void VmmFaultChannel::onRead(bufferevent* bev, void* arg) {
@@ -52,7 +54,7 @@ void VmmFaultChannel::onRead(bufferevent* bev, void* arg) {
     }
     ++self->requests_;
     self->handlers_.on_request(*request);
-    if (self->bev_ == nullptr) return;  // the handler stopped us
+    if (!self->bev_) return;  // the handler stopped us
   }
 }
 
@@ -74,9 +76,10 @@ void VmmFaultChannel::closed(const Error& why) {
 }
 
 void VmmFaultChannel::reply(const vmm::FaultReply& reply) {
-  if (bev_ == nullptr) return;
+  assertOnLoop();
+  if (!bev_) return;
   std::string text = vmm::encodeFaultReply(reply);
-  bufferevent_write(bev_, text.data(), text.size());
+  bufferevent_write(bev_.get(), text.data(), text.size());
   ++replies_;
 }
 

@@ -14,11 +14,10 @@
 
 #include "base/error.h"
 #include "base/log.h"
+#include "loop/libevent_ptr.h"
 #include "sys/unix_socket.h"
 #include "transport/connection.h"
 #include "vmm/handshake.h"
-
-struct bufferevent;
 
 namespace lazymig::agent {
 
@@ -36,7 +35,7 @@ class VmmFaultChannel {
   VmmFaultChannel(const VmmFaultChannel&) = delete;
   VmmFaultChannel& operator=(const VmmFaultChannel&) = delete;
 
-  // Loop thread only, from here on.
+  // The loop's thread only (asserted), from here on; the destructor too while the loop runs.
   Status start();
   void stop();
   void reply(const vmm::FaultReply& reply);
@@ -47,12 +46,13 @@ class VmmFaultChannel {
   static void onRead(bufferevent* bev, void* arg);
   static void onEvent(bufferevent* bev, short what, void* arg);
   void closed(const Error& why);
+  void assertOnLoop() const;
 
   transport::EventLoop& loop_;
   const sys::UnixSocket& socket_;
   Handlers handlers_;
   log::Logger log_;
-  bufferevent* bev_ = nullptr;
+  loop::BufferEventPtr bev_;
   vmm::JsonObjectStream stream_;
   std::uint64_t requests_ = 0;
   std::uint64_t replies_ = 0;

@@ -19,6 +19,7 @@
 #include "sys/mapping.h"
 #include "sys/memory_fd.h"
 #include "sys/uffd.h"
+#include "test_support.h"
 #include "transport/connection.h"
 
 namespace lazymig::agent {
@@ -141,38 +142,31 @@ void hammer(Mode mode, Write write = Write::kPwrite) {
   auto loop = transport::EventLoop::start("urgent-test");
   ASSERT_TRUE(loop) << loop.error().message();
 
+  // The source: a real TLS peer on loopback answering each request, as the network would.
+  test_support::TestPki pki;
+  test_support::SourceStandIn source(pki,
+                                     {.migration_id = "race", .page_size = kPage, .memory = src});
+  const DestinationContext ctx =
+      test_support::contextFor(*layout, map, installer, *uffd, stats, **loop, pki.clientContext(),
+                               source.linkParams(transport::ChannelKind::kUrgent));
   std::unique_ptr<FaultService> faults;
   std::atomic<bool> fatal{false};
   runOnLoop(**loop, [&] {
     faults = std::make_unique<FaultService>(
-        **loop, *uffd, *layout, map, installer, stats, nullptr, log::root(),
-        FaultService::Hooks{
-            [&](std::span<const std::uint64_t> req) {
-              // The "source": answer each page on a later turn of the loop, as a reply
-              // from the network would arrive.
-              std::vector<std::uint64_t> copy(req.begin(), req.end());
-              (*loop)->post([&, copy] {
-                for (auto p : copy) {
-                  if (isZero(src.data() + p * kPage)) {
-                    faults->onZeroRange({p, 1});
-                  } else {
-                    faults->onPageData({p, 1, std::span(src.data() + p * kPage, kPage)});
-                  }
-                }
-              });
-              return true;
-            },
-            [&](const Error& e) {
-              ADD_FAILURE() << e.message();
-              fatal = true;
-            },
-            [] {},
-            [&](const vmm::FaultReply& r) {
-              EXPECT_EQ(r.len, kPage);
-              EXPECT_FALSE(guest.bitmap.valid() && bitSet(guest, r.offset / kPage))
-                  << "replied before the page's bit was cleared";
-              replies.fetch_add(1);
-            }});
+        ctx, FaultService::Hooks{
+                 .fatal =
+                     [&](const Error& e) {
+                       ADD_FAILURE() << e.message();
+                       fatal = true;
+                     },
+                 .progressed = [] {},
+                 .reply =
+                     [&](const vmm::FaultReply& r) {
+                       EXPECT_EQ(r.len, kPage);
+                       EXPECT_FALSE(guest.bitmap.valid() && bitSet(guest, r.offset / kPage))
+                           << "replied before the page's bit was cleared";
+                       replies.fetch_add(1);
+                     }});
     ASSERT_TRUE(faults->start());
   });
 
@@ -297,21 +291,17 @@ TEST(FaultRace, RemovedPagesReadAsZerosNotOldContents) {
   MigrationStats stats;
   auto loop = transport::EventLoop::start("urgent-test");
   ASSERT_TRUE(loop);
+  test_support::TestPki pki;
+  test_support::SourceStandIn source(
+      pki, {.migration_id = "removed", .page_size = kPage, .memory = src});
+  const DestinationContext ctx =
+      test_support::contextFor(*layout, map, installer, *uffd, stats, **loop, pki.clientContext(),
+                               source.linkParams(transport::ChannelKind::kUrgent));
   std::unique_ptr<FaultService> faults;
   runOnLoop(**loop, [&] {
     faults = std::make_unique<FaultService>(
-        **loop, *uffd, *layout, map, installer, stats, nullptr, log::root(),
-        FaultService::Hooks{
-            [&](std::span<const std::uint64_t> req) {
-              std::vector<std::uint64_t> copy(req.begin(), req.end());
-              (*loop)->post([&, copy] {
-                for (auto p : copy) {
-                  faults->onPageData({p, 1, std::span(src.data() + p * kPage, kPage)});
-                }
-              });
-              return true;
-            },
-            [](const Error& e) { ADD_FAILURE() << e.message(); }, [] {}});
+        ctx, FaultService::Hooks{.fatal = [](const Error& e) { ADD_FAILURE() << e.message(); },
+                                 .progressed = [] {}});
     ASSERT_TRUE(faults->start());
   });
   // Touch page 1 so it is installed, then discard pages 0..15 as a balloon would.

@@ -13,18 +13,12 @@
 #include <functional>
 #include <thread>
 #include "agent/core/loop_sync.h"
+#include "test_support.h"
 
 namespace lazymig::agent {
 namespace {
 
-bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return true;
-}
+using test_support::waitUntil;
 
 struct Fixture {
   sys::UnixSocket vmm;    // the VMM's end

@@ -1,6 +1,8 @@
-// One channel (urgent or bulk) from a destination to its source agent: connects, says Hello,
-// and when the link breaks reconnects with capped exponential backoff and jitter until the
-// give-up deadline passes. Lives on one EventLoop; every method runs on that loop's thread.
+// The destination's link to its source agent, one per channel (urgent or bulk): connects,
+// says Hello, and when the link breaks reconnects with capped exponential backoff and jitter
+// until the give-up deadline passes. (The source's own side is SourceMigration, in
+// agent/source/; this is the other end of the wire.) Lives on one EventLoop; every method
+// runs on that loop's thread.
 #pragma once
 
 #include <chrono>
@@ -17,7 +19,7 @@
 
 namespace lazymig::agent {
 
-struct SourceChannelParams {
+struct SourceLinkParams {
   std::string migration_id;
   std::string token;
   std::string source_address;
@@ -34,7 +36,7 @@ struct SourceChannelParams {
   std::chrono::milliseconds stall_timeout{5000};
 };
 
-class SourceChannel {
+class SourceLink {
  public:
   struct Handlers {
     std::function<void()> on_open;  // HelloOk arrived: the channel carries frames now
@@ -43,10 +45,12 @@ class SourceChannel {
     std::function<void(const Error&)> on_give_up;  // no link for give_up_after, or refused for good
   };
 
-  SourceChannel(transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
-                SourceChannelParams params, Handlers handlers, const log::Logger& logger);
-  ~SourceChannel();
+  SourceLink(transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
+             SourceLinkParams params, Handlers handlers, const log::Logger& logger);
+  // Stops the link (see stop()); on the loop's thread unless already stopped.
+  ~SourceLink();
 
+  // The loop's thread only (asserted in debug builds), like every method below.
   void start();
   void stop();
   // The migration is complete and the last frame is sent: keep reading (and dropping) what
@@ -70,7 +74,7 @@ class SourceChannel {
 
   transport::EventLoop& loop_;
   std::shared_ptr<transport::TlsContext> tls_;
-  SourceChannelParams params_;
+  SourceLinkParams params_;
   Handlers handlers_;
   log::Logger log_;
   std::unique_ptr<transport::Connection> conn_;

@@ -1,6 +1,7 @@
-#include "agent/destination/source_channel.h"
+#include "agent/destination/source_link.h"
 
 #include <algorithm>
+#include <cassert>
 
 #include "agent/core/peer_errors.h"
 
@@ -8,9 +9,8 @@ namespace lazymig::agent {
 
 using transport::FrameType;
 
-SourceChannel::SourceChannel(transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
-                             SourceChannelParams params, Handlers handlers,
-                             const log::Logger& logger)
+SourceLink::SourceLink(transport::EventLoop& loop, std::shared_ptr<transport::TlsContext> tls,
+                       SourceLinkParams params, Handlers handlers, const log::Logger& logger)
     : loop_(loop),
       tls_(std::move(tls)),
       params_(std::move(params)),
@@ -18,15 +18,17 @@ SourceChannel::SourceChannel(transport::EventLoop& loop, std::shared_ptr<transpo
       log_(logger.with(
           {{"channel", params_.kind == transport::ChannelKind::kUrgent ? "urgent" : "bulk"}})) {}
 
-SourceChannel::~SourceChannel() { stop(); }
+SourceLink::~SourceLink() { stop(); }
 
-void SourceChannel::start() {
+void SourceLink::start() {
+  assert(loop_.inLoopThread());
   down_since_ = std::chrono::steady_clock::now();
   attempt();
 }
 
-void SourceChannel::stop() {
+void SourceLink::stop() {
   if (stopped_) return;
+  assert(loop_.inLoopThread());
   stopped_ = true;
   *alive_ = false;
   retry_timer_.cancel();
@@ -37,7 +39,8 @@ void SourceChannel::stop() {
   open_ = false;
 }
 
-void SourceChannel::finish(std::chrono::milliseconds linger) {
+void SourceLink::finish(std::chrono::milliseconds linger) {
+  assert(loop_.inLoopThread());
   if (stopped_ || finishing_) return;
   if (!conn_) return stop();
   finishing_ = true;
@@ -45,17 +48,18 @@ void SourceChannel::finish(std::chrono::milliseconds linger) {
   linger_timer_ = loop_.schedule(linger, [this] { stop(); });
 }
 
-bool SourceChannel::send(std::string_view frame) {
+bool SourceLink::send(std::string_view frame) {
+  assert(loop_.inLoopThread());
   if (!open_ || !conn_) return false;
   conn_->sendEncoded(frame);
   return true;
 }
 
-std::size_t SourceChannel::pendingOutputBytes() const {
+std::size_t SourceLink::pendingOutputBytes() const {
   return conn_ ? conn_->pendingOutputBytes() : 0;
 }
 
-void SourceChannel::attempt() {
+void SourceLink::attempt() {
   if (stopped_) return;
   transport::ConnectOptions opts;
   opts.address = params_.source_address;
@@ -69,7 +73,7 @@ void SourceChannel::attempt() {
                      });
 }
 
-void SourceChannel::onConnected(Result<std::unique_ptr<transport::Connection>> conn) {
+void SourceLink::onConnected(Result<std::unique_ptr<transport::Connection>> conn) {
   if (!conn) {
     // A source that presents the wrong identity will not become the right one: give up.
     linkDown(conn.error(), conn.error().code == Errc::kAuth);
@@ -99,7 +103,7 @@ void SourceChannel::onConnected(Result<std::unique_ptr<transport::Connection>> c
   });
 }
 
-void SourceChannel::onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload) {
+void SourceLink::onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload) {
   last_rx_ = std::chrono::steady_clock::now();
   if (finishing_) return;  // replies to requests the bulk stream answered first
   if (!open_) {
@@ -143,7 +147,7 @@ void SourceChannel::onFrame(const transport::FrameHeader& h, std::span<const std
   handlers_.on_frame(h, payload);
 }
 
-void SourceChannel::scheduleStallCheck() {
+void SourceLink::scheduleStallCheck() {
   auto period = std::max(params_.stall_timeout / 3, std::chrono::milliseconds(10));
   stall_timer_ = loop_.schedule(period, [this] {
     if (!open_ || stopped_) return;
@@ -159,7 +163,7 @@ void SourceChannel::scheduleStallCheck() {
   });
 }
 
-void SourceChannel::linkDown(const Error& why, bool fatal) {
+void SourceLink::linkDown(const Error& why, bool fatal) {
   if (finishing_) return stop();  // the source closed after our last frame, as it should
   bool was_open = open_;
   open_ = false;
@@ -185,7 +189,7 @@ void SourceChannel::linkDown(const Error& why, bool fatal) {
   scheduleRetry();
 }
 
-void SourceChannel::scheduleRetry() {
+void SourceLink::scheduleRetry() {
   backoff_ =
       backoff_.count() == 0 ? params_.initial_backoff : std::min(backoff_ * 2, params_.max_backoff);
   // +-20% jitter keeps a fleet of destinations from reconnecting in lockstep.

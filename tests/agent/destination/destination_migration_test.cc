@@ -1,0 +1,174 @@
+// DestinationMigration as a whole, with real parts: the VMM's handshake over a real UNIX socket
+// carrying a real uffd, a real RocksDB, and a source stand-in over real TLS on loopback. A
+// guest thread touching every page is served by demand faults until the migration completes
+// (with the source's acknowledgement); a VMM whose memory is not the source's is refused at
+// the handshake and the right VMM is still taken; a second VMM is refused; a source that
+// refuses the migration for good fails it, naming the refusal.
+#include "agent/destination/destination_migration.h"
+
+#include <linux/userfaultfd.h>
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <thread>
+
+#include "store/database.h"
+#include "sys/mapping.h"
+#include "sys/unix_socket.h"
+#include "test_support.h"
+
+namespace lazymig::agent {
+namespace {
+
+using namespace std::chrono_literals;
+constexpr std::uint64_t kPage = 4096;
+constexpr std::uint64_t kPages = 64;
+
+using test_support::waitUntil;
+
+std::vector<std::byte> sourceMemory() { return test_support::sourceMemory(kPages, kPage); }
+
+// The VMM's side: guest memory registered with a uffd, handed over in Firecracker's classic
+// handshake (one fd: the uffd; the regions as JSON).
+struct Vmm {
+  sys::Mapping guest;
+  sys::Uffd uffd;
+  sys::UnixSocket socket;
+
+  explicit Vmm(std::uint64_t pages)
+      : guest(*sys::Mapping::anonymous(Bytes{pages * kPage})),
+        uffd(*sys::Uffd::open(UFFD_FEATURE_EVENT_REMOVE)) {
+    EXPECT_TRUE(uffd.registerRange(guest.address(), guest.size(), sys::RegisterMode::kMissing));
+  }
+  Status handOver(const std::string& path) {
+    auto s = sys::UnixSocket::connect(path);
+    if (!s) return std::unexpected(s.error());
+    socket = std::move(*s);
+    std::vector<vmm::GuestRegionMapping> regions = {{.base_host_virt_addr = guest.address().value,
+                                                     .size = guest.size().value,
+                                                     .offset = 0,
+                                                     .page_size = kPage}};
+    int fds[] = {uffd.pollFd()};
+    return vmm::sendHandshake(socket, regions, fds);
+  }
+  // A refused handover is closed by the agent; an accepted one stays open.
+  bool closedByTheAgent() {
+    char byte;
+    return ::recv(socket.get(), &byte, 1, 0) == 0;
+  }
+};
+
+class Destination : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/lazymig-destination-test-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    db_ = std::move(*store::Database::open(dir_ + "/db"));
+    config_.migration.reconnect.initial_backoff = 20ms;
+    config_.migration.reconnect.max_backoff = 100ms;
+    config_.migration.reconnect.give_up_after = std::chrono::seconds(5);
+    ctx_.emplace(AgentContext{config_, pki_.clientContext(), *db_, nullptr});
+  }
+  void TearDown() override {
+    if (migration_) migration_->shutdown();
+    migration_.reset();
+    source_.reset();
+    db_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  void startSource(test_support::SourceStandIn::Options options) {
+    options.migration_id = "m1";
+    source_ = std::make_unique<test_support::SourceStandIn>(pki_, std::move(options));
+  }
+  void startMigration() {
+    DestinationSpec spec{.id = "m1",
+                         .token = "0123456789abcdef0123456789abcdef",
+                         .peer_identity = test_support::TestPki::kSourceIdentity,
+                         .source_address = source_->address(),
+                         .handshake_socket = dir_ + "/m1.sock",
+                         .vmm_pid = std::nullopt};
+    migration_ = std::make_unique<DestinationMigration>(spec, *ctx_);
+    ASSERT_TRUE(migration_->start());
+    ASSERT_EQ(migration_->state(), MigrationState::kWaitingForVmm);
+  }
+  std::string socketPath() const { return dir_ + "/m1.sock"; }
+  bool reaches(MigrationState state) {
+    return waitUntil([&] { return migration_->state() == state; }, 30s);
+  }
+
+  std::string dir_;
+  config::Config config_;
+  test_support::TestPki pki_;
+  std::unique_ptr<store::Database> db_;
+  std::optional<AgentContext> ctx_;
+  std::unique_ptr<test_support::SourceStandIn> source_;
+  std::unique_ptr<DestinationMigration> migration_;
+};
+
+TEST_F(Destination, FaultsAreServedFromTheSourceUntilTheMigrationCompletes) {
+  const auto src = sourceMemory();
+  // No bulk stream: every page must come through a demand fault.
+  startSource({.memory = src, .stream_bulk = false});
+  startMigration();
+  Vmm vmm(kPages);
+  ASSERT_TRUE(vmm.handOver(socketPath()));
+  ASSERT_TRUE(reaches(MigrationState::kRunning)) << migration_->reason();
+
+  // The guest touches every page; each read blocks in the kernel until the agent installs it.
+  std::uint64_t mismatches = 0;
+  std::thread vcpu([&] {
+    for (std::uint64_t p = 0; p < kPages; ++p) {
+      if (std::memcmp(vmm.guest.data() + p * kPage, src.data() + p * kPage, kPage) != 0) {
+        ++mismatches;
+      }
+    }
+  });
+  vcpu.join();
+  EXPECT_EQ(mismatches, 0u);
+  ASSERT_TRUE(reaches(MigrationState::kCompleted)) << migration_->reason();
+  EXPECT_EQ(source_->pagesRequested(), kPages);
+  EXPECT_GE(source_->completes(), 1u);
+  auto status = migration_->toJson();
+  EXPECT_EQ(status["state"], "completed") << status.dump();
+  EXPECT_EQ(status["source_acknowledged"], true) << status.dump();
+}
+
+TEST_F(Destination, AVmmWhoseMemoryIsNotTheSourcesIsRefusedAndTheRightOneTaken) {
+  startSource({.memory = sourceMemory()});
+  startMigration();
+  Vmm wrong(kPages / 2);
+  ASSERT_TRUE(wrong.handOver(socketPath()));
+  EXPECT_TRUE(wrong.closedByTheAgent());
+  EXPECT_EQ(migration_->state(), MigrationState::kWaitingForVmm);
+
+  Vmm right(kPages);
+  ASSERT_TRUE(right.handOver(socketPath()));
+  ASSERT_TRUE(reaches(MigrationState::kRunning)) << migration_->reason();
+  // And one VMM is all a migration takes.
+  Vmm second(kPages);
+  ASSERT_TRUE(second.handOver(socketPath()));
+  EXPECT_TRUE(second.closedByTheAgent());
+  // The bulk stream finishes it without a single fault.
+  ASSERT_TRUE(reaches(MigrationState::kCompleted)) << migration_->reason();
+}
+
+TEST_F(Destination, ASourceThatRefusesTheMigrationFailsItNamingTheRefusal) {
+  startSource({.memory = sourceMemory(),
+               .refuse_hello = transport::ErrorFrame{3, "the token does not match"}});
+  startMigration();
+  Vmm vmm(kPages);
+  ASSERT_TRUE(vmm.handOver(socketPath()));
+  ASSERT_TRUE(reaches(MigrationState::kFailed));
+  EXPECT_NE(migration_->reason().find("source refused the migration"), std::string::npos)
+      << migration_->reason();
+  EXPECT_NE(migration_->reason().find("the token does not match"), std::string::npos)
+      << migration_->reason();
+}
+
+}  // namespace
+}  // namespace lazymig::agent

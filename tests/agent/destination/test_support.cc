@@ -1,0 +1,213 @@
+#include "test_support.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+#include "agent/core/loop_sync.h"
+#include "transport/pki.h"
+
+namespace lazymig::agent::test_support {
+
+bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+std::vector<std::byte> sourceMemory(std::uint64_t pages, std::uint64_t page_size) {
+  std::vector<std::byte> m(pages * page_size);
+  for (std::uint64_t p = 0; p < pages; ++p) {
+    if (p % 4 == 3) continue;
+    std::memset(m.data() + p * page_size, static_cast<int>(0x40 + p % 0x80), page_size);
+  }
+  return m;
+}
+
+DestinationContext contextFor(const GuestLayout& layout, store::PageMap& pages,
+                              PageInstaller& installer, const sys::Uffd& uffd,
+                              MigrationStats& stats, transport::EventLoop& loop,
+                              std::shared_ptr<transport::TlsContext> tls, SourceLinkParams link) {
+  return DestinationContext{.layout = layout,
+                            .pages = pages,
+                            .installer = installer,
+                            .uffd = uffd,
+                            .recorder = TransferRecorder(stats, nullptr),
+                            .log = log::root(),
+                            .urgent_loop = loop,
+                            .bulk_loop = loop,
+                            .tls = std::move(tls),
+                            .link = std::move(link)};
+}
+
+using transport::FrameType;
+
+TestPki::TestPki() {
+  char tmpl[] = "/tmp/lazymig-dest-test-XXXXXX";
+  dir_ = ::mkdtemp(tmpl);
+  auto ca = transport::generateCa(dir_, "ca");
+  EXPECT_TRUE(ca) << ca.error().message();
+  auto leaf = [&](const std::string& name, const std::string& uri) {
+    transport::LeafSpec spec;
+    spec.uris = {uri};
+    auto l = transport::issueLeaf(*ca, dir_, name, spec);
+    EXPECT_TRUE(l) << l.error().message();
+    return transport::TlsFiles{ca->cert_file, l->cert_file, l->key_file};
+  };
+  server_ = leaf("source", kSourceIdentity);
+  client_ = leaf("destination", "spiffe://test/destination");
+}
+
+TestPki::~TestPki() { std::filesystem::remove_all(dir_); }
+
+std::shared_ptr<transport::TlsContext> TestPki::clientContext() const {
+  return *transport::TlsContext::create(transport::TlsContext::Side::kClient, client_);
+}
+
+std::shared_ptr<transport::TlsContext> TestPki::serverContext() const {
+  return *transport::TlsContext::create(transport::TlsContext::Side::kServer, server_);
+}
+
+struct SourceStandIn::Peer {
+  std::unique_ptr<transport::Connection> conn;
+  transport::ChannelKind kind = transport::ChannelKind::kUrgent;
+  bool open = false;
+  std::vector<std::uint64_t> installed;  // the Resume bitmap
+};
+
+SourceStandIn::SourceStandIn(const TestPki& pki, Options options)
+    : options_(std::move(options)),
+      memory_(std::make_shared<const std::vector<std::byte>>(options_.memory)),
+      loop_(std::move(*transport::EventLoop::start("source-stand-in"))) {
+  runOnLoop(*loop_, [&] {
+    transport::Server::Options opts;
+    opts.on_connection = [this](std::unique_ptr<transport::Connection> c) { accept(std::move(c)); };
+    auto server = transport::Server::listen(*loop_, pki.serverContext(), std::move(opts));
+    EXPECT_TRUE(server) << server.error().message();
+    if (server) server_ = std::move(*server);
+  });
+}
+
+SourceStandIn::~SourceStandIn() {
+  runOnLoop(*loop_, [&] {
+    dropConnections();
+    server_.reset();
+  });
+  loop_->stop();
+}
+
+std::string SourceStandIn::address() const {
+  return "127.0.0.1:" + std::to_string(server_->port());
+}
+
+SourceLinkParams SourceStandIn::linkParams(transport::ChannelKind kind) const {
+  SourceLinkParams p;
+  p.migration_id = options_.migration_id;
+  p.token = "0123456789abcdef0123456789abcdef";
+  p.source_address = address();
+  p.expected_peer = TestPki::kSourceIdentity;
+  p.kind = kind;
+  p.page_size = options_.page_size;
+  p.memory_bytes = memory_->size();
+  p.initial_backoff = std::chrono::milliseconds(20);
+  p.max_backoff = std::chrono::milliseconds(200);
+  return p;
+}
+
+transport::Layout SourceStandIn::layout() const {
+  return {options_.page_size, memory_->size() / options_.page_size};
+}
+
+void SourceStandIn::dropConnections() {
+  runOnLoop(*loop_, [&] {
+    for (auto& p : peers_) {
+      if (p->conn) p->conn->close();
+    }
+    peers_.clear();
+  });
+}
+
+void SourceStandIn::accept(std::unique_ptr<transport::Connection> conn) {
+  auto peer = std::make_unique<Peer>();
+  Peer* p = peer.get();
+  peer->conn = std::move(conn);
+  peer->conn->setHandlers(
+      {.on_frame = [this, p](const transport::FrameHeader& h,
+                             std::span<const std::byte> payload) { onFrame(*p, h, payload); },
+       .on_closed = [p](const Error&) { p->open = false; },
+       .on_drained = nullptr});
+  peers_.push_back(std::move(peer));
+}
+
+void SourceStandIn::onFrame(Peer& peer, const transport::FrameHeader& h,
+                            std::span<const std::byte> payload) {
+  auto& conn = *peer.conn;
+  switch (h.type) {
+    case FrameType::kHello: {
+      ++hellos_;
+      auto hello = transport::decodeHello(payload);
+      ASSERT_TRUE(hello) << hello.error().message();
+      if (options_.refuse_hello)
+        return conn.sendEncoded(transport::encodeError(*options_.refuse_hello));
+      if (hello->migration_id != options_.migration_id || hello->page_size != options_.page_size ||
+          hello->memory_bytes != memory_->size()) {
+        return conn.sendEncoded(transport::encodeError({5, "layout or migration differs"}));
+      }
+      peer.kind = hello->channel;
+      peer.open = true;
+      peer.installed.assign((layout().page_count + 63) / 64, 0);
+      return conn.sendEncoded(transport::encodeHelloOk({options_.page_size, memory_->size()}));
+    }
+    case FrameType::kPageRequest: {
+      auto req = transport::decodePageRequest(payload, layout(), {});
+      ASSERT_TRUE(req) << req.error().message();
+      pages_requested_ += req->pages.size();
+      for (auto page : req->pages) sendPage(conn, page);
+      return;
+    }
+    case FrameType::kResume: {
+      auto r = transport::decodeResume(payload, layout());
+      ASSERT_TRUE(r) << r.error().message();
+      std::copy(r->words.begin(), r->words.end(),
+                peer.installed.begin() + static_cast<std::ptrdiff_t>(r->first_page / 64));
+      if (r->last && options_.stream_bulk) streamBulk(peer);
+      return;
+    }
+    case FrameType::kComplete:
+      ++completes_;
+      return conn.sendEncoded(transport::encodeCompleteAck());
+    case FrameType::kPing:
+      return conn.sendEncoded(transport::encodePing(FrameType::kPong, {0}));
+    default:
+      ADD_FAILURE() << "the stand-in source got " << transport::frameTypeName(h.type);
+  }
+}
+
+void SourceStandIn::sendPage(transport::Connection& conn, std::uint64_t page) {
+  const std::size_t size = options_.page_size;
+  std::span<const std::byte> bytes(memory_->data() + page * size, size);
+  if (std::all_of(bytes.begin(), bytes.end(), [](std::byte b) { return b == std::byte{0}; })) {
+    return conn.sendEncoded(transport::encodeZeroRange({page, 1}));
+  }
+  auto prefix = transport::encodePageDataPrefix(page, 1, options_.page_size);
+  conn.sendWithBody(prefix, bytes, memory_);
+}
+
+void SourceStandIn::streamBulk(Peer& peer) {
+  std::uint64_t sent = 0;
+  for (std::uint64_t p = 0; p < layout().page_count; ++p) {
+    if ((peer.installed[p / 64] >> (p % 64)) & 1) continue;
+    sendPage(*peer.conn, p);
+    ++sent;
+  }
+  peer.conn->sendEncoded(transport::encodeBulkDone({sent}));
+}
+
+}  // namespace lazymig::agent::test_support

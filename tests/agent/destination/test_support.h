@@ -1,0 +1,99 @@
+// What the destination's unit tests share: waiting on a condition, a DestinationContext, and
+// a source agent stand-in.
+//
+// The source stand-in is a real TLS listener on loopback
+// (certificates made by transport/pki) that speaks the source's side of docs/protocol.md for
+// one migration, from bytes it holds. It is not the real SourceMigration (agent/source/ is
+// another box, tested on its own): it answers Hello, PageRequest, Resume and Complete, and
+// nothing more.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/destination/destination_context.h"
+#include "agent/destination/source_link.h"
+#include "transport/connection.h"
+
+namespace lazymig::agent::test_support {
+
+// Polls `pred` until it holds or `timeout` passes; false on timeout.
+bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
+
+// `pages` pages of `page_size` bytes, each filled with its own byte, every fourth one zero.
+std::vector<std::byte> sourceMemory(std::uint64_t pages, std::uint64_t page_size);
+
+// A DestinationContext on one loop (urgent and bulk alike), without metrics.
+DestinationContext contextFor(const GuestLayout& layout, store::PageMap& pages,
+                              PageInstaller& installer, const sys::Uffd& uffd,
+                              MigrationStats& stats, transport::EventLoop& loop,
+                              std::shared_ptr<transport::TlsContext> tls, SourceLinkParams link);
+
+// A CA with one source (server) and one destination (client) certificate, in a temporary
+// directory removed with it.
+class TestPki {
+ public:
+  TestPki();
+  ~TestPki();
+  TestPki(const TestPki&) = delete;
+  TestPki& operator=(const TestPki&) = delete;
+  std::shared_ptr<transport::TlsContext> clientContext() const;
+  std::shared_ptr<transport::TlsContext> serverContext() const;
+  static constexpr const char* kSourceIdentity = "spiffe://test/source";
+
+ private:
+  std::string dir_;
+  transport::TlsFiles server_;
+  transport::TlsFiles client_;
+};
+
+class SourceStandIn {
+ public:
+  struct Options {
+    std::string migration_id = "m1";
+    std::uint32_t page_size = 4096;
+    std::vector<std::byte> memory;  // what it serves, page_size * pages
+    // The bulk channel streams every page the Resume bitmap does not have, then BulkDone.
+    bool stream_bulk = true;
+    // Every Hello is answered with this Error frame instead of HelloOk.
+    std::optional<transport::ErrorFrame> refuse_hello;
+  };
+  SourceStandIn(const TestPki& pki, Options options);
+  ~SourceStandIn();
+  SourceStandIn(const SourceStandIn&) = delete;
+  SourceStandIn& operator=(const SourceStandIn&) = delete;
+
+  std::string address() const;
+  // A link to this stand-in for `kind`, with short backoffs (tests).
+  SourceLinkParams linkParams(transport::ChannelKind kind) const;
+  std::uint64_t hellos() const { return hellos_.load(); }
+  std::uint64_t pagesRequested() const { return pages_requested_.load(); }
+  std::uint64_t completes() const { return completes_.load(); }
+  // Closes every connection (a cut link); the destination reconnects.
+  void dropConnections();
+
+ private:
+  struct Peer;
+  void accept(std::unique_ptr<transport::Connection> conn);
+  void onFrame(Peer& peer, const transport::FrameHeader& h, std::span<const std::byte> payload);
+  void sendPage(transport::Connection& conn, std::uint64_t page);
+  void streamBulk(Peer& peer);
+  transport::Layout layout() const;
+
+  Options options_;
+  std::shared_ptr<const std::vector<std::byte>> memory_;
+  std::unique_ptr<transport::EventLoop> loop_;
+  std::unique_ptr<transport::Server> server_;
+  std::vector<std::unique_ptr<Peer>> peers_;  // loop thread
+  std::atomic<std::uint64_t> hellos_{0};
+  std::atomic<std::uint64_t> pages_requested_{0};
+  std::atomic<std::uint64_t> completes_{0};
+};
+
+}  // namespace lazymig::agent::test_support
