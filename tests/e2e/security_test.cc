@@ -382,15 +382,15 @@ TEST(Security, TokenReplayedAfterTheMigrationRetiredIsToldItIsFinished) {
   // token, "not authorised" to anyone else -- never error 2's retryable "no such migration".
   ASSERT_TRUE(waitUntil(
       [&] {
-        return countOf(readFile(done->run.logPath(Side::kSource)), "finished migration retired") > 0;
+        return countOf(readFile(done->run.logPath(Side::kSource)), "finished migration retired") >
+               0;
       },
       30s))
       << "the source never retired the migration";
   Outcome replay = helloAttack(done->run.agentAddress(Side::kSource), dest, done->run.token());
   EXPECT_TRUE(replay.complete_ack) << "the replay was answered: '" << replay.refusal << "'";
   EXPECT_FALSE(replay.hello_ok);
-  auto wrong_token =
-      helloAttack(done->run.agentAddress(Side::kSource), dest, std::string(64, '0'));
+  auto wrong_token = helloAttack(done->run.agentAddress(Side::kSource), dest, std::string(64, '0'));
   EXPECT_FALSE(wrong_token.complete_ack || wrong_token.hello_ok);
   EXPECT_EQ(wrong_token.refusal, "not authorised for this migration");
 }
