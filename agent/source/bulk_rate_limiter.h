@@ -1,7 +1,8 @@
 // The token bucket behind migration.bulk_rate_limit_mib_s: bulk bytes may go while there are
-// tokens; tokens refill at the rate, and at most a tenth of a second of them accumulates, so
-// that the cap holds over short windows too. Charged with what went on the wire, not with the
-// batch asked for: runs pulled forward by faults are often a few pages.
+// tokens; tokens refill at the rate, and at most a tenth of a second of them (or one batch,
+// when a batch is more) accumulates, so that the cap holds over short windows too. Charged with
+// what went on the wire, not with the batch asked for: runs pulled forward by faults are often a
+// few pages.
 //
 // Not thread-safe (the bulk sender's loop owns it); time is passed in, so tests step it.
 #pragma once

@@ -37,7 +37,22 @@ TEST(BulkRateLimiter, IdleTimeBanksAtMostTheBucket) {
   EXPECT_EQ(limiter.waitFor(1, t0), Clock::duration::zero());
   // An hour idle still leaves only a tenth of a second of bytes.
   EXPECT_EQ(limiter.waitFor(100e3, t0 + 1h), Clock::duration::zero());
-  EXPECT_GT(limiter.waitFor(100e3 + 1, t0 + 1h), Clock::duration::zero());
+  limiter.charge(100e3);
+  EXPECT_GT(limiter.waitFor(1, t0 + 1h), Clock::duration::zero());
+}
+
+// Below ~2.5 MiB/s a tenth of a second is less than one 256 KiB batch: the bucket must still
+// hold a batch, or the stream waits for ever (a bucket capped under the batch never has it).
+TEST(BulkRateLimiter, ABatchLargerThanATenthOfASecondStillGoesAtTheRate) {
+  BulkRateLimiter limiter(1e6);  // a bucket of 100 kB, a batch of 256 KiB
+  const double batch = 256.0 * 1024;
+  const auto t0 = Clock::now();
+  ASSERT_EQ(limiter.waitFor(batch, t0), Clock::duration::zero());
+  limiter.charge(batch);
+  const auto wait = limiter.waitFor(batch, t0);
+  EXPECT_GE(wait, 262ms);
+  EXPECT_LT(wait, 263ms);
+  EXPECT_EQ(limiter.waitFor(batch, t0 + wait), Clock::duration::zero());
 }
 
 // Charged with what went on the wire, which may be more than the batch asked for: the debt
