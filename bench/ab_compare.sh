@@ -9,6 +9,7 @@
 set -uo pipefail
 A=$1 B=$2 runs=${3:-3} size=${4:-256MiB}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+# RAW=FILE keeps every run's JSON line (scenario, side, JSON) for a closer look.
 printf 'migration:\n  bulk_rate_limit_mib_s: 32\n' > "$tmp/quiet.yaml"; : > "$tmp/none.yaml"
 scen() {
   case $1 in
@@ -27,6 +28,7 @@ for s in ${SCEN:-quiet-bulk-random saturated-bulk-random saturated-bulk-hot-4vcp
     done
   done
 done
+[[ -n ${RAW:-} ]] && cp "$tmp/out" "$RAW"
 python3 - "$tmp/out" <<'PY'
 import json, sys, statistics as st
 rows = {}
@@ -39,11 +41,15 @@ def g(j, *path):
     for p in path:
         j = j.get(p, {}) if isinstance(j, dict) else {}
     return j if isinstance(j, (int, float)) else float('nan')
-print(f"{'scenario':28s} {'side':7s} {'fault p50':>10s} {'p99':>9s} {'MiB/s':>7s} {'mismatch':>8s} n")
+def q(xs):  # the middle half of the runs: whether two medians differ by more than the noise
+    xs = sorted(xs)
+    return f"{xs[len(xs) // 4]:.0f}-{xs[(3 * len(xs)) // 4]:.0f}" if xs else "-"
+print(f"{'scenario':28s} {'side':7s} {'fault p50':>10s} {'(IQR)':>10s} {'p99':>9s} {'MiB/s':>7s} {'mismatch':>8s} n")
 for (s, side), js in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1] != 'before')):
-    p50 = st.median(g(j, 'fault_latency_us', 'p50') for j in js)
+    p50s = [g(j, 'fault_latency_us', 'p50') for j in js]
+    p50 = st.median(p50s)
     p99 = st.median(g(j, 'fault_latency_us', 'p99') for j in js)
     thr = st.median(g(j, 'throughput_mib_s') for j in js)
     mm = sum(int(j.get('mismatches', -1)) for j in js)
-    print(f"{s:28s} {side:7s} {p50:10.0f} {p99:9.0f} {thr:7.0f} {mm:8d} {len(js)}")
+    print(f"{s:28s} {side:7s} {p50:10.0f} {q(p50s):>10s} {p99:9.0f} {thr:7.0f} {mm:8d} {len(js)}")
 PY

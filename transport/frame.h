@@ -41,6 +41,10 @@ enum class FrameType : std::uint8_t {
   // source -> destination (urgent): the source has durably recorded the migration completed
   // and releases the memory. Also the source's answer to a Hello for a migration it finished.
   kCompleteAck = 12,
+  // source -> destination (bulk): pre-copy is over (the source VM is paused); a chunk of the
+  // bitmap of pages whose pre-copied copy may be older than the paused memory. The destination
+  // must never install those from a pre-copied copy; `last` ends the set (protocol 1.2).
+  kStalePages = 13,
 };
 
 std::string_view frameTypeName(FrameType type);
@@ -106,6 +110,15 @@ struct Resume {
   std::vector<std::uint64_t> words;
 };
 
+// The same chunk layout as Resume: bit i of words[j] is page first_page + 64*j + i; a set bit
+// names a stale page. Even an empty stale set is sent (one chunk of zero words with `last`):
+// the destination waits for `last` before it installs any pre-copied page.
+struct StalePages {
+  std::uint64_t first_page = 0;
+  bool last = false;
+  std::vector<std::uint64_t> words;
+};
+
 struct BulkDone {
   std::uint64_t pages_sent = 0;
 };
@@ -130,6 +143,7 @@ std::string encodeError(const ErrorFrame& m);
 std::string encodePageRequest(const PageRequest& m);
 std::string encodeZeroRange(const ZeroRange& m);
 std::string encodeResume(const Resume& m);
+std::string encodeStalePages(const StalePages& m);
 std::string encodeBulkDone(const BulkDone& m);
 std::string encodeComplete(const Complete& m);
 std::string encodePing(FrameType ping_or_pong, const Ping& m);
@@ -151,6 +165,7 @@ Result<PageRequest> decodePageRequest(std::span<const std::byte> payload, const 
 Result<PageData> decodePageData(std::span<const std::byte> payload, const Layout& layout);
 Result<ZeroRange> decodeZeroRange(std::span<const std::byte> payload, const Layout& layout);
 Result<Resume> decodeResume(std::span<const std::byte> payload, const Layout& layout);
+Result<StalePages> decodeStalePages(std::span<const std::byte> payload, const Layout& layout);
 Result<BulkDone> decodeBulkDone(std::span<const std::byte> payload);
 Result<Complete> decodeComplete(std::span<const std::byte> payload, const Layout& layout);
 Result<Ping> decodePing(std::span<const std::byte> payload);

@@ -22,6 +22,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   (void)decodePageData(bytes, layout);
   (void)decodeZeroRange(bytes, layout);
   (void)decodeResume(bytes, layout);
+  (void)decodeStalePages(bytes, layout);
   (void)decodeBulkDone(bytes);
   (void)decodeComplete(bytes, layout);
   (void)decodePing(bytes);

@@ -166,10 +166,31 @@ TEST(Frame, CompleteAckIsAnEmptyFrameOfItsOwnType) {
   auto e = decodeCompleteAck(payloadOf(f + "x"));
   ASSERT_FALSE(e);
   EXPECT_NE(e.error().message().find("CompleteAck: payload must be empty"), std::string::npos);
+}
+
+// Pre-copy's switch: the stale set travels as bitmap chunks of their own type, checked like
+// Resume's, and errors name StalePages (not Resume) so a log says which exchange broke.
+TEST(Frame, StalePagesIsABitmapChunkOfItsOwnType) {
+  StalePages s{64, true, {0x5, 0}};
+  std::string f = encodeStalePages(s);
+  auto h = decodeHeader(bytes(f).first<kHeaderSize>(), Limits{});
+  ASSERT_TRUE(h) << h.error().message();
+  EXPECT_EQ(h->type, FrameType::kStalePages);
+  EXPECT_EQ(frameTypeName(h->type), "StalePages");
+  auto d = decodeStalePages(payloadOf(f), kLayout);
+  ASSERT_TRUE(d) << d.error().message();
+  EXPECT_EQ(d->first_page, 64u);
+  EXPECT_TRUE(d->last);
+  EXPECT_EQ(d->words, (std::vector<std::uint64_t>{0x5, 0}));
+  s.words.assign(16, 0);  // 1000 pages need 16 words; from page 64 only 15 are left
+  auto e = errorOf(decodeStalePages(payloadOf(encodeStalePages(s)), kLayout));
+  EXPECT_NE(e.find("StalePages: bitmap words 1+16 out of range"), std::string::npos) << e;
+  e = errorOf(decodeStalePages(payloadOf(encodeStalePages({5, false, {1}})), kLayout));
+  EXPECT_NE(e.find("StalePages: first_page must be a multiple of 64"), std::string::npos) << e;
   std::string next = f;
-  next[5] = 13;  // the first type after it is still unknown
+  next[5] = 14;  // the first type after it is still unknown
   EXPECT_NE(errorOf(decodeHeader(bytes(next).first<kHeaderSize>(), Limits{}))
-                .find("unknown frame type 13"),
+                .find("unknown frame type 14"),
             std::string::npos);
 }
 
