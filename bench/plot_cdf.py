@@ -4,6 +4,7 @@
     bench/plot_cdf.py -o docs/fault-latency-cdf.svg build/bench/run-*.json
     bench/plot_cdf.py -o before-after.svg before.json=before after.json=after
     bench/plot_cdf.py --metric vcpu_stall ...      (the vCPU stalls instead of the agent's faults)
+    bench/plot_cdf.py --only '\[kvm\]' ...          (the curves whose label matches)
 
 One curve per file label, scenario, side (ab_compare's before/after) and vCPU kind: at each
 quantile the median over the runs of that run's latency, each run drawn faintly behind it. The
@@ -17,6 +18,7 @@ message naming the file and the field.
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 
@@ -202,13 +204,19 @@ def main(argv):
     p.add_argument("--metric", choices=sorted(FIELDS), default="fault")
     p.add_argument("--title", help="default: what the metric is")
     p.add_argument("--note", action="append", default=[], help="a line under the title (repeatable)")
+    p.add_argument("--only", metavar="REGEX",
+                   help="draw the curves whose label matches, e.g. '\\[kvm\\]'")
     args = p.parse_args(argv)
+    try:
+        re.compile(args.only or "")
+    except re.error as e:
+        p.error(f"--only: not a regular expression: {e}")
     try:
         curves, notes = [], list(args.note)
         for spec in args.inputs:
             path, _, label = spec.partition("=")
             doc, found = load(path, label, FIELDS[args.metric])
-            curves += found
+            curves += [c for c in found if not args.only or re.search(args.only, c["label"])]
             notes.append(conditions(path, label, doc))
         if not curves:
             raise InputError(f"no curve to draw: no run in {', '.join(args.inputs)} has "

@@ -88,6 +88,13 @@ class PlotCdf(unittest.TestCase):
                   if g.get("class") == "curve"]
         self.assertEqual(labels[0], "main quiet-bulk-random before [kvm]")
 
+    def test_only_picks_curves_by_label(self):
+        r, out = self.plot("--only", "^saturated")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        labels = [g.get("data-label") for g in ET.parse(out).getroot().iter(SVG + "g")
+                  if g.get("class") == "curve"]
+        self.assertEqual(labels, ["saturated-bulk-random [kvm]"])
+
     def test_a_bad_latency_names_its_field(self):
         def bad(doc):
             doc["results"][1]["runs"][2]["fault_latency_cdf_us"][3]["us"] = "fast"
