@@ -6,8 +6,8 @@
     bench/plot_cdf.py --metric vcpu_stall ...      (the vCPU stalls instead of the agent's faults)
     bench/plot_cdf.py --only '\[kvm\]' ...          (the curves whose label matches)
 
-One curve per file label, scenario, side (ab_compare's before/after) and vCPU kind: at each
-quantile the median over the runs of that run's latency, each run drawn faintly behind it. The
+One curve per file label, scenario, side (ab_compare's before/after) and vCPU kind (one colour
+per scenario, dashed where host threads stood in for the vCPUs): at each quantile the median over the runs of that run's latency, each run drawn faintly behind it. The
 x axis is the latency on a log scale; the upper panel is the CDF (the share of faults that took
 at most x), the lower one its tail on a log scale (the share that took longer than x, down to
 0.1%). Each run reports the latency at fixed quantiles (docs/control-api.md,
@@ -105,7 +105,8 @@ def load(path, label, field):
             if [q for q, _ in r] != quantiles:
                 raise InputError(f"{where}.runs[{j}].{field}: quantiles differ from the first run's")
         median = [(q, statistics.median(r[k][1] for r in runs)) for k, q in enumerate(quantiles)]
-        curves.append({"label": name, "runs": runs, "median": median})
+        curves.append({"label": name, "group": name.rsplit(" [", 1)[0], "kind": kind,
+                       "runs": runs, "median": median})
     return doc, curves
 
 
@@ -177,9 +178,13 @@ def render(curves, title, notes):
                        f'text-anchor="middle">{esc(us_label(t))}</text>')
     out.append(f'<text x="{LEFT + plot_w / 2}" y="{tail_top + TAIL_HEIGHT + 38}" '
                'text-anchor="middle">latency (log scale)</text>')
+    groups = list(dict.fromkeys(c["group"] for c in curves))
     for n, c in enumerate(curves):
-        color = COLORS[n % len(COLORS)]
-        out.append(f'<g class="curve" data-label="{esc(c["label"])}" stroke="{color}" fill="none">')
+        # One colour per scenario (and file, side); host threads standing in for vCPUs dashed.
+        color = COLORS[groups.index(c["group"]) % len(COLORS)]
+        dash = ' stroke-dasharray="6,3"' if c["kind"] == "threads" else ""
+        out.append(f'<g class="curve" data-label="{esc(c["label"])}" stroke="{color}" '
+                   f'fill="none"{dash}>')
         for points, width, opacity in [(r, 0.8, 0.3) for r in c["runs"]] + [(c["median"], 2, 1)]:
             cdf = " ".join(f"{f(sx(us))},{f(cdf_y(q))}" for q, us in points)
             tail = " ".join(f"{f(sx(us))},{f(tail_y(1 - q))}" for q, us in points if 1 - q >= TAIL_FLOOR * 0.99)
@@ -187,12 +192,15 @@ def render(curves, title, notes):
                 out.append(f'<polyline stroke-width="{width}" stroke-opacity="{opacity}" points="{pts}"/>')
         out.append("</g>")
         y = cdf_top + 14 + 18 * n
-        out.append(f'<line x1="{LEFT + plot_w + 12}" x2="{LEFT + plot_w + 32}" y1="{y - 4}" y2="{y - 4}" '
-                   f'stroke="{color}" stroke-width="2"/>')
+        out.append(f'<line x1="{LEFT + plot_w + 12}" x2="{LEFT + plot_w + 32}" y1="{y - 4}" '
+                   f'y2="{y - 4}" stroke="{color}" stroke-width="2"{dash}/>')
         out.append(f'<text x="{LEFT + plot_w + 38}" y="{y}">{esc(c["label"])}</text>')
     legend_end = cdf_top + 14 + 18 * len(curves)
     out.append(f'<text x="{LEFT + plot_w + 12}" y="{legend_end + 4}" font-size="11" fill="#555">'
                "bold: median of the runs; faint: each run</text>")
+    for k, line in enumerate(["[kvm]: KVM vCPUs", "[threads], dashed: host threads as vCPUs"]):
+        out.append(f'<text x="{LEFT + plot_w + 12}" y="{legend_end + 20 + 16 * k}" font-size="11" '
+                   f'fill="#555">{esc(line)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
