@@ -11,6 +11,7 @@
 # && cmake --build --preset release --target lazymig lazymig-agent lazymig-testvm
 set -uo pipefail
 A=$1 B=$2 runs=${3:-3} size=${4:-256MiB}
+# shellcheck source=bench/scenarios.sh
 source "$(dirname "$0")/scenarios.sh"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 # RAW=FILE keeps every run's JSON line (scenario, side, JSON) for a closer look.
@@ -21,7 +22,7 @@ for s in ${SCEN:-${BENCH_BASE_SCENARIOS[*]}}; do
   for ((i = 0; i < runs; i++)); do
     for side in before after; do
       bin=$A; [[ $side == after ]] && bin=$B
-      line=$($bin/lazymig demo --size "$size" --extra-yaml "$scenario_config" "${scenario_flags[@]}" \
+      line=$("$bin"/lazymig demo --size "$size" --extra-yaml "$scenario_config" "${scenario_flags[@]}" \
         2>/dev/null | tail -1)
       echo "$s $side $line" >> "$tmp/out"
     done

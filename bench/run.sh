@@ -10,6 +10,7 @@
 # The scenarios are bench/scenarios.sh's, shared with bench/ab_compare.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/scenarios.sh
 source bench/scenarios.sh
 bin=build/bin
 runs=${1:-3}

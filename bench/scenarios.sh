@@ -1,3 +1,5 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # the scenario_* variables are for the scripts that source this
 # The demo scenarios of the bench, one definition for bench/run.sh and bench/ab_compare.sh
 # (sourced, not run): each scenario's agent config, demo flags, and the floors it is read
 # against.
