@@ -10,6 +10,13 @@
 
 namespace lazymig {
 
+// The quantiles at which reports give a latency distribution (its CDF, e.g. the migration
+// object's fault_latency_cdf_us): every 5% and dense in the tail, where a guest notices. One
+// list, so that the agent's and the test VM's distributions line up point for point.
+inline constexpr std::array<double, 27> kLatencyCdfQuantiles = {
+    0.01, 0.02, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45,  0.50,  0.55, 0.60,
+    0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999};
+
 class LatencyHistogram {
  public:
   void record(std::chrono::nanoseconds latency);

@@ -1,34 +1,59 @@
 #!/usr/bin/env bash
-# Two builds side by side: the same demo scenarios as bench/run.sh, run interleaved
-# (before, after, before, after, ...) so that drift in a shared machine's load hits both alike;
-# prints the median fault p50/p99 and throughput of each, and the mismatches (must be 0).
+# Two builds side by side: the same demo scenarios as bench/run.sh (bench/scenarios.sh), run
+# interleaved (before, after, before, after, ...) so that drift in a shared machine's load hits
+# both alike; prints the median fault p50/p99 and throughput of each, and the mismatches (must
+# be 0).
 #   bench/ab_compare.sh BEFORE_BIN_DIR AFTER_BIN_DIR [runs] [size]
 #   SCEN="saturated-bulk-random" bench/ab_compare.sh ...   (a subset of the scenarios)
+#   JSON=FILE bench/ab_compare.sh ...   (every run's demo JSON, as bench/run.sh writes it, with
+#                                        "side": before/after; bench/plot_cdf.py draws it)
 # Build the other commit in a worktree: git worktree add ../before REV && cmake --preset release
 # && cmake --build --preset release --target lazymig lazymig-agent lazymig-testvm
 set -uo pipefail
 A=$1 B=$2 runs=${3:-3} size=${4:-256MiB}
+# shellcheck source=bench/scenarios.sh
+source "$(dirname "$0")/scenarios.sh"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 # RAW=FILE keeps every run's JSON line (scenario, side, JSON) for a closer look.
-printf 'migration:\n  bulk_rate_limit_mib_s: 32\n' > "$tmp/quiet.yaml"; : > "$tmp/none.yaml"
-scen() {
-  case $1 in
-    quiet-bulk-random) echo "$tmp/quiet.yaml --pattern random --vcpus 1 --accesses 2000";;
-    saturated-bulk-random) echo "$tmp/none.yaml --pattern random --vcpus 1 --accesses 2000";;
-    saturated-bulk-hot-4vcpu) echo "$tmp/none.yaml --pattern hot --vcpus 4 --accesses 5000";;
-  esac
-}
-for s in ${SCEN:-quiet-bulk-random saturated-bulk-random saturated-bulk-hot-4vcpu}; do
-  read -r extra flags <<<"$(scen $s)"
+bench_write_configs "$tmp"
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ) load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+for s in ${SCEN:-${BENCH_BASE_SCENARIOS[*]}}; do
+  bench_scenario "$s" "$tmp" || exit 2
   for ((i = 0; i < runs; i++)); do
     for side in before after; do
       bin=$A; [[ $side == after ]] && bin=$B
-      line=$($bin/lazymig demo --size "$size" --extra-yaml "$extra" $flags 2>/dev/null | tail -1)
+      line=$("$bin"/lazymig demo --size "$size" --extra-yaml "$scenario_config" "${scenario_flags[@]}" \
+        2>/dev/null | tail -1)
       echo "$s $side $line" >> "$tmp/out"
     done
   done
 done
 [[ -n ${RAW:-} ]] && cp "$tmp/out" "$RAW"
+if [[ -n ${JSON:-} ]]; then
+  python3 - "$tmp/out" "$JSON" "$A" "$B" "$started" "$runs" "$size" "$load_start" <<'PY'
+import json, os, sys
+out, path, before, after, started, runs, size, load_start = sys.argv[1:]
+results = {}
+for l in open(out):
+    s, side, js = (l.rstrip("\n").split(" ", 2) + [""])[:3]
+    r = results.setdefault((s, side), {"scenario": s, "side": side,
+                                       "bin": before if side == "before" else after,
+                                       "failed_runs": 0, "runs": []})
+    try:
+        r["runs"].append(json.loads(js))
+    except ValueError:
+        r["failed_runs"] += 1
+loadavg = lambda text: [float(x) for x in text.split()[:3]]
+doc = {"bench": "bench/ab_compare.sh", "started": started, "runs": int(runs), "size": size,
+       "host": {"cpus": os.cpu_count(), "kernel": os.uname().release,
+                "loadavg_start": loadavg(load_start),
+                "loadavg_end": loadavg(open("/proc/loadavg").read())},
+       "results": list(results.values())}
+with open(path, "w") as f:
+    json.dump(doc, f, indent=1)
+    f.write("\n")
+PY
+fi
 python3 - "$tmp/out" <<'PY'
 import json, sys, statistics as st
 rows = {}

@@ -2,50 +2,70 @@
 # Migration numbers beside this machine's floors, measured in the same run (DESIGN.md,
 # "Performance model"): fault latency against the latency floors of matching conditions (idle
 # or busy CPUs), and both agents' CPU seconds per GiB against lazymig-floors' CPU floor. Prints a table and one JSON object per scenario and vCPU kind (KVM
-# vCPUs, host threads standing in); medians of N runs.
+# vCPUs, host threads standing in); medians of N runs. Writes everything to one JSON file
+# (the floors, and per scenario and vCPU kind the summary and every run's demo JSON), which
+# bench/plot_cdf.py draws from; its path is the last line on stderr.
 #   bench/run.sh [runs=3] [size=256MiB] [scenarios=.]   (scenarios: a regex of the names to run)
+#   JSON=FILE bench/run.sh ...   (default build/bench/run-<UTC time>.json)
+# The scenarios are bench/scenarios.sh's, shared with bench/ab_compare.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/scenarios.sh
+source bench/scenarios.sh
 bin=build/bin
 runs=${1:-3}
 size=${2:-256MiB}
 only=${3:-.}
+json_out=${JSON:-build/bench/run-$(date -u +%Y%m%dT%H%M%SZ).json}
 [[ -x $bin/lazymig && -x $bin/lazymig-floors ]] || { echo "build first: cmake --build --preset release" >&2; exit 2; }
+mkdir -p "$(dirname "$json_out")"
 
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 floors=$($bin/lazymig-floors 2>/dev/null)
 echo "floors: $floors"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-printf 'migration:\n  bulk_rate_limit_mib_s: 32\n' > "$tmp/quiet.yaml"
-: > "$tmp/none.yaml"
+bench_write_configs "$tmp"
+: > "$tmp/results.jsonl"
 
 # Each scenario runs twice over in the same run: on KVM vCPUs executing the guest program
 # (where /dev/kvm can run a guest) and on host threads standing in for them, so the fault
 # latency and vCPU stall as KVM vCPUs see them sit beside the stand-in's; the KVM rows add the
 # guest's rate not migrating and during, and the share of its work lost to the migration.
-# `condition` names the floors a scenario is read against (lazymig-floors measures both): "busy"
-# while the bulk stream saturates (the agents keep the CPUs running, so wake-ups are cheap),
-# "idle" with the bulk stream capped (the CPUs idle between faults, and each wake-up pays it).
-run_scenario() {  # name condition extra_yaml demo-flags...
-  local name=$1 condition=$2 extra=$3; shift 3
+# Each is read against the floors of its condition (bench/scenarios.sh).
+run_scenario() {  # name
+  local name=$1
   [[ $name =~ $only ]] || return 0
+  bench_scenario "$name" "$tmp"
   for vcpus in kvm threads; do
     local as=()
     [[ $vcpus == threads ]] && as=(--vcpus-as-threads)
     for ((i = 0; i < runs; i++)); do
-      $bin/lazymig demo --size "$size" --extra-yaml "$extra" "${as[@]}" "$@" 2>/dev/null | tail -1
+      $bin/lazymig demo --size "$size" --extra-yaml "$scenario_config" "${as[@]}" \
+        "${scenario_flags[@]}" 2>/dev/null | tail -1 || true
     done > "$tmp/$name-$vcpus.jsonl"
   done
-  python3 - "$name" "$tmp/$name" "$floors" "$condition" <<'PY'
+  python3 - "$name" "$tmp/$name" "$floors" "$scenario_condition" "$tmp/results.jsonl" "$runs" <<'PY'
 import json, statistics, sys
 name, prefix, floors, condition = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+runs_asked = int(sys.argv[6])
+results = open(sys.argv[5], "a")
+def parse(line):  # a demo that printed no report counts as a failed run
+    try:
+        j = json.loads(line)
+        return j if isinstance(j, dict) else None
+    except ValueError:
+        return None
 med = lambda xs: statistics.median(xs) if xs else 0
 # Floors of the matching condition; an older lazymig-floors had the idle ones only.
 lat = floors.get(condition, floors)
 floor = lat["local_fault_us"]["p50"] + lat["network_rtt_us"]["p50"]
 cpu_floor = floors.get("cpu_s_per_gib", {}).get(condition, {}).get("total", {})
 for asked in ("kvm", "threads"):
-    rows = [json.loads(l) for l in open(f"{prefix}-{asked}.jsonl") if l.strip()]
+    lines = [l for l in open(f"{prefix}-{asked}.jsonl") if l.strip()]
+    rows = [j for j in map(parse, lines) if j is not None]
+    failed = runs_asked - len(rows)
     ran = sorted({r.get("vcpus", "threads") for r in rows}) or ["none"]
     p50 = med([r["fault_latency_us"]["p50"] for r in rows])
     p99 = med([r["fault_latency_us"]["p99"] for r in rows])
@@ -59,7 +79,7 @@ for asked in ("kvm", "threads"):
     ratio = lambda x, f: x / f if f else 0
     src_floor, dst_floor = cpu_floor.get("source_cpu_s", 0), cpu_floor.get("destination_cpu_s", 0)
     degr = [r["degradation"] for r in rows if r.get("degradation") is not None]
-    ok = bool(rows) and all(r["verified"] for r in rows)
+    ok = bool(rows) and failed == 0 and all(r["verified"] for r in rows)
     mismatches = sum(r["mismatches"] + r.get("guest_mismatches", 0) for r in rows)
     label = f"{name} [{'/'.join(ran)}]"
     print(f"{label:38s} fault p50 {p50:7.0f} us ({p50/floor:4.1f}x {condition} floor {floor:.0f} us) p99 {p99:7.0f} us  "
@@ -69,28 +89,42 @@ for asked in ("kvm", "threads"):
           f"both {ratio(src_cpu + dst_cpu, src_floor + dst_floor):.1f}x  "
           f"guest {rate('before'):.2f}->{rate('during'):.2f} pages/ms, lost {100*med(degr):3.0f}%  "
           f"verified={ok} mismatches={mismatches}")
-    print(json.dumps({"scenario": name, "vcpus": "/".join(ran), "runs": len(rows), "fault_p50_us": p50,
-                      "fault_p99_us": p99, "floor_us": floor, "floor_condition": condition,
-                      "ratio_to_floor": p50 / floor,
-                      "vcpu_stall_p50_us": vp50, "vcpu_stall_p99_us": vp99, "throughput_mib_s": thr,
-                      "install_floor_mib_s": floors["uffd_copy_64page_mib_s"],
-                      "cpu_s_per_gib": {"source": src_cpu, "destination": dst_cpu},
-                      "cpu_floor_s_per_gib": {"source": src_floor, "destination": dst_floor},
-                      "cpu_ratio_to_floor": {"source": ratio(src_cpu, src_floor),
-                                             "destination": ratio(dst_cpu, dst_floor),
-                                             "both": ratio(src_cpu + dst_cpu, src_floor + dst_floor)},
-                      "guest_rate_before": rate("before"), "guest_rate_during": rate("during"),
-                      "guest_rate_after": rate("after"), "degradation": med(degr),
-                      "verified": ok, "mismatches": mismatches}))
+    summary = {"scenario": name, "vcpus": "/".join(ran), "runs": len(rows), "fault_p50_us": p50,
+               "fault_p99_us": p99, "floor_us": floor, "floor_condition": condition,
+               "ratio_to_floor": p50 / floor,
+               "vcpu_stall_p50_us": vp50, "vcpu_stall_p99_us": vp99, "throughput_mib_s": thr,
+               "install_floor_mib_s": floors["uffd_copy_64page_mib_s"],
+               "cpu_s_per_gib": {"source": src_cpu, "destination": dst_cpu},
+               "cpu_floor_s_per_gib": {"source": src_floor, "destination": dst_floor},
+               "cpu_ratio_to_floor": {"source": ratio(src_cpu, src_floor),
+                                      "destination": ratio(dst_cpu, dst_floor),
+                                      "both": ratio(src_cpu + dst_cpu, src_floor + dst_floor)},
+               "guest_rate_before": rate("before"), "guest_rate_during": rate("during"),
+               "guest_rate_after": rate("after"), "degradation": med(degr),
+               "verified": ok, "mismatches": mismatches}
+    print(json.dumps(summary))
+    results.write(json.dumps({"scenario": name, "condition": condition, "vcpus_asked": asked,
+                              "failed_runs": failed, "summary": summary, "runs": rows}) + "\n")
 PY
 }
 
-run_scenario quiet-bulk-random idle "$tmp/quiet.yaml" --pattern random --vcpus 1 --accesses 2000
-run_scenario saturated-bulk-random busy "$tmp/none.yaml" --pattern random --vcpus 1 --accesses 2000
-run_scenario saturated-bulk-hot-4vcpu busy "$tmp/none.yaml" --pattern hot --vcpus 4 --accesses 5000
-# Every kind of guest memory, the guest writing while pages arrive (hugetlb raises
-# vm.nr_hugepages for the run and puts it back).
-for memory in memfd memfd-minor guest_memfd hugetlb hugetlb-minor; do
-  run_scenario "$memory-write-4vcpu" busy "$tmp/none.yaml" --memory "$memory" --pattern write --vcpus 4 \
-    --accesses 5000
+for name in "${BENCH_SCENARIOS[@]}"; do
+  run_scenario "$name"
 done
+
+python3 - "$json_out" "$tmp/results.jsonl" "$floors" "$started" "$runs" "$size" "$only" \
+  "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$load_start" <<'PY'
+import json, os, sys
+out, results, floors, started, runs, size, only, rev, load_start = sys.argv[1:]
+loadavg = lambda text: [float(x) for x in text.split()[:3]]
+doc = {"bench": "bench/run.sh", "started": started, "runs": int(runs), "size": size,
+       "scenarios": only, "git": rev,
+       "host": {"cpus": os.cpu_count(), "kernel": os.uname().release,
+                "loadavg_start": loadavg(load_start),
+                "loadavg_end": loadavg(open("/proc/loadavg").read())},
+       "floors": json.loads(floors), "results": [json.loads(l) for l in open(results) if l.strip()]}
+with open(out, "w") as f:
+    json.dump(doc, f, indent=1)
+    f.write("\n")
+PY
+echo "results: $json_out" >&2

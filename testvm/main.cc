@@ -23,6 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/latency_histogram.h"
 #include "base/tool_main.h"
 #include "client/control_client.h"
 #include "sys/memory_fd.h"
@@ -330,6 +331,19 @@ nlohmann::json latencyJson(std::vector<std::uint64_t> v) {
   return {{"p50", percentileUs(v, 0.5)}, {"p99", percentileUs(v, 0.99)}, {"max", mx}};
 }
 
+// The whole distribution at the agent's CDF quantiles, each an exact sample (the same rank
+// as percentileUs); empty without samples.
+nlohmann::json latencyCdfJson(std::vector<std::uint64_t> v) {
+  std::sort(v.begin(), v.end());
+  nlohmann::json cdf = nlohmann::json::array();
+  if (v.empty()) return cdf;
+  for (double q : kLatencyCdfQuantiles) {
+    auto k = static_cast<std::size_t>(q * static_cast<double>(v.size() - 1));
+    cdf.push_back({{"q", q}, {"us", static_cast<double>(v[k]) / 1000.0}});
+  }
+  return cdf;
+}
+
 // Polls the destination agent until the migration is final; returns its state.
 std::string waitForMigration(const std::string& endpoint, const std::string& id,
                              std::chrono::seconds timeout, std::string& reason) {
@@ -400,6 +414,7 @@ nlohmann::ordered_json destResult(const VerifyResult& v, const WorkloadResult& w
       {"access_latency_us", latencyJson(work.latencies_ns)},
       {"faulting_accesses", faulting.size()},
       {"faulting_latency_us", latencyJson(faulting)},
+      {"faulting_latency_cdf_us", latencyCdfJson(faulting)},
       {"faulting_seconds",
        static_cast<double>(std::accumulate(faulting.begin(), faulting.end(), std::uint64_t{0})) /
            1e9},

@@ -1,0 +1,46 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # the scenario_* variables are for the scripts that source this
+# The demo scenarios of the bench, one definition for bench/run.sh and bench/ab_compare.sh
+# (sourced, not run): each scenario's agent config, demo flags, and the floors it is read
+# against.
+#   bench_write_configs DIR      writes the agent configs the scenarios name into DIR
+#   bench_scenario NAME DIR      sets scenario_condition, scenario_config, scenario_flags (array)
+#
+# `condition` names the floors a scenario is read against (lazymig-floors measures both): "busy"
+# while the bulk stream saturates (the agents keep the CPUs running, so wake-ups are cheap),
+# "idle" with the bulk stream capped (the CPUs idle between faults, and each wake-up pays it).
+
+# The three that compare bulk capped with saturated (bench/ab_compare.sh's default set).
+BENCH_BASE_SCENARIOS=(quiet-bulk-random saturated-bulk-random saturated-bulk-hot-4vcpu)
+# Every kind of guest memory, the guest writing while pages arrive (hugetlb raises
+# vm.nr_hugepages for the run and puts it back).
+BENCH_MEMORY_SCENARIOS=(memfd-write-4vcpu memfd-minor-write-4vcpu guest_memfd-write-4vcpu
+                        hugetlb-write-4vcpu hugetlb-minor-write-4vcpu)
+BENCH_SCENARIOS=("${BENCH_BASE_SCENARIOS[@]}" "${BENCH_MEMORY_SCENARIOS[@]}")
+
+bench_write_configs() {  # dir
+  printf 'migration:\n  bulk_rate_limit_mib_s: 32\n' > "$1/quiet.yaml"
+  : > "$1/none.yaml"
+}
+
+bench_scenario() {  # name dir
+  local name=$1 dir=$2
+  case $name in
+    quiet-bulk-random)
+      scenario_condition=idle scenario_config=$dir/quiet.yaml
+      scenario_flags=(--pattern random --vcpus 1 --accesses 2000) ;;
+    saturated-bulk-random)
+      scenario_condition=busy scenario_config=$dir/none.yaml
+      scenario_flags=(--pattern random --vcpus 1 --accesses 2000) ;;
+    saturated-bulk-hot-4vcpu)
+      scenario_condition=busy scenario_config=$dir/none.yaml
+      scenario_flags=(--pattern hot --vcpus 4 --accesses 5000) ;;
+    memfd-write-4vcpu | memfd-minor-write-4vcpu | guest_memfd-write-4vcpu | hugetlb-write-4vcpu | \
+      hugetlb-minor-write-4vcpu)
+      scenario_condition=busy scenario_config=$dir/none.yaml
+      scenario_flags=(--memory "${name%-write-4vcpu}" --pattern write --vcpus 4 --accesses 5000) ;;
+    *)
+      echo "unknown scenario '$name'; known: ${BENCH_SCENARIOS[*]}" >&2
+      return 1 ;;
+  esac
+}
