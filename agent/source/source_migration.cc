@@ -22,6 +22,9 @@ constexpr auto kUrgent = metrics::Channel::kUrgent;
 // few requests per vCPU in flight (kilobytes to a few MiB); past this it is flooding us, and
 // the queue would otherwise grow until the agent runs out of memory.
 constexpr std::size_t kUrgentBacklogLimit = 64u << 20;
+// Pages requested before a pre-copy's switch, held: a destination whose VM cannot run yet has
+// no reason to ask for many.
+constexpr std::size_t kHeldRequestLimit = 1u << 16;
 
 BulkSender::Options bulkOptions(const config::Config& config) {
   return {std::size_t{config.migration.bulk_window_bytes_kib} * 1024,
@@ -59,25 +62,7 @@ Status SourceMigration::listenForHandover() {
       ctx_.config.migration.handshake_timeout,
       CredentialPolicy{hs.allowed_uids, hs.allowed_gids, std::nullopt},
       [this](vmm::Handshake h, const sys::PeerCredentials& peer, sys::UnixSocket) -> Status {
-        if (ready_.load()) {
-          return fail(Errc::kAlreadyExists, "memory handover",
-                      "migration '" + id() + "' already has its memory");
-        }
-        if (auto ok = vmm::checkHandedFds(h, vmm::Receiver::kSource); !ok) return ok;
-        struct stat st {};
-        if (h.memory.valid()) ::fstat(h.memory.get(), &st);
-        std::vector<vmm::GuestRegionMapping> regions = h.regions;
-        auto mem = SourceMemory::fromHandover(std::move(h));
-        if (!mem) return std::unexpected(mem.error());
-        {
-          std::lock_guard lock(runtime_mu_);
-          runtime_ = RuntimeRecord{.vmm_pid = peer.pid,
-                                   .regions = std::move(regions),
-                                   .memory = FileIdentity{static_cast<std::uint64_t>(st.st_dev),
-                                                          static_cast<std::uint64_t>(st.st_ino)}};
-        }
-        log_.info("memory handed over", {{"vmm_pid", peer.pid}});
-        return useMemory(std::move(*mem));
+        return useHandover(std::move(h), peer);
       },
       [this](const std::string& reason, const Error&) { recorder_.refusal("handshake_" + reason); },
       log_);
@@ -85,6 +70,106 @@ Status SourceMigration::listenForHandover() {
   listener_ = std::move(*listener);
   persist();
   return {};
+}
+
+Status SourceMigration::useHandover(vmm::Handshake h, const sys::PeerCredentials& peer) {
+  if (ready_.load()) {
+    return fail(Errc::kAlreadyExists, "memory handover",
+                "migration '" + id() + "' already has its memory");
+  }
+  if (auto ok = vmm::checkHandedFds(h, vmm::Receiver::kSource); !ok) return ok;
+  struct stat st {};
+  if (h.memory.valid()) ::fstat(h.memory.get(), &st);
+  std::vector<vmm::GuestRegionMapping> regions = h.regions;
+  const std::uint64_t page_size = h.page_size;
+  // A live source's write tracking travels beside the memory (vmm/source_handover.h).
+  sys::UniqueFd wp_uffd = std::move(h.uffd);
+  sys::UniqueFd pagemap = std::move(h.pagemap);
+  auto mem = SourceMemory::fromHandover(std::move(h));
+  if (!mem) return std::unexpected(mem.error());
+  preparePrecopy(std::move(wp_uffd), std::move(pagemap), regions, page_size, (*mem)->pageCount());
+  {
+    std::lock_guard lock(runtime_mu_);
+    runtime_ = RuntimeRecord{.vmm_pid = peer.pid,
+                             .regions = std::move(regions),
+                             .memory = FileIdentity{static_cast<std::uint64_t>(st.st_dev),
+                                                    static_cast<std::uint64_t>(st.st_ino)}};
+  }
+  log_.info("memory handed over", {{"vmm_pid", peer.pid}, {"live", precopy_ != nullptr}});
+  return useMemory(std::move(*mem));
+}
+
+void SourceMigration::preparePrecopy(sys::UniqueFd wp_uffd, sys::UniqueFd pagemap,
+                                     const std::vector<vmm::GuestRegionMapping>& regions,
+                                     std::uint64_t page_size, std::uint64_t page_count) {
+  const bool live = wp_uffd.valid();
+  auto note = [this](std::string why) {
+    std::lock_guard lock(runtime_mu_);
+    precopy_note_ = std::move(why);
+  };
+  if (spec_.precopy.mode == PrecopyPolicy::Mode::kOff) {
+    // Pure post-copy, as before: the orchestrator pauses the source before the destination
+    // resumes, and the destination connects only then.
+    return note(live ? "precopy is off for this migration: pure post-copy"
+                     : "pure post-copy (the VMM handed over no write tracking)");
+  }
+  if (!live) {
+    precopy_ = PrecopySource::switchedFromTheStart(
+        peer_loop_, page_count, "the VMM handed over its memory paused (1 fd): pure post-copy");
+    return;
+  }
+  // The tracking, adopted: it protects nothing, so the first scan (round 1) arms it.
+  std::vector<sys::TrackedRange> ranges;
+  for (const auto& r : regions) ranges.push_back({HostAddr{r.base_host_virt_addr}, Bytes{r.size}});
+  auto uffd = sys::Uffd::adopt(std::move(wp_uffd));
+  Result<sys::WriteTracker> tracker =
+      uffd ? sys::WriteTracker::adopt(std::move(*uffd), std::move(pagemap), std::move(ranges),
+                                      Bytes{page_size})
+           : std::unexpected(uffd.error());
+  if (!tracker) {
+    // Still the switch protocol (the destination stages until StalePages), without rounds.
+    log_.warn("write tracking refused; no pre-copy round will run",
+              {{"error", tracker.error().message()}});
+    precopy_ = std::make_unique<PrecopySource>(peer_loop_, std::nullopt, page_count,
+                                               tracker.error().message());
+  } else {
+    precopy_ = std::make_unique<PrecopySource>(
+        peer_loop_, PrecopyRounds(std::move(*tracker), regions, page_size, spec_.precopy),
+        page_count);
+  }
+  live_ = true;
+  hold_urgent_.store(true);
+}
+
+Status SourceMigration::paused() {
+  Status out;
+  runOnLoop(peer_loop_, [&] { out = switchToPostCopy(); });
+  return out;
+}
+
+Status SourceMigration::switchToPostCopy() {
+  assert(peer_loop_.inLoopThread());
+  auto conflict = [this](const std::string& why) {
+    return fail(Errc::kState, "paused", "migration '" + id() + "' " + why);
+  };
+  if (isFinal(state())) return conflict("is " + std::string(stateName(state())));
+  if (!ready_.load(std::memory_order_acquire)) {
+    return conflict("is not a live pre-copy yet: its memory has not been handed over");
+  }
+  if (!precopy_) return conflict("is not a live pre-copy: " + precopyNote());
+  if (!live_) return conflict("is not a live pre-copy: its memory was handed over paused");
+  if (precopy_->switched()) return conflict("has already switched to post-copy");
+  const Bitmap& stale = precopy_->pause();
+  log_.info("source paused: pre-copy switches to post-copy", {{"stale_pages", stale.count()}});
+  bulk_.switchToPostCopy();
+  hold_urgent_.store(false);
+  serveHeldRequests();
+  return {};
+}
+
+std::string SourceMigration::precopyNote() const {
+  std::lock_guard lock(runtime_mu_);
+  return precopy_note_;
 }
 
 Status SourceMigration::resume(const RuntimeRecord& runtime) {
@@ -180,6 +265,7 @@ std::optional<HelloRefusal> SourceMigration::attach(std::unique_ptr<transport::C
   if (urgent) {
     attachUrgent(std::move(conn));
   } else {
+    if (precopy_) bulk_.usePrecopy(precopy_.get());
     bulk_.attach(std::move(conn), memory_, *schedule_);
   }
   return std::nullopt;
@@ -191,6 +277,7 @@ void SourceMigration::attachUrgent(std::unique_ptr<transport::Connection> conn) 
     // A reconnect replaces a link this side has not noticed is dead yet.
     log_.info("channel replaced by a new connection");
     urgent_->close();
+    held_pages_.clear();
   }
   urgent_ = std::move(conn);
   urgent_->setPriority(0);
@@ -202,6 +289,7 @@ void SourceMigration::attachUrgent(std::unique_ptr<transport::Connection> conn) 
     log_.warn("channel closed", {{"channel", "urgent"}, {"error", e.message()}});
     // Dropping the connection from its own close handler is allowed by the transport.
     urgent_.reset();
+    held_pages_.clear();
   };
   urgent_->setHandlers(std::move(handlers));
 }
@@ -223,6 +311,7 @@ void SourceMigration::onUrgentFrame(const transport::FrameHeader& h,
         return dropUrgent();
       }
       recorder_.pagesRequested(req->pages.size());
+      if (hold_urgent_.load()) return holdRequests(req->pages);
       for (auto page : req->pages) {
         schedule_->markSent(page);
         schedule_->noteFault(page);
@@ -259,6 +348,30 @@ void SourceMigration::onUrgentFrame(const transport::FrameHeader& h,
 void SourceMigration::dropUrgent() {
   urgent_->close();
   urgent_.reset();
+  held_pages_.clear();
+}
+
+void SourceMigration::holdRequests(const std::vector<std::uint64_t>& pages) {
+  // Before the switch the memory still changes: a page served now could be installed older
+  // than the paused memory. The destination's VM cannot run yet; these wait for the pause.
+  if (held_pages_.size() + pages.size() > kHeldRequestLimit) {
+    log_.warn("the peer requests pages before the switch without end; closing the urgent channel",
+              {{"held_pages", static_cast<std::uint64_t>(held_pages_.size())}});
+    recorder_.refusal("flood");
+    return dropUrgent();
+  }
+  held_pages_.insert(held_pages_.end(), pages.begin(), pages.end());
+}
+
+void SourceMigration::serveHeldRequests() {
+  assert(peer_loop_.inLoopThread());
+  if (!urgent_) return held_pages_.clear();
+  for (auto page : held_pages_) {
+    schedule_->markSent(page);
+    schedule_->noteFault(page);
+    sendPageRun(*urgent_, kUrgent, memory_, {page, 1}, recorder_);
+  }
+  held_pages_.clear();
 }
 
 void SourceMigration::completed(std::uint64_t pages_installed) {
@@ -322,6 +435,14 @@ void SourceMigration::addDetails(nlohmann::json& out) const {
   out["progress"]["served_zero_pages"] = stats_.served_zero_pages.load();
   out["progress"]["page_size"] = page_size_.load();
   out["memory_released"] = released_.load();
+  // precopy_ is set before ready_ and never reset: readable once the memory was there.
+  const bool had_memory = ready_.load(std::memory_order_acquire) || released_.load();
+  if (had_memory && precopy_) {
+    out["precopy"] = precopy_->status();
+  } else if (spec_.precopy.mode != PrecopyPolicy::Mode::kOff || !precopyNote().empty()) {
+    out["precopy"] = {{"state", had_memory ? "off" : "waiting_for_memory"}};
+    if (auto note = precopyNote(); !note.empty()) out["precopy"]["reason"] = note;
+  }
 }
 
 std::uint64_t SourceMigration::pagesTotal() const { return page_count_.load(); }
