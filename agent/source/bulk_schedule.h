@@ -1,7 +1,8 @@
 // The order in which the source streams pages on the bulk channel: after a pre-copy switch the
 // guest's hot set first (putFirst), then pages next to recent demand faults (a guest that
-// faults at p usually touches p+1, p+2, ... next), then everything else in ascending order. Pages the destination already has, and pages already
-// sent, are skipped. Loop-thread-only; pure logic so it can be tested on its own.
+// faults at p usually touches p+1, p+2, ... next), then everything else in ascending order. Pages
+// the destination already has, and pages already sent, are skipped. Loop-thread-only; pure logic so
+// it can be tested on its own.
 #pragma once
 
 #include <cstdint>

@@ -131,9 +131,8 @@ std::optional<PageRun> BulkSender::nextPrecopyRun(std::uint64_t max_pages) {
     return std::nullopt;
   }
   const auto wait = std::chrono::ceil<std::chrono::milliseconds>(next.retry_at - now);
-  precopy_timer_ = peer_loop_.schedule(std::max(wait, std::chrono::milliseconds(0)), [this] {
-    pump();
-  });
+  precopy_timer_ =
+      peer_loop_.schedule(std::max(wait, std::chrono::milliseconds(0)), [this] { pump(); });
   return std::nullopt;
 }
 
@@ -154,7 +153,8 @@ void BulkSender::startPostCopy(const Bitmap& current) {
   std::uint64_t w = 0;
   do {
     const std::uint64_t n = std::min<std::uint64_t>(kWordsPerChunk, words.size() - w);
-    transport::StalePages chunk{w * Bitmap::kBitsPerWord, w + n >= words.size(),
+    transport::StalePages chunk{w * Bitmap::kBitsPerWord,
+                                w + n >= words.size(),
                                 {words.begin() + w, words.begin() + w + n}};
     sendFrame(*conn_, kBulk, transport::encodeStalePages(chunk), recorder_);
     w += n;

@@ -23,7 +23,9 @@ std::string_view stateName(PrecopySource::State s) {
   return "unknown";
 }
 
-double millis(std::chrono::nanoseconds d) { return std::chrono::duration<double, std::milli>(d).count(); }
+double millis(std::chrono::nanoseconds d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
 }  // namespace
 
 PrecopySource::PrecopySource(transport::EventLoop& peer_loop, std::optional<PrecopyRounds> rounds,
@@ -45,8 +47,9 @@ PrecopySource::PrecopySource(transport::EventLoop& peer_loop, std::optional<Prec
   }
 }
 
-std::unique_ptr<PrecopySource> PrecopySource::switchedFromTheStart(
-    transport::EventLoop& peer_loop, std::uint64_t page_count, std::string why) {
+std::unique_ptr<PrecopySource> PrecopySource::switchedFromTheStart(transport::EventLoop& peer_loop,
+                                                                   std::uint64_t page_count,
+                                                                   std::string why) {
   auto out = std::make_unique<PrecopySource>(peer_loop, std::nullopt, page_count, std::move(why));
   out->state_ = State::kSwitched;
   out->state_name_ = std::string(stateName(out->state_));

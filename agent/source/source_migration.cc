@@ -85,6 +85,7 @@ Status SourceMigration::useHandover(vmm::Handshake h, const sys::PeerCredentials
   // A live source's write tracking travels beside the memory (vmm/source_handover.h).
   sys::UniqueFd wp_uffd = std::move(h.uffd);
   sys::UniqueFd pagemap = std::move(h.pagemap);
+  h.kind = vmm::HandshakeKind::kClassic;  // what is left: the memory fd alone
   auto mem = SourceMemory::fromHandover(std::move(h));
   if (!mem) return std::unexpected(mem.error());
   preparePrecopy(std::move(wp_uffd), std::move(pagemap), regions, page_size, (*mem)->pageCount());

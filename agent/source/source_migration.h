@@ -65,11 +65,11 @@ class SourceMigration final : public Migration {
   Status useHandover(vmm::Handshake h, const sys::PeerCredentials& peer);
   // On the handover thread, before ready_: what pre-copy this migration runs, if any.
   void preparePrecopy(sys::UniqueFd wp_uffd, sys::UniqueFd pagemap,
-                      const std::vector<vmm::GuestRegionMapping>& regions,
-                      std::uint64_t page_size, std::uint64_t page_count);
-  Status switchToPostCopy();                                  // peer loop
+                      const std::vector<vmm::GuestRegionMapping>& regions, std::uint64_t page_size,
+                      std::uint64_t page_count);
+  Status switchToPostCopy();                                   // peer loop
   void holdRequests(const std::vector<std::uint64_t>& pages);  // peer loop
-  void serveHeldRequests();                                   // peer loop
+  void serveHeldRequests();                                    // peer loop
   std::string precopyNote() const;
   void attachUrgent(std::unique_ptr<transport::Connection> conn);  // peer loop
   void onUrgentFrame(const transport::FrameHeader& h,
@@ -97,7 +97,7 @@ class SourceMigration final : public Migration {
   std::atomic<std::uint64_t> page_count_{0};
   std::atomic<std::uint64_t> page_size_{0};
   mutable std::mutex runtime_mu_;
-  RuntimeRecord runtime_;  // the handing-over VMM's pid, regions and memory fd identity
+  RuntimeRecord runtime_;     // the handing-over VMM's pid, regions and memory fd identity
   std::string precopy_note_;  // why no pre-copy runs (status), under runtime_mu_
   // Set once, before ready_ (a live handover, or pre-copy asked of a paused one).
   std::unique_ptr<PrecopySource> precopy_;
