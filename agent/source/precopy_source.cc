@@ -48,12 +48,11 @@ PrecopySource::PrecopySource(transport::EventLoop& peer_loop, std::optional<Prec
 }
 
 std::unique_ptr<PrecopySource> PrecopySource::switchedFromTheStart(transport::EventLoop& peer_loop,
-                                                                   std::uint64_t page_count,
-                                                                   std::string why) {
-  auto out = std::make_unique<PrecopySource>(peer_loop, std::nullopt, page_count, std::move(why));
+                                                                   std::uint64_t page_count) {
+  auto out = std::make_unique<PrecopySource>(peer_loop, std::nullopt, page_count);
   out->state_ = State::kSwitched;
   out->state_name_ = std::string(stateName(out->state_));
-  out->switch_reason_ = "paused_handover";
+  out->switch_reason_ = "paused_memory";
   return out;
 }
 

@@ -44,11 +44,11 @@ class PrecopySource {
   PrecopySource(transport::EventLoop& peer_loop, std::optional<PrecopyRounds> rounds,
                 std::uint64_t page_count, std::string why = {});
 
-  // The memory was handed over paused (one fd) while the spec asked for pre-copy: switched from
-  // the start with nothing stale, so a destination staging what arrives hears `last` at once.
+  // The memory is paused already (a snapshot file, one fd handed over) while the spec asked
+  // for pre-copy: switched from the start with nothing stale, so that a destination staging
+  // what arrives hears `last` at once.
   static std::unique_ptr<PrecopySource> switchedFromTheStart(transport::EventLoop& peer_loop,
-                                                             std::uint64_t page_count,
-                                                             std::string why);
+                                                             std::uint64_t page_count);
 
   // A bulk channel's Resume: the pages the destination holds some copy of.
   void resumed(const Bitmap& has);

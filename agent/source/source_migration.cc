@@ -50,6 +50,7 @@ Status SourceMigration::start() {
   if (!spec_.snapshot_file.empty()) {
     auto mem = SourceMemory::fromSnapshotFile(spec_.snapshot_file, spec_.page_size);
     if (!mem) return std::unexpected(mem.error());
+    preparePrecopy({}, {}, {}, spec_.page_size, (*mem)->pageCount());
     return useMemory(std::move(*mem));
   }
   return listenForHandover();
@@ -111,12 +112,14 @@ void SourceMigration::preparePrecopy(sys::UniqueFd wp_uffd, sys::UniqueFd pagema
   if (spec_.precopy.mode == PrecopyPolicy::Mode::kOff) {
     // Pure post-copy, as before: the orchestrator pauses the source before the destination
     // resumes, and the destination connects only then.
-    return note(live ? "precopy is off for this migration: pure post-copy"
-                     : "pure post-copy (the VMM handed over no write tracking)");
+    // (A paused memory with pre-copy off is today's migration: its status says nothing new.)
+    if (live) note("precopy is off for this migration: pure post-copy");
+    return;
   }
   if (!live) {
-    precopy_ = PrecopySource::switchedFromTheStart(
-        peer_loop_, page_count, "the VMM handed over its memory paused (1 fd): pure post-copy");
+    // Paused memory (a snapshot file, or one fd): nothing to copy early, but a destination
+    // staging what arrives must hear the (empty) stale set before it installs anything.
+    precopy_ = PrecopySource::switchedFromTheStart(peer_loop_, page_count);
     return;
   }
   // The tracking, adopted: it protects nothing, so the first scan (round 1) arms it.
@@ -158,7 +161,12 @@ Status SourceMigration::switchToPostCopy() {
     return conflict("is not a live pre-copy yet: its memory has not been handed over");
   }
   if (!precopy_) return conflict("is not a live pre-copy: " + precopyNote());
-  if (!live_) return conflict("is not a live pre-copy: its memory was handed over paused");
+  if (!live_) {
+    return conflict("is not a live pre-copy: its memory is paused already (" +
+                    std::string(spec_.snapshot_file.empty() ? "one fd handed over, no write tracking"
+                                                            : "a snapshot file") +
+                    ")");
+  }
   if (precopy_->switched()) return conflict("has already switched to post-copy");
   const Bitmap& stale = precopy_->pause();
   log_.info("source paused: pre-copy switches to post-copy", {{"stale_pages", stale.count()}});

@@ -300,10 +300,10 @@ TEST_F(PrecopyMigrationTest, APausedHandoverSendsAnEmptyStaleSetFirst) {
   EXPECT_EQ(copy.dropped, 0u);
   expectCopyEqualsMemory(copy);
   EXPECT_EQ(precopy()["state"], "switched");
-  EXPECT_EQ(precopy()["switch_reason"], "paused_handover");
+  EXPECT_EQ(precopy()["switch_reason"], "paused_memory");
   auto paused = migration_->paused();
   ASSERT_FALSE(paused);
-  EXPECT_NE(paused.error().message().find("handed over paused"), std::string::npos);
+  EXPECT_NE(paused.error().message().find("is paused already"), std::string::npos);
 }
 
 TEST_F(PrecopyMigrationTest, PausedTwiceOrOnASnapshotIsAConflict) {
