@@ -163,8 +163,9 @@ Status SourceMigration::switchToPostCopy() {
   if (!precopy_) return conflict("is not a live pre-copy: " + precopyNote());
   if (!live_) {
     return conflict("is not a live pre-copy: its memory is paused already (" +
-                    std::string(spec_.snapshot_file.empty() ? "one fd handed over, no write tracking"
-                                                            : "a snapshot file") +
+                    std::string(spec_.snapshot_file.empty()
+                                    ? "one fd handed over, no write tracking"
+                                    : "a snapshot file") +
                     ")");
   }
   if (precopy_->switched()) return conflict("has already switched to post-copy");

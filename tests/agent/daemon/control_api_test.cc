@@ -218,12 +218,9 @@ TEST_F(ControlApiTest, PausedIsAConflictForWhatIsNotALivePrecopySource) {
 
   const std::string memory = dir_ + "/guest.mem";
   std::ofstream(memory) << std::string(4096, 'x');
-  nlohmann::json src{{"id", "src"},
-                     {"role", "source"},
-                     {"token", kToken},
-                     {"peer_identity", "destination.test"},
-                     {"precopy", "auto"},
-                     {"memory", {{"snapshot_file", memory}}}};
+  nlohmann::json src{{"id", "src"},       {"role", "source"},
+                     {"token", kToken},   {"peer_identity", "destination.test"},
+                     {"precopy", "auto"}, {"memory", {{"snapshot_file", memory}}}};
   auto created = ask("POST", "/v1/migrations", src.dump());
   ASSERT_EQ(created.status, 201) << created.body.dump();
   EXPECT_EQ(created.body["precopy"]["state"], "switched") << "a snapshot is paused memory";
