@@ -144,12 +144,13 @@ Result<DestinationSpec> parseDestination(const json& body, DestinationSpec spec,
 Result<PrecopyPolicy> parsePrecopyFields(const json& body) {
   std::chrono::milliseconds deadline = PrecopyPolicy{}.deadline;
   if (auto it = body.find("precopy_deadline_ms"); it != body.end() && !it->is_null()) {
-    if (!it->is_number_unsigned() || it->get<std::uint64_t>() == 0 ||
-        it->get<std::uint64_t>() > 86'400'000) {
+    // A json built in memory holds small numbers as signed; parsed text as unsigned.
+    if (!it->is_number_integer() || it->get<std::int64_t>() < 1 ||
+        it->get<std::int64_t>() > 86'400'000) {
       return std::unexpected(
           bad("precopy_deadline_ms", "must be a whole number of milliseconds from 1 to 86400000"));
     }
-    deadline = std::chrono::milliseconds(it->get<std::uint64_t>());
+    deadline = std::chrono::milliseconds(it->get<std::int64_t>());
   }
   auto text = optionalString(body, "precopy");
   if (!text) return std::unexpected(text.error());

@@ -71,7 +71,7 @@ void BulkSender::onFrame(const transport::FrameHeader& h, std::span<const std::b
             log_.info("pre-copy (re)starting on the bulk channel");
             return pump();
           }
-          return startPostCopy(precopy_->currentAt(has));
+          return startPostCopy(precopy_->resumedAfterSwitch(has));
         }
         schedule_->reset(resume_bitmap_);
         done_sent_ = false;

@@ -56,6 +56,19 @@ std::unique_ptr<PrecopySource> PrecopySource::switchedFromTheStart(transport::Ev
   return out;
 }
 
+std::unique_ptr<PrecopySource> PrecopySource::restarted(transport::EventLoop& peer_loop,
+                                                        std::uint64_t page_count, bool switched) {
+  auto out = std::make_unique<PrecopySource>(
+      peer_loop, std::nullopt, page_count,
+      "the agent restarted: the write tracking stayed with the agent before it");
+  out->vouch_nothing_ = true;
+  if (switched) {
+    out->state_ = State::kSwitched;
+    out->state_name_ = std::string(stateName(out->state_));
+  }
+  return out;
+}
+
 void PrecopySource::resumed(const Bitmap& has) {
   assert(peer_loop_.inLoopThread());
   if (switched()) return;
@@ -194,7 +207,14 @@ const Bitmap& PrecopySource::pause() {
   return stale_;
 }
 
-Bitmap PrecopySource::currentAt(const Bitmap& has) const {
+Bitmap PrecopySource::resumedAfterSwitch(const Bitmap& has) {
+  assert(peer_loop_.inLoopThread());
+  if (vouch_nothing_) {
+    // StalePages drops staged copies only: pages installed after the switch stay installed.
+    stale_.merge(has);
+    std::lock_guard lock(status_mu_);
+    stale_pages_ = stale_.count();
+  }
   Bitmap out = has;
   for (std::size_t w = 0; w < out.words().size(); ++w) {
     out.mutableWords()[w] &= ~stale_.words()[w];

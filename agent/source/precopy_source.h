@@ -50,6 +50,12 @@ class PrecopySource {
   static std::unique_ptr<PrecopySource> switchedFromTheStart(transport::EventLoop& peer_loop,
                                                              std::uint64_t page_count);
 
+  // A restarted agent's: the write tracking stayed with the dead agent, so no pre-copied page
+  // at the destination can be vouched for: every page a Resume names is stale at the switch.
+  // `switched`: the dead agent had switched already (the memory is paused).
+  static std::unique_ptr<PrecopySource> restarted(transport::EventLoop& peer_loop,
+                                                  std::uint64_t page_count, bool switched);
+
   // A bulk channel's Resume: the pages the destination holds some copy of.
   void resumed(const Bitmap& has);
   // Before the switch: the next run to send of the current round (marked sent), starting the
@@ -66,9 +72,9 @@ class PrecopySource {
   // Returns the stale set; afterwards switched() is true. Call once.
   const Bitmap& pause();
   bool switched() const { return state_ == State::kSwitched; }
-  // After the switch: what the destination still holds a current copy of, given what a
-  // channel's Resume said it has (`has`): `has` minus the stale pages.
-  Bitmap currentAt(const Bitmap& has) const;
+  // After the switch, a channel's Resume (`has`): what the destination holds a current copy
+  // of, `has` minus the stale pages (a restarted agent: nothing it has is vouched for).
+  Bitmap resumedAfterSwitch(const Bitmap& has);
   // After the switch, on the channel that was open at the pause: every page sent and current.
   Bitmap currentNow() const;
   // After the switch: the pages post-copy streams first (stale ∪ written in the last rounds).
@@ -99,6 +105,7 @@ class PrecopySource {
   Bitmap written_before_;  // by the scan before it
   std::uint64_t cursor_ = 0;
   bool in_round_ = false;
+  bool vouch_nothing_ = false;  // restarted(): a Resume's pages are stale
   Clock::time_point last_scan_{};
   Clock::time_point round_ended_{};
 

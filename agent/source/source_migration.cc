@@ -95,7 +95,8 @@ Status SourceMigration::useHandover(vmm::Handshake h, const sys::PeerCredentials
     runtime_ = RuntimeRecord{.vmm_pid = peer.pid,
                              .regions = std::move(regions),
                              .memory = FileIdentity{static_cast<std::uint64_t>(st.st_dev),
-                                                    static_cast<std::uint64_t>(st.st_ino)}};
+                                                    static_cast<std::uint64_t>(st.st_ino)},
+                             .live_source = live_};
   }
   log_.info("memory handed over", {{"vmm_pid", peer.pid}, {"live", precopy_ != nullptr}});
   return useMemory(std::move(*mem));
@@ -171,6 +172,12 @@ Status SourceMigration::switchToPostCopy() {
   if (precopy_->switched()) return conflict("has already switched to post-copy");
   const Bitmap& stale = precopy_->pause();
   log_.info("source paused: pre-copy switches to post-copy", {{"stale_pages", stale.count()}});
+  {
+    // A restarted agent must not take the memory for live again (nor hold requests).
+    std::lock_guard lock(runtime_mu_);
+    runtime_.precopy_switched = true;
+  }
+  persist();
   bulk_.switchToPostCopy();
   hold_urgent_.store(false);
   serveHeldRequests();
@@ -201,6 +208,12 @@ Status SourceMigration::resume(const RuntimeRecord& runtime) {
       {
         std::lock_guard lock(runtime_mu_);
         runtime_ = runtime;
+      }
+      if (runtime.live_source && spec_.precopy.mode != PrecopyPolicy::Mode::kOff) {
+        precopy_ =
+            PrecopySource::restarted(peer_loop_, (*mem)->pageCount(), runtime.precopy_switched);
+        live_ = true;
+        hold_urgent_.store(!runtime.precopy_switched);
       }
       log_.info("guest memory taken back from the source VMM", {{"vmm_pid", pid}});
       return useMemory(std::move(*mem));

@@ -5,6 +5,8 @@
 // the StalePages frame with `last` to a staging copy, StalePages drop from it, pages after it
 // are post-copy. After the switch its copy must equal the paused memory page for page.
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <random>
@@ -267,6 +269,54 @@ TEST_F(PrecopyMigrationTest, APauseThatCutsARoundShortNamesItsUnsentPagesStale) 
   EXPECT_GT(copy.dropped, 0u);
   EXPECT_EQ(status["stale_pages"].get<std::uint64_t>(), copy.resent_after_switch)
       << "every stale page is sent once after the switch";
+}
+
+// A source agent restarted during the rounds takes the memory back from the VMM, but not the
+// write tracking: it cannot tell a current staged copy from an old one, so at the switch it
+// names every page the destination says it has stale, and sends everything again.
+TEST_F(PrecopyMigrationTest, ARestartedSourceVouchesForNoPrecopiedPage) {
+  createMigration(false, *parsePrecopyPolicy("auto", std::chrono::seconds(60)));
+  listen();
+  struct stat st {};
+  ASSERT_EQ(::fstat(vmm_.memory.get(), &st), 0);
+  RuntimeRecord runtime;
+  runtime.vmm_pid = ::getpid();  // the test is the VMM: its fd table holds the memfd
+  runtime.regions.resize(1);
+  runtime.regions[0].base_host_virt_addr = vmm_.mapping.address().value;
+  runtime.regions[0].size = kBytes;
+  runtime.memory = FileIdentity{st.st_dev, st.st_ino};
+  runtime.live_source = true;
+  ASSERT_TRUE(migration_->resume(runtime));
+  ASSERT_EQ(migration_->state(), MigrationState::kServing);
+  EXPECT_EQ(precopy()["switch_reason"], "no_write_tracking") << precopy();
+
+  auto urgent = channel(ChannelKind::kUrgent);
+  auto bulk = channel(ChannelKind::kBulk);
+  // What the destination staged from the dead agent's rounds: the first half, old copies.
+  std::vector<std::uint64_t> staged(kPages / 64, 0);
+  staged[0] = staged[1] = ~0ull;
+  bulk->send(transport::encodeResume({0, true, staged}));
+  urgent->send(transport::encodePageRequest({{3}}));
+  roundTrip(*urgent);
+  roundTrip(*bulk);
+  EXPECT_EQ(count(framesOf(*urgent), FrameType::kPageData), 0u) << "held until the switch";
+  EXPECT_EQ(count(framesOf(*bulk), FrameType::kPageData), 0u) << "no round without tracking";
+  vmm_.word(7, 0).store(77);  // the guest still runs
+  ASSERT_TRUE(migration_->paused());
+  ASSERT_TRUE(bulk->waitFor(FrameType::kBulkDone));
+  ASSERT_TRUE(urgent->waitFor(FrameType::kPageData));
+  DestinationCopy copy;
+  for (std::uint64_t p = 0; p < 128; ++p) copy.has[p] = true;  // stale content
+  copy.apply(framesOf(*bulk));
+  EXPECT_EQ(copy.dropped, 128u);
+  expectCopyEqualsMemory(copy);
+  EXPECT_EQ(precopy()["stale_pages"], 128);
+  auto record = db_->getMigration("m1");
+  ASSERT_TRUE(record && *record);
+  auto saved = SavedMigration::fromJson((*record)->spec_json, "m1");
+  ASSERT_TRUE(saved);
+  EXPECT_TRUE(saved->runtime.live_source);
+  EXPECT_TRUE(saved->runtime.precopy_switched) << "a later restart knows the memory is paused";
 }
 
 TEST_F(PrecopyMigrationTest, PrecopyOffWithALiveHandoverIsPurePostCopy) {
