@@ -74,7 +74,11 @@ Status SourceMigration::switchToPostCopy() {
   if (!ready_.load(std::memory_order_acquire)) {
     return conflict("is not a live pre-copy yet: its memory has not been handed over");
   }
-  if (!precopy_) return conflict("is not a live pre-copy: " + precopyNote());
+  if (!precopy_) {
+    const std::string note = precopyNote();
+    return conflict("is not a live pre-copy: " +
+                    (note.empty() ? "precopy is off for this migration" : note));
+  }
   if (!live_) {
     return conflict("is not a live pre-copy: its memory is paused already (" +
                     std::string(spec_.snapshot_file.empty()
