@@ -234,8 +234,13 @@ TEST_F(PrecopyMigrationTest, RoundsRaceAWriterAndTheSwitchLeavesTheCopyEqualToTh
   EXPECT_EQ(status["state"], "switched");
   ASSERT_GE(status["rounds"].size(), 6u);
   std::uint64_t caught = 0;
-  for (std::size_t i = 1; i < status["rounds"].size(); ++i)
-    caught += status["rounds"][i]["pages_written"].get<std::uint64_t>();
+  for (std::size_t i = 1; i < status["rounds"].size(); ++i) {
+    const auto& round = status["rounds"][i];
+    caught += round["pages_written"].get<std::uint64_t>();
+    // The metrics per round: a round that found writes has a dirty rate.
+    EXPECT_EQ(round["pages_written"] > 0, round["dirty_pages_per_s"] > 0.0) << round;
+    EXPECT_GE(round["duration_ms"].get<double>(), 0.0);
+  }
   EXPECT_GT(caught, 0u) << "no round caught a write: the race was not exercised";
   EXPECT_GT(copy.staged_frames, 0u);
   EXPECT_GT(writer.writes(), 0u);
