@@ -57,6 +57,8 @@ json RuntimeRecord::toJson() const {
     out["memory_ino"] = memory->ino;
   }
   if (every_page_installed) out["every_page_installed"] = true;
+  if (live_source) out["live_source"] = true;
+  if (precopy_switched) out["precopy_switched"] = true;
   return out;
 }
 
@@ -108,9 +110,13 @@ Result<RuntimeRecord> RuntimeRecord::fromJson(const json& j, std::string_view mi
   }
   if (*dev) r.memory = FileIdentity{**dev, **ino};
 
-  if (const json* done = read.find("every_page_installed")) {
-    if (!done->is_boolean()) return read.bad("every_page_installed", "expected true or false");
-    r.every_page_installed = done->get<bool>();
+  for (auto [field, flag] : {std::pair{"every_page_installed", &r.every_page_installed},
+                             std::pair{"live_source", &r.live_source},
+                             std::pair{"precopy_switched", &r.precopy_switched}}) {
+    if (const json* v = read.find(field)) {
+      if (!v->is_boolean()) return read.bad(field, "expected true or false");
+      *flag = v->get<bool>();
+    }
   }
   return r;
 }

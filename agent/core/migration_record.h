@@ -41,6 +41,11 @@ struct RuntimeRecord {
   std::optional<FileIdentity> memory;
   // Destination: every page was installed; only telling the source remains.
   bool every_page_installed = false;
+  // Source, pre-copy asked: the VMM handed over a live source (its VM ran while rounds were
+  // sent), and whether the switch happened. A restarted agent cannot take the write tracking
+  // back, so it vouches for no pre-copied page (docs/precopy.md).
+  bool live_source = false;
+  bool precopy_switched = false;
 
   // JSON null when nothing is known yet, as agents always wrote it.
   nlohmann::json toJson() const;

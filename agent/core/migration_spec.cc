@@ -140,6 +140,31 @@ Result<DestinationSpec> parseDestination(const json& body, DestinationSpec spec,
   return spec;
 }
 
+// `precopy` ("off" when absent) and `precopy_deadline_ms` (60000 when absent), both roles.
+Result<PrecopyPolicy> parsePrecopyFields(const json& body) {
+  std::chrono::milliseconds deadline = PrecopyPolicy{}.deadline;
+  if (auto it = body.find("precopy_deadline_ms"); it != body.end() && !it->is_null()) {
+    // A json built in memory holds small numbers as signed; parsed text as unsigned.
+    if (!it->is_number_integer() || it->get<std::int64_t>() < 1 ||
+        it->get<std::int64_t>() > 86'400'000) {
+      return std::unexpected(
+          bad("precopy_deadline_ms", "must be a whole number of milliseconds from 1 to 86400000"));
+    }
+    deadline = std::chrono::milliseconds(it->get<std::int64_t>());
+  }
+  auto text = optionalString(body, "precopy");
+  if (!text) return std::unexpected(text.error());
+  auto policy = parsePrecopyPolicy(text->empty() ? "off" : *text, deadline);
+  if (!policy) return std::unexpected(bad("precopy", policy.error().context));
+  return policy;
+}
+
+void addPrecopyFields(json& out, const PrecopyPolicy& policy) {
+  if (policy.mode == PrecopyPolicy::Mode::kOff) return;  // records stay as they were
+  out["precopy"] = precopyPolicyText(policy);
+  out["precopy_deadline_ms"] = policy.deadline.count();
+}
+
 }  // namespace
 
 bool isValidMigrationId(std::string_view id) {
@@ -165,18 +190,22 @@ Result<MigrationSpec> parseMigrationSpec(const json& body, const std::string& ha
   if (auto ok = checkToken(*token); !ok) return std::unexpected(ok.error());
   auto peer = requiredString(body, "peer_identity");
   if (!peer) return std::unexpected(peer.error());
+  if (*role != "source" && *role != "destination") {
+    return std::unexpected(
+        bad("role", "must be \"source\" or \"destination\", got \"" + *role + "\""));
+  }
+  auto precopy = parsePrecopyFields(body);
+  if (!precopy) return std::unexpected(precopy.error());
   if (*role == "source") {
     auto s = parseSource(body, SourceSpec{*id, *token, *peer, {}, {}});
     if (!s) return std::unexpected(s.error());
+    s->precopy = *precopy;
     return MigrationSpec(std::move(*s));
   }
-  if (*role == "destination") {
-    auto d = parseDestination(body, DestinationSpec{*id, *token, *peer, {}, {}, {}}, handshake_dir);
-    if (!d) return std::unexpected(d.error());
-    return MigrationSpec(std::move(*d));
-  }
-  return std::unexpected(
-      bad("role", "must be \"source\" or \"destination\", got \"" + *role + "\""));
+  auto d = parseDestination(body, DestinationSpec{*id, *token, *peer, {}, {}, {}}, handshake_dir);
+  if (!d) return std::unexpected(d.error());
+  d->precopy = *precopy;
+  return MigrationSpec(std::move(*d));
 }
 
 nlohmann::json specToJson(const MigrationSpec& spec) {
@@ -184,11 +213,13 @@ nlohmann::json specToJson(const MigrationSpec& spec) {
     json mem = s->snapshot_file.empty() ? json{{"handover_socket", s->handover_socket}}
                                         : json{{"snapshot_file", s->snapshot_file}};
     if (s->page_size != 4096) mem["page_size"] = s->page_size;
-    return {{"id", s->id},
-            {"role", "source"},
-            {"token", s->token},
-            {"peer_identity", s->peer_identity},
-            {"memory", mem}};
+    json out{{"id", s->id},
+             {"role", "source"},
+             {"token", s->token},
+             {"peer_identity", s->peer_identity},
+             {"memory", mem}};
+    addPrecopyFields(out, s->precopy);
+    return out;
   }
   const auto& d = std::get<DestinationSpec>(spec);
   json out{{"id", d.id},
@@ -198,6 +229,7 @@ nlohmann::json specToJson(const MigrationSpec& spec) {
            {"source_address", d.source_address},
            {"handshake_socket", d.handshake_socket}};
   if (d.vmm_pid) out["vmm_pid"] = *d.vmm_pid;
+  addPrecopyFields(out, d.precopy);
   return out;
 }
 

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/core/precopy_policy.h"
 #include "base/error.h"
 
 namespace lazymig::agent {
@@ -21,6 +22,8 @@ struct SourceSpec {
   std::string handover_socket;
   // A snapshot file's page size (2 MiB for hugetlbfs guests); a handover says its own.
   std::uint64_t page_size = 4096;
+  // Pre-copy while the source VM runs (docs/precopy.md); runs only on a live handover.
+  PrecopyPolicy precopy;
 };
 
 struct DestinationSpec {
@@ -30,6 +33,8 @@ struct DestinationSpec {
   std::string source_address;
   std::string handshake_socket;  // filled with <handshake_dir>/<id>.sock when absent
   std::optional<pid_t> vmm_pid;
+  // Not off: connect to the source when created and stage what pre-copy sends.
+  PrecopyPolicy precopy;
 };
 
 using MigrationSpec = std::variant<SourceSpec, DestinationSpec>;

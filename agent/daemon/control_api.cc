@@ -15,6 +15,7 @@
 
 #include "agent/core/migration_spec.h"
 #include "agent/daemon/json_error_pages.h"
+#include "agent/source/source_migration.h"
 #include "loop/assert_on_loop.h"
 #include "sys/unix_socket.h"
 
@@ -222,6 +223,10 @@ void ControlApi::route(evhttp_request* req, const std::string& path) {
 
 void ControlApi::handleMigration(evhttp_request* req, const std::string& id) {
   auto method = evhttp_request_get_command(req);
+  constexpr std::string_view kPaused = "/paused";
+  if (id.size() > kPaused.size() && id.ends_with(kPaused)) {
+    return handlePaused(req, id.substr(0, id.size() - kPaused.size()));
+  }
   if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_DELETE) {
     return replyError(req, {405, "method_not_allowed", "use GET or DELETE"});
   }
@@ -233,6 +238,30 @@ void ControlApi::handleMigration(evhttp_request* req, const std::string& id) {
   }
   if (method == EVHTTP_REQ_GET) return reply(req, 200, m->toJson());
   if (auto ok = m->cancel(queryFlag(req, "force")); !ok) {
+    return replyError(req, {409, "conflict", ok.error().message()});
+  }
+  reply(req, 200, m->toJson());
+}
+
+// The orchestrator paused a live source VM: the source agent switches pre-copy to post-copy.
+void ControlApi::handlePaused(evhttp_request* req, const std::string& id) {
+  if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+    return replyError(req, {405, "method_not_allowed", "use POST"});
+  }
+  auto m = registry_.find(id);
+  if (!m) {
+    if (registry_.findHistory(id)) {
+      return replyError(req, {409, "conflict", "migration '" + id + "' has finished"});
+    }
+    return replyError(req, {404, "not_found", "no migration with id '" + id + "'"});
+  }
+  auto* source = dynamic_cast<SourceMigration*>(m.get());
+  if (source == nullptr) {
+    return replyError(req, {409, "conflict",
+                            "migration '" + id + "' is a " + m->role() +
+                                ": only the source agent is told that the source VM paused"});
+  }
+  if (auto ok = source->paused(); !ok) {
     return replyError(req, {409, "conflict", ok.error().message()});
   }
   reply(req, 200, m->toJson());

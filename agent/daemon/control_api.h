@@ -58,6 +58,7 @@ class ControlApi {
   void handle(evhttp_request* req);
   void route(evhttp_request* req, const std::string& path);
   void handleMigration(evhttp_request* req, const std::string& id);
+  void handlePaused(evhttp_request* req, const std::string& id);
   void reply(evhttp_request* req, int status, const nlohmann::json& body);
   void replyError(evhttp_request* req, const ApiError& e);
 

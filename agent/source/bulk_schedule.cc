@@ -16,7 +16,13 @@ void BulkSchedule::reset(std::span<const std::uint64_t> installed_bitmap) {
   sent_ = Bitmap::fromWords(page_count_, {installed_bitmap.begin(), installed_bitmap.end()});
   remaining_ = page_count_ - sent_.count();
   cursor_ = 0;
+  first_cursor_ = 0;
   hot_.clear();
+}
+
+void BulkSchedule::putFirst(Bitmap pages) {
+  first_ = std::move(pages);
+  first_cursor_ = 0;
 }
 
 void BulkSchedule::markSent(std::uint64_t page) {
@@ -60,6 +66,22 @@ PageRun BulkSchedule::take(std::uint64_t first, std::uint64_t end, std::uint64_t
 
 std::optional<PageRun> BulkSchedule::next(std::uint64_t max_pages) {
   if (remaining_ == 0 || max_pages == 0) return std::nullopt;
+  while (first_cursor_ < first_.size()) {
+    std::uint64_t p = first_.findNextSet(first_cursor_);
+    if (p >= first_.size()) {
+      first_cursor_ = p;
+      break;
+    }
+    if (sent(p)) {
+      first_cursor_ = p + 1;
+      continue;
+    }
+    std::uint64_t end = p;
+    while (end < first_.size() && first_.test(end)) ++end;
+    PageRun run = take(p, end, max_pages);
+    first_cursor_ = run.first + run.count;
+    return run;
+  }
   while (!hot_.empty()) {
     Window& w = hot_.front();
     auto p = firstUnsentFrom(w.next, w.end);

@@ -1,7 +1,8 @@
-// The order in which the source streams pages on the bulk channel: pages next to recent
-// demand faults first (a guest that faults at p usually touches p+1, p+2, ... next), then
-// everything else in ascending order. Pages the destination already has, and pages already
-// sent, are skipped. Loop-thread-only; pure logic so it can be tested on its own.
+// The order in which the source streams pages on the bulk channel: after a pre-copy switch the
+// guest's hot set first (putFirst), then pages next to recent demand faults (a guest that
+// faults at p usually touches p+1, p+2, ... next), then everything else in ascending order. Pages
+// the destination already has, and pages already sent, are skipped. Loop-thread-only; pure logic so
+// it can be tested on its own.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +30,8 @@ class BulkSchedule {
   void reset(std::span<const std::uint64_t> installed_bitmap);
   // A page went out another way (a demand reply): the bulk stream need not send it.
   void markSent(std::uint64_t page);
+  // Pages to send before any other (pre-copy's stale pages and hot set); kept across reset().
+  void putFirst(Bitmap pages);
   // A vCPU faulted at `page`: pull the pages after it to the front.
   void noteFault(std::uint64_t page);
   // The next run of at most max_pages contiguous unsent pages, marked sent; none when done.
@@ -52,6 +55,8 @@ class BulkSchedule {
   std::uint64_t remaining_ = 0;
   std::uint64_t cursor_ = 0;
   std::deque<Window> hot_;  // most recent fault first
+  Bitmap first_;            // putFirst's pages; empty when none
+  std::uint64_t first_cursor_ = 0;
 };
 
 }  // namespace lazymig::agent

@@ -42,6 +42,7 @@ void BulkSender::attach(std::unique_ptr<transport::Connection> conn,
 
 void BulkSender::close() {
   rate_timer_.cancel();
+  precopy_timer_.cancel();
   if (conn_) conn_->close();
   conn_.reset();
 }
@@ -62,8 +63,17 @@ void BulkSender::onFrame(const transport::FrameHeader& h, std::span<const std::b
       for (std::size_t i = 0; i < r->words.size(); ++i)
         resume_bitmap_[Bitmap::wordOf(r->first_page) + i] = r->words[i];
       if (r->last) {
-        schedule_->reset(resume_bitmap_);
         resumed_ = true;
+        if (precopy_) {
+          Bitmap has = Bitmap::fromWords(memory_->pageCount(), resume_bitmap_);
+          if (!precopy_->switched()) {
+            precopy_->resumed(has);
+            log_.info("pre-copy (re)starting on the bulk channel");
+            return pump();
+          }
+          return startPostCopy(precopy_->resumedAfterSwitch(has));
+        }
+        schedule_->reset(resume_bitmap_);
         done_sent_ = false;
         log_.info("bulk stream (re)starting", {{"pages_to_send", schedule_->remaining()}});
         pump();
@@ -97,7 +107,9 @@ void BulkSender::pump() {
                               [this] { pump(); });
       return;
     }
-    auto run = schedule_->next(batch_pages);
+    const bool precopy = precopy_ && !precopy_->switched();
+    auto run = precopy ? nextPrecopyRun(batch_pages) : schedule_->next(batch_pages);
+    if (!run && precopy) return;  // a timer pumps again when the next round may begin
     if (!run) {
       if (!done_sent_) {
         done_sent_ = true;
@@ -109,6 +121,50 @@ void BulkSender::pump() {
     }
     limiter_.charge(static_cast<double>(sendPageRun(*conn_, kBulk, memory_, *run, recorder_)));
   }
+}
+
+std::optional<PageRun> BulkSender::nextPrecopyRun(std::uint64_t max_pages) {
+  const auto now = PrecopySource::Clock::now();
+  auto next = precopy_->next(max_pages, now);
+  if (next.run) return next.run;
+  if (precopy_timer_.pending() || next.retry_at == PrecopySource::Clock::time_point::max()) {
+    return std::nullopt;
+  }
+  const auto wait = std::chrono::ceil<std::chrono::milliseconds>(next.retry_at - now);
+  precopy_timer_ =
+      peer_loop_.schedule(std::max(wait, std::chrono::milliseconds(0)), [this] { pump(); });
+  return std::nullopt;
+}
+
+void BulkSender::switchToPostCopy() {
+  assert(peer_loop_.inLoopThread());
+  precopy_timer_.cancel();
+  // Without a channel (or before its Resume) the next channel's Resume starts post-copy.
+  if (conn_ && resumed_) startPostCopy(precopy_->currentNow());
+}
+
+void BulkSender::startPostCopy(const Bitmap& current) {
+  const Bitmap& stale = precopy_->stale();
+  // Always at least one chunk, the last one with `last`: the destination installs no
+  // pre-copied page before it. Every channel gets it again (the last one may not have
+  // delivered it); dropping a dropped page changes nothing.
+  constexpr std::uint64_t kWordsPerChunk = 4096;
+  const auto words = stale.words();
+  std::uint64_t w = 0;
+  do {
+    const std::uint64_t n = std::min<std::uint64_t>(kWordsPerChunk, words.size() - w);
+    transport::StalePages chunk{w * Bitmap::kBitsPerWord,
+                                w + n >= words.size(),
+                                {words.begin() + w, words.begin() + w + n}};
+    sendFrame(*conn_, kBulk, transport::encodeStalePages(chunk), recorder_);
+    w += n;
+  } while (w < words.size());
+  schedule_->reset(current.words());
+  schedule_->putFirst(precopy_->hotSet());
+  done_sent_ = false;
+  log_.info("pre-copy switched: post-copy starting",
+            {{"stale_pages", stale.count()}, {"pages_to_send", schedule_->remaining()}});
+  pump();
 }
 
 }  // namespace lazymig::agent

@@ -3,6 +3,11 @@
 // bytes queued on the connection and at most the configured rate, and ends with BulkDone.
 // A reconnect replaces the channel and starts again from the new Resume.
 //
+// On a live source with pre-copy (usePrecopy), the stream first sends PrecopySource's rounds
+// while the source VM runs; at the switch (switchToPostCopy, and again after the Resume of
+// every later channel) it sends the stale set as StalePages, then post-copy as above with the
+// hot set first.
+//
 // Every method runs on the peer loop (asserted in debug builds), but close() (see there).
 #pragma once
 
@@ -14,6 +19,7 @@
 #include "agent/core/transfer_recorder.h"
 #include "agent/source/bulk_rate_limiter.h"
 #include "agent/source/bulk_schedule.h"
+#include "agent/source/precopy_source.h"
 #include "agent/source/source_memory.h"
 #include "base/log.h"
 #include "transport/connection.h"
@@ -42,6 +48,10 @@ class BulkSender {
   // has not noticed is dead yet.
   void attach(std::unique_ptr<transport::Connection> conn, std::shared_ptr<SourceMemory> memory,
               BulkSchedule& schedule);
+  // Peer loop: pre-copy's rounds go first on every channel until its switch.
+  void usePrecopy(PrecopySource* precopy) { precopy_ = precopy; }
+  // Peer loop: the pre-copy switched (PrecopySource::pause): the stale set, then post-copy.
+  void switchToPostCopy();
   // Closes the channel (flushing what is queued) and stops sending. Peer loop, or any thread
   // once the peer loop has stopped (the agent's shutdown).
   void close();
@@ -49,6 +59,9 @@ class BulkSender {
  private:
   void onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
   void pump();
+  std::optional<PageRun> nextPrecopyRun(std::uint64_t max_pages);
+  // After the switch, on a channel whose destination holds `current`: StalePages, post-copy.
+  void startPostCopy(const Bitmap& current);
 
   transport::EventLoop& peer_loop_;
   const Options options_;
@@ -65,6 +78,8 @@ class BulkSender {
   bool resumed_ = false;
   bool done_sent_ = false;
   transport::Timer rate_timer_;
+  PrecopySource* precopy_ = nullptr;
+  transport::Timer precopy_timer_;  // the next pre-copy round, while the rounds wait
 };
 
 }  // namespace lazymig::agent

@@ -47,6 +47,7 @@ Status SourceMigration::start() {
   if (!spec_.snapshot_file.empty()) {
     auto mem = SourceMemory::fromSnapshotFile(spec_.snapshot_file, spec_.page_size);
     if (!mem) return std::unexpected(mem.error());
+    preparePrecopy({}, {}, {}, spec_.page_size, (*mem)->pageCount());
     return useMemory(std::move(*mem));
   }
   return listenForHandover();
@@ -59,25 +60,7 @@ Status SourceMigration::listenForHandover() {
       ctx_.config.migration.handshake_timeout,
       CredentialPolicy{hs.allowed_uids, hs.allowed_gids, std::nullopt},
       [this](vmm::Handshake h, const sys::PeerCredentials& peer, sys::UnixSocket) -> Status {
-        if (ready_.load()) {
-          return fail(Errc::kAlreadyExists, "memory handover",
-                      "migration '" + id() + "' already has its memory");
-        }
-        if (auto ok = vmm::checkHandedFds(h, vmm::Receiver::kSource); !ok) return ok;
-        struct stat st {};
-        if (h.memory.valid()) ::fstat(h.memory.get(), &st);
-        std::vector<vmm::GuestRegionMapping> regions = h.regions;
-        auto mem = SourceMemory::fromHandover(std::move(h));
-        if (!mem) return std::unexpected(mem.error());
-        {
-          std::lock_guard lock(runtime_mu_);
-          runtime_ = RuntimeRecord{.vmm_pid = peer.pid,
-                                   .regions = std::move(regions),
-                                   .memory = FileIdentity{static_cast<std::uint64_t>(st.st_dev),
-                                                          static_cast<std::uint64_t>(st.st_ino)}};
-        }
-        log_.info("memory handed over", {{"vmm_pid", peer.pid}});
-        return useMemory(std::move(*mem));
+        return useHandover(std::move(h), peer);
       },
       [this](const std::string& reason, const Error&) { recorder_.refusal("handshake_" + reason); },
       log_);
@@ -85,6 +68,35 @@ Status SourceMigration::listenForHandover() {
   listener_ = std::move(*listener);
   persist();
   return {};
+}
+
+Status SourceMigration::useHandover(vmm::Handshake h, const sys::PeerCredentials& peer) {
+  if (ready_.load()) {
+    return fail(Errc::kAlreadyExists, "memory handover",
+                "migration '" + id() + "' already has its memory");
+  }
+  if (auto ok = vmm::checkHandedFds(h, vmm::Receiver::kSource); !ok) return ok;
+  struct stat st {};
+  if (h.memory.valid()) ::fstat(h.memory.get(), &st);
+  std::vector<vmm::GuestRegionMapping> regions = h.regions;
+  const std::uint64_t page_size = h.page_size;
+  // A live source's write tracking travels beside the memory (vmm/source_handover.h).
+  sys::UniqueFd wp_uffd = std::move(h.uffd);
+  sys::UniqueFd pagemap = std::move(h.pagemap);
+  h.kind = vmm::HandshakeKind::kClassic;  // what is left: the memory fd alone
+  auto mem = SourceMemory::fromHandover(std::move(h));
+  if (!mem) return std::unexpected(mem.error());
+  preparePrecopy(std::move(wp_uffd), std::move(pagemap), regions, page_size, (*mem)->pageCount());
+  {
+    std::lock_guard lock(runtime_mu_);
+    runtime_ = RuntimeRecord{.vmm_pid = peer.pid,
+                             .regions = std::move(regions),
+                             .memory = FileIdentity{static_cast<std::uint64_t>(st.st_dev),
+                                                    static_cast<std::uint64_t>(st.st_ino)},
+                             .live_source = live_};
+  }
+  log_.info("memory handed over", {{"vmm_pid", peer.pid}, {"live", precopy_ != nullptr}});
+  return useMemory(std::move(*mem));
 }
 
 Status SourceMigration::resume(const RuntimeRecord& runtime) {
@@ -106,6 +118,12 @@ Status SourceMigration::resume(const RuntimeRecord& runtime) {
       {
         std::lock_guard lock(runtime_mu_);
         runtime_ = runtime;
+      }
+      if (runtime.live_source && spec_.precopy.mode != PrecopyPolicy::Mode::kOff) {
+        precopy_ =
+            PrecopySource::restarted(peer_loop_, (*mem)->pageCount(), runtime.precopy_switched);
+        live_ = true;
+        hold_urgent_.store(!runtime.precopy_switched);
       }
       log_.info("guest memory taken back from the source VMM", {{"vmm_pid", pid}});
       return useMemory(std::move(*mem));
@@ -180,6 +198,7 @@ std::optional<HelloRefusal> SourceMigration::attach(std::unique_ptr<transport::C
   if (urgent) {
     attachUrgent(std::move(conn));
   } else {
+    if (precopy_) bulk_.usePrecopy(precopy_.get());
     bulk_.attach(std::move(conn), memory_, *schedule_);
   }
   return std::nullopt;
@@ -191,6 +210,7 @@ void SourceMigration::attachUrgent(std::unique_ptr<transport::Connection> conn) 
     // A reconnect replaces a link this side has not noticed is dead yet.
     log_.info("channel replaced by a new connection");
     urgent_->close();
+    held_pages_.clear();
   }
   urgent_ = std::move(conn);
   urgent_->setPriority(0);
@@ -202,6 +222,7 @@ void SourceMigration::attachUrgent(std::unique_ptr<transport::Connection> conn) 
     log_.warn("channel closed", {{"channel", "urgent"}, {"error", e.message()}});
     // Dropping the connection from its own close handler is allowed by the transport.
     urgent_.reset();
+    held_pages_.clear();
   };
   urgent_->setHandlers(std::move(handlers));
 }
@@ -223,6 +244,7 @@ void SourceMigration::onUrgentFrame(const transport::FrameHeader& h,
         return dropUrgent();
       }
       recorder_.pagesRequested(req->pages.size());
+      if (hold_urgent_.load()) return holdRequests(req->pages);
       for (auto page : req->pages) {
         schedule_->markSent(page);
         schedule_->noteFault(page);
@@ -259,6 +281,7 @@ void SourceMigration::onUrgentFrame(const transport::FrameHeader& h,
 void SourceMigration::dropUrgent() {
   urgent_->close();
   urgent_.reset();
+  held_pages_.clear();
 }
 
 void SourceMigration::completed(std::uint64_t pages_installed) {
@@ -322,6 +345,14 @@ void SourceMigration::addDetails(nlohmann::json& out) const {
   out["progress"]["served_zero_pages"] = stats_.served_zero_pages.load();
   out["progress"]["page_size"] = page_size_.load();
   out["memory_released"] = released_.load();
+  // precopy_ is set before ready_ and never reset: readable once the memory was there.
+  const bool had_memory = ready_.load(std::memory_order_acquire) || released_.load();
+  if (had_memory && precopy_) {
+    out["precopy"] = precopy_->status();
+  } else if (spec_.precopy.mode != PrecopyPolicy::Mode::kOff || !precopyNote().empty()) {
+    out["precopy"] = {{"state", had_memory ? "off" : "waiting_for_memory"}};
+    if (auto note = precopyNote(); !note.empty()) out["precopy"]["reason"] = note;
+  }
 }
 
 std::uint64_t SourceMigration::pagesTotal() const { return page_count_.load(); }

@@ -22,6 +22,7 @@
 #include "agent/source/bulk_sender.h"
 #include "agent/source/hello_check.h"
 #include "agent/source/parked_channels.h"
+#include "agent/source/precopy_source.h"
 #include "agent/source/source_memory.h"
 #include "transport/connection.h"
 
@@ -46,6 +47,11 @@ class SourceMigration final : public Migration {
   std::optional<HelloRefusal> attach(std::unique_ptr<transport::Connection> conn,
                                      const transport::Hello& hello);
 
+  // The orchestrator paused the live source VM (POST .../paused; any thread but the peer
+  // loop's): the final scan, the stale set to the destination, then post-copy with the hot set
+  // first. An error (Errc::kState) when this is not a live pre-copy or it switched already.
+  Status paused();
+
  protected:
   void addDetails(nlohmann::json& out) const override;
   std::uint64_t pagesTotal() const override;
@@ -56,6 +62,15 @@ class SourceMigration final : public Migration {
  private:
   Status useMemory(std::unique_ptr<SourceMemory> memory);
   Status listenForHandover();
+  Status useHandover(vmm::Handshake h, const sys::PeerCredentials& peer);
+  // On the handover thread, before ready_: what pre-copy this migration runs, if any.
+  void preparePrecopy(sys::UniqueFd wp_uffd, sys::UniqueFd pagemap,
+                      const std::vector<vmm::GuestRegionMapping>& regions, std::uint64_t page_size,
+                      std::uint64_t page_count);
+  Status switchToPostCopy();                                   // peer loop
+  void holdRequests(const std::vector<std::uint64_t>& pages);  // peer loop
+  void serveHeldRequests();                                    // peer loop
+  std::string precopyNote() const;
   void attachUrgent(std::unique_ptr<transport::Connection> conn);  // peer loop
   void onUrgentFrame(const transport::FrameHeader& h,
                      std::span<const std::byte> payload);  // peer loop
@@ -82,12 +97,19 @@ class SourceMigration final : public Migration {
   std::atomic<std::uint64_t> page_count_{0};
   std::atomic<std::uint64_t> page_size_{0};
   mutable std::mutex runtime_mu_;
-  RuntimeRecord runtime_;  // the handing-over VMM's pid, regions and memory fd identity
+  RuntimeRecord runtime_;     // the handing-over VMM's pid, regions and memory fd identity
+  std::string precopy_note_;  // why no pre-copy runs (status), under runtime_mu_
+  // Set once, before ready_ (a live handover, or pre-copy asked of a paused one).
+  std::unique_ptr<PrecopySource> precopy_;
+  bool live_ = false;  // set with precopy_: the handover was live
+  // Urgent PageRequests wait until the switch (a live pre-copy only).
+  std::atomic<bool> hold_urgent_{false};
 
   // Peer loop only.
   std::unique_ptr<transport::Connection> urgent_;
   ParkedChannels parked_;
   std::optional<BulkSchedule> schedule_;
+  std::vector<std::uint64_t> held_pages_;  // requested before the switch
   BulkSender bulk_;
 };
 

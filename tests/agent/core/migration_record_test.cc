@@ -40,6 +40,8 @@ TEST(RuntimeRecord, EveryFieldSurvivesTheRoundTrip) {
   full.handshake = vmm::HandshakeKind::kSharedMinor;
   full.memory = FileIdentity{0xfd01, 123456789};
   full.every_page_installed = true;
+  full.live_source = true;
+  full.precopy_switched = true;
   auto back = RuntimeRecord::fromJson(json::parse(full.toJson().dump()), "vm-7");
   ASSERT_TRUE(back) << back.error().message();
   EXPECT_EQ(back->vmm_pid, full.vmm_pid);
@@ -48,6 +50,8 @@ TEST(RuntimeRecord, EveryFieldSurvivesTheRoundTrip) {
   EXPECT_EQ(back->handshake, full.handshake);
   EXPECT_EQ(back->memory, full.memory);
   EXPECT_TRUE(back->every_page_installed);
+  EXPECT_TRUE(back->live_source);
+  EXPECT_TRUE(back->precopy_switched);
   EXPECT_EQ(back->toJson(), full.toJson());
 
   for (auto kind : {vmm::HandshakeKind::kClassic, vmm::HandshakeKind::kGuestMemfd}) {
@@ -113,6 +117,7 @@ TEST(RuntimeRecord, BadFieldsAreErrorsThatNameTheMigrationAndTheField) {
             std::string::npos);
   EXPECT_NE(errorOf(with("every_page_installed", "yes")).find(prefix + "every_page_installed"),
             std::string::npos);
+  EXPECT_NE(errorOf(with("live_source", 1)).find(prefix + "live_source"), std::string::npos);
 }
 
 TEST(SavedMigration, RoundTripAndTheFirstFormat) {

@@ -105,6 +105,35 @@ TEST(MigrationSpec, OutOfRangeNumbersAreRefusedNotTruncated) {
       parseMigrationSpec(withField(destination(), "source_address", "[::1]:65535"), "/run/hs"));
 }
 
+// Issue 19: pre-copy's knob, for both roles; a record without it reads back as off.
+TEST(MigrationSpec, PrecopyAndItsDeadlineRoundTripAndErrorsNameTheKey) {
+  for (json body : {source(), destination()}) {
+    auto plain = parseMigrationSpec(body, "/h");
+    ASSERT_TRUE(plain);
+    EXPECT_FALSE(specToJson(*plain).contains("precopy")) << "records stay as they were";
+    body["precopy"] = "rounds 4";
+    body["precopy_deadline_ms"] = 1500;
+    auto s = parseMigrationSpec(body, "/h");
+    ASSERT_TRUE(s) << s.error().message();
+    auto again = parseMigrationSpec(specToJson(*s), "/h");
+    ASSERT_TRUE(again) << again.error().message();
+    const PrecopyPolicy& p =
+        std::visit([](const auto& x) -> const PrecopyPolicy& { return x.precopy; }, *again);
+    EXPECT_EQ(p.mode, PrecopyPolicy::Mode::kRounds);
+    EXPECT_EQ(p.rounds, 4u);
+    EXPECT_EQ(p.deadline, std::chrono::milliseconds(1500));
+  }
+  EXPECT_NE(errorOf(withField(source(), "precopy", "sometimes")).find("field 'precopy'"),
+            std::string::npos);
+  EXPECT_NE(errorOf(withField(source(), "precopy", 3)).find("field 'precopy'"), std::string::npos);
+  EXPECT_NE(errorOf(withField(destination(), "precopy_deadline_ms", 0))
+                .find("field 'precopy_deadline_ms'"),
+            std::string::npos);
+  EXPECT_NE(errorOf(withField(source(), "precopy_deadline_ms", "soon"))
+                .find("field 'precopy_deadline_ms'"),
+            std::string::npos);
+}
+
 TEST(MigrationSpec, IdsAreSafePathComponents) {
   EXPECT_TRUE(isValidMigrationId("vm-42.a_b"));
   EXPECT_FALSE(isValidMigrationId(""));

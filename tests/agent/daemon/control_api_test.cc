@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cerrno>
 #include <filesystem>
+#include <fstream>
 #include <future>
 
 #include <gtest/gtest.h>
@@ -204,6 +205,30 @@ TEST_F(ControlApiTest, DeleteCancelsAMigrationAndAnswersItsState) {
   auto wrong = ask("PUT", "/v1/migrations/to-cancel");
   EXPECT_EQ(wrong.status, 405) << wrong.body.dump();
   EXPECT_EQ(wrong.code, "method_not_allowed");
+}
+
+// POST .../paused tells a source agent that the orchestrator paused its live source VM; what
+// is not a live pre-copy source is a 409 that says why, in the API's JSON error.
+TEST_F(ControlApiTest, PausedIsAConflictForWhatIsNotALivePrecopySource) {
+  EXPECT_EQ(ask("POST", "/v1/migrations/nobody/paused").status, 404);
+  ASSERT_EQ(ask("POST", "/v1/migrations", destination("dst").dump()).status, 201);
+  auto dst = ask("POST", "/v1/migrations/dst/paused");
+  EXPECT_EQ(dst.status, 409) << dst.body.dump();
+  EXPECT_TRUE(mentions(dst.message, "is a destination")) << dst.message;
+
+  const std::string memory = dir_ + "/guest.mem";
+  std::ofstream(memory) << std::string(4096, 'x');
+  nlohmann::json src{{"id", "src"},       {"role", "source"},
+                     {"token", kToken},   {"peer_identity", "destination.test"},
+                     {"precopy", "auto"}, {"memory", {{"snapshot_file", memory}}}};
+  auto created = ask("POST", "/v1/migrations", src.dump());
+  ASSERT_EQ(created.status, 201) << created.body.dump();
+  EXPECT_EQ(created.body["precopy"]["state"], "switched") << "a snapshot is paused memory";
+  auto paused = ask("POST", "/v1/migrations/src/paused");
+  EXPECT_EQ(paused.status, 409) << paused.body.dump();
+  EXPECT_EQ(paused.code, "conflict");
+  EXPECT_TRUE(mentions(paused.message, "is not a live pre-copy")) << paused.message;
+  EXPECT_EQ(ask("GET", "/v1/migrations/src/paused").status, 405);
 }
 
 // evhttp closes the descriptor it accepts on when it is freed; the control API used to close

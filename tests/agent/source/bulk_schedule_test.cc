@@ -86,3 +86,33 @@ TEST(BulkSchedule, ResumeAfterStreamingRequeuesMissingPagesBehindCursor) {
 }
 
 }  // namespace lazymig::agent
+
+namespace lazymig::agent {
+
+// Pre-copy's switch: the stale pages and the hot set go before fault neighbours and the rest,
+// each once, skipping what the destination has; the priority survives a reconnect's reset.
+TEST(BulkSchedule, PutFirstSendsThoseBeforeAnythingElseOnce) {
+  BulkSchedule s(256, /*window=*/4);
+  Bitmap first(256);
+  for (std::uint64_t p : {200, 201, 202, 50, 7}) first.set(p);
+  std::vector<std::uint64_t> has(4, 0);
+  has[0] = 1ull << 7;  // the destination has page 7 current
+  s.reset(has);
+  s.putFirst(first);
+  s.noteFault(100);
+  auto runs = drain(s, 2);
+  ASSERT_GE(runs.size(), 4u);
+  EXPECT_EQ(runs[0].first, 50u);
+  EXPECT_EQ(runs[1].first, 200u);
+  EXPECT_EQ(runs[1].count, 2u);
+  EXPECT_EQ(runs[2].first, 202u);
+  EXPECT_EQ(runs[3].first, 101u) << "then the fault's neighbours";
+  std::uint64_t total = 0;
+  for (auto r : runs) total += r.count;
+  EXPECT_EQ(total, 255u) << "every page but the one it has, once";
+
+  s.reset(std::vector<std::uint64_t>(4, 0));
+  EXPECT_EQ(s.next(8)->first, 7u) << "after a reset the first pages still go first";
+}
+
+}  // namespace lazymig::agent

@@ -183,8 +183,9 @@ class SourcePeer : public ::testing::Test {
   }
 
   // The migration, started on its snapshot file (`with_memory`) or waiting for a handover.
-  void createMigration(bool with_memory = true) {
+  void createMigration(bool with_memory = true, PrecopyPolicy precopy = {}) {
     SourceSpec spec{"m1", kToken, kDestinationId, "", "", 4096};
+    spec.precopy = precopy;
     if (with_memory) {
       spec.snapshot_file = dir_ + "/guest.mem";
     } else {

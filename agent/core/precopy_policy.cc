@@ -1,4 +1,4 @@
-#include "agent/source/precopy_policy.h"
+#include "agent/core/precopy_policy.h"
 
 #include <charconv>
 
@@ -30,6 +30,18 @@ Result<PrecopyPolicy> parsePrecopyPolicy(std::string_view text,
   policy.mode = PrecopyPolicy::Mode::kRounds;
   policy.rounds = n;
   return policy;
+}
+
+std::string precopyPolicyText(const PrecopyPolicy& policy) {
+  switch (policy.mode) {
+    case PrecopyPolicy::Mode::kOff:
+      return "off";
+    case PrecopyPolicy::Mode::kAuto:
+      return "auto";
+    case PrecopyPolicy::Mode::kRounds:
+      return "rounds " + std::to_string(policy.rounds);
+  }
+  return "off";
 }
 
 std::string_view switchReasonName(SwitchReason reason) {

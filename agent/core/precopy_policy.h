@@ -32,6 +32,8 @@ struct PrecopyPolicy {
 
 // "off", "auto", or "rounds N" (N from 1 to 1000). Errors name the knob and what was wrong.
 Result<PrecopyPolicy> parsePrecopyPolicy(std::string_view text, std::chrono::milliseconds deadline);
+// The knob as parsePrecopyPolicy reads it back ("off", "auto", "rounds 3").
+std::string precopyPolicyText(const PrecopyPolicy& policy);
 
 // What one round did: the pages it sent (the pages written since the round before it; every
 // non-zero page in round 1) and how long it took.
