@@ -79,6 +79,31 @@ Result<pid_t> pidField(const std::string& field, const json& value) {
   return static_cast<pid_t>(value.get<long long>());
 }
 
+// `precopy` ("off" when absent) and `precopy_deadline_ms` (60000 when absent), the same on
+// both roles.
+Result<PrecopyPolicy> precopyFields(const json& body) {
+  std::chrono::milliseconds deadline{60000};
+  if (auto it = body.find("precopy_deadline_ms"); it != body.end() && !it->is_null()) {
+    if (!it->is_number_integer() || it->get<std::int64_t>() < 1 ||
+        it->get<std::int64_t>() > 86400000) {
+      return std::unexpected(
+          bad("precopy_deadline_ms", "must be a whole number of milliseconds from 1 to 86400000"));
+    }
+    deadline = std::chrono::milliseconds(it->get<std::int64_t>());
+  }
+  auto text = optionalString(body, "precopy");
+  if (!text) return std::unexpected(text.error());
+  auto policy = parsePrecopyPolicy(text->empty() ? "off" : *text, deadline);
+  if (!policy) return std::unexpected(bad("precopy", policy.error().context));
+  return policy;
+}
+
+void precopyToJson(const PrecopyPolicy& policy, json& out) {
+  if (!policy.enabled()) return;  // the default: a record as before pre-copy existed
+  out["precopy"] = precopyPolicyText(policy);
+  out["precopy_deadline_ms"] = policy.deadline.count();
+}
+
 Result<SourceSpec> parseSource(const json& body, SourceSpec spec) {
   auto mem = body.find("memory");
   if (mem == body.end() || !mem->is_object()) {
@@ -117,6 +142,9 @@ Result<SourceSpec> parseSource(const json& body, SourceSpec spec) {
     }
     spec.page_size = v;
   }
+  auto precopy = precopyFields(body);
+  if (!precopy) return std::unexpected(precopy.error());
+  spec.precopy = *precopy;
   return spec;
 }
 
@@ -137,6 +165,9 @@ Result<DestinationSpec> parseDestination(const json& body, DestinationSpec spec,
     if (!pid) return std::unexpected(pid.error());
     spec.vmm_pid = *pid;
   }
+  auto precopy = precopyFields(body);
+  if (!precopy) return std::unexpected(precopy.error());
+  spec.precopy = *precopy;
   return spec;
 }
 
@@ -166,12 +197,13 @@ Result<MigrationSpec> parseMigrationSpec(const json& body, const std::string& ha
   auto peer = requiredString(body, "peer_identity");
   if (!peer) return std::unexpected(peer.error());
   if (*role == "source") {
-    auto s = parseSource(body, SourceSpec{*id, *token, *peer, {}, {}});
+    auto s = parseSource(body, SourceSpec{*id, *token, *peer, {}, {}, 4096, {}});
     if (!s) return std::unexpected(s.error());
     return MigrationSpec(std::move(*s));
   }
   if (*role == "destination") {
-    auto d = parseDestination(body, DestinationSpec{*id, *token, *peer, {}, {}, {}}, handshake_dir);
+    auto d =
+        parseDestination(body, DestinationSpec{*id, *token, *peer, {}, {}, {}, {}}, handshake_dir);
     if (!d) return std::unexpected(d.error());
     return MigrationSpec(std::move(*d));
   }
@@ -184,11 +216,13 @@ nlohmann::json specToJson(const MigrationSpec& spec) {
     json mem = s->snapshot_file.empty() ? json{{"handover_socket", s->handover_socket}}
                                         : json{{"snapshot_file", s->snapshot_file}};
     if (s->page_size != 4096) mem["page_size"] = s->page_size;
-    return {{"id", s->id},
-            {"role", "source"},
-            {"token", s->token},
-            {"peer_identity", s->peer_identity},
-            {"memory", mem}};
+    json out{{"id", s->id},
+             {"role", "source"},
+             {"token", s->token},
+             {"peer_identity", s->peer_identity},
+             {"memory", mem}};
+    precopyToJson(s->precopy, out);
+    return out;
   }
   const auto& d = std::get<DestinationSpec>(spec);
   json out{{"id", d.id},
@@ -198,6 +232,7 @@ nlohmann::json specToJson(const MigrationSpec& spec) {
            {"source_address", d.source_address},
            {"handshake_socket", d.handshake_socket}};
   if (d.vmm_pid) out["vmm_pid"] = *d.vmm_pid;
+  precopyToJson(d.precopy, out);
   return out;
 }
 

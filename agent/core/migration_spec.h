@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/core/precopy_policy.h"
 #include "base/error.h"
 
 namespace lazymig::agent {
@@ -21,6 +22,8 @@ struct SourceSpec {
   std::string handover_socket;
   // A snapshot file's page size (2 MiB for hugetlbfs guests); a handover says its own.
   std::uint64_t page_size = 4096;
+  // `precopy` and `precopy_deadline_ms`: rounds run only for a live handover (3 fds).
+  PrecopyPolicy precopy;
 };
 
 struct DestinationSpec {
@@ -30,6 +33,9 @@ struct DestinationSpec {
   std::string source_address;
   std::string handshake_socket;  // filled with <handshake_dir>/<id>.sock when absent
   std::optional<pid_t> vmm_pid;
+  // `precopy` and `precopy_deadline_ms`: not off = connect the bulk link at creation and stage
+  // the rounds' pages until the source's StalePages frame with `last` (docs/precopy.md).
+  PrecopyPolicy precopy;
 };
 
 using MigrationSpec = std::variant<SourceSpec, DestinationSpec>;

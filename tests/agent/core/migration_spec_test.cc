@@ -113,4 +113,39 @@ TEST(MigrationSpec, IdsAreSafePathComponents) {
   EXPECT_FALSE(isValidMigrationId(std::string(129, 'a')));
 }
 
+// Issue 19: `precopy` and `precopy_deadline_ms`, the same on both roles; a record written
+// with them reads back the same, and one without them (every record before pre-copy) is off.
+TEST(MigrationSpec, PrecopyOnBothRolesRoundTripsAndNamesItsKeys) {
+  for (const json& base : {source(), destination()}) {
+    auto off = parseMigrationSpec(base, "/h");
+    ASSERT_TRUE(off) << off.error().message();
+    std::visit([](const auto& s) { EXPECT_FALSE(s.precopy.enabled()); }, *off);
+    EXPECT_FALSE(specToJson(*off).contains("precopy"));
+
+    auto on = parseMigrationSpec(
+        withField(withField(base, "precopy", "rounds 3"), "precopy_deadline_ms", 1500), "/h");
+    ASSERT_TRUE(on) << on.error().message();
+    std::visit(
+        [](const auto& s) {
+          EXPECT_EQ(s.precopy.mode, PrecopyPolicy::Mode::kRounds);
+          EXPECT_EQ(s.precopy.rounds, 3u);
+          EXPECT_EQ(s.precopy.deadline, std::chrono::milliseconds(1500));
+        },
+        *on);
+    auto again = parseMigrationSpec(specToJson(*on), "/h");
+    ASSERT_TRUE(again) << again.error().message();
+    EXPECT_EQ(specToJson(*again), specToJson(*on));
+
+    for (json bad : {json("sometimes"), json("rounds 0"), json("rounds x"), json(3)}) {
+      auto msg = errorOf(withField(base, "precopy", bad));
+      EXPECT_NE(msg.find("'precopy'"), std::string::npos) << bad.dump() << " -> " << msg;
+    }
+    for (json bad : {json(0), json(-5), json("60000"), json(1.5)}) {
+      auto msg = errorOf(withField(withField(base, "precopy", "auto"), "precopy_deadline_ms", bad));
+      EXPECT_NE(msg.find("'precopy_deadline_ms'"), std::string::npos)
+          << bad.dump() << " -> " << msg;
+    }
+  }
+}
+
 }  // namespace lazymig::agent
