@@ -33,7 +33,40 @@ Status DestinationMigration::start() {
   listener_ = std::move(*listener);
   persist();
   log_.info("waiting for the VMM", {{"socket", spec_.handshake_socket}});
+  if (spec_.precopy.enabled() && !bulk_loop_) return startPrecopyLink();
   return {};
+}
+
+Status DestinationMigration::startPrecopyLink() {
+  staging_ = std::make_unique<PrecopyStaging>();
+  auto bulk = transport::EventLoop::start("bulk-" + id());
+  if (!bulk) return std::unexpected(bulk.error());
+  bulk_loop_ = std::move(*bulk);
+  cpu_.count(*bulk_loop_);
+  // No VMM yet, so no layout: the source's HelloOk says it (docs/protocol.md, Hello).
+  auto params = linkParams();
+  params.kind = ChannelKind::kBulk;
+  params.page_size = 0;
+  params.memory_bytes = 0;
+  runOnLoop(*bulk_loop_, [&] {
+    bulk_receiver_ =
+        std::make_unique<BulkReceiver>(BulkReceiver::LinkContext{.bulk_loop = *bulk_loop_,
+                                                                 .tls = ctx_.tls_client,
+                                                                 .link = std::move(params),
+                                                                 .recorder = recorder_,
+                                                                 .log = log_},
+                                       *staging_, bulkHooks());
+    bulk_receiver_->start();
+  });
+  log_.info("pre-copy: staging what the source sends until its switch",
+            {{"precopy", precopyPolicyText(spec_.precopy)}});
+  return {};
+}
+
+BulkReceiver::Hooks DestinationMigration::bulkHooks() {
+  return BulkReceiver::Hooks{.progressed = [this] { progressed(); },
+                             .fatal = [this](const Error& e) { failMigration(e); },
+                             .gave_up = [this](const Error& e) { gaveUp(ChannelKind::kBulk, e); }};
 }
 
 Status DestinationMigration::onHandshake(vmm::Handshake handshake, const sys::PeerCredentials& peer,
@@ -139,6 +172,20 @@ RuntimeRecord DestinationMigration::runtime() const {
 }
 
 Status DestinationMigration::checkSourceLayout(const vmm::Handshake& handshake) const {
+  if (staging_ && staging_->sized()) {
+    // Pre-copy: the bulk link already heard the source's layout, and staged pages of it.
+    if (handshake.page_size == staging_->pageSize() &&
+        handshake.total_bytes == staging_->pageSize() * staging_->pageCount()) {
+      return {};
+    }
+    return fail(Errc::kInvalidArgument, "vmm handshake",
+                "the VMM's regions add up to " + std::to_string(handshake.total_bytes) +
+                    " bytes in pages of " + std::to_string(handshake.page_size) +
+                    ", which is not the memory the source serves (" +
+                    std::to_string(staging_->pageSize() * staging_->pageCount()) +
+                    " bytes in pages of " + std::to_string(staging_->pageSize()) +
+                    "): a different guest, or the wrong snapshot");
+  }
   // Long enough for a TLS handshake to a source that serves; a source still waiting for its
   // memory holds the Hello unanswered, and the channels check the layout later.
   constexpr std::chrono::milliseconds kBound{1000};
@@ -172,12 +219,16 @@ SourceLinkParams DestinationMigration::linkParams() const {
 Status DestinationMigration::startServing() {
   auto urgent = transport::EventLoop::start("urgent-" + id());
   if (!urgent) return std::unexpected(urgent.error());
-  auto bulk = transport::EventLoop::start("bulk-" + id());
-  if (!bulk) return std::unexpected(bulk.error());
   urgent_loop_ = std::move(*urgent);
-  bulk_loop_ = std::move(*bulk);
   cpu_.count(*urgent_loop_);
-  cpu_.count(*bulk_loop_);
+  if (!bulk_loop_) {  // pre-copy started it at creation
+    auto bulk = transport::EventLoop::start("bulk-" + id());
+    if (!bulk) return std::unexpected(bulk.error());
+    bulk_loop_ = std::move(*bulk);
+    cpu_.count(*bulk_loop_);
+  }
+  // A restarted agent lost what the dead one staged: it stages afresh until the switch.
+  if (spec_.precopy.enabled() && !staging_) staging_ = std::make_unique<PrecopyStaging>();
   recorder_.pagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
   context_.emplace(DestinationContext{.layout = *layout_,
                                       .pages = *pages_,
@@ -188,7 +239,8 @@ Status DestinationMigration::startServing() {
                                       .urgent_loop = *urgent_loop_,
                                       .bulk_loop = *bulk_loop_,
                                       .tls = ctx_.tls_client,
-                                      .link = linkParams()});
+                                      .link = linkParams(),
+                                      .staging = staging_.get()});
   Status started;
   runOnLoop(*urgent_loop_, [&] {
     faults_ = std::make_unique<FaultService>(
@@ -214,12 +266,12 @@ Status DestinationMigration::startServing() {
   if (!started) return started;
 
   runOnLoop(*bulk_loop_, [&] {
-    bulk_receiver_ = std::make_unique<BulkReceiver>(
-        *context_,
-        BulkReceiver::Hooks{.progressed = [this] { progressed(); },
-                            .fatal = [this](const Error& e) { failMigration(e); },
-                            .gave_up = [this](const Error& e) { gaveUp(ChannelKind::kBulk, e); }});
-    bulk_receiver_->start();
+    if (bulk_receiver_) {
+      bulk_receiver_->attach(*context_);  // pre-copy: its link is up since creation
+    } else {
+      bulk_receiver_ = std::make_unique<BulkReceiver>(*context_, bulkHooks(), staging_.get());
+      bulk_receiver_->start();
+    }
     scheduleCheckpoint();
   });
   setState(MigrationState::kRunning);
@@ -258,6 +310,7 @@ Status DestinationMigration::startFaultChannel() {
 }
 
 void DestinationMigration::progressed() {
+  if (!ready_.load(std::memory_order_acquire)) return;  // nothing is installed before the VMM
   // A fault may wait on a page another path (the bulk stream) just populated: answer it now
   // rather than when the source's reply to its own request arrives.
   if (faults_ && faults_->anyWaiting()) {
@@ -352,6 +405,13 @@ void DestinationMigration::addDetails(nlohmann::json& out) const {
     if (memory_fd_.valid()) memory["write_method"] = std::string(view_.methodName());
     if (view_.hasBitmap()) memory["userfault_bits_set"] = view_.bitsSet();
     out["memory"] = std::move(memory);
+  }
+  if (staging_) {
+    out["precopy"] = {{"mode", precopyPolicyText(spec_.precopy)},
+                      {"staged_pages", staging_->stagedPages()},
+                      {"stale_dropped", staging_->staleDropped()},
+                      {"switched", staging_->switched()},
+                      {"installed_from_staging", staging_->installedFromStaging()}};
   }
   out["resumed_after_restart"] = resumed_.load();
   out["source_acknowledged"] = source_acknowledged_.load();
