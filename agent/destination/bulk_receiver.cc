@@ -144,6 +144,7 @@ void BulkReceiver::onFrame(const transport::FrameHeader& h, std::span<const std:
   assertOnLoop();
   recorder_.wireBytes(metrics::Channel::kBulk, metrics::Direction::kReceived,
                       payload.size() + transport::kHeaderSize);
+  if (!ctx_ && !staging_->sized()) return;  // the HelloOk's layout was refused: failing
   switch (h.type) {
     case FrameType::kPageData: {
       auto d = transport::decodePageData(payload, wire());

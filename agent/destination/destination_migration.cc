@@ -19,6 +19,11 @@ DestinationMigration::DestinationMigration(DestinationSpec spec, AgentContext& c
 DestinationMigration::~DestinationMigration() { stopEverything(); }
 
 Status DestinationMigration::start() {
+  // Before the listener: a handshake (on the listener's thread) finds the staging and the bulk
+  // loop already built, never half-built.
+  if (spec_.precopy.enabled() && !bulk_loop_) {
+    if (auto ok = startPrecopyLink(); !ok) return ok;
+  }
   const auto& hs = ctx_.config.handshake;
   CredentialPolicy policy{hs.allowed_uids, hs.allowed_gids, spec_.vmm_pid};
   auto listener = VmmListener::start(
@@ -33,7 +38,6 @@ Status DestinationMigration::start() {
   listener_ = std::move(*listener);
   persist();
   log_.info("waiting for the VMM", {{"socket", spec_.handshake_socket}});
-  if (spec_.precopy.enabled() && !bulk_loop_) return startPrecopyLink();
   return {};
 }
 

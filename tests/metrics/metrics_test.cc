@@ -62,7 +62,7 @@ TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
   EXPECT_NE(text.find(R"(lazymig_pages_remaining{node="node-a"} 23)"), std::string::npos);
   EXPECT_NE(
       text.find(
-          R"(lazymig_precopy_destination_pages_total{event="stale_dropped",node="node-a"} 2)"),
+          R"(lazymig_precopy_destination_pages_total{node="node-a",event="stale_dropped"} 2)"),
       std::string::npos)
       << text;
   EXPECT_NE(text.find(R"(lazymig_migrations{node="node-a",state="completed"} 1)"),
