@@ -1,6 +1,8 @@
 // Pre-copy at the destination (issue 19), on real userfaultfd and over real TLS against the
 // source stand-in, whose bulk channel the test drives: round pages, StalePages, post-copy
-// pages. Every round writes different bytes into a page, so an old copy is detectable. The
+// pages; on both install paths (UFFDIO_COPY into anonymous memory, and minor mode: written
+// into a memfd, then UFFDIO_CONTINUE). Every round writes different bytes into a page, so an
+// old copy is detectable. The
 // invariant: a page is never installed from a pre-copied copy the source named stale, and
 // nothing staged is installed before the StalePages frame with `last`.
 #include <linux/userfaultfd.h>
@@ -16,6 +18,7 @@
 #include "agent/destination/bulk_receiver.h"
 #include "agent/destination/fault_service.h"
 #include "sys/mapping.h"
+#include "sys/memory_fd.h"
 #include "sys/process.h"
 #include "test_support.h"
 
@@ -61,17 +64,41 @@ struct Images {
   Image paused = std::make_shared<const std::vector<std::byte>>(memoryAt(3, kStale, *v2));
 };
 
+// How the VMM's memory is populated: UFFDIO_COPY into anonymous memory, or (minor mode) written
+// into a memfd's page cache and mapped with UFFDIO_CONTINUE.
+enum class Memory { kAnonymous, kShmemMinor };
+
+sys::UniqueFd memfdFor(Memory memory) {
+  if (memory == Memory::kAnonymous) return {};
+  return *sys::createMemfd("guest", Bytes{kPages * kPage});
+}
+sys::Mapping guestFor(Memory memory, const sys::UniqueFd& memfd) {
+  if (memory == Memory::kAnonymous) return *sys::Mapping::anonymous(Bytes{kPages * kPage});
+  return *sys::Mapping::ofFd(memfd.get(), Bytes{kPages * kPage}, GuestOffset{0},
+                             PROT_READ | PROT_WRITE, MAP_SHARED);
+}
+
 // A pre-copy destination: guest memory registered with a real uffd (the VMM's, once it has
 // handshaken), a staging, and a BulkReceiver that starts before the VMM.
 struct PrecopyDestination {
-  sys::Mapping guest = *sys::Mapping::anonymous(Bytes{kPages * kPage});
-  sys::Uffd uffd = *sys::Uffd::open(UFFD_FEATURE_EVENT_REMOVE);
+  Memory memory;
+  sys::UniqueFd memfd = memfdFor(memory);
+  sys::Mapping guest = guestFor(memory, memfd);
+  sys::Uffd uffd = *sys::Uffd::open(
+      UFFD_FEATURE_EVENT_REMOVE |
+      (memory == Memory::kShmemMinor ? UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM : 0));
   GuestLayout layout = *GuestLayout::fromMappings({{.base_host_virt_addr = guest.address().value,
                                                     .size = kPages * kPage,
                                                     .offset = 0,
                                                     .page_size = kPage}});
   store::PageMap pages{kPages};
-  PageInstaller installer{uffd, layout, pages};
+  GuestMemoryView view = memory == Memory::kAnonymous
+                             ? GuestMemoryView{}
+                             : *GuestMemoryView::map(memfd, kPages* kPage, kPage, nullptr);
+  PageInstaller installer{uffd, layout, pages,
+                          memory == Memory::kAnonymous ? PopulationPath::kUffdCopy
+                                                       : PopulationPath::kShmemMinorContinue,
+                          memory == Memory::kAnonymous ? nullptr : &view};
   MigrationStats stats;
   PrecopyStaging staging;
   std::unique_ptr<transport::EventLoop> loop = std::move(*transport::EventLoop::start("pc-test"));
@@ -83,8 +110,13 @@ struct PrecopyDestination {
   // `vmm_first`: the VMM's memory is known from the start (a restarted agent); otherwise the
   // receiver has its link only and attach() comes later. start() connects it.
   PrecopyDestination(const test_support::TestPki& pki, const test_support::SourceStandIn& source,
-                     bool vmm_first = false, bool start_now = true) {
-    EXPECT_TRUE(uffd.registerRange(guest.address(), guest.size(), sys::RegisterMode::kMissing));
+                     Memory kind = Memory::kAnonymous, bool vmm_first = false,
+                     bool start_now = true)
+      : memory(kind) {
+    EXPECT_TRUE(uffd.registerRange(guest.address(), guest.size(),
+                                   memory == Memory::kAnonymous
+                                       ? sys::RegisterMode::kMissing
+                                       : sys::RegisterMode::kMissingAndMinor));
     ctx.emplace(test_support::contextFor(layout, pages, installer, uffd, stats, *loop,
                                          pki.clientContext(),
                                          source.linkParams(transport::ChannelKind::kBulk)));
@@ -191,11 +223,13 @@ void expectNothingStaleInstalled(PrecopyDestination& d, const Images& im) {
   }
 }
 
-TEST(PrecopyDestination, StalePagesAreNeverInstalledFromTheStaging) {
+class PrecopyOnEveryPath : public ::testing::TestWithParam<Memory> {};
+
+TEST_P(PrecopyOnEveryPath, StalePagesAreNeverInstalledFromTheStaging) {
   Images im;
   test_support::TestPki pki;
   test_support::SourceStandIn source(pki, {.memory = *im.paused, .stream_bulk = false});
-  PrecopyDestination d(pki, source);
+  PrecopyDestination d(pki, source, GetParam());
   runRounds(source, d, im);
   EXPECT_EQ(d.staging.staleDropped(), kStale.size());
   EXPECT_EQ(d.pages.doneCount(), 0u) << "no VMM yet";
@@ -213,11 +247,11 @@ TEST(PrecopyDestination, StalePagesAreNeverInstalledFromTheStaging) {
   EXPECT_EQ(d.fatal.load(), 0);
 }
 
-TEST(PrecopyDestination, AHandshakeBeforeTheSwitchInstallsNothingUntilLast) {
+TEST_P(PrecopyOnEveryPath, AHandshakeBeforeTheSwitchInstallsNothingUntilLast) {
   Images im;
   test_support::TestPki pki;
   test_support::SourceStandIn source(pki, {.memory = *im.paused, .stream_bulk = false});
-  PrecopyDestination d(pki, source);
+  PrecopyDestination d(pki, source, GetParam());
   ASSERT_TRUE(waitUntil([&] { return source.resumes() >= 1; }, 10s));
   d.attach();  // the VMM is there before any round page
   runRounds(source, d, im, /*switch_too=*/false);
@@ -236,11 +270,11 @@ TEST(PrecopyDestination, AHandshakeBeforeTheSwitchInstallsNothingUntilLast) {
   EXPECT_TRUE(d.pageIs(10, im.paused));
 }
 
-TEST(PrecopyDestination, AFaultOnAStagedPageIsServedFromTheStagingAndAStaleOneFromTheSource) {
+TEST_P(PrecopyOnEveryPath, AFaultOnAStagedPageIsServedFromTheStagingAndAStaleOneFromTheSource) {
   Images im;
   test_support::TestPki pki;
   test_support::SourceStandIn source(pki, {.memory = *im.paused, .stream_bulk = false});
-  PrecopyDestination d(pki, source);
+  PrecopyDestination d(pki, source, GetParam());
   runRounds(source, d, im);
   // The VMM is there, but the staging is not drained (no attach): only faults install.
   d.startFaults();
@@ -282,6 +316,13 @@ TEST(PrecopyDestination, ALinkCutDuringTheRoundsResumesWithWhatIsStaged) {
   expectNothingStaleInstalled(d, im);
 }
 
+INSTANTIATE_TEST_SUITE_P(Memory, PrecopyOnEveryPath,
+                         ::testing::Values(Memory::kAnonymous, Memory::kShmemMinor),
+                         [](const auto& param_info) {
+                           return param_info.param == Memory::kAnonymous ? "uffd_copy"
+                                                                         : "shmem_minor_continue";
+                         });
+
 // A restarted destination agent has lost what the dead one staged: it reports only what is
 // installed, so the source sends the rest again -- and nothing it lost is assumed.
 TEST(PrecopyDestination, ARestartedAgentReportsOnlyWhatIsInstalled) {
@@ -298,7 +339,8 @@ TEST(PrecopyDestination, ARestartedAgentReportsOnlyWhatIsInstalled) {
     for (std::uint64_t p : {0, 1, 3, 4}) installed.insert(p);
   }
   const auto resumes_before = source.resumes();
-  PrecopyDestination restarted(pki, source, /*vmm_first=*/true, /*start_now=*/false);
+  PrecopyDestination restarted(pki, source, Memory::kAnonymous, /*vmm_first=*/true,
+                               /*start_now=*/false);
   // Its page map recovered (here: installed by hand) pages 0, 1, 3 and 4.
   for (auto p : installed) {
     ASSERT_TRUE(restarted.installer.install(
