@@ -2,9 +2,8 @@
 // source stand-in, whose bulk channel the test drives: round pages, StalePages, post-copy
 // pages; on both install paths (UFFDIO_COPY into anonymous memory, and minor mode: written
 // into a memfd, then UFFDIO_CONTINUE). Every round writes different bytes into a page, so an
-// old copy is detectable. The
-// invariant: a page is never installed from a pre-copied copy the source named stale, and
-// nothing staged is installed before the StalePages frame with `last`.
+// old copy is detectable. The invariant: a page is never installed from a pre-copied copy the
+// source named stale, and nothing staged is installed before the StalePages frame with `last`.
 #include <linux/userfaultfd.h>
 
 #include <gtest/gtest.h>
