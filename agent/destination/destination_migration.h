@@ -72,6 +72,9 @@ class DestinationMigration final : public Migration {
   Status startPrecopyLink();
   // The bulk receiver's hooks (the same before and after the VMM's handshake).
   BulkReceiver::Hooks bulkHooks();
+  // Pre-copy: a VMM whose regions are not the layout the staging holds is refused.
+  Status checkStagingLayout(const vmm::Handshake& handshake) const;
+  nlohmann::json precopyStatus() const;  // any thread
   // Where the source is, who it must be, and this migration's Hello (layout not yet set).
   SourceLinkParams linkParams() const;
   // FaultService's link, or after a restart in `completing` the ending's own.
