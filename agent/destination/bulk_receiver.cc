@@ -207,7 +207,7 @@ void BulkReceiver::drainStep() {
     const auto run = staging_->nextRun(drain_cursor_, std::min(budget, kDrainRun));
     if (run.count == 0) {
       draining_ = false;
-      drained_ = true;
+      drained_.store(true, std::memory_order_release);
       log_.info("pre-copy: every staged page went to the installer",
                 {{"installed_from_staging", staging_->installedFromStaging()}});
       return resumeIfMissing();

@@ -11,6 +11,7 @@
 // between the frames that keep arriving, and later pages are installed as they come.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -65,7 +66,8 @@ class BulkReceiver {
   void onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
   bool bulkDone() const { return bulk_done_; }
   // Every staged page went through the installer (pre-copy, after the switch and the VMM).
-  bool stagingDrained() const { return drained_; }
+  // Any thread (tests wait on it).
+  bool stagingDrained() const { return drained_.load(std::memory_order_acquire); }
 
  private:
   void onOpen();
@@ -97,7 +99,7 @@ class BulkReceiver {
   std::unique_ptr<SourceLink> link_;
   bool bulk_done_ = false;
   bool draining_ = false;
-  bool drained_ = false;
+  std::atomic<bool> drained_{false};
   std::uint64_t drain_cursor_ = 0;
   transport::Timer drain_timer_;
 };
