@@ -79,31 +79,6 @@ Result<pid_t> pidField(const std::string& field, const json& value) {
   return static_cast<pid_t>(value.get<long long>());
 }
 
-// `precopy` ("off" when absent) and `precopy_deadline_ms` (60000 when absent), the same on
-// both roles.
-Result<PrecopyPolicy> precopyFields(const json& body) {
-  std::chrono::milliseconds deadline{60000};
-  if (auto it = body.find("precopy_deadline_ms"); it != body.end() && !it->is_null()) {
-    if (!it->is_number_integer() || it->get<std::int64_t>() < 1 ||
-        it->get<std::int64_t>() > 86400000) {
-      return std::unexpected(
-          bad("precopy_deadline_ms", "must be a whole number of milliseconds from 1 to 86400000"));
-    }
-    deadline = std::chrono::milliseconds(it->get<std::int64_t>());
-  }
-  auto text = optionalString(body, "precopy");
-  if (!text) return std::unexpected(text.error());
-  auto policy = parsePrecopyPolicy(text->empty() ? "off" : *text, deadline);
-  if (!policy) return std::unexpected(bad("precopy", policy.error().context));
-  return policy;
-}
-
-void precopyToJson(const PrecopyPolicy& policy, json& out) {
-  if (!policy.enabled()) return;  // the default: a record as before pre-copy existed
-  out["precopy"] = precopyPolicyText(policy);
-  out["precopy_deadline_ms"] = policy.deadline.count();
-}
-
 Result<SourceSpec> parseSource(const json& body, SourceSpec spec) {
   auto mem = body.find("memory");
   if (mem == body.end() || !mem->is_object()) {
@@ -142,9 +117,6 @@ Result<SourceSpec> parseSource(const json& body, SourceSpec spec) {
     }
     spec.page_size = v;
   }
-  auto precopy = precopyFields(body);
-  if (!precopy) return std::unexpected(precopy.error());
-  spec.precopy = *precopy;
   return spec;
 }
 
@@ -165,10 +137,32 @@ Result<DestinationSpec> parseDestination(const json& body, DestinationSpec spec,
     if (!pid) return std::unexpected(pid.error());
     spec.vmm_pid = *pid;
   }
-  auto precopy = precopyFields(body);
-  if (!precopy) return std::unexpected(precopy.error());
-  spec.precopy = *precopy;
   return spec;
+}
+
+// `precopy` ("off" when absent) and `precopy_deadline_ms` (60000 when absent), both roles.
+Result<PrecopyPolicy> parsePrecopyFields(const json& body) {
+  std::chrono::milliseconds deadline = PrecopyPolicy{}.deadline;
+  if (auto it = body.find("precopy_deadline_ms"); it != body.end() && !it->is_null()) {
+    // A json built in memory holds small numbers as signed; parsed text as unsigned.
+    if (!it->is_number_integer() || it->get<std::int64_t>() < 1 ||
+        it->get<std::int64_t>() > 86'400'000) {
+      return std::unexpected(
+          bad("precopy_deadline_ms", "must be a whole number of milliseconds from 1 to 86400000"));
+    }
+    deadline = std::chrono::milliseconds(it->get<std::int64_t>());
+  }
+  auto text = optionalString(body, "precopy");
+  if (!text) return std::unexpected(text.error());
+  auto policy = parsePrecopyPolicy(text->empty() ? "off" : *text, deadline);
+  if (!policy) return std::unexpected(bad("precopy", policy.error().context));
+  return policy;
+}
+
+void addPrecopyFields(json& out, const PrecopyPolicy& policy) {
+  if (policy.mode == PrecopyPolicy::Mode::kOff) return;  // records stay as they were
+  out["precopy"] = precopyPolicyText(policy);
+  out["precopy_deadline_ms"] = policy.deadline.count();
 }
 
 }  // namespace
@@ -196,19 +190,22 @@ Result<MigrationSpec> parseMigrationSpec(const json& body, const std::string& ha
   if (auto ok = checkToken(*token); !ok) return std::unexpected(ok.error());
   auto peer = requiredString(body, "peer_identity");
   if (!peer) return std::unexpected(peer.error());
+  if (*role != "source" && *role != "destination") {
+    return std::unexpected(
+        bad("role", "must be \"source\" or \"destination\", got \"" + *role + "\""));
+  }
+  auto precopy = parsePrecopyFields(body);
+  if (!precopy) return std::unexpected(precopy.error());
   if (*role == "source") {
-    auto s = parseSource(body, SourceSpec{*id, *token, *peer, {}, {}, 4096, {}});
+    auto s = parseSource(body, SourceSpec{*id, *token, *peer, {}, {}});
     if (!s) return std::unexpected(s.error());
+    s->precopy = *precopy;
     return MigrationSpec(std::move(*s));
   }
-  if (*role == "destination") {
-    auto d =
-        parseDestination(body, DestinationSpec{*id, *token, *peer, {}, {}, {}, {}}, handshake_dir);
-    if (!d) return std::unexpected(d.error());
-    return MigrationSpec(std::move(*d));
-  }
-  return std::unexpected(
-      bad("role", "must be \"source\" or \"destination\", got \"" + *role + "\""));
+  auto d = parseDestination(body, DestinationSpec{*id, *token, *peer, {}, {}, {}}, handshake_dir);
+  if (!d) return std::unexpected(d.error());
+  d->precopy = *precopy;
+  return MigrationSpec(std::move(*d));
 }
 
 nlohmann::json specToJson(const MigrationSpec& spec) {
@@ -221,7 +218,7 @@ nlohmann::json specToJson(const MigrationSpec& spec) {
              {"token", s->token},
              {"peer_identity", s->peer_identity},
              {"memory", mem}};
-    precopyToJson(s->precopy, out);
+    addPrecopyFields(out, s->precopy);
     return out;
   }
   const auto& d = std::get<DestinationSpec>(spec);
@@ -232,7 +229,7 @@ nlohmann::json specToJson(const MigrationSpec& spec) {
            {"source_address", d.source_address},
            {"handshake_socket", d.handshake_socket}};
   if (d.vmm_pid) out["vmm_pid"] = *d.vmm_pid;
-  precopyToJson(d.precopy, out);
+  addPrecopyFields(out, d.precopy);
   return out;
 }
 

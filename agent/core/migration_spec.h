@@ -22,7 +22,7 @@ struct SourceSpec {
   std::string handover_socket;
   // A snapshot file's page size (2 MiB for hugetlbfs guests); a handover says its own.
   std::uint64_t page_size = 4096;
-  // `precopy` and `precopy_deadline_ms`: rounds run only for a live handover (3 fds).
+  // Pre-copy while the source VM runs (docs/precopy.md); runs only on a live handover.
   PrecopyPolicy precopy;
 };
 
@@ -33,8 +33,7 @@ struct DestinationSpec {
   std::string source_address;
   std::string handshake_socket;  // filled with <handshake_dir>/<id>.sock when absent
   std::optional<pid_t> vmm_pid;
-  // `precopy` and `precopy_deadline_ms`: not off = connect the bulk link at creation and stage
-  // the rounds' pages until the source's StalePages frame with `last` (docs/precopy.md).
+  // Not off: connect to the source when created and stage what pre-copy sends.
   PrecopyPolicy precopy;
 };
 

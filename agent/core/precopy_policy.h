@@ -1,12 +1,14 @@
-// The per-migration pre-copy knob (`precopy: off | auto | rounds N`, with a deadline), shared by
-// both roles: the source runs rounds by it (agent/source/precopy_policy.h decides the switch),
-// the destination connects its bulk link at creation and stages round pages when it is not off.
+// When pre-copy stops copying a running source VM and hands over to post-copy: the per-migration
+// knob (`precopy: off | auto | rounds N`, with a deadline) and the switch decision made after
+// every round from what the rounds measured.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "base/error.h"
 
@@ -26,13 +28,28 @@ struct PrecopyPolicy {
   double shrink_ratio = 0.8;
   // kAuto: never more rounds than this, whatever the rounds measure.
   unsigned max_rounds = 30;
-
-  bool enabled() const { return mode != Mode::kOff; }
 };
 
 // "off", "auto", or "rounds N" (N from 1 to 1000). Errors name the knob and what was wrong.
 Result<PrecopyPolicy> parsePrecopyPolicy(std::string_view text, std::chrono::milliseconds deadline);
-// The text parsePrecopyPolicy reads back: "off", "auto", "rounds N".
+// The knob as parsePrecopyPolicy reads it back ("off", "auto", "rounds 3").
 std::string precopyPolicyText(const PrecopyPolicy& policy);
+
+// What one round did: the pages it sent (the pages written since the round before it; every
+// non-zero page in round 1) and how long it took.
+struct PrecopyRound {
+  unsigned number = 0;  // 1-based
+  std::uint64_t pages = 0;
+  std::chrono::nanoseconds duration{0};
+};
+
+enum class SwitchReason { kFewPagesLeft, kNotShrinking, kRoundsDone, kDeadline };
+std::string_view switchReasonName(SwitchReason reason);
+
+// Whether to stop after the rounds so far (`elapsed` since pre-copy began) and pause the
+// source, and why; nothing: run another round.
+std::optional<SwitchReason> decideSwitch(const PrecopyPolicy& policy,
+                                         const std::vector<PrecopyRound>& rounds,
+                                         std::chrono::nanoseconds elapsed);
 
 }  // namespace lazymig::agent

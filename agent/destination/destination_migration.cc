@@ -21,7 +21,7 @@ DestinationMigration::~DestinationMigration() { stopEverything(); }
 Status DestinationMigration::start() {
   // Before the listener: a handshake (on the listener's thread) finds the staging and the bulk
   // loop already built, never half-built.
-  if (spec_.precopy.enabled() && !bulk_loop_) {
+  if (spec_.precopy.mode != PrecopyPolicy::Mode::kOff && !bulk_loop_) {
     if (auto ok = startPrecopyLink(); !ok) return ok;
   }
   const auto& hs = ctx_.config.handshake;
@@ -187,7 +187,7 @@ Status DestinationMigration::startServing() {
     cpu_.count(*bulk_loop_);
   }
   // A restarted agent lost what the dead one staged: it stages afresh until the switch.
-  if (spec_.precopy.enabled() && !staging_) staging_ = std::make_unique<PrecopyStaging>();
+  if (spec_.precopy.mode != PrecopyPolicy::Mode::kOff && !staging_) staging_ = std::make_unique<PrecopyStaging>();
   recorder_.pagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
   context_.emplace(DestinationContext{.layout = *layout_,
                                       .pages = *pages_,

@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "agent/source/precopy_policy.h"
+#include "agent/core/precopy_policy.h"
 #include "base/error.h"
 #include "sys/write_tracker.h"
 #include "vmm/handshake.h"

@@ -6,7 +6,7 @@
 #include <random>
 #include <thread>
 
-#include "agent/source/precopy_policy.h"
+#include "agent/core/precopy_policy.h"
 #include "agent/source/precopy_rounds.h"
 #include "sys/mapping.h"
 
