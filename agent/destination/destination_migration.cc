@@ -187,7 +187,8 @@ Status DestinationMigration::startServing() {
     cpu_.count(*bulk_loop_);
   }
   // A restarted agent lost what the dead one staged: it stages afresh until the switch.
-  if (spec_.precopy.mode != PrecopyPolicy::Mode::kOff && !staging_) staging_ = std::make_unique<PrecopyStaging>();
+  if (spec_.precopy.mode != PrecopyPolicy::Mode::kOff && !staging_)
+    staging_ = std::make_unique<PrecopyStaging>();
   recorder_.pagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
   context_.emplace(DestinationContext{.layout = *layout_,
                                       .pages = *pages_,
