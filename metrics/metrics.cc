@@ -126,6 +126,22 @@ class PrometheusMetrics final : public AgentMetrics {
              .Labels(labels_)
              .Register(*registry_)
              .Add({});
+    auto& precopy = prometheus::BuildCounter()
+                        .Name("lazymig_precopy_destination_pages_total")
+                        .Help(
+                            "Pages a pre-copy destination received before the switch, by what "
+                            "became of them: staged, stale_dropped, installed_from_staging")
+                        .Labels(labels_)
+                        .Register(*registry_);
+    precopy_pages_[0] = &precopy.Add({{"event", "staged"}});
+    precopy_pages_[1] = &precopy.Add({{"event", "stale_dropped"}});
+    precopy_pages_[2] = &precopy.Add({{"event", "installed_from_staging"}});
+    precopy_switches_ = &prometheus::BuildCounter()
+                             .Name("lazymig_precopy_destination_switches_total")
+                             .Help("Pre-copy switches a destination heard (StalePages with last)")
+                             .Labels(labels_)
+                             .Register(*registry_)
+                             .Add({});
     blocked_ = &prometheus::BuildCounter()
                     .Name("lazymig_vcpu_blocked_seconds_total")
                     .Help(
@@ -202,6 +218,10 @@ class PrometheusMetrics final : public AgentMetrics {
   }
   void setStoreWritable(bool writable) override { store_writable_->Set(writable ? 1 : 0); }
   void addUffdExists(std::uint64_t n) override { eexist_->Increment(static_cast<double>(n)); }
+  void addPrecopyPages(PrecopyPages what, std::uint64_t pages) override {
+    precopy_pages_[static_cast<int>(what)]->Increment(static_cast<double>(pages));
+  }
+  void addPrecopySwitch() override { precopy_switches_->Increment(); }
   void addMigrationCpu(std::string_view role, double cpu_seconds,
                        std::uint64_t bytes_moved) override {
     std::lock_guard lock(mu_);
@@ -257,6 +277,8 @@ class PrometheusMetrics final : public AgentMetrics {
   prometheus::Family<Gauge>* degraded_ = nullptr;
   Gauge* store_writable_ = nullptr;
   Counter* eexist_ = nullptr;
+  std::array<Counter*, 3> precopy_pages_{};
+  Counter* precopy_switches_ = nullptr;
   Counter* blocked_ = nullptr;
   prometheus::Family<Counter>* cpu_seconds_ = nullptr;
   prometheus::Family<Counter>* moved_bytes_ = nullptr;

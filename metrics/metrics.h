@@ -28,6 +28,9 @@ enum class FaultPath {
 // How a page arrived.
 enum class PagePath { kDemand, kBulk, kZero };
 enum class Channel { kUrgent, kBulk };
+// What a pre-copy destination did with the pages its source sent before the switch
+// (docs/precopy.md): staged them, dropped them as stale, installed them from the staging.
+enum class PrecopyPages { kStaged, kStaleDropped, kInstalledFromStaging };
 enum class Direction { kSent, kReceived };
 
 // Every label value the agent uses for these families exists from start-up at zero: a series
@@ -80,6 +83,10 @@ class AgentMetrics {
   virtual void setDegraded(std::string_view reason, std::uint64_t migrations) = 0;
   virtual void setStoreWritable(bool writable) = 0;
   virtual void addUffdExists(std::uint64_t n) = 0;  // EEXIST races on install
+  // Pre-copy at a destination: pages by what became of them, and switches heard (the source's
+  // StalePages frame with `last`).
+  virtual void addPrecopyPages(PrecopyPages what, std::uint64_t pages) = 0;
+  virtual void addPrecopySwitch() = 0;
   // A migration reached its final state: the CPU seconds of its threads (their own clocks)
   // and the guest memory it moved. `role` is one of kRoles.
   virtual void addMigrationCpu(std::string_view role, double cpu_seconds,

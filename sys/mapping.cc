@@ -32,6 +32,15 @@ Result<Mapping> Mapping::anonymous(Bytes size, bool huge) {
   return Mapping(p, size.value);
 }
 
+Result<Mapping> Mapping::anonymousUnreserved(Bytes size) {
+  void* p = ::mmap(nullptr, size.value, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    return failSys("mmap", "anonymous unreserved " + std::to_string(size.value) + " bytes");
+  }
+  return Mapping(p, size.value);
+}
+
 Result<Mapping> Mapping::anonymousHugetlb(Bytes size, Bytes page_size) {
   int shift = __builtin_ctzll(page_size.value);
   int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (shift << MAP_HUGE_SHIFT);

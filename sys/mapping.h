@@ -26,6 +26,10 @@ class Mapping {
   // Private anonymous read/write memory on huge pages of exactly `page_size` bytes
   // (MAP_HUGETLB with the size encoded), whatever the system's default huge page size.
   static Result<Mapping> anonymousHugetlb(Bytes size, Bytes page_size);
+  // Private anonymous read/write memory that reserves no swap (MAP_NORESERVE): pages cost
+  // memory only once written, so a mapping the size of a guest that is mostly never written
+  // is cheap.
+  static Result<Mapping> anonymousUnreserved(Bytes size);
   // A mapping of fd at offset; flags MAP_SHARED or MAP_PRIVATE, prot PROT_*.
   static Result<Mapping> ofFd(int fd, Bytes size, GuestOffset offset, int prot, int flags);
 

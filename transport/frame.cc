@@ -198,7 +198,9 @@ Result<Hello> decodeHello(std::span<const std::byte> payload) {
   if (channel != 1 && channel != 2)
     return bad(FrameType::kHello, "channel must be 1 (urgent) or 2 (bulk)");
   m.channel = static_cast<ChannelKind>(channel);
-  if (m.page_size < 4096 || (m.page_size & (m.page_size - 1)) != 0) {
+  // Both 0 on a bulk channel: a pre-copy destination before its VMM, which learns the layout
+  // from the HelloOk (docs/protocol.md).
+  if (!m.layoutUnknown() && (m.page_size < 4096 || (m.page_size & (m.page_size - 1)) != 0)) {
     return bad(FrameType::kHello,
                "page_size " + std::to_string(m.page_size) + " is not a power of two >= 4096");
   }

@@ -74,6 +74,11 @@ struct Hello {
   ChannelKind channel = ChannelKind::kUrgent;
   std::uint32_t page_size = 0;
   std::uint64_t memory_bytes = 0;  // what the destination expects; the source checks it
+  // A bulk Hello with page_size and memory_bytes 0: a pre-copy destination that does not know
+  // the layout yet (no VMM yet); the source answers with its own.
+  bool layoutUnknown() const {
+    return page_size == 0 && memory_bytes == 0 && channel == ChannelKind::kBulk;
+  }
 };
 
 struct HelloOk {

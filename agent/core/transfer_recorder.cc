@@ -65,4 +65,12 @@ void TransferRecorder::refusal(std::string_view reason) const {
   if (metrics_) metrics_->addRefusal(reason);
 }
 
+void TransferRecorder::precopyPages(metrics::PrecopyPages what, std::uint64_t pages) const {
+  if (metrics_ && pages > 0) metrics_->addPrecopyPages(what, pages);
+}
+
+void TransferRecorder::precopySwitch() const {
+  if (metrics_) metrics_->addPrecopySwitch();
+}
+
 }  // namespace lazymig::agent

@@ -44,6 +44,10 @@ class TransferRecorder {
   void pagesRequested(std::uint64_t pages) const;
   void pagesServed(metrics::PagePath path, std::uint64_t pages) const;
   void reconnect(metrics::Channel channel) const;
+  // Destination, pre-copy: what became of pages sent before the switch, and the switch itself.
+  // Metrics only: the migration's status reads its staging (PrecopyStaging) directly.
+  void precopyPages(metrics::PrecopyPages what, std::uint64_t pages) const;
+  void precopySwitch() const;
   // A refusal (one of metrics::kRefusalReasons); metrics only.
   void refusal(std::string_view reason) const;
 

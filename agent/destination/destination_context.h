@@ -9,6 +9,7 @@
 #include "agent/core/transfer_recorder.h"
 #include "agent/destination/population/guest_layout.h"
 #include "agent/destination/population/page_installer.h"
+#include "agent/destination/population/precopy_staging.h"
 #include "agent/destination/source_link.h"
 #include "base/log.h"
 #include "store/page_map.h"
@@ -30,6 +31,8 @@ struct DestinationContext {
   // Where the source is, who it must prove to be, and this migration's Hello; each owner of a
   // link sets `kind`.
   SourceLinkParams link;
+  // Pre-copy: the pages staged before the switch (owned by the migration); null otherwise.
+  PrecopyStaging* staging = nullptr;
 
   transport::Layout wire() const {
     return {static_cast<std::uint32_t>(layout.pageSize()), layout.pageCount()};

@@ -16,11 +16,14 @@ void DestinationMigration::gaveUp(ChannelKind kind, const Error& why) {
     // A source that answered and refused (wrong size, wrong token...) is not unreachable:
     // say which it was, so that nobody hunts a network problem that is not there.
     const bool refused = why.op == "source refused the channel";
-    return failMigration(Error::make(
-        refused ? why.code : Errc::kTimeout,
-        refused ? "source refused the migration" : "source unreachable",
-        (refused ? why.context : why.message()) + "; " +
-            std::to_string(pages_->pageCount() - pages_->doneCount()) + " pages never received"));
+    return failMigration(
+        Error::make(refused ? why.code : Errc::kTimeout,
+                    refused ? "source refused the migration" : "source unreachable",
+                    (refused ? why.context : why.message()) + "; " +
+                        (ready_.load(std::memory_order_acquire)
+                             ? std::to_string(pages_->pageCount() - pages_->doneCount()) +
+                                   " pages never received"
+                             : std::string("before the VMM's handshake (pre-copy)"))));
   }
   // Every page is installed: nothing can be lost here any more, only the source's
   // acknowledgement is missing, which the bulk channel does not carry.

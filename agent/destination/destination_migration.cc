@@ -19,6 +19,11 @@ DestinationMigration::DestinationMigration(DestinationSpec spec, AgentContext& c
 DestinationMigration::~DestinationMigration() { stopEverything(); }
 
 Status DestinationMigration::start() {
+  // Before the listener: a handshake (on the listener's thread) finds the staging and the bulk
+  // loop already built, never half-built.
+  if (spec_.precopy.mode != PrecopyPolicy::Mode::kOff && !bulk_loop_) {
+    if (auto ok = startPrecopyLink(); !ok) return ok;
+  }
   const auto& hs = ctx_.config.handshake;
   CredentialPolicy policy{hs.allowed_uids, hs.allowed_gids, spec_.vmm_pid};
   auto listener = VmmListener::start(
@@ -139,6 +144,7 @@ RuntimeRecord DestinationMigration::runtime() const {
 }
 
 Status DestinationMigration::checkSourceLayout(const vmm::Handshake& handshake) const {
+  if (staging_ && staging_->sized()) return checkStagingLayout(handshake);
   // Long enough for a TLS handshake to a source that serves; a source still waiting for its
   // memory holds the Hello unanswered, and the channels check the layout later.
   constexpr std::chrono::milliseconds kBound{1000};
@@ -172,12 +178,17 @@ SourceLinkParams DestinationMigration::linkParams() const {
 Status DestinationMigration::startServing() {
   auto urgent = transport::EventLoop::start("urgent-" + id());
   if (!urgent) return std::unexpected(urgent.error());
-  auto bulk = transport::EventLoop::start("bulk-" + id());
-  if (!bulk) return std::unexpected(bulk.error());
   urgent_loop_ = std::move(*urgent);
-  bulk_loop_ = std::move(*bulk);
   cpu_.count(*urgent_loop_);
-  cpu_.count(*bulk_loop_);
+  if (!bulk_loop_) {  // pre-copy started it at creation
+    auto bulk = transport::EventLoop::start("bulk-" + id());
+    if (!bulk) return std::unexpected(bulk.error());
+    bulk_loop_ = std::move(*bulk);
+    cpu_.count(*bulk_loop_);
+  }
+  // A restarted agent lost what the dead one staged: it stages afresh until the switch.
+  if (spec_.precopy.mode != PrecopyPolicy::Mode::kOff && !staging_)
+    staging_ = std::make_unique<PrecopyStaging>();
   recorder_.pagesRemaining(static_cast<std::int64_t>(pages_->pageCount()));
   context_.emplace(DestinationContext{.layout = *layout_,
                                       .pages = *pages_,
@@ -188,7 +199,8 @@ Status DestinationMigration::startServing() {
                                       .urgent_loop = *urgent_loop_,
                                       .bulk_loop = *bulk_loop_,
                                       .tls = ctx_.tls_client,
-                                      .link = linkParams()});
+                                      .link = linkParams(),
+                                      .staging = staging_.get()});
   Status started;
   runOnLoop(*urgent_loop_, [&] {
     faults_ = std::make_unique<FaultService>(
@@ -214,12 +226,12 @@ Status DestinationMigration::startServing() {
   if (!started) return started;
 
   runOnLoop(*bulk_loop_, [&] {
-    bulk_receiver_ = std::make_unique<BulkReceiver>(
-        *context_,
-        BulkReceiver::Hooks{.progressed = [this] { progressed(); },
-                            .fatal = [this](const Error& e) { failMigration(e); },
-                            .gave_up = [this](const Error& e) { gaveUp(ChannelKind::kBulk, e); }});
-    bulk_receiver_->start();
+    if (bulk_receiver_) {
+      bulk_receiver_->attach(*context_);  // pre-copy: its link is up since creation
+    } else {
+      bulk_receiver_ = std::make_unique<BulkReceiver>(*context_, bulkHooks(), staging_.get());
+      bulk_receiver_->start();
+    }
     scheduleCheckpoint();
   });
   setState(MigrationState::kRunning);
@@ -258,6 +270,7 @@ Status DestinationMigration::startFaultChannel() {
 }
 
 void DestinationMigration::progressed() {
+  if (!ready_.load(std::memory_order_acquire)) return;  // nothing is installed before the VMM
   // A fault may wait on a page another path (the bulk stream) just populated: answer it now
   // rather than when the source's reply to its own request arrives.
   if (faults_ && faults_->anyWaiting()) {
@@ -353,6 +366,7 @@ void DestinationMigration::addDetails(nlohmann::json& out) const {
     if (view_.hasBitmap()) memory["userfault_bits_set"] = view_.bitsSet();
     out["memory"] = std::move(memory);
   }
+  if (staging_) out["precopy"] = precopyStatus();
   out["resumed_after_restart"] = resumed_.load();
   out["source_acknowledged"] = source_acknowledged_.load();
   out["progress"]["restored_pages"] = restored_pages_.load();

@@ -24,6 +24,7 @@
 #include "agent/destination/population/guest_memory_view.h"
 #include "agent/destination/population/memory_capabilities.h"
 #include "agent/destination/population/page_installer.h"
+#include "agent/destination/population/precopy_staging.h"
 #include "agent/destination/vmm_fault_channel.h"
 #include "store/page_map.h"
 #include "store/page_map_checkpoint.h"
@@ -67,6 +68,13 @@ class DestinationMigration final : public Migration {
   // Refuses a handshake whose regions do not add up to the memory the source serves.
   Status checkSourceLayout(const vmm::Handshake& handshake) const;
   Status startServing();
+  // Pre-copy: the bulk loop and its link, at creation, before any VMM (docs/precopy.md).
+  Status startPrecopyLink();
+  // The bulk receiver's hooks (the same before and after the VMM's handshake).
+  BulkReceiver::Hooks bulkHooks();
+  // Pre-copy: a VMM whose regions are not the layout the staging holds is refused.
+  Status checkStagingLayout(const vmm::Handshake& handshake) const;
+  nlohmann::json precopyStatus() const;  // any thread
   // Where the source is, who it must be, and this migration's Hello (layout not yet set).
   SourceLinkParams linkParams() const;
   // FaultService's link, or after a restart in `completing` the ending's own.
@@ -110,6 +118,10 @@ class DestinationMigration final : public Migration {
 
   std::unique_ptr<transport::EventLoop> urgent_loop_;
   std::unique_ptr<transport::EventLoop> bulk_loop_;
+  // Pre-copy (spec `precopy` not off): what the source sent before its switch. Built at
+  // creation, sized by the bulk loop from the source's HelloOk, read by the urgent loop (a
+  // fault on a staged page after the switch) and the control loop (status).
+  std::unique_ptr<PrecopyStaging> staging_;
   // Built by startServing; outlives faults_ and bulk_receiver_, which hold it.
   std::optional<DestinationContext> context_;
   std::unique_ptr<FaultService> faults_;         // urgent loop

@@ -195,10 +195,41 @@ void FaultService::handleRemove(std::uint64_t start, std::uint64_t end) {
 
 bool FaultService::requestPages(std::span<const std::uint64_t> pages) {
   transport::PageRequest req;
-  req.pages.assign(pages.begin(), pages.end());
+  for (auto p : pages) {
+    if (!serveFromStaging(PageIndex{p})) req.pages.push_back(p);
+  }
+  if (req.pages.empty()) return true;
   auto frame = transport::encodePageRequest(req);
   if (!link_ || !link_->send(frame)) return false;
   ctx_.recorder.wireBytes(metrics::Channel::kUrgent, metrics::Direction::kSent, frame.size());
+  return true;
+}
+
+bool FaultService::serveFromStaging(PageIndex page) {
+  if (!ctx_.staging) return false;
+  auto copy = ctx_.staging->installable(page);
+  if (!copy) return false;
+  auto r = ctx_.installer.install(
+      page, 1, copy->data, [this] { drainEvents(); }, /*fault_thread=*/true);
+  if (!r) {
+    hooks_.fatal(r.error());
+    return true;
+  }
+  const bool zero = copy->data == nullptr;
+  ctx_.recorder.pagesInstalled(zero ? metrics::PagePath::kZero : metrics::PagePath::kBulk,
+                               r->installed, r->already_present);
+  ctx_.recorder.precopyPages(metrics::PrecopyPages::kInstalledFromStaging, r->installed);
+  ctx_.staging->countInstalled(r->installed);
+  if (ctx_.pages.state(page) == PageState::kRemoved) {
+    // The guest discarded the page meanwhile: zeros, never the staged contents.
+    auto z = ctx_.installer.installZeroForRemoved(page, [this] { drainEvents(); });
+    if (!z) {
+      hooks_.fatal(z.error());
+      return true;
+    }
+  }
+  finishPending(page, metrics::FaultPath::kLocal, zero);
+  if (r->installed > 0) hooks_.progressed();
   return true;
 }
 

@@ -82,9 +82,13 @@ class FaultService {
   void handlePageFault(std::uint64_t address, std::vector<std::uint64_t>& to_request,
                        std::vector<RemovedFault>& to_zero);
   void handleRemove(std::uint64_t start, std::uint64_t end);
-  // Asks the source for these pages; false when the link is down (the pages stay pending and
-  // are asked again when it is back).
+  // Asks the source for these pages (those pre-copy staged after its switch are installed from
+  // the staging instead); false when the link is down (the pages stay pending and are asked
+  // again when it is back).
   bool requestPages(std::span<const std::uint64_t> pages);
+  // Pre-copy: installs a page the fault waits on from its staged copy, if it has one that the
+  // source's switch made installable. True when it did (or failed the migration trying).
+  bool serveFromStaging(PageIndex page);
   // The urgent link is back: ask again for every page a vCPU still waits on.
   void resendOutstanding();
   void onSourceFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);

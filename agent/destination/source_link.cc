@@ -55,6 +55,12 @@ bool SourceLink::send(std::string_view frame) {
   return true;
 }
 
+void SourceLink::expectLayout(std::uint32_t page_size, std::uint64_t memory_bytes) {
+  assert(loop_.inLoopThread());
+  params_.page_size = page_size;
+  params_.memory_bytes = memory_bytes;
+}
+
 std::size_t SourceLink::pendingOutputBytes() const {
   return conn_ ? conn_->pendingOutputBytes() : 0;
 }
@@ -110,7 +116,9 @@ void SourceLink::onFrame(const transport::FrameHeader& h, std::span<const std::b
     if (h.type == FrameType::kHelloOk) {
       auto ok = transport::decodeHelloOk(payload);
       if (!ok) return linkDown(ok.error(), false);
-      if (ok->page_size != params_.page_size || ok->memory_bytes != params_.memory_bytes) {
+      const bool layout_known = params_.page_size != 0 || params_.memory_bytes != 0;
+      if (layout_known &&
+          (ok->page_size != params_.page_size || ok->memory_bytes != params_.memory_bytes)) {
         return linkDown(
             Error::make(Errc::kProtocol, "hello",
                         "the source serves " + std::to_string(ok->memory_bytes) +
@@ -119,6 +127,8 @@ void SourceLink::onFrame(const transport::FrameHeader& h, std::span<const std::b
                             " in pages of " + std::to_string(params_.page_size)),
             true);
       }
+      source_page_size_ = ok->page_size;
+      source_memory_bytes_ = ok->memory_bytes;
       open_ = true;
       backoff_ = std::chrono::milliseconds(0);
       scheduleStallCheck();

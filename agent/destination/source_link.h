@@ -25,6 +25,8 @@ struct SourceLinkParams {
   std::string source_address;
   std::string expected_peer;
   transport::ChannelKind kind = transport::ChannelKind::kUrgent;
+  // The guest's layout as the VMM described it. Both 0 (a pre-copy destination's bulk link
+  // before its VMM exists, bulk only): "not known yet", the source's HelloOk says it.
   std::uint32_t page_size = 4096;
   std::uint64_t memory_bytes = 0;
   std::chrono::milliseconds initial_backoff{100};
@@ -63,6 +65,11 @@ class SourceLink {
   bool send(std::string_view frame);
   std::size_t pendingOutputBytes() const;
   std::uint64_t reconnects() const { return reconnects_; }
+  // The layout the source's last HelloOk announced (0, 0 before any).
+  std::uint32_t sourcePageSize() const { return source_page_size_; }
+  std::uint64_t sourceMemoryBytes() const { return source_memory_bytes_; }
+  // The VMM has described the guest: Hellos from now on say it, and a HelloOk must match it.
+  void expectLayout(std::uint32_t page_size, std::uint64_t memory_bytes);
 
  private:
   void attempt();
@@ -84,6 +91,8 @@ class SourceLink {
   bool finishing_ = false;
   transport::Timer linger_timer_;
   std::uint64_t reconnects_ = 0;
+  std::uint32_t source_page_size_ = 0;
+  std::uint64_t source_memory_bytes_ = 0;
   std::chrono::milliseconds backoff_{0};
   std::chrono::steady_clock::time_point down_since_;
   transport::Timer retry_timer_;

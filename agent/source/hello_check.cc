@@ -55,7 +55,10 @@ std::optional<HelloRefusal> checkHello(const transport::Connection& conn,
     return HelloRefusal{HelloRefusalReason::kNotReady, PeerErrorCode::kUnknownMigration,
                         "the guest memory has not been handed over yet"};
   }
-  if (hello.page_size != memory->pageSize() || hello.memory_bytes != memory->bytes()) {
+  // A pre-copy destination's bulk link before its VMM exists learns the layout from the
+  // HelloOk, and checks it against its VMM's regions itself.
+  if (!hello.layoutUnknown() &&
+      (hello.page_size != memory->pageSize() || hello.memory_bytes != memory->bytes())) {
     return HelloRefusal{HelloRefusalReason::kLayout, PeerErrorCode::kLayout,
                         "destination expects " + std::to_string(hello.memory_bytes) +
                             " bytes in pages of " + std::to_string(hello.page_size) +

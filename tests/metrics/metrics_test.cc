@@ -36,6 +36,10 @@ void touchEverything(AgentMetrics& m) {
   m.setStoreWritable(false);
   m.addUffdExists(2);
   m.addMigrationCpu("source", 0.75, 512ull << 20);
+  m.addPrecopyPages(PrecopyPages::kStaged, 5);
+  m.addPrecopyPages(PrecopyPages::kStaleDropped, 2);
+  m.addPrecopyPages(PrecopyPages::kInstalledFromStaging, 3);
+  m.addPrecopySwitch();
 }
 
 TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
@@ -49,12 +53,18 @@ TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
         "lazymig_uffd_eexist_total", "lazymig_vcpu_blocked_seconds_total", "lazymig_build_info",
         "lazymig_migrations_degraded", "lazymig_store_writable",
         "lazymig_migration_cpu_seconds_total", "lazymig_migration_moved_bytes_total",
-        "lazymig_migration_cpu_seconds_per_gib_bucket"}) {
+        "lazymig_migration_cpu_seconds_per_gib_bucket", "lazymig_precopy_destination_pages_total",
+        "lazymig_precopy_destination_switches_total"}) {
     EXPECT_NE(text.find(family), std::string::npos) << family;
   }
   EXPECT_NE(text.find(R"(lazymig_pages_total{node="node-a",path="bulk"} 64)"), std::string::npos)
       << text;
   EXPECT_NE(text.find(R"(lazymig_pages_remaining{node="node-a"} 23)"), std::string::npos);
+  EXPECT_NE(
+      text.find(
+          R"(lazymig_precopy_destination_pages_total{node="node-a",event="stale_dropped"} 2)"),
+      std::string::npos)
+      << text;
   EXPECT_NE(text.find(R"(lazymig_migrations{node="node-a",state="completed"} 1)"),
             std::string::npos);
   EXPECT_NE(text.find(R"(lazymig_migrations{node="node-a",state="running"} 0)"), std::string::npos);

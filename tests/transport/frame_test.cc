@@ -70,6 +70,19 @@ TEST(Frame, HelloRoundTripAndValidation) {
   h.token = std::string(32, 'a');
   h.page_size = 3000;
   EXPECT_NE(errorOf(decodeHello(payloadOf(encodeHello(h)))).find("page_size"), std::string::npos);
+  // Issue 19: "layout not known yet" is a bulk Hello's page_size 0 with memory_bytes 0 only.
+  h.page_size = 0;
+  h.memory_bytes = 0;
+  h.channel = ChannelKind::kBulk;
+  auto unknown = decodeHello(payloadOf(encodeHello(h)));
+  ASSERT_TRUE(unknown) << unknown.error().message();
+  EXPECT_TRUE(unknown->layoutUnknown());
+  h.channel = ChannelKind::kUrgent;
+  EXPECT_NE(errorOf(decodeHello(payloadOf(encodeHello(h)))).find("page_size"), std::string::npos);
+  h.channel = ChannelKind::kBulk;
+  h.memory_bytes = 1 << 20;
+  EXPECT_NE(errorOf(decodeHello(payloadOf(encodeHello(h)))).find("page_size"), std::string::npos);
+  h.page_size = 3000;
   std::string truncated = encodeHello(h).substr(0, kHeaderSize + 5);
   EXPECT_NE(errorOf(decodeHello(payloadOf(truncated))).find("Hello"), std::string::npos);
 }

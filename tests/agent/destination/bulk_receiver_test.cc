@@ -134,6 +134,23 @@ TEST(BulkReceiver, AMalformedFrameIsNamedInTheErrorAndInstallsNothing) {
   EXPECT_EQ(d.pages.doneCount(), 0u);
 }
 
+// Issue 19: a source may send its (empty) stale set to every destination of a pre-copy
+// migration; one without pre-copy ignores it, and a malformed one is still named.
+TEST(BulkReceiver, WithoutPrecopyStalePagesChangeNothing) {
+  const auto src = sourceMemory();
+  test_support::TestPki pki;
+  Destination d(pki, SourceLinkParams{});
+  transport::StalePages stale{.first_page = 0, .last = true, .words = {~std::uint64_t{0}}};
+  d.feed(transport::encodeStalePages(stale));
+  d.feed(pageDataFrame(0, 2, src));
+  EXPECT_TRUE(d.fatal.empty()) << d.fatal.front();
+  EXPECT_EQ(d.pages.doneCount(), 2u) << "pages are installed as they come, as before";
+  stale.first_page = 3;  // not a multiple of 64
+  d.feed(transport::encodeStalePages(stale));
+  ASSERT_EQ(d.fatal.size(), 1u);
+  EXPECT_NE(d.fatal[0].find("StalePages"), std::string::npos) << d.fatal[0];
+}
+
 TEST(BulkReceiver, TheSourcesStreamAfterTheResumeInstallsEveryPage) {
   const auto src = sourceMemory();
   test_support::TestPki pki;

@@ -3,7 +3,8 @@
 // guest thread touching every page is served by demand faults until the migration completes
 // (with the source's acknowledgement); a VMM whose memory is not the source's is refused at
 // the handshake and the right VMM is still taken; a second VMM is refused; a source that
-// refuses the migration for good fails it, naming the refusal.
+// refuses the migration for good fails it, naming the refusal; with pre-copy, the bulk link
+// stages the source's rounds before any VMM and only stale pages are fetched on demand.
 #include "agent/destination/destination_migration.h"
 
 #include <linux/userfaultfd.h>
@@ -85,13 +86,14 @@ class Destination : public ::testing::Test {
     options.migration_id = "m1";
     source_ = std::make_unique<test_support::SourceStandIn>(pki_, std::move(options));
   }
-  void startMigration() {
+  void startMigration(PrecopyPolicy precopy = {}) {
     DestinationSpec spec{.id = "m1",
                          .token = "0123456789abcdef0123456789abcdef",
                          .peer_identity = test_support::TestPki::kSourceIdentity,
                          .source_address = source_->address(),
                          .handshake_socket = dir_ + "/m1.sock",
-                         .vmm_pid = std::nullopt};
+                         .vmm_pid = std::nullopt,
+                         .precopy = precopy};
     migration_ = std::make_unique<DestinationMigration>(spec, *ctx_);
     ASSERT_TRUE(migration_->start());
     ASSERT_EQ(migration_->state(), MigrationState::kWaitingForVmm);
@@ -168,6 +170,52 @@ TEST_F(Destination, ASourceThatRefusesTheMigrationFailsItNamingTheRefusal) {
       << migration_->reason();
   EXPECT_NE(migration_->reason().find("the token does not match"), std::string::npos)
       << migration_->reason();
+}
+
+// Issue 19: with `precopy` on, the destination connects its bulk link at creation, stages the
+// rounds before any VMM exists, and once the VMM is there installs every staged page the
+// source did not name stale; the guest then faults over the network on the stale ones only.
+TEST_F(Destination, PrecopyStagesBeforeTheVmmAndFetchesOnlyStalePagesOnDemand) {
+  const auto round = sourceMemory();
+  const std::vector<std::uint64_t> stale = {3, 17, 42};
+  auto paused = round;
+  for (auto p : stale) std::memset(paused.data() + p * kPage, 0xee, kPage);
+  startSource({.memory = paused, .stream_bulk = false});
+  startMigration(*parsePrecopyPolicy("auto", 60s));
+  ASSERT_TRUE(waitUntil([&] { return source_->resumes() >= 1; }, 10s))
+      << "the bulk link connects before any VMM";
+  EXPECT_EQ(migration_->state(), MigrationState::kWaitingForVmm);
+  std::vector<std::uint64_t> every;
+  for (std::uint64_t p = 0; p < kPages; ++p) every.push_back(p);
+  ASSERT_TRUE(source_->sendPages(every, std::make_shared<const std::vector<std::byte>>(round)));
+  ASSERT_TRUE(source_->sendStalePages(stale, /*last=*/true));
+  ASSERT_TRUE(waitUntil([&] { return migration_->toJson()["precopy"]["switched"] == true; }, 10s));
+  auto precopy = migration_->toJson()["precopy"];
+  EXPECT_EQ(precopy["staged_pages"], kPages - stale.size()) << precopy.dump();
+  EXPECT_EQ(precopy["stale_dropped"], stale.size()) << precopy.dump();
+  EXPECT_EQ(precopy["mode"], "auto");
+
+  // The staging knows the source's layout: a VMM of another guest is refused at once.
+  Vmm wrong(kPages / 2);
+  ASSERT_TRUE(wrong.handOver(socketPath()));
+  EXPECT_TRUE(wrong.closedByTheAgent());
+  Vmm vmm(kPages);
+  ASSERT_TRUE(vmm.handOver(socketPath()));
+  ASSERT_TRUE(reaches(MigrationState::kRunning)) << migration_->reason();
+  std::uint64_t mismatches = 0;
+  std::thread vcpu([&] {
+    for (std::uint64_t p = 0; p < kPages; ++p) {
+      if (std::memcmp(vmm.guest.data() + p * kPage, paused.data() + p * kPage, kPage) != 0) {
+        ++mismatches;
+      }
+    }
+  });
+  vcpu.join();
+  EXPECT_EQ(mismatches, 0u);
+  ASSERT_TRUE(reaches(MigrationState::kCompleted)) << migration_->reason();
+  EXPECT_EQ(source_->pagesRequested(), stale.size()) << "only the stale pages went on demand";
+  precopy = migration_->toJson()["precopy"];
+  EXPECT_EQ(precopy["installed_from_staging"], kPages - stale.size()) << precopy.dump();
 }
 
 }  // namespace

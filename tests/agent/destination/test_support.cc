@@ -156,8 +156,10 @@ void SourceStandIn::onFrame(Peer& peer, const transport::FrameHeader& h,
       ASSERT_TRUE(hello) << hello.error().message();
       if (options_.refuse_hello)
         return conn.sendEncoded(transport::encodeError(*options_.refuse_hello));
-      if (hello->migration_id != options_.migration_id || hello->page_size != options_.page_size ||
-          hello->memory_bytes != memory_->size()) {
+      // A pre-copy destination's bulk link before its VMM says no layout (issue 19).
+      const bool layout_ok = hello->layoutUnknown() || (hello->page_size == options_.page_size &&
+                                                        hello->memory_bytes == memory_->size());
+      if (hello->migration_id != options_.migration_id || !layout_ok) {
         return conn.sendEncoded(transport::encodeError({5, "layout or migration differs"}));
       }
       peer.kind = hello->channel;
@@ -177,6 +179,10 @@ void SourceStandIn::onFrame(Peer& peer, const transport::FrameHeader& h,
       ASSERT_TRUE(r) << r.error().message();
       std::copy(r->words.begin(), r->words.end(),
                 peer.installed.begin() + static_cast<std::ptrdiff_t>(r->first_page / 64));
+      if (r->last) {
+        last_resume_ = peer.installed;
+        ++resumes_;
+      }
       if (r->last && options_.stream_bulk) streamBulk(peer);
       return;
     }
@@ -191,13 +197,74 @@ void SourceStandIn::onFrame(Peer& peer, const transport::FrameHeader& h,
 }
 
 void SourceStandIn::sendPage(transport::Connection& conn, std::uint64_t page) {
+  sendPageOf(conn, page, memory_);
+}
+
+void SourceStandIn::sendPageOf(transport::Connection& conn, std::uint64_t page,
+                               const std::shared_ptr<const std::vector<std::byte>>& image) {
   const std::size_t size = options_.page_size;
-  std::span<const std::byte> bytes(memory_->data() + page * size, size);
+  std::span<const std::byte> bytes(image->data() + page * size, size);
   if (std::all_of(bytes.begin(), bytes.end(), [](std::byte b) { return b == std::byte{0}; })) {
     return conn.sendEncoded(transport::encodeZeroRange({page, 1}));
   }
   auto prefix = transport::encodePageDataPrefix(page, 1, options_.page_size);
-  conn.sendWithBody(prefix, bytes, memory_);
+  conn.sendWithBody(prefix, bytes, image);
+}
+
+std::vector<std::uint64_t> SourceStandIn::lastResume() {
+  std::vector<std::uint64_t> out;
+  runOnLoop(*loop_, [&] { out = last_resume_; });
+  return out;
+}
+
+SourceStandIn::Peer* SourceStandIn::bulkPeer() {
+  for (auto it = peers_.rbegin(); it != peers_.rend(); ++it) {
+    if ((*it)->open && (*it)->kind == transport::ChannelKind::kBulk) return it->get();
+  }
+  return nullptr;
+}
+
+bool SourceStandIn::sendPages(const std::vector<std::uint64_t>& pages,
+                              std::shared_ptr<const std::vector<std::byte>> image) {
+  bool sent = false;
+  runOnLoop(*loop_, [&] {
+    Peer* peer = bulkPeer();
+    if (!peer) return;
+    for (auto p : pages) sendPageOf(*peer->conn, p, image);
+    sent = true;
+  });
+  return sent;
+}
+
+bool SourceStandIn::sendStalePages(const std::vector<std::uint64_t>& stale, bool last) {
+  transport::StalePages frame;
+  frame.last = last;
+  frame.words.assign((layout().page_count + 63) / 64, 0);
+  for (auto p : stale) frame.words[p / 64] |= std::uint64_t{1} << (p % 64);
+  bool sent = false;
+  runOnLoop(*loop_, [&] {
+    Peer* peer = bulkPeer();
+    if (!peer) return;
+    peer->conn->sendEncoded(transport::encodeStalePages(frame));
+    sent = true;
+  });
+  return sent;
+}
+
+bool SourceStandIn::sendBulkDone() {
+  bool sent = false;
+  runOnLoop(*loop_, [&] {
+    Peer* peer = bulkPeer();
+    if (!peer) return;
+    peer->conn->sendEncoded(transport::encodeBulkDone({0}));
+    sent = true;
+  });
+  return sent;
+}
+
+void SourceStandIn::setMemory(std::vector<std::byte> memory) {
+  auto image = std::make_shared<const std::vector<std::byte>>(std::move(memory));
+  runOnLoop(*loop_, [&] { memory_ = std::move(image); });
 }
 
 void SourceStandIn::streamBulk(Peer& peer) {

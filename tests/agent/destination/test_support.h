@@ -5,7 +5,8 @@
 // (certificates made by transport/pki) that speaks the source's side of docs/protocol.md for
 // one migration, from bytes it holds. It is not the real SourceMigration (agent/source/ is
 // another box, tested on its own): it answers Hello, PageRequest, Resume and Complete, and
-// nothing more.
+// nothing more. For pre-copy (issue 19) a test drives its bulk channel itself: round pages
+// from memory images the test makes, StalePages, then post-copy pages.
 #pragma once
 
 #include <atomic>
@@ -75,6 +76,20 @@ class SourceStandIn {
   std::uint64_t hellos() const { return hellos_.load(); }
   std::uint64_t pagesRequested() const { return pages_requested_.load(); }
   std::uint64_t completes() const { return completes_.load(); }
+  // Resume exchanges completed (the frame with `last` arrived), over every bulk channel.
+  std::uint64_t resumes() const { return resumes_.load(); }
+  // The bitmap of the newest complete Resume (what the destination said it has).
+  std::vector<std::uint64_t> lastResume();
+  // The bulk channel driven by the test (stream_bulk = false), on its newest open bulk peer:
+  // these pages of `image` (the memory as it was when "read", page_size bytes each) as
+  // PageData, or ZeroRange for all-zero ones; false when no bulk channel is open.
+  bool sendPages(const std::vector<std::uint64_t>& pages,
+                 std::shared_ptr<const std::vector<std::byte>> image);
+  // One StalePages chunk naming `stale` (its first_page 0, words for every page).
+  bool sendStalePages(const std::vector<std::uint64_t>& stale, bool last);
+  bool sendBulkDone();
+  // What the urgent channel serves from now on (the paused memory).
+  void setMemory(std::vector<std::byte> memory);
   // Closes every connection (a cut link); the destination reconnects.
   void dropConnections();
 
@@ -83,6 +98,9 @@ class SourceStandIn {
   void accept(std::unique_ptr<transport::Connection> conn);
   void onFrame(Peer& peer, const transport::FrameHeader& h, std::span<const std::byte> payload);
   void sendPage(transport::Connection& conn, std::uint64_t page);
+  void sendPageOf(transport::Connection& conn, std::uint64_t page,
+                  const std::shared_ptr<const std::vector<std::byte>>& image);
+  Peer* bulkPeer();  // loop thread
   void streamBulk(Peer& peer);
   transport::Layout layout() const;
 
@@ -94,6 +112,8 @@ class SourceStandIn {
   std::atomic<std::uint64_t> hellos_{0};
   std::atomic<std::uint64_t> pages_requested_{0};
   std::atomic<std::uint64_t> completes_{0};
+  std::atomic<std::uint64_t> resumes_{0};
+  std::vector<std::uint64_t> last_resume_;  // loop thread
 };
 
 }  // namespace lazymig::agent::test_support

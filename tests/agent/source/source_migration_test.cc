@@ -129,6 +129,23 @@ TEST_F(SourceMigrationTest, RefusesAnotherMemorySizeAsLayout) {
   EXPECT_EQ(refusals("layout"), 1);
 }
 
+// Issue 19: a pre-copy destination's bulk link before its VMM says neither page size nor size
+// (both 0) and learns them from the HelloOk; an urgent Hello cannot (the decoder refuses it).
+TEST_F(SourceMigrationTest, AnswersABulkHelloWithoutLayoutWithItsOwn) {
+  createMigration();
+  auto [client, conn] = connect();
+  auto hello = client->hello(ChannelKind::kBulk, 0);
+  hello.page_size = 0;
+  EXPECT_FALSE(attach(std::move(conn), hello));
+  auto ok = client->waitFor(FrameType::kHelloOk);
+  ASSERT_TRUE(ok);
+  auto hello_ok = transport::decodeHelloOk(ok->payload);
+  ASSERT_TRUE(hello_ok);
+  EXPECT_EQ(hello_ok->page_size, 4096u);
+  EXPECT_EQ(hello_ok->memory_bytes, kBytes);
+  EXPECT_EQ(refusals("layout"), 0);
+}
+
 TEST_F(SourceMigrationTest, ACancelledMigrationRefusesAsState) {
   createMigration();
   ASSERT_TRUE(migration_->cancel(true));
