@@ -29,6 +29,23 @@ Result<std::uint64_t> parseSize(const std::string& v) {
   return static_cast<std::uint64_t>(n * static_cast<double>(mult));
 }
 
+// Where the network-served faults' time went: p50/p99 of each phase, in the fault's order (the
+// status's fault_phases_us, docs/performance.md).
+void printFaultPhases(const json& phases) {
+  if (phases.value("count", std::uint64_t{0}) == 0) return;
+  std::string line;
+  for (const char* name : {"destination_wait", "request_wire", "source_wait", "source_work",
+                           "reply_wire", "install_wake"}) {
+    const json p = phases.value(name, json::object());
+    char part[96];
+    std::snprintf(part, sizeof part, "%s%s %.0f/%.0f", line.empty() ? "" : ", ", name,
+                  p.value("p50", 0.0), p.value("p99", 0.0));
+    line += part;
+  }
+  std::printf("  fault phases     p50/p99 us: %s (%llu faults timed)\n", line.c_str(),
+              static_cast<unsigned long long>(phases.value("count", std::uint64_t{0})));
+}
+
 void printSummary(const DemoOptions& o, const std::string& size_text, const json& r) {
   const json l = r.value("fault_latency_us", json::object());
   const json v = r.value("vcpu_access_latency_us", json::object());
@@ -49,6 +66,7 @@ void printSummary(const DemoOptions& o, const std::string& size_text, const json
               l.value("p99", 0.0), l.value("max", 0.0));
   std::printf("  vCPU stalls      p50 %.0f us, p99 %.0f us (accesses that faulted)\n",
               v.value("p50", 0.0), v.value("p99", 0.0));
+  printFaultPhases(r.value("fault_phases_us", json::object()));
   // How the pages got into the guest: the memory kind as the destination VM built it, and the
   // path the destination agent populated it by.
   const json backing = r.value("guest_memfd_backing", json());

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -62,6 +63,8 @@ class SourceLink {
   // Sends a fully encoded frame; false when the channel is not open.
   bool send(std::string_view frame);
   std::size_t pendingOutputBytes() const;
+  // The open connection's TCP round-trip figures (TCP_INFO); nullopt while the link is down.
+  std::optional<transport::TcpPath> tcpPath() const;
   std::uint64_t reconnects() const { return reconnects_; }
 
  private:

@@ -113,6 +113,18 @@ TEST_F(TransferRecorderTest, FaultLatencyByPathAgreesWithTheFamilies) {
   EXPECT_NEAR(value("lazymig_vcpu_blocked_seconds_total"), 242e-6, 1e-9);
 }
 
+TEST_F(TransferRecorderTest, FaultPhasesAgreeWithTheFamiliesAndAddUp) {
+  FaultPhaseDurations phases{5us, 10us, 300us, 20us, 10us, 15us};
+  recorder_.faultPhases(phases);
+  recorder_.faultPhases(phases);
+  EXPECT_EQ(stats_.fault_phases_total.count(), 2u);
+  EXPECT_EQ(stats_.fault_phases_total.sum(), 720us);
+  EXPECT_EQ(stats_.fault_phases[2].sum(), 600us);
+  for (auto name : metrics::kFaultPhaseNames) {
+    EXPECT_EQ(value("lazymig_fault_phase_seconds", {{"phase", std::string(name)}}), 2) << name;
+  }
+}
+
 TEST_F(TransferRecorderTest, SourceServedPagesStayInTheStatsOnly) {
   recorder_.pagesRequested(2);
   recorder_.pagesServed(PagePath::kDemand, 2);

@@ -80,6 +80,7 @@ struct SourceStandIn::Peer {
   transport::ChannelKind kind = transport::ChannelKind::kUrgent;
   bool open = false;
   std::vector<std::uint64_t> installed;  // the Resume bitmap
+  bool serve_times = false;              // the destination asked for ServeTimes
 };
 
 SourceStandIn::SourceStandIn(const TestPki& pki, Options options)
@@ -169,8 +170,7 @@ void SourceStandIn::onFrame(Peer& peer, const transport::FrameHeader& h,
       auto req = transport::decodePageRequest(payload, layout(), {});
       ASSERT_TRUE(req) << req.error().message();
       pages_requested_ += req->pages.size();
-      for (auto page : req->pages) sendPage(conn, page);
-      return;
+      return serveDemand(peer, *req);
     }
     case FrameType::kResume: {
       auto r = transport::decodeResume(payload, layout());
@@ -183,8 +183,14 @@ void SourceStandIn::onFrame(Peer& peer, const transport::FrameHeader& h,
     case FrameType::kComplete:
       ++completes_;
       return conn.sendEncoded(transport::encodeCompleteAck());
-    case FrameType::kPing:
-      return conn.sendEncoded(transport::encodePing(FrameType::kPong, {0}));
+    case FrameType::kPing: {
+      auto ping = transport::decodePing(payload);
+      ASSERT_TRUE(ping) << ping.error().message();
+      if (ping->nonce == transport::kServeTimesWanted && options_.serve_times) {
+        peer.serve_times = true;
+      }
+      return conn.sendEncoded(transport::encodePing(FrameType::kPong, *ping));
+    }
     default:
       ADD_FAILURE() << "the stand-in source got " << transport::frameTypeName(h.type);
   }
@@ -198,6 +204,22 @@ void SourceStandIn::sendPage(transport::Connection& conn, std::uint64_t page) {
   }
   auto prefix = transport::encodePageDataPrefix(page, 1, options_.page_size);
   conn.sendWithBody(prefix, bytes, memory_);
+}
+
+void SourceStandIn::serveDemand(Peer& peer, const transport::PageRequest& request) {
+  using Clock = std::chrono::steady_clock;
+  const auto arrived = Clock::now();
+  for (auto page : request.pages) {
+    const auto started = Clock::now();
+    if (options_.serve_delay.count() > 0) std::this_thread::sleep_for(options_.serve_delay);
+    sendPage(*peer.conn, page);
+    if (!peer.serve_times) continue;
+    const auto ns = [](Clock::duration d) {
+      return static_cast<std::uint64_t>(std::chrono::nanoseconds(d).count());
+    };
+    peer.conn->sendEncoded(
+        transport::encodeServeTimes({page, ns(started - arrived), ns(Clock::now() - started)}));
+  }
 }
 
 void SourceStandIn::streamBulk(Peer& peer) {
