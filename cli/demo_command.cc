@@ -42,8 +42,12 @@ void printFaultPhases(const json& phases) {
                   p.value("p50", 0.0), p.value("p99", 0.0));
     line += part;
   }
-  std::printf("  fault phases     p50/p99 us: %s (%llu faults timed)\n", line.c_str(),
-              static_cast<unsigned long long>(phases.value("count", std::uint64_t{0})));
+  const json seen = phases.value("source_wait_seen_by_source", json::object());
+  std::printf(
+      "  fault phases     p50/p99 us: %s (%llu faults timed; of source_wait the source saw "
+      "%.0f/%.0f)\n",
+      line.c_str(), static_cast<unsigned long long>(phases.value("count", std::uint64_t{0})),
+      seen.value("p50", 0.0), seen.value("p99", 0.0));
 }
 
 void printSummary(const DemoOptions& o, const std::string& size_text, const json& r) {

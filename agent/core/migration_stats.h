@@ -35,6 +35,9 @@ struct MigrationStats {
   // each fault's phases add up to it, so the phase sums add up to its sum.
   std::array<LatencyHistogram, metrics::kFaultPhases> fault_phases;
   LatencyHistogram fault_phases_total;
+  // The part of each of those faults' source_wait that the source measured itself (the rest is
+  // the round trip nobody saw: socket queues, threads waiting for a CPU).
+  LatencyHistogram fault_source_wait_seen;
 };
 
 // One fault's phases, in metrics::FaultPhase order.

@@ -45,7 +45,9 @@ void TransferRecorder::faultServed(metrics::FaultPath path,
   if (metrics_) metrics_->observeFault(path, latency);
 }
 
-void TransferRecorder::faultPhases(const FaultPhaseDurations& phases) const {
+void TransferRecorder::faultPhases(const FaultPhaseDurations& phases,
+                                   std::chrono::nanoseconds source_wait_seen) const {
+  stats_->fault_source_wait_seen.record(source_wait_seen);
   std::chrono::nanoseconds total{0};
   for (std::size_t i = 0; i < phases.size(); ++i) {
     stats_->fault_phases[i].record(phases[i]);

@@ -52,8 +52,11 @@ void FaultPhaseTimer::serveTimes(const transport::ServeTimes& times,
     return nanoseconds(static_cast<std::int64_t>(std::min(v, kMax)));
   };
   const SourceDurations source{ns(times.waited_ns), ns(times.served_ns)};
+  const auto phases =
+      splitFaultPhases(at, source, path ? path->min_rtt : std::chrono::microseconds(0));
+  // source_wait is what the source saw (cut to the round trip) plus what nobody saw.
   recorder_.faultPhases(
-      splitFaultPhases(at, source, path ? path->min_rtt : std::chrono::microseconds(0)));
+      phases, std::min(source.waited, phases[static_cast<std::size_t>(Phase::kSourceWait)]));
 }
 
 nlohmann::json faultPhasesJson(const MigrationStats& stats) {
@@ -69,6 +72,8 @@ nlohmann::json faultPhasesJson(const MigrationStats& stats) {
   for (std::size_t i = 0; i < metrics::kFaultPhases; ++i) {
     out[std::string(metrics::kFaultPhaseNames[i])] = summary(stats.fault_phases[i]);
   }
+  // Not a phase: the part of source_wait the source measured (the rest nobody saw).
+  out["source_wait_seen_by_source"] = summary(stats.fault_source_wait_seen);
   return out;
 }
 

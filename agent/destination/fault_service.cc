@@ -229,8 +229,9 @@ void FaultService::onSourceFrame(const transport::FrameHeader& h,
       return installReply(PageIndex{z->first_page}, z->count, nullptr, read_at);
     }
     case FrameType::kServeTimes: {
+      // Timing only: a malformed one costs this fault its phases, never the migration.
       auto t = transport::decodeServeTimes(payload, ctx_.wire());
-      if (!t) return hooks_.fatal(t.error());
+      if (!t) return log_.warn("ignoring a malformed ServeTimes", {{"error", t.error().message()}});
       return phase_timer_.serveTimes(*t, link_->tcpPath());
     }
     case FrameType::kCompleteAck: {

@@ -199,6 +199,15 @@ TEST_F(Destination, ASourceWithoutServeTimesServesEveryFaultUntimed) {
   EXPECT_EQ(status["fault_latency_us"]["count"], kPages) << status.dump();
 }
 
+// ServeTimes are timing only: a malformed one costs its fault the phases, never the migration.
+TEST_F(Destination, MalformedServeTimesCostThePhasesNotTheMigration) {
+  startSource({.memory = sourceMemory(), .stream_bulk = false, .malformed_serve_times = true});
+  auto status = touchEveryPage();
+  EXPECT_EQ(status["state"], "completed") << status.dump();
+  EXPECT_EQ(status["fault_phases_us"]["count"], 0u) << status.dump();
+  EXPECT_EQ(status["fault_latency_us"]["count"], kPages) << status.dump();
+}
+
 TEST_F(Destination, AVmmWhoseMemoryIsNotTheSourcesIsRefusedAndTheRightOneTaken) {
   startSource({.memory = sourceMemory()});
   startMigration();

@@ -90,6 +90,8 @@ TEST_F(FaultPhaseTimerTest, AFaultIsRecordedWhenItsServeTimesArrive) {
   }
   EXPECT_EQ(phases, 560us);
   EXPECT_EQ(stats_.fault_phases[static_cast<std::size_t>(Phase::kSourceWait)].sum(), 400us);
+  // Of which the source saw 100us; the other 300us nobody saw.
+  EXPECT_EQ(stats_.fault_source_wait_seen.sum(), 100us);
   // A ServeTimes for a page whose reply was not timed (the bulk stream won) records nothing.
   timer_.serveTimes({8, 1, 1}, path_);
   EXPECT_EQ(stats_.fault_phases_total.count(), 1u);
@@ -98,6 +100,7 @@ TEST_F(FaultPhaseTimerTest, AFaultIsRecordedWhenItsServeTimesArrive) {
   EXPECT_EQ(j["count"], 1u);
   EXPECT_DOUBLE_EQ(j["total"]["mean"].get<double>(), 560.0);
   EXPECT_DOUBLE_EQ(j["source_wait"]["mean"].get<double>(), 400.0);
+  EXPECT_DOUBLE_EQ(j["source_wait_seen_by_source"]["mean"].get<double>(), 100.0);
   double means = 0;
   for (auto name : metrics::kFaultPhaseNames) means += j[std::string(name)]["mean"].get<double>();
   EXPECT_DOUBLE_EQ(means, 560.0);

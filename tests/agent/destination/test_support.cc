@@ -217,8 +217,9 @@ void SourceStandIn::serveDemand(Peer& peer, const transport::PageRequest& reques
     const auto ns = [](Clock::duration d) {
       return static_cast<std::uint64_t>(std::chrono::nanoseconds(d).count());
     };
+    const std::uint64_t named = options_.malformed_serve_times ? layout().page_count : page;
     peer.conn->sendEncoded(
-        transport::encodeServeTimes({page, ns(started - arrived), ns(Clock::now() - started)}));
+        transport::encodeServeTimes({named, ns(started - arrived), ns(Clock::now() - started)}));
   }
 }
 

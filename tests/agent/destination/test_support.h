@@ -69,6 +69,8 @@ class SourceStandIn {
     // A slow source: each demand page takes this long to serve (the stand-in sleeps after
     // reading the request, in what it reports as its own work on the page).
     std::chrono::milliseconds serve_delay{0};
+    // A broken source: its ServeTimes name a page outside the memory.
+    bool malformed_serve_times = false;
   };
   SourceStandIn(const TestPki& pki, Options options);
   ~SourceStandIn();
