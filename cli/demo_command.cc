@@ -48,6 +48,16 @@ void printFaultPhases(const json& phases) {
       "%.0f/%.0f)\n",
       line.c_str(), static_cast<unsigned long long>(phases.value("count", std::uint64_t{0})),
       seen.value("p50", 0.0), seen.value("p99", 0.0));
+  const json slowest = phases.value("slowest", json::array());
+  if (!slowest.empty()) {
+    const json& f = slowest.front();
+    std::printf(
+        "  slowest fault    %.0f us: destination_wait %.0f, wires %.0f, source_wait %.0f, "
+        "source_work %.0f, install_wake %.0f\n",
+        f.value("total", 0.0), f.value("destination_wait", 0.0),
+        f.value("request_wire", 0.0) + f.value("reply_wire", 0.0), f.value("source_wait", 0.0),
+        f.value("source_work", 0.0), f.value("install_wake", 0.0));
+  }
 }
 
 void printSummary(const DemoOptions& o, const std::string& size_text, const json& r) {

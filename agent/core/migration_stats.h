@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 
+#include "agent/core/slowest_faults.h"
 #include "base/latency_histogram.h"
 #include "metrics/metrics.h"
 
@@ -38,9 +39,7 @@ struct MigrationStats {
   // The part of each of those faults' source_wait that the source measured itself (the rest is
   // the round trip nobody saw: socket queues, threads waiting for a CPU).
   LatencyHistogram fault_source_wait_seen;
+  SlowestFaults slowest_faults;  // the tail, one fault at a time
 };
-
-// One fault's phases, in metrics::FaultPhase order.
-using FaultPhaseDurations = std::array<std::chrono::nanoseconds, metrics::kFaultPhases>;
 
 }  // namespace lazymig::agent

@@ -55,6 +55,7 @@ void TransferRecorder::faultPhases(const FaultPhaseDurations& phases,
     if (metrics_) metrics_->observeFaultPhase(static_cast<metrics::FaultPhase>(i), phases[i]);
   }
   stats_->fault_phases_total.record(total);
+  stats_->slowest_faults.offer(phases);
 }
 
 void TransferRecorder::pagesRequested(std::uint64_t pages) const {

@@ -74,6 +74,16 @@ nlohmann::json faultPhasesJson(const MigrationStats& stats) {
   }
   // Not a phase: the part of source_wait the source measured (the rest nobody saw).
   out["source_wait_seen_by_source"] = summary(stats.fault_source_wait_seen);
+  // The tail explained fault by fault: the slowest timed faults, slowest first.
+  nlohmann::json slowest = nlohmann::json::array();
+  for (const auto& phases : stats.slowest_faults.slowestFirst()) {
+    nlohmann::json fault{{"total", us(totalOf(phases))}};
+    for (std::size_t i = 0; i < metrics::kFaultPhases; ++i) {
+      fault[std::string(metrics::kFaultPhaseNames[i])] = us(phases[i]);
+    }
+    slowest.push_back(std::move(fault));
+  }
+  out["slowest"] = std::move(slowest);
   return out;
 }
 

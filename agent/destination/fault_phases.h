@@ -71,7 +71,8 @@ class FaultPhaseTimer {
 
 // The status's fault_phases_us: how many faults were timed, and per phase (and for their
 // whole latency, and for the part of source_wait the source saw) the median, 99th percentile
-// and mean in microseconds. The phases' means add up to the total's.
+// and mean in microseconds. The phases' means add up to the total's. `slowest`: the slowest
+// timed faults (SlowestFaults::kKept), slowest first, each phase by phase.
 nlohmann::json faultPhasesJson(const MigrationStats& stats);
 
 }  // namespace lazymig::agent

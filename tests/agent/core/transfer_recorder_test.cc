@@ -124,6 +124,7 @@ TEST_F(TransferRecorderTest, FaultPhasesAgreeWithTheFamiliesAndAddUp) {
   for (auto name : metrics::kFaultPhaseNames) {
     EXPECT_EQ(value("lazymig_fault_phase_seconds", {{"phase", std::string(name)}}), 2) << name;
   }
+  EXPECT_EQ(stats_.slowest_faults.slowestFirst().size(), 2u);
 }
 
 TEST_F(TransferRecorderTest, SourceServedPagesStayInTheStatsOnly) {

@@ -104,6 +104,11 @@ TEST_F(FaultPhaseTimerTest, AFaultIsRecordedWhenItsServeTimesArrive) {
   double means = 0;
   for (auto name : metrics::kFaultPhaseNames) means += j[std::string(name)]["mean"].get<double>();
   EXPECT_DOUBLE_EQ(means, 560.0);
+  // And the slowest fault, phase by phase.
+  ASSERT_EQ(j["slowest"].size(), 1u);
+  EXPECT_DOUBLE_EQ(j["slowest"][0]["total"].get<double>(), 560.0);
+  EXPECT_DOUBLE_EQ(j["slowest"][0]["source_wait"].get<double>(), 400.0);
+  EXPECT_DOUBLE_EQ(j["slowest"][0]["install_wake"].get<double>(), 30.0);
 }
 
 TEST_F(FaultPhaseTimerTest, ASourceThatSendsNoServeTimesCostsABoundedWait) {
