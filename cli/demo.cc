@@ -437,6 +437,8 @@ nlohmann::json DemoRun::report(const nlohmann::json& vm, double total_seconds) {
       {"eexist_races", p.value("eexist_races", 0)},
       {"reconnects", p.value("reconnects", 0)},
       {"fault_latency_us", d.value("fault_latency_us", nlohmann::json::object())},
+      // Where the network-served faults' time went, per phase (docs/performance.md).
+      {"fault_phases_us", d.value("fault_phases_us", nlohmann::json::object())},
       {"vcpu_access_latency_us", vm.value("faulting_latency_us", nlohmann::json::object())},
       // Both distributions whole, for a CDF (agent: histogram, ~3%; test VM: exact samples).
       {"fault_latency_cdf_us", d.value("fault_latency_cdf_us", nlohmann::json::array())},

@@ -29,6 +29,37 @@ Result<std::uint64_t> parseSize(const std::string& v) {
   return static_cast<std::uint64_t>(n * static_cast<double>(mult));
 }
 
+// Where the network-served faults' time went: p50/p99 of each phase, in the fault's order (the
+// status's fault_phases_us, docs/performance.md).
+void printFaultPhases(const json& phases) {
+  if (phases.value("count", std::uint64_t{0}) == 0) return;
+  std::string line;
+  for (const char* name : {"destination_wait", "request_wire", "source_wait", "source_work",
+                           "reply_wire", "install_wake"}) {
+    const json p = phases.value(name, json::object());
+    char part[96];
+    std::snprintf(part, sizeof part, "%s%s %.0f/%.0f", line.empty() ? "" : ", ", name,
+                  p.value("p50", 0.0), p.value("p99", 0.0));
+    line += part;
+  }
+  const json seen = phases.value("source_wait_seen_by_source", json::object());
+  std::printf(
+      "  fault phases     p50/p99 us: %s (%llu faults timed; of source_wait the source saw "
+      "%.0f/%.0f)\n",
+      line.c_str(), static_cast<unsigned long long>(phases.value("count", std::uint64_t{0})),
+      seen.value("p50", 0.0), seen.value("p99", 0.0));
+  const json slowest = phases.value("slowest", json::array());
+  if (!slowest.empty()) {
+    const json& f = slowest.front();
+    std::printf(
+        "  slowest fault    %.0f us: destination_wait %.0f, wires %.0f, source_wait %.0f, "
+        "source_work %.0f, install_wake %.0f\n",
+        f.value("total", 0.0), f.value("destination_wait", 0.0),
+        f.value("request_wire", 0.0) + f.value("reply_wire", 0.0), f.value("source_wait", 0.0),
+        f.value("source_work", 0.0), f.value("install_wake", 0.0));
+  }
+}
+
 void printSummary(const DemoOptions& o, const std::string& size_text, const json& r) {
   const json l = r.value("fault_latency_us", json::object());
   const json v = r.value("vcpu_access_latency_us", json::object());
@@ -49,6 +80,7 @@ void printSummary(const DemoOptions& o, const std::string& size_text, const json
               l.value("p99", 0.0), l.value("max", 0.0));
   std::printf("  vCPU stalls      p50 %.0f us, p99 %.0f us (accesses that faulted)\n",
               v.value("p50", 0.0), v.value("p99", 0.0));
+  printFaultPhases(r.value("fault_phases_us", json::object()));
   // How the pages got into the guest: the memory kind as the destination VM built it, and the
   // path the destination agent populated it by.
   const json backing = r.value("guest_memfd_backing", json());

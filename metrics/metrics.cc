@@ -21,6 +21,10 @@ using prometheus::Histogram;
 const Histogram::BucketBoundaries kFaultBuckets = {
     5e-6,  10e-6, 25e-6, 50e-6,  100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3,
     10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1,      2.5,  5,      10};
+// Phases go down to the microsecond a loopback wire half or a quick install takes.
+const Histogram::BucketBoundaries kFaultPhaseBuckets = {
+    1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6,
+    1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1};
 const Histogram::BucketBoundaries kDurationBuckets = {0.1, 0.5, 1,   2.5, 5,    10,  30,
                                                       60,  120, 300, 600, 1800, 3600};
 const Histogram::BucketBoundaries kCpuPerGibBuckets = {0.25, 0.5, 0.75, 1, 1.5, 2,
@@ -45,6 +49,17 @@ class PrometheusMetrics final : public AgentMetrics {
     fault_[0] = &fault.Add({{"path", "network"}}, kFaultBuckets);
     fault_[1] = &fault.Add({{"path", "local"}}, kFaultBuckets);
     fault_[2] = &fault.Add({{"path", "raced"}}, kFaultBuckets);
+    auto& phase = prometheus::BuildHistogram()
+                      .Name("lazymig_fault_phase_seconds")
+                      .Help(
+                          "Where demand faults served over the network spent their time, by phase "
+                          "(destination_wait + request_wire + source_wait + source_work + "
+                          "reply_wire + install_wake = the fault's latency)")
+                      .Labels(labels_)
+                      .Register(*registry_);
+    for (std::size_t i = 0; i < kFaultPhases; ++i) {
+      phase_[i] = &phase.Add({{"phase", std::string(kFaultPhaseNames[i])}}, kFaultPhaseBuckets);
+    }
     auto& pages = prometheus::BuildCounter()
                       .Name("lazymig_pages_total")
                       .Help("Pages installed on the destination, by how they arrived")
@@ -183,6 +198,9 @@ class PrometheusMetrics final : public AgentMetrics {
     // Every path blocks the faulting vCPU until the wake, not only the network one.
     blocked_->Increment(seconds(latency));
   }
+  void observeFaultPhase(FaultPhase phase, std::chrono::nanoseconds duration) override {
+    phase_[static_cast<std::size_t>(phase)]->Observe(seconds(duration));
+  }
   void addPages(PagePath path, std::uint64_t pages) override {
     if (pages) pages_[static_cast<int>(path)]->Increment(static_cast<double>(pages));
   }
@@ -266,6 +284,7 @@ class PrometheusMetrics final : public AgentMetrics {
   std::map<std::string, std::string> labels_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::array<Histogram*, 3> fault_{};
+  std::array<Histogram*, kFaultPhases> phase_{};
   std::array<Counter*, 3> pages_{};
   std::array<std::array<Counter*, 2>, 2> wire_{};
   Gauge* remaining_ = nullptr;

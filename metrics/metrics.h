@@ -4,6 +4,8 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -25,6 +27,21 @@ enum class FaultPath {
   kLocal,    // already installed (or staged) when the fault was read: woken only
   kRaced,    // fetched, but the bulk stream installed it first (EEXIST) -- woken
 };
+// Where a demand fault served over the network spent its time, in order (docs/performance.md,
+// "Where a demand fault's time goes"). The six add up to the fault's latency.
+enum class FaultPhase {
+  kDestinationWait,  // fault read -> PageRequest handed to the urgent link (destination clock)
+  kRequestWire,      // the request's share of the network floor (TCP min RTT / 2)
+  kSourceWait,       // at the source before its work on the page began, as far as it saw, plus
+                     // the round trip beyond the network floor and the source's own figures
+  kSourceWork,       // the source reading, framing and queueing the reply (source clock)
+  kReplyWire,        // the reply's share of the network floor (TCP min RTT / 2)
+  kInstallWake,      // reply read -> page installed and the vCPU woken (destination clock)
+};
+inline constexpr std::string_view kFaultPhaseNames[] = {
+    "destination_wait", "request_wire", "source_wait", "source_work", "reply_wire", "install_wake"};
+inline constexpr std::size_t kFaultPhases = std::size(kFaultPhaseNames);
+
 // How a page arrived.
 enum class PagePath { kDemand, kBulk, kZero };
 enum class Channel { kUrgent, kBulk };
@@ -69,6 +86,8 @@ class AgentMetrics {
 
   // Also adds the latency to the vCPU blocked time.
   virtual void observeFault(FaultPath path, std::chrono::nanoseconds latency) = 0;
+  // One phase of a demand fault served over the network (lazymig_fault_phase_seconds).
+  virtual void observeFaultPhase(FaultPhase phase, std::chrono::nanoseconds duration) = 0;
   virtual void addPages(PagePath path, std::uint64_t pages) = 0;
   virtual void addWireBytes(Channel channel, Direction direction, std::uint64_t bytes) = 0;
   virtual void addPagesRemaining(std::int64_t delta) = 0;  // gauge, summed over migrations

@@ -103,6 +103,11 @@ std::size_t ConnectionImpl::pendingOutputBytes() const {
   return bev_ ? evbuffer_get_length(bufferevent_get_output(bev_.get())) : 0;
 }
 
+std::optional<TcpPath> ConnectionImpl::tcpPath() const {
+  if (!bev_) return std::nullopt;
+  return readTcpPath(static_cast<int>(bufferevent_getfd(bev_.get())));
+}
+
 void ConnectionImpl::setLowWatermark(std::size_t bytes) {
   low_watermark_ = bytes;
   if (bev_) bufferevent_setwatermark(bev_.get(), EV_WRITE, bytes, 0);

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "base/error.h"
 #include "loop/event_loop.h"
 #include "transport/frame.h"
+#include "transport/tcp_path.h"
 
 struct event_base;
 struct ssl_ctx_st;
@@ -95,6 +97,8 @@ class Connection {
   virtual void setPriority(int priority) = 0;
   virtual const PeerIdentity& peer() const = 0;
   virtual std::string remoteAddress() const = 0;
+  // The kernel's round-trip figures for this connection (TCP_INFO); nullopt once closed.
+  virtual std::optional<TcpPath> tcpPath() const = 0;
   // Flushes what is queued (best effort) and closes; no handler runs afterwards.
   virtual void close() = 0;
 };

@@ -26,6 +26,7 @@ class ConnectionImpl final : public Connection {
   void setPriority(int priority) override;
   const PeerIdentity& peer() const override { return peer_; }
   std::string remoteAddress() const override { return remote_; }
+  std::optional<TcpPath> tcpPath() const override;
   void close() override;
 
  private:

@@ -125,6 +125,8 @@ std::string_view frameTypeName(FrameType type) {
       return "CompleteAck";
     case FrameType::kStalePages:
       return "StalePages";
+    case FrameType::kServeTimes:
+      return "ServeTimes";
   }
   return "Unknown";
 }
@@ -159,7 +161,7 @@ Result<FrameHeader> decodeHeader(std::span<const std::byte, kHeaderSize> in, con
                " is not supported (this agent speaks " + std::to_string(kProtocolVersion) + ")");
   }
   if (type < static_cast<std::uint8_t>(FrameType::kHello) ||
-      type > static_cast<std::uint8_t>(FrameType::kStalePages)) {
+      type > static_cast<std::uint8_t>(kLastFrameType)) {
     return err("unknown frame type " + std::to_string(type));
   }
   if (flags != 0) return err("reserved flags 0x" + std::to_string(flags) + " must be 0");
@@ -450,6 +452,29 @@ std::string encodeCompleteAck() { return frame(FrameType::kCompleteAck, {}); }
 Status decodeCompleteAck(std::span<const std::byte> payload) {
   if (!payload.empty()) return bad(FrameType::kCompleteAck, "payload must be empty");
   return {};
+}
+
+std::string encodeServeTimes(const ServeTimes& m) {
+  std::string p;
+  Writer w(p);
+  w.u64(m.page);
+  w.u64(m.waited_ns);
+  w.u64(m.served_ns);
+  return frame(FrameType::kServeTimes, p);
+}
+
+Result<ServeTimes> decodeServeTimes(std::span<const std::byte> payload, const Layout& layout) {
+  Reader r(payload);
+  ServeTimes m;
+  if (!r.u64(m.page) || !r.u64(m.waited_ns) || !r.u64(m.served_ns) || r.remaining() != 0) {
+    return bad(FrameType::kServeTimes, "payload must be 24 bytes");
+  }
+  if (m.page >= layout.page_count) {
+    return bad(FrameType::kServeTimes, "page " + std::to_string(m.page) +
+                                           " out of range (page_count " +
+                                           std::to_string(layout.page_count) + ")");
+  }
+  return m;
 }
 
 }  // namespace lazymig::transport

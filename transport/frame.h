@@ -45,7 +45,20 @@ enum class FrameType : std::uint8_t {
   // bitmap of pages whose pre-copied copy may be older than the paused memory. The destination
   // must never install those from a pre-copied copy; `last` ends the set (protocol 1.2).
   kStalePages = 13,
+  // source -> destination (urgent): how long the source held one demand page, by its own
+  // clock, sent right after the page's reply -- only to a destination that asked for it with
+  // a Ping of kServeTimesWanted (protocol 1.2).
+  kServeTimes = 14,
 };
+
+// The highest frame type this agent knows; decodeHeader refuses every type above it.
+constexpr FrameType kLastFrameType = FrameType::kServeTimes;
+
+// The nonce of the Ping by which a destination asks for ServeTimes on its urgent channel
+// ("SERVETMS" in ASCII). A protocol 1.1 source answers it as any Ping (a Pong) and never sends
+// ServeTimes; a 1.2 source answers the Pong and follows every demand reply on that connection
+// with one. So neither side ever receives a frame type it does not know.
+constexpr std::uint64_t kServeTimesWanted = 0x534D544556524553;
 
 std::string_view frameTypeName(FrameType type);
 
@@ -124,6 +137,17 @@ struct StalePages {
   std::vector<std::uint64_t> words;
 };
 
+// The source's own durations for one demand page (its steady clock; durations only, so no
+// clock is compared across hosts). `page` is the page the reply before it carried.
+//   waited_ns: from its loop reading the PageRequest to starting on this page (earlier pages
+//              of the same request included);
+//   served_ns: reading the page, framing it and queueing it on the connection.
+struct ServeTimes {
+  std::uint64_t page = 0;
+  std::uint64_t waited_ns = 0;
+  std::uint64_t served_ns = 0;
+};
+
 struct BulkDone {
   std::uint64_t pages_sent = 0;
 };
@@ -153,6 +177,7 @@ std::string encodeBulkDone(const BulkDone& m);
 std::string encodeComplete(const Complete& m);
 std::string encodePing(FrameType ping_or_pong, const Ping& m);
 std::string encodeCompleteAck();  // no payload
+std::string encodeServeTimes(const ServeTimes& m);
 
 // A kPageData frame is sent as this prefix (header + first_page + count) followed by the page
 // bytes themselves, so the sender can hand the page contents to the socket without a copy.
@@ -175,5 +200,6 @@ Result<BulkDone> decodeBulkDone(std::span<const std::byte> payload);
 Result<Complete> decodeComplete(std::span<const std::byte> payload, const Layout& layout);
 Result<Ping> decodePing(std::span<const std::byte> payload);
 Status decodeCompleteAck(std::span<const std::byte> payload);
+Result<ServeTimes> decodeServeTimes(std::span<const std::byte> payload, const Layout& layout);
 
 }  // namespace lazymig::transport

@@ -1,11 +1,14 @@
 // Counters of one migration, written by its loop threads and read by the control API.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 
+#include "agent/core/slowest_faults.h"
 #include "base/latency_histogram.h"
+#include "metrics/metrics.h"
 
 namespace lazymig::agent {
 
@@ -28,6 +31,15 @@ struct MigrationStats {
   std::atomic<std::uint64_t> served_bulk_pages{0};
   std::atomic<std::uint64_t> served_zero_pages{0};
   LatencyHistogram fault_latency;  // from reading the fault to the install that wakes it
+  // Destination: demand faults served over the network whose source reported its own times
+  // (ServeTimes), split by phase (metrics::FaultPhase order), and those faults' whole latency:
+  // each fault's phases add up to it, so the phase sums add up to its sum.
+  std::array<LatencyHistogram, metrics::kFaultPhases> fault_phases;
+  LatencyHistogram fault_phases_total;
+  // The part of each of those faults' source_wait that the source measured itself (the rest is
+  // the round trip nobody saw: socket queues, threads waiting for a CPU).
+  LatencyHistogram fault_source_wait_seen;
+  SlowestFaults slowest_faults;  // the tail, one fault at a time
 };
 
 }  // namespace lazymig::agent

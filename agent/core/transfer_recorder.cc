@@ -45,6 +45,19 @@ void TransferRecorder::faultServed(metrics::FaultPath path,
   if (metrics_) metrics_->observeFault(path, latency);
 }
 
+void TransferRecorder::faultPhases(const FaultPhaseDurations& phases,
+                                   std::chrono::nanoseconds source_wait_seen) const {
+  stats_->fault_source_wait_seen.record(source_wait_seen);
+  std::chrono::nanoseconds total{0};
+  for (std::size_t i = 0; i < phases.size(); ++i) {
+    stats_->fault_phases[i].record(phases[i]);
+    total += phases[i];
+    if (metrics_) metrics_->observeFaultPhase(static_cast<metrics::FaultPhase>(i), phases[i]);
+  }
+  stats_->fault_phases_total.record(total);
+  stats_->slowest_faults.offer(phases);
+}
+
 void TransferRecorder::pagesRequested(std::uint64_t pages) const {
   stats_->demand_faults.fetch_add(pages, kRelaxed);
 }

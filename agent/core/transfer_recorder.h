@@ -38,6 +38,11 @@ class TransferRecorder {
   // vCPU waited and by which path it was served (`faultServed`, exactly once per fault).
   void faultRead() const;
   void faultServed(metrics::FaultPath path, std::chrono::nanoseconds latency) const;
+  // Destination: where one demand fault served over the network spent its time (its
+  // faultServed latency is the sum of the phases), and the part of its source_wait the source
+  // measured itself (status only: it is not a phase of its own).
+  void faultPhases(const FaultPhaseDurations& phases,
+                   std::chrono::nanoseconds source_wait_seen) const;
   // Source: pages requested on the urgent channel, and pages sent by how they went. Served
   // pages stay in the stats only: lazymig_pages_total counts installed pages, at the
   // destination, so that a migration between two agents of one fleet is counted once.

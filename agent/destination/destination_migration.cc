@@ -5,6 +5,7 @@
 #include <cassert>
 
 #include "agent/core/loop_sync.h"
+#include "agent/destination/fault_phases.h"
 #include "agent/destination/source_probe.h"
 
 namespace lazymig::agent {
@@ -369,6 +370,7 @@ void DestinationMigration::addDetails(nlohmann::json& out) const {
   if (staging_) out["precopy"] = precopyStatus();
   out["resumed_after_restart"] = resumed_.load();
   out["source_acknowledged"] = source_acknowledged_.load();
+  out["fault_phases_us"] = faultPhasesJson(stats_);
   out["progress"]["restored_pages"] = restored_pages_.load();
   out["progress"]["page_size"] = ready ? layout_->pageSize() : 0;
   double secs = out["elapsed_seconds"].get<double>();

@@ -12,7 +12,7 @@ using store::PageState;
 using transport::FrameType;
 
 FaultService::FaultService(const DestinationContext& ctx, Hooks hooks)
-    : ctx_(ctx), log_(ctx.log), hooks_(std::move(hooks)) {}
+    : ctx_(ctx), log_(ctx.log), hooks_(std::move(hooks)), phase_timer_(ctx.recorder) {}
 
 // The owner stops it on the loop first; the handles free what is left.
 FaultService::~FaultService() = default;
@@ -34,6 +34,11 @@ Status FaultService::start() {
       SourceLink::Handlers{
           .on_open =
               [this] {
+                // Ask for the source's ServeTimes before any request on this link, so that
+                // every reply on it is timed (a 1.1 source answers a Pong and no more).
+                phase_timer_.linkOpened();
+                link_->send(
+                    transport::encodePing(FrameType::kPing, {transport::kServeTimesWanted}));
                 resendOutstanding();
                 if (hooks_.link_open) hooks_.link_open();
               },
@@ -202,6 +207,10 @@ bool FaultService::requestPages(std::span<const std::uint64_t> pages) {
   auto frame = transport::encodePageRequest(req);
   if (!link_ || !link_->send(frame)) return false;
   ctx_.recorder.wireBytes(metrics::Channel::kUrgent, metrics::Direction::kSent, frame.size());
+  const auto sent = Clock::now();
+  for (auto p : pages) {
+    if (auto it = pending_.find(p); it != pending_.end()) it->second.requested_at = sent;
+  }
   return true;
 }
 
@@ -236,18 +245,25 @@ bool FaultService::serveFromStaging(PageIndex page) {
 void FaultService::onSourceFrame(const transport::FrameHeader& h,
                                  std::span<const std::byte> payload) {
   assertOnLoop();
+  const auto read_at = Clock::now();
   ctx_.recorder.wireBytes(metrics::Channel::kUrgent, metrics::Direction::kReceived,
                           payload.size() + transport::kHeaderSize);
   switch (h.type) {
     case FrameType::kPageData: {
       auto d = transport::decodePageData(payload, ctx_.wire());
       if (!d) return hooks_.fatal(d.error());
-      return installReply(PageIndex{d->first_page}, d->count, d->data.data());
+      return installReply(PageIndex{d->first_page}, d->count, d->data.data(), read_at);
     }
     case FrameType::kZeroRange: {
       auto z = transport::decodeZeroRange(payload, ctx_.wire());
       if (!z) return hooks_.fatal(z.error());
-      return installReply(PageIndex{z->first_page}, z->count, nullptr);
+      return installReply(PageIndex{z->first_page}, z->count, nullptr, read_at);
+    }
+    case FrameType::kServeTimes: {
+      // Timing only: a malformed one costs this fault its phases, never the migration.
+      auto t = transport::decodeServeTimes(payload, ctx_.wire());
+      if (!t) return log_.warn("ignoring a malformed ServeTimes", {{"error", t.error().message()}});
+      return phase_timer_.serveTimes(*t, link_->tcpPath());
     }
     case FrameType::kCompleteAck: {
       if (auto ok = transport::decodeCompleteAck(payload); !ok) return hooks_.fatal(ok.error());
@@ -261,7 +277,8 @@ void FaultService::onSourceFrame(const transport::FrameHeader& h,
   }
 }
 
-void FaultService::installReply(PageIndex first, std::uint64_t count, const std::byte* data) {
+void FaultService::installReply(PageIndex first, std::uint64_t count, const std::byte* data,
+                                Clock::time_point read_at) {
   auto r = ctx_.installer.install(
       first, count, data, [this] { drainEvents(); }, /*fault_thread=*/true);
   if (!r) return hooks_.fatal(r.error());
@@ -277,13 +294,14 @@ void FaultService::installReply(PageIndex first, std::uint64_t count, const std:
     if (pending_.count(p) != 0) {
       bool raced = r->installed == 0;
       finishPending(page, raced ? metrics::FaultPath::kRaced : metrics::FaultPath::kNetwork,
-                    data == nullptr);
+                    data == nullptr, read_at);
     }
   }
   if (r->installed > 0) hooks_.progressed();
 }
 
-void FaultService::finishPending(PageIndex page, metrics::FaultPath path, bool zero) {
+void FaultService::finishPending(PageIndex page, metrics::FaultPath path, bool zero,
+                                 std::optional<Clock::time_point> reply_read_at) {
   auto it = pending_.find(page.value);
   if (it == pending_.end()) return;
   Pending pending = std::move(it->second);
@@ -299,6 +317,12 @@ void FaultService::finishPending(PageIndex page, metrics::FaultPath path, bool z
   for (const auto& request : pending.requests) replyTo(request, page, zero);
   const auto now = Clock::now();
   for (auto at : pending.faults) recordFault(path, now - at);
+  // The phases of the fault that asked for the page (later faults on it joined its request).
+  if (path == metrics::FaultPath::kNetwork && reply_read_at && pending.requested_at &&
+      !pending.faults.empty()) {
+    phase_timer_.replied(page,
+                         {pending.faults.front(), *pending.requested_at, *reply_read_at, now});
+  }
 }
 
 void FaultService::recordFault(metrics::FaultPath path, std::chrono::nanoseconds latency) {

@@ -14,11 +14,13 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 #include <unordered_map>
 #include <vector>
 
 #include "agent/destination/destination_context.h"
+#include "agent/destination/fault_phases.h"
 #include "loop/libevent_ptr.h"
 #include "transport/frame.h"
 #include "vmm/handshake.h"
@@ -68,7 +70,9 @@ class FaultService {
     // When each fault waiting on the page was read: every waiting vCPU's stall is recorded,
     // not only the first one's.
     std::vector<std::chrono::steady_clock::time_point> faults;
-    bool by_uffd = false;                     // a vCPU sleeps in a uffd fault on it
+    bool by_uffd = false;  // a vCPU sleeps in a uffd fault on it
+    // When its PageRequest last went to the link (unset while the link was down).
+    std::optional<std::chrono::steady_clock::time_point> requested_at;
     std::vector<vmm::FaultRequest> requests;  // and these wait for a FaultReply
   };
   // A page the guest discarded, faulted on during a drain: zeros once the drain is over.
@@ -92,12 +96,16 @@ class FaultService {
   // The urgent link is back: ask again for every page a vCPU still waits on.
   void resendOutstanding();
   void onSourceFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
-  void installReply(PageIndex first, std::uint64_t count, const std::byte* data);
+  // `read_at`: when the reply frame was taken off the link (the install phase starts there).
+  void installReply(PageIndex first, std::uint64_t count, const std::byte* data,
+                    std::chrono::steady_clock::time_point read_at);
   // One answered fault, in the migration's latency histogram and in the metrics: every fault
   // counted in demand_faults is recorded exactly once.
   void recordFault(metrics::FaultPath path, std::chrono::nanoseconds latency);
   // A page a fault waits on is populated: let the vCPUs go, reply, record the latency.
-  void finishPending(PageIndex page, metrics::FaultPath path, bool zero);
+  // `reply_read_at`: a demand reply's arrival, which times the fault's phases.
+  void finishPending(PageIndex page, metrics::FaultPath path, bool zero,
+                     std::optional<std::chrono::steady_clock::time_point> reply_read_at = {});
   void makeVisibleOrFail(PageIndex page);
   void replyTo(const vmm::FaultRequest& request, PageIndex page, bool zero);
   Pending& addPending(PageIndex page, std::vector<std::uint64_t>& to_request);
@@ -108,6 +116,7 @@ class FaultService {
   Hooks hooks_;
   loop::EventPtr uffd_event_;
   std::unique_ptr<SourceLink> link_;
+  FaultPhaseTimer phase_timer_;
   bool draining_ = false;
   std::unordered_map<std::uint64_t, Pending> pending_;
   std::atomic<std::size_t> waiting_{0};  // pending_.size(), readable from any thread

@@ -65,6 +65,10 @@ std::size_t SourceLink::pendingOutputBytes() const {
   return conn_ ? conn_->pendingOutputBytes() : 0;
 }
 
+std::optional<transport::TcpPath> SourceLink::tcpPath() const {
+  return open_ && conn_ ? conn_->tcpPath() : std::nullopt;
+}
+
 void SourceLink::attempt() {
   if (stopped_) return;
   transport::ConnectOptions opts;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -64,6 +65,8 @@ class SourceLink {
   // Sends a fully encoded frame; false when the channel is not open.
   bool send(std::string_view frame);
   std::size_t pendingOutputBytes() const;
+  // The open connection's TCP round-trip figures (TCP_INFO); nullopt while the link is down.
+  std::optional<transport::TcpPath> tcpPath() const;
   std::uint64_t reconnects() const { return reconnects_; }
   // The layout the source's last HelloOk announced (0, 0 before any).
   std::uint32_t sourcePageSize() const { return source_page_size_; }

@@ -213,6 +213,7 @@ void SourceMigration::attachUrgent(std::unique_ptr<transport::Connection> conn) 
     held_pages_.clear();
   }
   urgent_ = std::move(conn);
+  serve_times_ = false;  // until this connection's destination asks for them
   urgent_->setPriority(0);
   transport::Connection::Handlers handlers;
   handlers.on_frame = [this](const transport::FrameHeader& h, std::span<const std::byte> p) {
@@ -230,6 +231,8 @@ void SourceMigration::attachUrgent(std::unique_ptr<transport::Connection> conn) 
 void SourceMigration::onUrgentFrame(const transport::FrameHeader& h,
                                     std::span<const std::byte> payload) {
   assert(peer_loop_.inLoopThread());
+  // When this loop took the frame off the connection: a demand page's wait starts here.
+  const auto arrived = std::chrono::steady_clock::now();
   recorder_.wireBytes(kUrgent, metrics::Direction::kReceived,
                       payload.size() + transport::kHeaderSize);
   switch (h.type) {
@@ -246,9 +249,11 @@ void SourceMigration::onUrgentFrame(const transport::FrameHeader& h,
       recorder_.pagesRequested(req->pages.size());
       if (hold_urgent_.load()) return holdRequests(req->pages);
       for (auto page : req->pages) {
+        const auto started = std::chrono::steady_clock::now();
         schedule_->markSent(page);
         schedule_->noteFault(page);
         sendPageRun(*urgent_, kUrgent, memory_, {page, 1}, recorder_);
+        if (serve_times_) sendServeTimes(page, arrived, started);
       }
       return;
     }
@@ -260,6 +265,7 @@ void SourceMigration::onUrgentFrame(const transport::FrameHeader& h,
     case FrameType::kPing: {
       auto ping = transport::decodePing(payload);
       if (!ping) break;
+      if (ping->nonce == transport::kServeTimesWanted) serve_times_ = true;
       return sendFrame(*urgent_, kUrgent, transport::encodePing(FrameType::kPong, *ping),
                        recorder_);
     }
@@ -276,6 +282,18 @@ void SourceMigration::onUrgentFrame(const transport::FrameHeader& h,
                 {static_cast<std::uint16_t>(PeerErrorCode::kBadRequest), "malformed frame"}),
             recorder_);
   dropUrgent();
+}
+
+void SourceMigration::sendServeTimes(std::uint64_t page,
+                                     std::chrono::steady_clock::time_point arrived,
+                                     std::chrono::steady_clock::time_point started) {
+  const auto ns = [](std::chrono::steady_clock::duration d) {
+    return static_cast<std::uint64_t>(std::chrono::nanoseconds(d).count());
+  };
+  const auto queued = std::chrono::steady_clock::now();
+  sendFrame(*urgent_, kUrgent,
+            transport::encodeServeTimes({page, ns(started - arrived), ns(queued - started)}),
+            recorder_);
 }
 
 void SourceMigration::dropUrgent() {

@@ -11,6 +11,7 @@
 // debug builds) and own everything under "peer loop only" below.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <optional>
 
@@ -75,9 +76,12 @@ class SourceMigration final : public Migration {
   void onUrgentFrame(const transport::FrameHeader& h,
                      std::span<const std::byte> payload);  // peer loop
   void dropUrgent();                                       // peer loop
-  void completed(std::uint64_t pages_installed);           // peer loop
-  void attachParked();                                     // peer loop, once the memory is here
-  void releaseMemory();                                    // peer loop
+  // Peer loop: this side's durations for one demand page, after its reply (protocol 1.2).
+  void sendServeTimes(std::uint64_t page, std::chrono::steady_clock::time_point arrived,
+                      std::chrono::steady_clock::time_point started);
+  void completed(std::uint64_t pages_installed);  // peer loop
+  void attachParked();                            // peer loop, once the memory is here
+  void releaseMemory();                           // peer loop
   // The one teardown of every channel, parked or attached, and of the bulk stream's timer.
   // Peer loop; or, from shutdown() once the peer loop has stopped, the caller's thread
   // (nothing runs on the loop any more).
@@ -107,6 +111,7 @@ class SourceMigration final : public Migration {
 
   // Peer loop only.
   std::unique_ptr<transport::Connection> urgent_;
+  bool serve_times_ = false;  // the urgent connection's destination asked for ServeTimes
   ParkedChannels parked_;
   std::optional<BulkSchedule> schedule_;
   std::vector<std::uint64_t> held_pages_;  // requested before the switch

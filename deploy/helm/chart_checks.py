@@ -193,6 +193,8 @@ def dashboard_checks(board):
     check("dashboard variables datasource, cluster, node",
           {"datasource", "cluster", "node"} <= set(variables) and variables["datasource"].get("type") == "datasource", list(variables))
     exprs = [t["expr"] for p in board.get("panels", []) for t in p.get("targets", [])]
+    check("dashboard shows where a demand fault's time goes (lazymig_fault_phase_seconds by phase)",
+          any("lazymig_fault_phase_seconds" in e and "phase" in e for e in exprs), exprs)
     unscoped = [e for e in exprs if 'cluster=~"$cluster"' not in e or 'node=~"$node"' not in e]
     check("every panel query is scoped by $cluster and $node", not unscoped, unscoped)
     sources = [json.dumps(p.get("datasource")) for p in board.get("panels", [])]

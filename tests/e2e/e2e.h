@@ -94,6 +94,23 @@ inline std::string scrapeMetrics(const cli::DemoRun& run, cli::Side side) {
   return text ? text->body : "";
 }
 
+// The six phases of the faults served over the network (those the source timed): each fault's
+// phases add up to its latency, so their means add up to the mean (within the rounding to
+// nanoseconds), and no more faults are timed than were read.
+inline void expectPhasesAddUp(const nlohmann::json& r) {
+  const nlohmann::json phases = r.value("fault_phases_us", nlohmann::json::object());
+  ASSERT_TRUE(phases.contains("count")) << r.dump();
+  EXPECT_LE(phases["count"].get<std::uint64_t>(), r.value("demand_faults", std::uint64_t{0}));
+  double means = 0;
+  for (const char* name : {"destination_wait", "request_wire", "source_wait", "source_work",
+                           "reply_wire", "install_wake"}) {
+    ASSERT_TRUE(phases.contains(name)) << name << ": " << phases.dump();
+    means += phases[name].value("mean", -1.0);
+    EXPECT_GE(phases[name].value("mean", -1.0), 0.0) << name;
+  }
+  EXPECT_NEAR(means, phases["total"].value("mean", -1.0), 0.01) << phases.dump();
+}
+
 // The checks every migration must pass (invariant 1 and the page accounting).
 // `one_lifetime`: both agents ran throughout, so the destination's counters saw every page.
 inline void expectVerified(const nlohmann::json& r, std::uint64_t size, bool one_lifetime = true) {
@@ -113,6 +130,7 @@ inline void expectVerified(const nlohmann::json& r, std::uint64_t size, bool one
   EXPECT_EQ(r["fault_latency_us"].value("count", std::uint64_t{0}),
             r.value("demand_faults", std::uint64_t{1}))
       << "fault latency samples vs faults: " << r.dump();
+  expectPhasesAddUp(r);
 }
 
 }  // namespace lazymig::e2e

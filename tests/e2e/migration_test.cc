@@ -53,6 +53,32 @@ TEST(Migration, OneMiB) {
   expectVerified(*r, o.size);
 }
 
+// Between two real agents every fault served over the network is timed by phase: the source
+// sends its ServeTimes, the destination splits the round trip, and the status, the demo JSON
+// and /metrics all carry the phases. The bulk stream is capped so that most faults go over
+// the network.
+TEST(Migration, EveryNetworkFaultIsTimedByPhase) {
+  auto o = baseOptions();
+  o.size = 32ull << 20;
+  o.pattern = "random";
+  o.extra_yaml = "migration:\n  bulk_rate_limit_mib_s: 16\n";
+  auto run = runToTheEnd(o);
+  ASSERT_TRUE(run) << run.error().message();
+  auto r = run->run.report(run->vm, 1.0);
+  expectVerified(r, o.size);
+  const auto& phases = r["fault_phases_us"];
+  EXPECT_GT(phases.value("count", std::uint64_t{0}), 0u) << r.dump();
+  // Faults served over the network, each timed once its ServeTimes came (a fault whose page
+  // the bulk stream installed first has no phases).
+  EXPECT_GT(phases["total"].value("p50", 0.0), 0.0) << phases.dump();
+  const std::string metrics = scrapeMetrics(run->run, cli::Side::kDestination);
+  EXPECT_NE(metrics.find("lazymig_fault_phase_seconds_count{"), std::string::npos);
+  for (const char* phase : {"destination_wait", "request_wire", "source_wait", "source_work",
+                            "reply_wire", "install_wake"}) {
+    EXPECT_NE(metrics.find(std::string("phase=\"") + phase + "\""), std::string::npos) << phase;
+  }
+}
+
 TEST(Migration, OneGiBHotSet) {
   auto o = baseOptions();
   o.size = 1ull << 30;

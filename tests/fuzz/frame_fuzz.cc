@@ -27,5 +27,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   (void)decodeComplete(bytes, layout);
   (void)decodePing(bytes);
   (void)decodeCompleteAck(bytes);
+  (void)decodeServeTimes(bytes, layout);
   return 0;
 }

@@ -19,6 +19,7 @@ void touchEverything(AgentMetrics& m) {
   m.observeFault(FaultPath::kNetwork, 150us);
   m.observeFault(FaultPath::kLocal, 2us);
   m.observeFault(FaultPath::kRaced, 90us);
+  m.observeFaultPhase(FaultPhase::kSourceWait, 120us);
   m.addPages(PagePath::kDemand, 3);
   m.addPages(PagePath::kBulk, 64);
   m.addPages(PagePath::kZero, 10);
@@ -47,8 +48,9 @@ TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
   touchEverything(*m);
   std::string text = m->scrapeText();
   for (const char* family :
-       {"lazymig_fault_latency_seconds_bucket", "lazymig_pages_total", "lazymig_wire_bytes_total",
-        "lazymig_pages_remaining", "lazymig_migrations", "lazymig_migration_duration_seconds_count",
+       {"lazymig_fault_latency_seconds_bucket", "lazymig_fault_phase_seconds_bucket",
+        "lazymig_pages_total", "lazymig_wire_bytes_total", "lazymig_pages_remaining",
+        "lazymig_migrations", "lazymig_migration_duration_seconds_count",
         "lazymig_reconnects_total", "lazymig_refusals_total", "lazymig_store_write_seconds_count",
         "lazymig_uffd_eexist_total", "lazymig_vcpu_blocked_seconds_total", "lazymig_build_info",
         "lazymig_migrations_degraded", "lazymig_store_writable",
@@ -69,6 +71,8 @@ TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
             std::string::npos);
   EXPECT_NE(text.find(R"(lazymig_migrations{node="node-a",state="running"} 0)"), std::string::npos);
   EXPECT_NE(text.find(R"(lazymig_fault_latency_seconds_count{node="node-a",path="network"} 1)"),
+            std::string::npos);
+  EXPECT_NE(text.find(R"(lazymig_fault_phase_seconds_count{node="node-a",phase="source_wait"} 1)"),
             std::string::npos);
   // A vCPU is blocked for every fault, whichever way it was served: 150 + 2 + 90 us.
   EXPECT_NE(text.find(R"(lazymig_vcpu_blocked_seconds_total{node="node-a"} 0.000242)"),

@@ -200,11 +200,49 @@ TEST(Frame, StalePagesIsABitmapChunkOfItsOwnType) {
   EXPECT_NE(e.find("StalePages: bitmap words 1+16 out of range"), std::string::npos) << e;
   e = errorOf(decodeStalePages(payloadOf(encodeStalePages({5, false, {1}})), kLayout));
   EXPECT_NE(e.find("StalePages: first_page must be a multiple of 64"), std::string::npos) << e;
+}
+
+// Protocol 1.2's demand-fault timing: the source's own durations for one page, after its reply.
+TEST(Frame, ServeTimesRoundTripAndValidation) {
+  ServeTimes t{999, 123456789012ull, 42};
+  std::string f = encodeServeTimes(t);
+  auto h = decodeHeader(bytes(f).first<kHeaderSize>(), Limits{});
+  ASSERT_TRUE(h) << h.error().message();
+  EXPECT_EQ(h->type, FrameType::kServeTimes);
+  EXPECT_EQ(h->flags, 0u);
+  EXPECT_EQ(h->length, 24u);
+  EXPECT_EQ(frameTypeName(h->type), "ServeTimes");
+  auto d = decodeServeTimes(payloadOf(f), kLayout);
+  ASSERT_TRUE(d) << d.error().message();
+  EXPECT_EQ(d->page, 999u);
+  EXPECT_EQ(d->waited_ns, 123456789012ull);
+  EXPECT_EQ(d->served_ns, 42u);
+
+  auto e = errorOf(decodeServeTimes(payloadOf(encodeServeTimes({1000, 0, 0})), kLayout));
+  EXPECT_NE(e.find("ServeTimes: page 1000 out of range (page_count 1000)"), std::string::npos) << e;
+  e = errorOf(decodeServeTimes(payloadOf(f + "x"), kLayout));
+  EXPECT_NE(e.find("ServeTimes: payload must be 24 bytes"), std::string::npos) << e;
+  e = errorOf(decodeServeTimes(payloadOf(f).first(23), kLayout));
+  EXPECT_NE(e.find("ServeTimes: payload must be 24 bytes"), std::string::npos) << e;
+
   std::string next = f;
-  next[5] = 14;  // the first type after it is still unknown
+  next[5] = static_cast<char>(static_cast<std::uint8_t>(kLastFrameType) + 1);
   EXPECT_NE(errorOf(decodeHeader(bytes(next).first<kHeaderSize>(), Limits{}))
-                .find("unknown frame type 14"),
+                .find("unknown frame type 15"),
             std::string::npos);
+  next[5] = 0;
+  EXPECT_NE(errorOf(decodeHeader(bytes(next).first<kHeaderSize>(), Limits{}))
+                .find("unknown frame type 0"),
+            std::string::npos);
+}
+
+// The request for ServeTimes is an ordinary Ping, so that a 1.1 source answers it with a Pong
+// and nothing else: its nonce must never be one SourceLink's keepalive counter reaches.
+TEST(Frame, ServeTimesAreAskedForWithAPingA11SourceAnswers) {
+  auto d = decodePing(payloadOf(encodePing(FrameType::kPing, {kServeTimesWanted})));
+  ASSERT_TRUE(d) << d.error().message();
+  EXPECT_EQ(d->nonce, kServeTimesWanted);
+  EXPECT_GT(kServeTimesWanted, std::uint64_t{1} << 60);
 }
 
 }  // namespace

@@ -131,6 +131,10 @@ TEST(BulkReceiver, AMalformedFrameIsNamedInTheErrorAndInstallsNothing) {
   d.feed(transport::encodePageRequest({{1}}));
   ASSERT_EQ(d.fatal.size(), 2u);
   EXPECT_NE(d.fatal[1].find("unexpected frame PageRequest"), std::string::npos) << d.fatal[1];
+  // Nor ServeTimes (protocol 1.2), which only follows demand replies on the urgent link.
+  d.feed(transport::encodeServeTimes({1, 10, 20}));
+  ASSERT_EQ(d.fatal.size(), 3u);
+  EXPECT_NE(d.fatal[2].find("unexpected frame ServeTimes"), std::string::npos) << d.fatal[2];
   EXPECT_EQ(d.pages.doneCount(), 0u);
 }
 

@@ -99,6 +99,25 @@ class Destination : public ::testing::Test {
     ASSERT_EQ(migration_->state(), MigrationState::kWaitingForVmm);
   }
   std::string socketPath() const { return dir_ + "/m1.sock"; }
+  // Hands a VMM over, touches every page from a guest thread (each one a demand fault without
+  // a bulk stream) and returns the completed migration's status.
+  nlohmann::json touchEveryPage() {
+    startMigration();
+    Vmm vmm(kPages);
+    EXPECT_TRUE(vmm.handOver(socketPath()));
+    EXPECT_TRUE(reaches(MigrationState::kRunning)) << migration_->reason();
+    std::uint64_t mismatches = 0;
+    const auto src = sourceMemory();
+    std::thread vcpu([&] {
+      for (std::uint64_t p = 0; p < kPages; ++p) {
+        mismatches += std::memcmp(vmm.guest.data() + p * kPage, src.data() + p * kPage, kPage) != 0;
+      }
+    });
+    vcpu.join();
+    EXPECT_EQ(mismatches, 0u);
+    EXPECT_TRUE(reaches(MigrationState::kCompleted)) << migration_->reason();
+    return migration_->toJson();
+  }
   bool reaches(MigrationState state) {
     return waitUntil([&] { return migration_->state() == state; }, 30s);
   }
@@ -138,6 +157,57 @@ TEST_F(Destination, FaultsAreServedFromTheSourceUntilTheMigrationCompletes) {
   auto status = migration_->toJson();
   EXPECT_EQ(status["state"], "completed") << status.dump();
   EXPECT_EQ(status["source_acknowledged"], true) << status.dump();
+}
+
+// Every demand fault served over the network is timed by phase (ServeTimes from the source),
+// and the phases of each add up to its latency: their means add up to the mean.
+TEST_F(Destination, EveryNetworkFaultIsTimedByPhaseAndThePhasesAddUp) {
+  startSource({.memory = sourceMemory(), .stream_bulk = false});
+  auto status = touchEveryPage();
+  const auto& phases = status["fault_phases_us"];
+  EXPECT_EQ(phases["count"], kPages) << phases.dump();
+  EXPECT_EQ(status["fault_latency_us"]["count"], kPages) << status.dump();
+  double means = 0;
+  for (auto name : metrics::kFaultPhaseNames) {
+    const auto& p = phases[std::string(name)];
+    EXPECT_GE(p["p99"].get<double>(), p["p50"].get<double>()) << name;
+    means += p["mean"].get<double>();
+  }
+  EXPECT_NEAR(means, phases["total"]["mean"].get<double>(), 0.01) << phases.dump();
+  EXPECT_GT(phases["total"]["mean"].get<double>(), 0.0);
+}
+
+// A source slow to serve shows in the source's phases, not in the destination's: the delay is
+// measured there (a lower bound, not a speed), and the install is not charged with it.
+TEST_F(Destination, ASlowSourceShowsInTheSourcePhasesNotInTheInstall) {
+  constexpr auto kDelay = 10ms;
+  startSource({.memory = sourceMemory(), .stream_bulk = false, .serve_delay = kDelay});
+  auto status = touchEveryPage();
+  const auto& phases = status["fault_phases_us"];
+  ASSERT_EQ(phases["count"], kPages) << phases.dump();
+  const double work = phases["source_work"]["mean"].get<double>();
+  const double delay_us = std::chrono::duration<double, std::micro>(kDelay).count();
+  EXPECT_GE(work, delay_us) << phases.dump();
+  EXPECT_LT(phases["install_wake"]["mean"].get<double>(), work) << phases.dump();
+  EXPECT_LT(phases["destination_wait"]["mean"].get<double>(), work) << phases.dump();
+}
+
+// A protocol 1.1 source answers the ask for ServeTimes as a Ping and sends none: the migration
+// runs as before, its faults counted and untimed.
+TEST_F(Destination, ASourceWithoutServeTimesServesEveryFaultUntimed) {
+  startSource({.memory = sourceMemory(), .stream_bulk = false, .serve_times = false});
+  auto status = touchEveryPage();
+  EXPECT_EQ(status["fault_phases_us"]["count"], 0u) << status.dump();
+  EXPECT_EQ(status["fault_latency_us"]["count"], kPages) << status.dump();
+}
+
+// ServeTimes are timing only: a malformed one costs its fault the phases, never the migration.
+TEST_F(Destination, MalformedServeTimesCostThePhasesNotTheMigration) {
+  startSource({.memory = sourceMemory(), .stream_bulk = false, .malformed_serve_times = true});
+  auto status = touchEveryPage();
+  EXPECT_EQ(status["state"], "completed") << status.dump();
+  EXPECT_EQ(status["fault_phases_us"]["count"], 0u) << status.dump();
+  EXPECT_EQ(status["fault_latency_us"]["count"], kPages) << status.dump();
 }
 
 TEST_F(Destination, AVmmWhoseMemoryIsNotTheSourcesIsRefusedAndTheRightOneTaken) {

@@ -80,6 +80,7 @@ struct SourceStandIn::Peer {
   transport::ChannelKind kind = transport::ChannelKind::kUrgent;
   bool open = false;
   std::vector<std::uint64_t> installed;  // the Resume bitmap
+  bool serve_times = false;              // the destination asked for ServeTimes
 };
 
 SourceStandIn::SourceStandIn(const TestPki& pki, Options options)
@@ -171,8 +172,7 @@ void SourceStandIn::onFrame(Peer& peer, const transport::FrameHeader& h,
       auto req = transport::decodePageRequest(payload, layout(), {});
       ASSERT_TRUE(req) << req.error().message();
       pages_requested_ += req->pages.size();
-      for (auto page : req->pages) sendPage(conn, page);
-      return;
+      return serveDemand(peer, *req);
     }
     case FrameType::kResume: {
       auto r = transport::decodeResume(payload, layout());
@@ -189,8 +189,14 @@ void SourceStandIn::onFrame(Peer& peer, const transport::FrameHeader& h,
     case FrameType::kComplete:
       ++completes_;
       return conn.sendEncoded(transport::encodeCompleteAck());
-    case FrameType::kPing:
-      return conn.sendEncoded(transport::encodePing(FrameType::kPong, {0}));
+    case FrameType::kPing: {
+      auto ping = transport::decodePing(payload);
+      ASSERT_TRUE(ping) << ping.error().message();
+      if (ping->nonce == transport::kServeTimesWanted && options_.serve_times) {
+        peer.serve_times = true;
+      }
+      return conn.sendEncoded(transport::encodePing(FrameType::kPong, *ping));
+    }
     default:
       ADD_FAILURE() << "the stand-in source got " << transport::frameTypeName(h.type);
   }
@@ -265,6 +271,23 @@ bool SourceStandIn::sendBulkDone() {
 void SourceStandIn::setMemory(std::vector<std::byte> memory) {
   auto image = std::make_shared<const std::vector<std::byte>>(std::move(memory));
   runOnLoop(*loop_, [&] { memory_ = std::move(image); });
+}
+
+void SourceStandIn::serveDemand(Peer& peer, const transport::PageRequest& request) {
+  using Clock = std::chrono::steady_clock;
+  const auto arrived = Clock::now();
+  for (auto page : request.pages) {
+    const auto started = Clock::now();
+    if (options_.serve_delay.count() > 0) std::this_thread::sleep_for(options_.serve_delay);
+    sendPage(*peer.conn, page);
+    if (!peer.serve_times) continue;
+    const auto ns = [](Clock::duration d) {
+      return static_cast<std::uint64_t>(std::chrono::nanoseconds(d).count());
+    };
+    const std::uint64_t named = options_.malformed_serve_times ? layout().page_count : page;
+    peer.conn->sendEncoded(
+        transport::encodeServeTimes({named, ns(started - arrived), ns(Clock::now() - started)}));
+  }
 }
 
 void SourceStandIn::streamBulk(Peer& peer) {

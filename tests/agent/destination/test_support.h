@@ -64,6 +64,14 @@ class SourceStandIn {
     bool stream_bulk = true;
     // Every Hello is answered with this Error frame instead of HelloOk.
     std::optional<transport::ErrorFrame> refuse_hello;
+    // Follows each demand reply with ServeTimes once the destination asks (protocol 1.2), as
+    // the real source does; false plays a protocol 1.1 source, which answers the ask as a Ping.
+    bool serve_times = true;
+    // A slow source: each demand page takes this long to serve (the stand-in sleeps after
+    // reading the request, in what it reports as its own work on the page).
+    std::chrono::milliseconds serve_delay{0};
+    // A broken source: its ServeTimes name a page outside the memory.
+    bool malformed_serve_times = false;
   };
   SourceStandIn(const TestPki& pki, Options options);
   ~SourceStandIn();
@@ -101,6 +109,7 @@ class SourceStandIn {
   void sendPageOf(transport::Connection& conn, std::uint64_t page,
                   const std::shared_ptr<const std::vector<std::byte>>& image);
   Peer* bulkPeer();  // loop thread
+  void serveDemand(Peer& peer, const transport::PageRequest& request);
   void streamBulk(Peer& peer);
   transport::Layout layout() const;
 

@@ -270,3 +270,58 @@ TEST_F(SourceMigrationTest, CompleteIsAcknowledgedThenTheMemoryIsReleased) {
 
 }  // namespace
 }  // namespace lazymig::agent
+
+namespace lazymig::agent {
+namespace {
+
+std::vector<FrameType> typesOf(const std::vector<Frame>& frames) {
+  std::vector<FrameType> out;
+  for (const auto& f : frames) {
+    if (f.type != FrameType::kHelloOk) out.push_back(f.type);
+  }
+  return out;
+}
+
+// Protocol 1.2: a destination that asks (the Ping of kServeTimesWanted, which a 1.1 source
+// answers as any Ping) gets each demand reply followed by the source's own times for that page;
+// one that does not ask -- a 1.1 destination -- never sees the frame type.
+TEST_F(SourceMigrationTest, FollowsEachDemandReplyWithServeTimesOnlyWhenAsked) {
+  createMigration();
+  auto urgent = attached(ChannelKind::kUrgent);
+  urgent->send(transport::encodePageRequest({{5}}));
+  urgent->send(transport::encodePing(FrameType::kPing, {1}));
+  ASSERT_TRUE(urgent->waitFor(FrameType::kPong));
+  std::vector<Frame> frames;
+  urgent->waitUntil([&](const std::vector<Frame>& f) { return frames = f, true; });
+  EXPECT_EQ(typesOf(frames), (std::vector<FrameType>{FrameType::kPageData, FrameType::kPong}));
+
+  urgent->send(transport::encodePing(FrameType::kPing, {transport::kServeTimesWanted}));
+  urgent->send(transport::encodePageRequest({{6, 7}}));
+  ASSERT_TRUE(urgent->waitUntil([](const std::vector<Frame>& f) {
+    return std::count_if(f.begin(), f.end(),
+                         [](const Frame& x) { return x.type == FrameType::kServeTimes; }) == 2;
+  }));
+  urgent->waitUntil([&](const std::vector<Frame>& f) { return frames = f, true; });
+  EXPECT_EQ(typesOf(frames),
+            (std::vector<FrameType>{FrameType::kPageData, FrameType::kPong, FrameType::kPong,
+                                    FrameType::kPageData, FrameType::kServeTimes,
+                                    FrameType::kPageData, FrameType::kServeTimes}));
+  // Each names the page of the reply before it; the second page waited for the first.
+  const transport::Layout layout{4096, SourcePeer::kPages};
+  std::vector<transport::ServeTimes> times;
+  for (const auto& f : frames) {
+    if (f.type != FrameType::kServeTimes) continue;
+    auto t = transport::decodeServeTimes(f.payload, layout);
+    ASSERT_TRUE(t) << t.error().message();
+    times.push_back(*t);
+  }
+  ASSERT_EQ(times.size(), 2u);
+  const auto& first = times[0];
+  const auto& second = times[1];
+  EXPECT_EQ(first.page, 6u);
+  EXPECT_EQ(second.page, 7u);
+  EXPECT_GE(second.waited_ns, first.waited_ns + first.served_ns);
+}
+
+}  // namespace
+}  // namespace lazymig::agent
