@@ -28,6 +28,9 @@ struct MigrationDefaults {
   std::uint32_t bulk_batch_pages = 64;         // pages per bulk PageData frame (1..1024)
   std::uint32_t bulk_window_bytes_kib = 4096;  // bulk output kept queued per connection
   std::uint32_t bulk_rate_limit_mib_s = 0;     // cap on the bulk stream per migration; 0 = none
+  // Nice value of the destination's fault thread (-20..19; 0: as the agent's other threads).
+  // Lower than the bulk work so that a demand reply never waits for the CPU behind it.
+  int fault_thread_nice = -15;
   std::chrono::milliseconds checkpoint_interval{50};
   std::chrono::milliseconds stall_timeout{5000};
   std::chrono::milliseconds handshake_timeout{10000};

@@ -14,6 +14,7 @@
 #include "agent/source/source_migration.h"
 #include "base/version.h"
 #include "loop/assert_on_loop.h"
+#include "sys/thread_priority.h"
 
 namespace lazymig::agent {
 namespace {
@@ -405,7 +406,10 @@ nlohmann::json Agent::info() const {
           {"revision", std::string(gitRevision())},
           {"agent_address", agent_address_},
           {"metrics_address", metrics_address_},
-          {"migrations_active", registry_.activeCount()}};
+          {"migrations_active", registry_.activeCount()},
+          {"fault_thread",
+           {{"nice", config_.migration.fault_thread_nice},
+            {"may_use_nice", sys::mayUseNice(config_.migration.fault_thread_nice)}}}};
 }
 
 void Agent::scheduleRetire(const std::string& id) {

@@ -7,6 +7,8 @@
 #include "agent/core/loop_sync.h"
 #include "agent/destination/fault_phases.h"
 #include "agent/destination/source_probe.h"
+#include "loop/assert_on_loop.h"
+#include "sys/thread_priority.h"
 
 namespace lazymig::agent {
 
@@ -204,6 +206,7 @@ Status DestinationMigration::startServing() {
                                       .staging = staging_.get()});
   Status started;
   runOnLoop(*urgent_loop_, [&] {
+    raiseFaultThreadPriority();
     faults_ = std::make_unique<FaultService>(
         *context_,
         FaultService::Hooks{
@@ -238,6 +241,20 @@ Status DestinationMigration::startServing() {
   setState(MigrationState::kRunning);
   progressed();  // a zero-page guest is complete at once
   return {};
+}
+
+void DestinationMigration::raiseFaultThreadPriority() {
+  LAZYMIG_ASSERT_ON_LOOP(*urgent_loop_);
+  const int nice = ctx_.config.migration.fault_thread_nice;
+  if (nice != 0) {
+    if (auto set = sys::setThisThreadNice(nice); !set) {
+      // Still correct, only slower on a crowded host: say so and serve.
+      log_.warn("fault thread keeps the agent's priority", {{"error", set.error().message()}});
+      std::lock_guard lock(runtime_mu_);
+      fault_thread_nice_error_ = set.error().message();
+    }
+  }
+  fault_thread_nice_.store(sys::thisThreadNice());
 }
 
 SourceLink* DestinationMigration::urgentLink() {
@@ -368,6 +385,12 @@ void DestinationMigration::addDetails(nlohmann::json& out) const {
     out["memory"] = std::move(memory);
   }
   if (staging_) out["precopy"] = precopyStatus();
+  if (ready) {
+    nlohmann::json fault_thread = {{"nice", fault_thread_nice_.load()}};
+    std::lock_guard lock(runtime_mu_);
+    if (!fault_thread_nice_error_.empty()) fault_thread["error"] = fault_thread_nice_error_;
+    out["fault_thread"] = std::move(fault_thread);
+  }
   out["resumed_after_restart"] = resumed_.load();
   out["source_acknowledged"] = source_acknowledged_.load();
   out["fault_phases_us"] = faultPhasesJson(stats_);

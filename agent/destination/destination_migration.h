@@ -86,6 +86,7 @@ class DestinationMigration final : public Migration {
   void acknowledged();       // urgent loop
   void gaveUp(transport::ChannelKind kind, const Error& why);  // either loop
   void endUnacknowledged(const std::string& why);
+  void raiseFaultThreadPriority();  // urgent loop
   // How long a finished link keeps reading until the source closes it (SourceLink::finish);
   // the agent retires a finished migration only after it (Agent::scheduleRetire).
   std::chrono::milliseconds lingerTime() const;
@@ -139,6 +140,10 @@ class DestinationMigration final : public Migration {
   std::atomic<bool> resumed_{false};
   mutable std::mutex runtime_mu_;
   RuntimeRecord runtime_;  // vmm_pid and regions, for a restarted agent
+  // The fault thread's nice value as set (migration.fault_thread_nice), and why not, if it
+  // could not be: set on the urgent loop when serving starts, read by the status.
+  std::atomic<int> fault_thread_nice_{0};
+  std::string fault_thread_nice_error_;  // under runtime_mu_
 };
 
 }  // namespace lazymig::agent

@@ -33,6 +33,7 @@ TEST(Config, MinimalConfigGetsDefaults) {
   EXPECT_EQ(c->control_listen, "unix:/run/lazymig/control.sock");
   EXPECT_EQ(c->migration.stall_timeout, std::chrono::milliseconds(5000));
   EXPECT_EQ(c->handshake.socket_mode, 0600u);
+  EXPECT_EQ(c->migration.fault_thread_nice, -15);
 }
 
 TEST(Config, EachBadKeyIsNamedWithItsLine) {
@@ -64,6 +65,8 @@ TEST(Config, EachBadKeyIsNamedWithItsLine) {
       {kMinimal + "handshake:\n  allowed_uids: [0, x]\n", "key 'handshake.allowed_uids[1]'"},
       {kMinimal + "handshake:\n  socket_mode: \"999\"\n", "key 'handshake.socket_mode'"},
       {kMinimal + "migration: 5\n", "key 'migration'"},
+      {kMinimal + "migration:\n  fault_thread_nice: -21\n",
+       "key 'migration.fault_thread_nice' (line 4): must be an integer from -20 to 19"},
   };
   for (const auto& c : cases) {
     auto msg = errorOf(c.yaml);

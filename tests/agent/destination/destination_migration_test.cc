@@ -20,6 +20,7 @@
 
 #include "store/database.h"
 #include "sys/mapping.h"
+#include "sys/thread_priority.h"
 #include "sys/unix_socket.h"
 #include "test_support.h"
 
@@ -157,6 +158,12 @@ TEST_F(Destination, FaultsAreServedFromTheSourceUntilTheMigrationCompletes) {
   auto status = migration_->toJson();
   EXPECT_EQ(status["state"], "completed") << status.dump();
   EXPECT_EQ(status["source_acknowledged"], true) << status.dump();
+  // Its fault thread ran at migration.fault_thread_nice, or the status says why not.
+  if (sys::mayUseNice(config_.migration.fault_thread_nice)) {
+    EXPECT_EQ(status["fault_thread"]["nice"], config_.migration.fault_thread_nice) << status.dump();
+  } else {
+    EXPECT_TRUE(status["fault_thread"].contains("error")) << status.dump();
+  }
 }
 
 // Every demand fault served over the network is timed by phase (ServeTimes from the source),

@@ -3,6 +3,8 @@
 // (in bytes against elapsed time, never a timed expectation), and its one teardown.
 #include "agent/source/source_migration.h"
 
+#include <fstream>
+
 #include "tests/agent/source/source_peer.h"
 
 namespace lazymig::agent {
@@ -12,6 +14,7 @@ using source_test::TestDestination;
 using transport::ChannelKind;
 using transport::FrameType;
 using Frame = TestDestination::Frame;
+using namespace std::chrono_literals;
 
 // The server side of a raw TLS connection, handed to SourceMigration::attach by the test
 // itself (PeerListener's own checks are peer_listener_test's).
@@ -266,6 +269,74 @@ TEST_F(SourceMigrationTest, CompleteIsAcknowledgedThenTheMemoryIsReleased) {
   runOnLoop(*peer_loop_, [] {});  // the release runs one loop iteration after the close
   runOnLoop(*peer_loop_, [] {});
   EXPECT_EQ(migration_->toJson()["memory_released"], true);
+}
+
+// A destination whose bulk channel reads nothing (its loop is blocked, so the source's bulk
+// output fills its window and the socket behind it) still has its demand requests answered on
+// the urgent channel: the bulk stream never holds up the one loop both channels share.
+TEST_F(SourceMigrationTest, AnswersDemandWhileTheBulkPeerReadsNothing) {
+  // 32 MiB: several times what the window and the loopback socket buffers hold.
+  constexpr std::uint64_t kBigPages = 8192;
+  {
+    std::vector<std::uint64_t> page(4096 / 8);
+    std::ofstream out(dir_ + "/guest.mem", std::ios::binary | std::ios::trunc);
+    for (std::uint64_t p = 0; p < kBigPages; ++p) {
+      std::fill(page.begin(), page.end(), p + 1);
+      out.write(reinterpret_cast<const char*>(page.data()), 4096);
+    }
+  }
+  createMigration();
+  auto stuck_loop = std::move(*transport::EventLoop::start("test-stuck"));
+  auto [bulk, bulk_conn] = [&] {
+    auto client = std::make_unique<TestDestination>(*stuck_loop, destination_tls_, server_->port());
+    source_test::waitOn(mu_, cv_, [&] { return !accepted_.empty(); });
+    std::lock_guard lock(mu_);
+    auto conn = std::move(accepted_.front());
+    accepted_.erase(accepted_.begin());
+    return std::make_pair(std::move(client), std::move(conn));
+  }();
+  ASSERT_FALSE(attach(std::move(bulk_conn), bulk->hello(ChannelKind::kBulk, kBigPages * 4096)));
+  ASSERT_TRUE(bulk->waitFor(FrameType::kHelloOk));
+  bulk->send(transport::encodeResume({0, true, std::vector<std::uint64_t>(kBigPages / 64, 0)}));
+  // The bulk pages queued at the source, once at least `pages` are (or after 10 s).
+  auto queuedAtLeast = [&](std::uint64_t pages) {
+    std::uint64_t queued = 0;
+    for (auto deadline = std::chrono::steady_clock::now() + 10s;
+         std::chrono::steady_clock::now() < deadline;) {
+      queued = progress()["served_bulk_pages"].get<std::uint64_t>();
+      if (queued >= pages) break;
+      std::this_thread::sleep_for(1ms);
+    }
+    return queued;
+  };
+  ASSERT_GT(queuedAtLeast(1), 0u);  // the Resume has left the peer
+  // From here on the bulk peer's loop reads nothing until the test lets it go (at the latest
+  // when this guard goes, before the bulk peer that needs its loop back).
+  struct Blocked {
+    std::promise<void> unblock;
+    ~Blocked() { unblock.set_value(); }
+  } blocked;
+  stuck_loop->post([unblocked = blocked.unblock.get_future().share()] { unblocked.wait(); });
+  // The source has queued what it can: the bulk stream is stuck behind the peer.
+  const std::uint64_t window_pages = config_.migration.bulk_window_bytes_kib / 4;
+  ASSERT_GE(queuedAtLeast(window_pages), window_pages);
+
+  auto [urgent, urgent_conn] = connect();
+  ASSERT_FALSE(
+      attach(std::move(urgent_conn), urgent->hello(ChannelKind::kUrgent, kBigPages * 4096)));
+  ASSERT_TRUE(urgent->waitFor(FrameType::kHelloOk));
+  const std::uint64_t wanted = kBigPages - 1;  // the last page: the bulk stream is far from it
+  urgent->send(transport::encodePageRequest({{wanted}}));
+  auto reply = urgent->waitFor(FrameType::kPageData);
+  ASSERT_TRUE(reply);
+  auto data = transport::decodePageData(reply->payload, {4096, kBigPages});
+  ASSERT_TRUE(data) << data.error().message();
+  EXPECT_EQ(data->first_page, wanted);
+  std::uint64_t first_word = 0;
+  std::memcpy(&first_word, data->data.data(), sizeof first_word);
+  EXPECT_EQ(first_word, wanted + 1);
+  // Still stuck: the answer did not wait for the bulk peer.
+  EXPECT_LT(progress()["served_bulk_pages"].get<std::uint64_t>(), kBigPages);
 }
 
 }  // namespace
