@@ -30,7 +30,7 @@ struct MigrationDefaults {
   std::uint32_t bulk_rate_limit_mib_s = 0;     // cap on the bulk stream per migration; 0 = none
   // Nice value of the destination's fault thread (-20..19; 0: as the agent's other threads).
   // Lower than the bulk work so that a demand reply never waits for the CPU behind it.
-  int fault_thread_nice = -15;
+  int fault_thread_nice = 0;
   std::chrono::milliseconds checkpoint_interval{50};
   std::chrono::milliseconds stall_timeout{5000};
   std::chrono::milliseconds handshake_timeout{10000};

@@ -33,7 +33,7 @@ TEST(Config, MinimalConfigGetsDefaults) {
   EXPECT_EQ(c->control_listen, "unix:/run/lazymig/control.sock");
   EXPECT_EQ(c->migration.stall_timeout, std::chrono::milliseconds(5000));
   EXPECT_EQ(c->handshake.socket_mode, 0600u);
-  EXPECT_EQ(c->migration.fault_thread_nice, -15);
+  EXPECT_EQ(c->migration.fault_thread_nice, 0);
 }
 
 TEST(Config, EachBadKeyIsNamedWithItsLine) {

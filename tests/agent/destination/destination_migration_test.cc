@@ -74,6 +74,8 @@ class Destination : public ::testing::Test {
     config_.migration.reconnect.initial_backoff = 20ms;
     config_.migration.reconnect.max_backoff = 100ms;
     config_.migration.reconnect.give_up_after = std::chrono::seconds(5);
+    // Not the default (0), so that a status showing it proves the setting was applied.
+    config_.migration.fault_thread_nice = -5;
     ctx_.emplace(AgentContext{config_, pki_.clientContext(), *db_, nullptr});
   }
   void TearDown() override {
