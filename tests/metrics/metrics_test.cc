@@ -47,16 +47,26 @@ TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
   auto m = AgentMetrics::create("node-a");
   touchEverything(*m);
   std::string text = m->scrapeText();
-  for (const char* family :
-       {"lazymig_fault_latency_seconds_bucket", "lazymig_fault_phase_seconds_bucket",
-        "lazymig_pages_total", "lazymig_wire_bytes_total", "lazymig_pages_remaining",
-        "lazymig_migrations", "lazymig_migration_duration_seconds_count",
-        "lazymig_reconnects_total", "lazymig_refusals_total", "lazymig_store_write_seconds_count",
-        "lazymig_uffd_eexist_total", "lazymig_vcpu_blocked_seconds_total", "lazymig_build_info",
-        "lazymig_migrations_degraded", "lazymig_store_writable",
-        "lazymig_migration_cpu_seconds_total", "lazymig_migration_moved_bytes_total",
-        "lazymig_migration_cpu_seconds_per_gib_bucket", "lazymig_precopy_destination_pages_total",
-        "lazymig_precopy_destination_switches_total"}) {
+  for (const char* family : {"lazymig_fault_latency_seconds_bucket",
+                             "lazymig_fault_phase_seconds_bucket",
+                             "lazymig_pages_total",
+                             "lazymig_wire_bytes_total",
+                             "lazymig_pages_remaining",
+                             "lazymig_migrations",
+                             "lazymig_migration_duration_seconds_count",
+                             "lazymig_reconnects_total",
+                             "lazymig_refusals_total",
+                             "lazymig_store_write_seconds_count",
+                             "lazymig_uffd_eexist_total",
+                             "lazymig_vcpu_blocked_seconds_total",
+                             "lazymig_build_info",
+                             "lazymig_migrations_degraded",
+                             "lazymig_store_writable",
+                             "lazymig_migration_cpu_seconds_total",
+                             "lazymig_migration_moved_bytes_total",
+                             "lazymig_migration_cpu_seconds_per_gib_bucket",
+                             "lazymig_precopy_destination_pages_total",
+                             "lazymig_precopy_destination_switches_total"}) {
     EXPECT_NE(text.find(family), std::string::npos) << family;
   }
   EXPECT_NE(text.find(R"(lazymig_pages_total{node="node-a",path="bulk"} 64)"), std::string::npos)
