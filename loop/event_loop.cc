@@ -118,7 +118,22 @@ struct EventLoop::Impl {
     }
     wake.reset();
     for (auto fn : finalizers) fn(base.get());
+    runQueuedCallbacks();
     base.reset();
+  }
+
+  // A bufferevent holds a reference to itself while one of its deferred callbacks is queued
+  // (an OpenSSL bufferevent defers its write callback after every write) and drops it when
+  // that callback runs. The break leaves the callbacks queued in the loop's last turn unrun,
+  // and event_base_free cancels them without dropping those references: a bufferevent its
+  // owner or a finalizer freed meanwhile would never be freed, SSL session and all. So they
+  // run here, in non-blocking turns. Nothing has an event on the base any more (its owners
+  // are gone, the finalizers freed the rest), so there is no I/O to poll, and a freed
+  // bufferevent has no callbacks of its owner's left to call.
+  void runQueuedCallbacks() {
+    if (event_base_get_num_events(base.get(), EVENT_BASE_COUNT_ACTIVE) > 0) {
+      event_base_loop(base.get(), EVLOOP_NONBLOCK);
+    }
   }
 
   static void onWake(evutil_socket_t, short, void* arg) {

@@ -58,7 +58,9 @@ class EventLoop {
   // thread (a callback stopping or destroying its loop): breaks the loop, and the thread frees
   // the loop's state itself once the running callback has returned. Either way, work posted
   // before the stop and not yet run is run (on the loop thread when it can, else here), so a
-  // caller waiting for it is never left waiting forever.
+  // caller waiting for it is never left waiting forever. Callbacks libevent queued in the
+  // loop's last turn (a bufferevent's deferred ones) run before the base is freed, so that the
+  // bufferevents they hold are freed too.
   void stop();
 
   // Called with every event_base just before it is freed, for owners of objects that live on

@@ -2,6 +2,9 @@
 // work posted before a stop, timers as owning handles, and the base finalizers.
 #include "loop/event_loop.h"
 
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
 #include <gtest/gtest.h>
 #include <time.h>
 
@@ -127,6 +130,38 @@ TEST(EventLoop, BaseFinalizersSeeTheBaseBeforeItIsFreed) {
   event_base* base = loop->base();
   loop->stop();
   EXPECT_EQ(g_finalized, base);
+}
+
+// A bufferevent freed in the loop's last turn while one of its deferred callbacks is queued
+// (as an OpenSSL bufferevent's write callback is after every write) is freed with the base:
+// that callback holds a reference, and event_base_free cancels it without dropping the
+// reference, so the bufferevent (with an SSL session, for a TLS connection) leaked.
+TEST(EventLoop, ABufferEventFreedWithADeferredCallbackQueuedIsFreedAtStop) {
+  auto loop = startLoop();
+  std::promise<void> freed;
+  auto buffers_freed = freed.get_future();
+  EventLoop* raw = loop.get();
+  ASSERT_TRUE(raw->post([&, owned = std::shared_ptr<EventLoop>(std::move(loop))]() mutable {
+    bufferevent* bev = bufferevent_socket_new(raw->base(), -1, BEV_OPT_DEFER_CALLBACKS);
+    // Its output buffer calls this cleanup when it is freed, which is when the bufferevent is.
+    static const char kByte = 'x';
+    evbuffer_add_reference(
+        bufferevent_get_output(bev), &kByte, 1,
+        [](const void*, size_t, void* done) {
+          static_cast<std::promise<void>*>(done)->set_value();
+        },
+        &freed);
+    bufferevent_setcb(
+        bev, nullptr, [](bufferevent*, void*) {}, nullptr, nullptr);
+    bufferevent_trigger(bev, EV_WRITE, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+    bufferevent_free(bev);
+    // Stopped from its own callback, the loop breaks before its next turn, which would have
+    // run the deferred callback.
+    owned->stop();
+    owned.reset();
+  }));
+  EXPECT_EQ(buffers_freed.wait_for(5s), std::future_status::ready)
+      << "the bufferevent was never freed";
 }
 
 std::chrono::nanoseconds callingThreadCpu() {
