@@ -342,7 +342,7 @@ Status DemoRun::waitSourceServing() {
   }
 }
 
-Status DemoRun::startDestinationVm() {
+Status DemoRun::startDestinationVm(const std::vector<std::string>& extra_args) {
   const auto& o = options_;
   std::vector<std::string> argv = {o.bindir + "/lazymig-testvm",
                                    "dest",
@@ -376,6 +376,7 @@ Status DemoRun::startDestinationVm() {
   if (o.memfd_standin) argv.push_back("--memfd-standin");
   if (o.vcpus_as_threads) argv.push_back("--vcpus-as-threads");
   if (o.guest_baseline) argv.push_back("--baseline");
+  argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   auto child = ChildProcess::spawn(argv, dir_ + "/destination-vm.log", true);
   if (!child) return std::unexpected(child.error());
   dest_vm_.emplace(std::move(*child));

@@ -80,7 +80,8 @@ class DemoRun {
   // Waits until the source agent serves the guest memory (the source VM has handed it over),
   // as an orchestrator resumes the destination VM only once its source is paused and served.
   Status waitSourceServing();
-  Status startDestinationVm();
+  // `extra_args` go to lazymig-testvm dest after the demo's own (e.g. `--source-stamps FILE`).
+  Status startDestinationVm(const std::vector<std::string>& extra_args = {});
   // Waits for the destination test VM; returns its final JSON line.
   Result<nlohmann::json> waitDestinationVm();
   // True once the destination test VM has exited (verified, failed or killed).

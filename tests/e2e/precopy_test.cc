@@ -97,42 +97,11 @@ TEST_P(Precopy, LiveSourceRoundsThenSwitchVerifies) {
   ASSERT_TRUE(paused) << paused.error().message();
   ASSERT_EQ(paused->status, 200) << paused->body;
 
-  auto dest_vm = cli::ChildProcess::spawn({o.bindir + "/lazymig-testvm",
-                                           "dest",
-                                           "--memory",
-                                           o.memory,
-                                           "--size",
-                                           std::to_string(o.size),
-                                           "--seed",
-                                           std::to_string(o.seed),
-                                           "--zero-ratio",
-                                           std::to_string(o.zero_ratio),
-                                           "--handshake-socket",
-                                           handshake,
-                                           "--vcpus",
-                                           std::to_string(o.vcpus),
-                                           "--pattern",
-                                           o.pattern,
-                                           "--accesses",
-                                           std::to_string(o.accesses),
-                                           "--control",
-                                           run->controlEndpoint(Side::kDestination),
-                                           "--migration",
-                                           cli::DemoRun::kMigrationId,
-                                           "--timeout-s",
-                                           std::to_string(o.timeout_s),
-                                           "--source-stamps",
-                                           stamps},
-                                          dir + "/destination-vm.log", true);
-  ASSERT_TRUE(dest_vm) << dest_vm.error().message();
-  auto status = dest_vm->wait(std::chrono::seconds(o.timeout_s + 30));
-  ASSERT_TRUE(status) << "destination test VM still running";
-  const std::string& out = dest_vm->output();
-  auto nl = out.find_last_of('\n', out.size() >= 2 ? out.size() - 2 : 0);
-  auto vm = nlohmann::json::parse(out.substr(nl == std::string::npos ? 0 : nl + 1), nullptr, false);
-  ASSERT_FALSE(vm.is_discarded()) << out << readFile(dir + "/destination-vm.log");
+  ASSERT_TRUE(run->startDestinationVm({"--source-stamps", stamps}));
+  auto vm = run->waitDestinationVm();
+  ASSERT_TRUE(vm) << vm.error().message() << readFile(dir + "/destination-vm.log");
 
-  auto r = run->report(vm, 0);
+  auto r = run->report(*vm, 0);
   if (!r.value("verified", false)) run->keepDirectory();
   // Every page arrives exactly once: a staged page counts as a bulk or zero page when it
   // arrives, and a stale one once more only after its staged copy was dropped.
