@@ -225,6 +225,13 @@ bool EventLoop::inLoopThread() const { return impl_->inLoopThread(); }
 
 event_base* EventLoop::base() const { return impl_->base.get(); }
 
+LoopPoster EventLoop::poster() const { return LoopPoster(impl_); }
+
+bool LoopPoster::post(std::function<void()> fn) const {
+  auto impl = loop_.lock();
+  return impl && impl->post(std::move(fn));
+}
+
 CpuClock EventLoop::cpuClock() const { return CpuClock(impl_->cpu); }
 
 std::chrono::nanoseconds CpuClock::read() const {

@@ -17,6 +17,7 @@ struct event_base;
 
 namespace lazymig::loop {
 
+class LoopPoster;
 class Timer;
 struct ThreadCpu;
 
@@ -50,6 +51,8 @@ class EventLoop {
   // Fire-and-forget form of schedule(), for work that must run even if nobody holds it.
   void scheduleDetached(std::chrono::milliseconds delay, std::function<void()> fn);
   bool inLoopThread() const;
+  // A handle that posts to this loop and may outlive it. Thread-safe.
+  LoopPoster poster() const;
   event_base* base() const;
   // The CPU time the loop's thread has used, for the cost of the work it runs.
   CpuClock cpuClock() const;
@@ -73,6 +76,20 @@ class EventLoop {
  private:
   explicit EventLoop(std::shared_ptr<Impl> impl);
   std::shared_ptr<Impl> impl_;
+};
+
+// Posts to an EventLoop from any thread, and may outlive it: post() is false (fn dropped, here)
+// once the loop has stopped or is gone. For work handed to a loop by something whose lifetime
+// the loop's owner does not control (a libevent finalizer on another loop).
+class LoopPoster {
+ public:
+  LoopPoster() = default;  // posts nowhere
+  bool post(std::function<void()> fn) const;
+
+ private:
+  friend class EventLoop;
+  explicit LoopPoster(std::weak_ptr<EventLoop::Impl> loop) : loop_(std::move(loop)) {}
+  std::weak_ptr<EventLoop::Impl> loop_;
 };
 
 // An armed timer of an EventLoop: move-only; destroying it or calling cancel() cancels the

@@ -134,4 +134,17 @@ struct ConnectOptions {
 void connect(EventLoop& loop, std::shared_ptr<TlsContext> tls, ConnectOptions options,
              std::function<void(Result<std::unique_ptr<Connection>>)> done);
 
+// Moves an open connection to `target`'s loop, TLS session, socket and all, without a word on
+// the wire: for a channel that must be served on a thread of its own (a source's urgent
+// channel, docs/architecture.md). Call on `conn`'s loop thread, outside its handlers, with
+// nothing queued to send on it. `done` runs on `target`'s thread with the same connection, its
+// events now on `target`, no handlers and the default priority; bytes it had read but not yet
+// delivered as a frame are delivered once its new owner has set handlers and returned. If
+// `target` has stopped by then, the connection is closed and `done` never runs; if the new
+// bufferevent cannot be made, `done` gets the error (the connection is closed).
+// An error (Errc::kState, the connection closed): output still queued, or a connection this
+// transport did not make.
+Status moveToLoop(std::unique_ptr<Connection> conn, EventLoop& target,
+                  std::function<void(Result<std::unique_ptr<Connection>>)> done);
+
 }  // namespace lazymig::transport

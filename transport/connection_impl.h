@@ -3,12 +3,14 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "loop/libevent_ptr.h"
 #include "transport/connection.h"
 
 struct bufferevent;
 struct event_base;
+struct ssl_st;
 
 namespace lazymig::transport {
 
@@ -28,6 +30,24 @@ class ConnectionImpl final : public Connection {
   std::string remoteAddress() const override { return remote_; }
   std::optional<TcpPath> tcpPath() const override;
   void close() override;
+
+  // What moveToLoop (connection_move.cc) carries from one loop to the other.
+  struct Parts {
+    ssl_st* ssl = nullptr;  // a reference of its own (SSL_up_ref)
+    int fd = -1;            // a duplicate of the socket (the bufferevent closes its own)
+    PeerIdentity peer;
+    Limits limits;
+    std::vector<std::byte> unread;  // read from the peer, not yet delivered as a frame
+  };
+  // moveToLoop's first half, on this connection's loop: its events stopped, its TLS session
+  // and socket referenced in `out`, outside the bufferevent, which is then freed (and with it,
+  // on a later turn of this loop, its own references). `on_freed(arg)` runs once the
+  // bufferevent is finalized. This connection is closed afterwards; on an error `out` is
+  // untouched and the caller closes the connection.
+  Status detach(Parts& out, void (*on_freed)(const void*, std::size_t, void*), void* arg);
+  // moveToLoop's second half, on the target loop's thread: the connection again. Takes the
+  // session and the socket (closed and freed on an error too).
+  static Result<std::unique_ptr<ConnectionImpl>> resume(event_base* base, Parts parts);
 
  private:
   static void onRead(bufferevent* bev, void* arg);

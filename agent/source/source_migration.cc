@@ -5,9 +5,8 @@
 #include <cassert>
 
 #include "agent/core/loop_sync.h"
-#include "agent/core/test_points.h"
-#include "agent/source/page_frames.h"
 #include "agent/source/source_ending.h"
+#include "loop/assert_on_loop.h"
 #include "sys/process.h"
 
 namespace lazymig::agent {
@@ -16,13 +15,6 @@ using transport::ChannelKind;
 using transport::FrameType;
 
 namespace {
-constexpr auto kUrgent = metrics::Channel::kUrgent;
-
-// Demand replies queued for a destination that does not read them. A real one has at most a
-// few requests per vCPU in flight (kilobytes to a few MiB); past this it is flooding us, and
-// the queue would otherwise grow until the agent runs out of memory.
-constexpr std::size_t kUrgentBacklogLimit = 64u << 20;
-
 BulkSender::Options bulkOptions(const config::Config& config) {
   return {std::size_t{config.migration.bulk_window_bytes_kib} * 1024,
           config.migration.bulk_batch_pages,
@@ -43,7 +35,16 @@ SourceMigration::SourceMigration(SourceSpec spec, AgentContext& ctx,
 
 SourceMigration::~SourceMigration() { shutdown(); }
 
+Status SourceMigration::startUrgentLoop() {
+  if (urgent_loop_) return {};
+  auto loop = transport::EventLoop::start("src-urgent-" + id());
+  if (!loop) return std::unexpected(loop.error());
+  urgent_loop_ = std::move(*loop);
+  return {};
+}
+
 Status SourceMigration::start() {
+  if (auto ok = startUrgentLoop(); !ok) return ok;
   if (!spec_.snapshot_file.empty()) {
     auto mem = SourceMemory::fromSnapshotFile(spec_.snapshot_file, spec_.page_size);
     if (!mem) return std::unexpected(mem.error());
@@ -101,6 +102,7 @@ Status SourceMigration::useHandover(vmm::Handshake h, const sys::PeerCredentials
 
 Status SourceMigration::resume(const RuntimeRecord& runtime) {
   if (!spec_.snapshot_file.empty() || !runtime.vmm_pid) return start();
+  if (auto ok = startUrgentLoop(); !ok) return ok;
   // The paused VMM still holds the guest memory fd it handed over: take it back from its fd
   // table (the one whose inode is the one recorded) instead of asking it again. A record from
   // before the identity was kept cannot: the VMM hands its memory over again.
@@ -147,6 +149,7 @@ Status SourceMigration::useMemory(std::unique_ptr<SourceMemory> memory) {
   page_size_.store(memory->pageSize());
   memory_ = std::move(memory);
   cpu_.count(peer_loop_);
+  cpu_.count(*urgent_loop_);
   ready_.store(true, std::memory_order_release);
   setState(MigrationState::kServing);
   peer_loop_.post([this] { attachParked(); });
@@ -154,17 +157,13 @@ Status SourceMigration::useMemory(std::unique_ptr<SourceMemory> memory) {
 }
 
 void SourceMigration::attachParked() {
-  assert(peer_loop_.inLoopThread());
+  LAZYMIG_ASSERT_ON_LOOP(peer_loop_);
   for (auto& waiting : parked_.take()) attach(std::move(waiting.conn), waiting.hello);
-}
-
-transport::Layout SourceMigration::layout() const {
-  return {static_cast<std::uint32_t>(memory_->pageSize()), memory_->pageCount()};
 }
 
 std::optional<HelloRefusal> SourceMigration::attach(std::unique_ptr<transport::Connection> conn,
                                                     const transport::Hello& hello) {
-  assert(peer_loop_.inLoopThread());
+  LAZYMIG_ASSERT_ON_LOOP(peer_loop_);
   const auto now = state();
   if (isFinal(now)) {
     // A destination that did not hear our CompleteAck (a link or either agent died around
@@ -189,140 +188,28 @@ std::optional<HelloRefusal> SourceMigration::attach(std::unique_ptr<transport::C
     conn->close();
     return refused;
   }
-  conn->sendEncoded(transport::encodeHelloOk(
-      {static_cast<std::uint32_t>(memory_->pageSize()), memory_->bytes()}));
+  auto hello_ok =
+      transport::encodeHelloOk({static_cast<std::uint32_t>(memory_->pageSize()), memory_->bytes()});
   if (!schedule_) schedule_.emplace(memory_->pageCount());
   const bool urgent = hello.channel == ChannelKind::kUrgent;
   log_.info("channel open",
             {{"channel", urgent ? "urgent" : "bulk"}, {"remote", conn->remoteAddress()}});
   if (urgent) {
-    attachUrgent(std::move(conn));
+    moveUrgent(std::move(conn), std::move(hello_ok));
   } else {
+    conn->sendEncoded(hello_ok);
     if (precopy_) bulk_.usePrecopy(precopy_.get());
     bulk_.attach(std::move(conn), memory_, *schedule_);
   }
   return std::nullopt;
 }
 
-void SourceMigration::attachUrgent(std::unique_ptr<transport::Connection> conn) {
-  assert(peer_loop_.inLoopThread());
-  if (urgent_) {
-    // A reconnect replaces a link this side has not noticed is dead yet.
-    log_.info("channel replaced by a new connection");
-    urgent_->close();
-    held_pages_.clear();
-  }
-  urgent_ = std::move(conn);
-  serve_times_ = false;  // until this connection's destination asks for them
-  urgent_->setPriority(0);
-  transport::Connection::Handlers handlers;
-  handlers.on_frame = [this](const transport::FrameHeader& h, std::span<const std::byte> p) {
-    onUrgentFrame(h, p);
-  };
-  handlers.on_closed = [this](const Error& e) {
-    log_.warn("channel closed", {{"channel", "urgent"}, {"error", e.message()}});
-    // Dropping the connection from its own close handler is allowed by the transport.
-    urgent_.reset();
-    held_pages_.clear();
-  };
-  urgent_->setHandlers(std::move(handlers));
-}
-
-void SourceMigration::onUrgentFrame(const transport::FrameHeader& h,
-                                    std::span<const std::byte> payload) {
-  assert(peer_loop_.inLoopThread());
-  // When this loop took the frame off the connection: a demand page's wait starts here.
-  const auto arrived = std::chrono::steady_clock::now();
-  recorder_.wireBytes(kUrgent, metrics::Direction::kReceived,
-                      payload.size() + transport::kHeaderSize);
-  switch (h.type) {
-    case FrameType::kPageRequest: {
-      auto req = transport::decodePageRequest(payload, layout(), transport::Limits{});
-      if (!req) break;
-      if (urgent_->pendingOutputBytes() > kUrgentBacklogLimit) {
-        log_.warn(
-            "the peer floods page requests without reading the replies; closing the urgent channel",
-            {{"queued_bytes", static_cast<std::uint64_t>(urgent_->pendingOutputBytes())}});
-        recorder_.refusal("flood");
-        return dropUrgent();
-      }
-      recorder_.pagesRequested(req->pages.size());
-      if (hold_urgent_.load()) return holdRequests(req->pages);
-      for (auto page : req->pages) {
-        const auto started = std::chrono::steady_clock::now();
-        schedule_->markSent(page);
-        schedule_->noteFault(page);
-        sendPageRun(*urgent_, kUrgent, memory_, {page, 1}, recorder_);
-        if (serve_times_) sendServeTimes(page, arrived, started);
-      }
-      return;
-    }
-    case FrameType::kComplete: {
-      auto c = transport::decodeComplete(payload, layout());
-      if (!c) break;
-      return completed(c->pages_installed);
-    }
-    case FrameType::kPing: {
-      auto ping = transport::decodePing(payload);
-      if (!ping) break;
-      if (ping->nonce == transport::kServeTimesWanted) serve_times_ = true;
-      return sendFrame(*urgent_, kUrgent, transport::encodePing(FrameType::kPong, *ping),
-                       recorder_);
-    }
-    default:
-      break;
-  }
-  // Anything else from the peer is a protocol error: drop this link (the destination
-  // reconnects) and keep the migration and every other one running.
-  log_.warn("bad frame on the urgent channel; closing it",
-            {{"frame", transport::frameTypeName(h.type)}});
-  recorder_.refusal("protocol");
-  sendFrame(*urgent_, kUrgent,
-            transport::encodeError(
-                {static_cast<std::uint16_t>(PeerErrorCode::kBadRequest), "malformed frame"}),
-            recorder_);
-  dropUrgent();
-}
-
-void SourceMigration::sendServeTimes(std::uint64_t page,
-                                     std::chrono::steady_clock::time_point arrived,
-                                     std::chrono::steady_clock::time_point started) {
-  const auto ns = [](std::chrono::steady_clock::duration d) {
-    return static_cast<std::uint64_t>(std::chrono::nanoseconds(d).count());
-  };
-  const auto queued = std::chrono::steady_clock::now();
-  sendFrame(*urgent_, kUrgent,
-            transport::encodeServeTimes({page, ns(started - arrived), ns(queued - started)}),
-            recorder_);
-}
-
-void SourceMigration::dropUrgent() {
-  urgent_->close();
-  urgent_.reset();
-  held_pages_.clear();
-}
-
-void SourceMigration::completed(std::uint64_t pages_installed) {
-  assert(peer_loop_.inLoopThread());
-  log_.info("destination confirmed every page installed", {{"pages", pages_installed}});
-  testPoint(test_point::kSourceCompleteReceived, log_);
-  // Durable before the acknowledgement: once the destination has it, it stops asking, so a
-  // source that acknowledged and then lost the record would serve a finished migration
-  // forever. A source killed before this line hears the Complete again (docs/protocol.md).
-  setState(MigrationState::kCompleted);
-  testPoint(test_point::kSourceCompletePersisted, log_);
-  if (urgent_) sendFrame(*urgent_, kUrgent, transport::encodeCompleteAck(), recorder_);
-  testPoint(test_point::kSourceAckSent, log_);
-  // Close after the callback that delivered Complete returns (closing flushes the
-  // acknowledgement), then let the memory go.
-  peer_loop_.post([this] { releaseMemory(); });
-}
-
 void SourceMigration::closeChannels() {
   bulk_.close();
-  if (urgent_) urgent_->close();
-  urgent_.reset();
   parked_.close();
+  // The urgent loop never waits for this one, so this wait ends. Stopped (a second shutdown),
+  // it runs here: its thread has been joined.
+  if (urgent_loop_) runOnLoop(*urgent_loop_, [this] { closeUrgent(); });
 }
 
 void SourceMigration::releaseMemory() {
@@ -353,6 +240,10 @@ Status SourceMigration::cancel(bool force) {
 void SourceMigration::shutdown() {
   if (listener_) listener_->stop();
   runOnLoop(peer_loop_, [this] { closeChannels(); });
+  if (!urgent_loop_) return;
+  urgent_loop_->stop();
+  // What the urgent loop posted to the peer loop before it stopped runs while this lives.
+  runOnLoop(peer_loop_, [] {});
 }
 
 void SourceMigration::addDetails(nlohmann::json& out) const {

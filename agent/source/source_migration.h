@@ -7,8 +7,13 @@
 // start-up, retirement); the memory handover arrives on the VMM listener's connection thread;
 // toJson runs anywhere.
 // What they share is atomic (ready_, released_, the shape) or under runtime_mu_. Channels
-// live on the agent's peer loop: the methods marked "peer loop" run only there (asserted in
-// debug builds) and own everything under "peer loop only" below.
+// are accepted on the agent's peer loop, which keeps the bulk stream; the urgent channel is
+// moved to the migration's own urgent loop (transport::moveToLoop), so that a demand request
+// never waits for a bulk batch or for a peer loop that lost its CPU (QEMU's postcopy-preempt
+// idea; docs/performance.md). The methods marked "peer loop" or "urgent loop" run only there
+// (asserted in debug builds) and own everything under "peer loop only" / "urgent loop only"
+// below. The urgent loop never waits for the peer loop: what it tells the bulk stream (a page
+// served on demand) is posted.
 #pragma once
 
 #include <chrono>
@@ -61,6 +66,7 @@ class SourceMigration final : public Migration {
   RuntimeRecord runtime() const override;
 
  private:
+  Status startUrgentLoop();
   Status useMemory(std::unique_ptr<SourceMemory> memory);
   Status listenForHandover();
   Status useHandover(vmm::Handshake h, const sys::PeerCredentials& peer);
@@ -69,24 +75,32 @@ class SourceMigration final : public Migration {
                       const std::vector<vmm::GuestRegionMapping>& regions, std::uint64_t page_size,
                       std::uint64_t page_count);
   Status switchToPostCopy();                                   // peer loop
-  void holdRequests(const std::vector<std::uint64_t>& pages);  // peer loop
-  void serveHeldRequests();                                    // peer loop
+  void holdRequests(const std::vector<std::uint64_t>& pages);  // urgent loop
+  void serveHeldRequests();                                    // urgent loop
   std::string precopyNote() const;
-  void attachUrgent(std::unique_ptr<transport::Connection> conn);  // peer loop
+  // Peer loop: the urgent channel, its Hello accepted, handed to the urgent loop, which sends
+  // the HelloOk (`hello_ok`) and serves it from `memory`.
+  void moveUrgent(std::unique_ptr<transport::Connection> conn, std::string hello_ok);
+  void attachUrgent(std::unique_ptr<transport::Connection> conn,
+                    std::shared_ptr<SourceMemory> memory);  // urgent loop
   void onUrgentFrame(const transport::FrameHeader& h,
-                     std::span<const std::byte> payload);  // peer loop
-  void dropUrgent();                                       // peer loop
-  // Peer loop: this side's durations for one demand page, after its reply (protocol 1.2).
-  void sendServeTimes(std::uint64_t page, std::chrono::steady_clock::time_point arrived,
-                      std::chrono::steady_clock::time_point started);
-  void completed(std::uint64_t pages_installed);  // peer loop
+                     std::span<const std::byte> payload);  // urgent loop
+  // Urgent loop: one demand page's reply, and (protocol 1.2, when the request's arrival is
+  // given and the destination asked) this side's durations for it.
+  void serveDemandPage(std::uint64_t page,
+                       std::optional<std::chrono::steady_clock::time_point> arrived);
+  void dropUrgent();   // urgent loop
+  void closeUrgent();  // urgent loop: the channel closed, its memory let go
+  // Peer loop: pages the urgent loop served, which the bulk stream need not send; the pages
+  // after them first.
+  void demandServed(const std::vector<std::uint64_t>& pages);
+  void completed(std::uint64_t pages_installed);  // urgent loop
   void attachParked();                            // peer loop, once the memory is here
   void releaseMemory();                           // peer loop
   // The one teardown of every channel, parked or attached, and of the bulk stream's timer.
-  // Peer loop; or, from shutdown() once the peer loop has stopped, the caller's thread
-  // (nothing runs on the loop any more).
+  // Peer loop (it waits for the urgent loop to close its channel); or, from shutdown() once the
+  // peer loop has stopped, the caller's thread (nothing runs on the loop any more).
   void closeChannels();
-  transport::Layout layout() const;
 
   SourceSpec spec_;
   transport::EventLoop& peer_loop_;
@@ -108,14 +122,22 @@ class SourceMigration final : public Migration {
   bool live_ = false;  // set with precopy_: the handover was live
   // Urgent PageRequests wait until the switch (a live pre-copy only).
   std::atomic<bool> hold_urgent_{false};
+  // The urgent channel's own thread: started by start() or resume(), before ready_; stopped by
+  // shutdown().
+  std::unique_ptr<transport::EventLoop> urgent_loop_;
 
   // Peer loop only.
-  std::unique_ptr<transport::Connection> urgent_;
-  bool serve_times_ = false;  // the urgent connection's destination asked for ServeTimes
   ParkedChannels parked_;
   std::optional<BulkSchedule> schedule_;
-  std::vector<std::uint64_t> held_pages_;  // requested before the switch
   BulkSender bulk_;
+
+  // Urgent loop only.
+  std::unique_ptr<transport::Connection> urgent_;
+  // The memory the urgent channel serves: its own reference, so that the peer loop may let
+  // memory_ go (after closing this channel) without pulling it from under a reply.
+  std::shared_ptr<SourceMemory> urgent_memory_;
+  bool serve_times_ = false;  // the urgent connection's destination asked for ServeTimes
+  std::vector<std::uint64_t> held_pages_;  // requested before the switch
 };
 
 }  // namespace lazymig::agent

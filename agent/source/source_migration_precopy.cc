@@ -1,15 +1,12 @@
 // SourceMigration's pre-copy (docs/precopy.md): what a handover starts, the switch when the
 // orchestrator paused the source VM, and the demand requests held until it.
-#include <cassert>
-
 #include "agent/core/loop_sync.h"
-#include "agent/source/page_frames.h"
 #include "agent/source/source_migration.h"
+#include "loop/assert_on_loop.h"
 
 namespace lazymig::agent {
 
 namespace {
-constexpr auto kUrgent = metrics::Channel::kUrgent;
 // Pages requested before a pre-copy's switch, held: a destination whose VM cannot run yet has
 // no reason to ask for many.
 constexpr std::size_t kHeldRequestLimit = 1u << 16;
@@ -66,7 +63,7 @@ Status SourceMigration::paused() {
 }
 
 Status SourceMigration::switchToPostCopy() {
-  assert(peer_loop_.inLoopThread());
+  LAZYMIG_ASSERT_ON_LOOP(peer_loop_);
   auto conflict = [this](const std::string& why) {
     return fail(Errc::kState, "paused", "migration '" + id() + "' " + why);
   };
@@ -96,8 +93,10 @@ Status SourceMigration::switchToPostCopy() {
   }
   persist();
   bulk_.switchToPostCopy();
+  // A request the urgent loop reads from here on is served at once; one it held before is
+  // served by the task posted after this store, which runs after whatever held it.
   hold_urgent_.store(false);
-  serveHeldRequests();
+  urgent_loop_->post([this] { serveHeldRequests(); });
   return {};
 }
 
@@ -107,6 +106,7 @@ std::string SourceMigration::precopyNote() const {
 }
 
 void SourceMigration::holdRequests(const std::vector<std::uint64_t>& pages) {
+  LAZYMIG_ASSERT_ON_LOOP(*urgent_loop_);
   // Before the switch the memory still changes: a page served now could be installed older
   // than the paused memory. The destination's VM cannot run yet; these wait for the pause.
   if (held_pages_.size() + pages.size() > kHeldRequestLimit) {
@@ -119,13 +119,10 @@ void SourceMigration::holdRequests(const std::vector<std::uint64_t>& pages) {
 }
 
 void SourceMigration::serveHeldRequests() {
-  assert(peer_loop_.inLoopThread());
+  LAZYMIG_ASSERT_ON_LOOP(*urgent_loop_);
   if (!urgent_) return held_pages_.clear();
-  for (auto page : held_pages_) {
-    schedule_->markSent(page);
-    schedule_->noteFault(page);
-    sendPageRun(*urgent_, kUrgent, memory_, {page, 1}, recorder_);
-  }
+  for (auto page : held_pages_) serveDemandPage(page, std::nullopt);
+  peer_loop_.post([this, pages = std::move(held_pages_)] { demandServed(pages); });
   held_pages_.clear();
 }
 

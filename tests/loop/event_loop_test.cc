@@ -121,6 +121,21 @@ TEST(EventLoop, TimerHandleMayOutliveItsLoop) {
   t.cancel();  // no loop left: nothing to do, nothing to crash
 }
 
+// A poster handed to another thread posts while its loop runs, and refuses (dropping the work
+// where it was posted) once the loop has stopped or is gone.
+TEST(EventLoop, PosterPostsUntilItsLoopStopsAndMayOutliveIt) {
+  auto loop = startLoop();
+  LoopPoster poster = loop->poster();
+  std::promise<bool> ran;
+  ASSERT_TRUE(poster.post([&] { ran.set_value(loop->inLoopThread()); }));
+  EXPECT_TRUE(ran.get_future().get());
+  loop->stop();
+  EXPECT_FALSE(poster.post([] { ADD_FAILURE() << "ran after its loop stopped"; }));
+  loop.reset();
+  EXPECT_FALSE(poster.post([] { ADD_FAILURE() << "ran after its loop was destroyed"; }));
+  EXPECT_FALSE(LoopPoster().post([] { ADD_FAILURE() << "a default poster posts nowhere"; }));
+}
+
 event_base* g_finalized = nullptr;
 void recordFinalized(event_base* base) { g_finalized = base; }
 
