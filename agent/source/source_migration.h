@@ -138,6 +138,9 @@ class SourceMigration final : public Migration {
   std::shared_ptr<SourceMemory> urgent_memory_;
   bool serve_times_ = false;  // the urgent connection's destination asked for ServeTimes
   std::vector<std::uint64_t> held_pages_;  // requested before the switch
+  // Set by closeUrgent (completion, shutdown): a channel still on its way here is closed
+  // instead of served, so that none outlives the teardown (nor the loop, once it stops).
+  bool urgent_closed_ = false;
 };
 
 }  // namespace lazymig::agent

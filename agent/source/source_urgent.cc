@@ -50,6 +50,10 @@ void SourceMigration::moveUrgent(std::unique_ptr<transport::Connection> conn,
 void SourceMigration::attachUrgent(std::unique_ptr<transport::Connection> conn,
                                    std::shared_ptr<SourceMemory> memory) {
   LAZYMIG_ASSERT_ON_LOOP(*urgent_loop_);
+  if (urgent_closed_) {
+    log_.info("urgent channel arrived after the teardown; closing it");
+    return conn->close();
+  }
   if (urgent_) {
     // A reconnect replaces a link this side has not noticed is dead yet.
     log_.info("channel replaced by a new connection");
@@ -156,6 +160,7 @@ void SourceMigration::dropUrgent() {
 }
 
 void SourceMigration::closeUrgent() {
+  urgent_closed_ = true;
   if (urgent_) urgent_->close();
   urgent_.reset();
   held_pages_.clear();

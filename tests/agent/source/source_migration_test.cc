@@ -5,7 +5,7 @@
 
 #include <fstream>
 
-#include "tests/agent/source/source_peer.h"
+#include "tests/agent/source/source_migration_fixture.h"
 
 namespace lazymig::agent {
 namespace {
@@ -16,66 +16,7 @@ using transport::FrameType;
 using Frame = TestDestination::Frame;
 using namespace std::chrono_literals;
 
-// The server side of a raw TLS connection, handed to SourceMigration::attach by the test
-// itself (PeerListener's own checks are peer_listener_test's).
-class SourceMigrationTest : public source_test::SourcePeer {
- protected:
-  static constexpr std::uint64_t kBytes = SourcePeer::kBytes;
-
-  void SetUp() override {
-    SourcePeer::SetUp();
-    runOnLoop(*peer_loop_, [&] {
-      transport::Server::Options o;
-      o.on_connection = [this](std::unique_ptr<transport::Connection> c) {
-        std::lock_guard lock(mu_);
-        accepted_.push_back(std::move(c));
-        cv_.notify_all();
-      };
-      server_ = std::move(*transport::Server::listen(*peer_loop_, source_tls_, o));
-    });
-  }
-  void TearDown() override {
-    runOnLoop(*peer_loop_, [&] {
-      accepted_.clear();
-      server_.reset();
-    });
-    SourcePeer::TearDown();
-  }
-
-  // A destination dialled with `tls`, and the source's end of its connection.
-  std::pair<std::unique_ptr<TestDestination>, std::unique_ptr<transport::Connection>> connect(
-      std::shared_ptr<transport::TlsContext> tls = nullptr) {
-    auto client = std::make_unique<TestDestination>(*client_loop_, tls ? tls : destination_tls_,
-                                                    server_->port());
-    std::unique_ptr<transport::Connection> server_end;
-    source_test::waitOn(mu_, cv_, [&] { return !accepted_.empty(); });
-    std::lock_guard lock(mu_);
-    if (!accepted_.empty()) {
-      server_end = std::move(accepted_.front());
-      accepted_.erase(accepted_.begin());
-    }
-    return {std::move(client), std::move(server_end)};
-  }
-  std::optional<HelloRefusal> attach(std::unique_ptr<transport::Connection> conn,
-                                     const transport::Hello& hello) {
-    std::optional<HelloRefusal> out;
-    runOnLoop(*peer_loop_, [&] { out = migration_->attach(std::move(conn), hello); });
-    return out;
-  }
-  // A destination's channel the source accepted.
-  std::unique_ptr<TestDestination> attached(ChannelKind kind) {
-    auto [client, conn] = connect();
-    EXPECT_FALSE(attach(std::move(conn), client->hello(kind, kBytes)));
-    EXPECT_TRUE(client->waitFor(FrameType::kHelloOk));
-    return std::move(client);
-  }
-  nlohmann::json progress() { return migration_->toJson()["progress"]; }
-
-  std::unique_ptr<transport::Server> server_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::unique_ptr<transport::Connection>> accepted_;
-};
+class SourceMigrationTest : public source_test::SourceMigrationFixture {};
 
 // Everything the source sent on the wire from HelloOk on, as the destination received it.
 std::uint64_t wireBytes(const std::vector<Frame>& frames) {
