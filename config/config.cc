@@ -177,15 +177,16 @@ Status parseListen(const Parser& p, const YAML::Node& root, Config& c) {
 Status parseMigration(const Parser& p, const YAML::Node& root, Config& c) {
   YAML::Node n = root["migration"];
   if (!n.IsDefined() || n.IsNull()) return {};
-  TRY(p.onlyKnown(
-      n, "migration",
-      {"bulk_batch_pages", "bulk_window_kib", "checkpoint_interval_ms", "stall_timeout_ms",
-       "handshake_timeout_ms", "reconnect", "bulk_rate_limit_mib_s", "fault_thread_nice"}));
+  TRY(p.onlyKnown(n, "migration",
+                  {"bulk_batch_pages", "bulk_window_kib", "checkpoint_interval_ms",
+                   "stall_timeout_ms", "handshake_timeout_ms", "reconnect", "bulk_rate_limit_mib_s",
+                   "fault_thread_nice", "source_urgent_thread_nice"}));
   auto& m = c.migration;
   TRY(p.integer(n, "migration", "bulk_batch_pages", m.bulk_batch_pages, 1, 1024));
   TRY(p.integer(n, "migration", "bulk_window_kib", m.bulk_window_bytes_kib, 64, 1 << 20));
   TRY(p.integer(n, "migration", "bulk_rate_limit_mib_s", m.bulk_rate_limit_mib_s, 0, 1 << 20));
   TRY(p.integer(n, "migration", "fault_thread_nice", m.fault_thread_nice, -20, 19));
+  TRY(p.integer(n, "migration", "source_urgent_thread_nice", m.source_urgent_thread_nice, -20, 19));
   long long ms = m.checkpoint_interval.count();
   TRY(p.integer(n, "migration", "checkpoint_interval_ms", ms, 1, 60000));
   m.checkpoint_interval = std::chrono::milliseconds(ms);

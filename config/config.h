@@ -31,6 +31,9 @@ struct MigrationDefaults {
   // Nice value of the destination's fault thread (-20..19; 0: as the agent's other threads).
   // Lower than the bulk work so that a demand reply never waits for the CPU behind it.
   int fault_thread_nice = 0;
+  // Nice value of a source migration's urgent thread, which serves demand pages (-20..19; 0: as
+  // the agent's other threads). Lower than the peer loop's bulk work, it answers first.
+  int source_urgent_thread_nice = 0;
   std::chrono::milliseconds checkpoint_interval{50};
   std::chrono::milliseconds stall_timeout{5000};
   std::chrono::milliseconds handshake_timeout{10000};

@@ -409,7 +409,10 @@ nlohmann::json Agent::info() const {
           {"migrations_active", registry_.activeCount()},
           {"fault_thread",
            {{"nice", config_.migration.fault_thread_nice},
-            {"may_use_nice", sys::mayUseNice(config_.migration.fault_thread_nice)}}}};
+            {"may_use_nice", sys::mayUseNice(config_.migration.fault_thread_nice)}}},
+          {"source_urgent_thread",
+           {{"nice", config_.migration.source_urgent_thread_nice},
+            {"may_use_nice", sys::mayUseNice(config_.migration.source_urgent_thread_nice)}}}};
 }
 
 void Agent::scheduleRetire(const std::string& id) {

@@ -8,6 +8,7 @@
 #include "agent/source/source_ending.h"
 #include "loop/assert_on_loop.h"
 #include "sys/process.h"
+#include "sys/thread_priority.h"
 
 namespace lazymig::agent {
 
@@ -40,7 +41,22 @@ Status SourceMigration::startUrgentLoop() {
   auto loop = transport::EventLoop::start("src-urgent-" + id());
   if (!loop) return std::unexpected(loop.error());
   urgent_loop_ = std::move(*loop);
+  urgent_loop_->post([this] { raiseUrgentThreadPriority(); });
   return {};
+}
+
+void SourceMigration::raiseUrgentThreadPriority() {
+  LAZYMIG_ASSERT_ON_LOOP(*urgent_loop_);
+  if (const int nice = ctx_.config.migration.source_urgent_thread_nice; nice != 0) {
+    if (auto set = sys::setThisThreadNice(nice); !set) {
+      // Still correct, only slower on a crowded host: say so and serve.
+      log_.warn("urgent thread keeps the agent's priority", {{"error", set.error().message()}});
+      std::lock_guard lock(runtime_mu_);
+      urgent_thread_error_ = set.error().message();
+    }
+  }
+  urgent_thread_nice_.store(sys::thisThreadNice());
+  urgent_thread_set_.store(true, std::memory_order_release);
 }
 
 Status SourceMigration::start() {
@@ -254,6 +270,12 @@ void SourceMigration::addDetails(nlohmann::json& out) const {
   out["progress"]["served_zero_pages"] = stats_.served_zero_pages.load();
   out["progress"]["page_size"] = page_size_.load();
   out["memory_released"] = released_.load();
+  if (urgent_thread_set_.load(std::memory_order_acquire)) {
+    nlohmann::json urgent_thread = {{"nice", urgent_thread_nice_.load()}};
+    std::lock_guard lock(runtime_mu_);
+    if (!urgent_thread_error_.empty()) urgent_thread["error"] = urgent_thread_error_;
+    out["urgent_thread"] = std::move(urgent_thread);
+  }
   // precopy_ is set before ready_ and never reset: readable once the memory was there.
   const bool had_memory = ready_.load(std::memory_order_acquire) || released_.load();
   if (had_memory && precopy_) {

@@ -67,6 +67,7 @@ class SourceMigration final : public Migration {
 
  private:
   Status startUrgentLoop();
+  void raiseUrgentThreadPriority();  // urgent loop
   Status useMemory(std::unique_ptr<SourceMemory> memory);
   Status listenForHandover();
   Status useHandover(vmm::Handshake h, const sys::PeerCredentials& peer);
@@ -125,6 +126,11 @@ class SourceMigration final : public Migration {
   // The urgent channel's own thread: started by start() or resume(), before ready_; stopped by
   // shutdown().
   std::unique_ptr<transport::EventLoop> urgent_loop_;
+  // Its nice value as set (migration.source_urgent_thread_nice), and why not, if it could not
+  // be; known once `urgent_thread_set_`.
+  std::atomic<int> urgent_thread_nice_{0};
+  std::atomic<bool> urgent_thread_set_{false};
+  std::string urgent_thread_error_;  // under runtime_mu_
 
   // Peer loop only.
   ParkedChannels parked_;

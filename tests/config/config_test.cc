@@ -34,6 +34,7 @@ TEST(Config, MinimalConfigGetsDefaults) {
   EXPECT_EQ(c->migration.stall_timeout, std::chrono::milliseconds(5000));
   EXPECT_EQ(c->handshake.socket_mode, 0600u);
   EXPECT_EQ(c->migration.fault_thread_nice, 0);
+  EXPECT_EQ(c->migration.source_urgent_thread_nice, 0);
 }
 
 TEST(Config, EachBadKeyIsNamedWithItsLine) {
@@ -67,6 +68,8 @@ TEST(Config, EachBadKeyIsNamedWithItsLine) {
       {kMinimal + "migration: 5\n", "key 'migration'"},
       {kMinimal + "migration:\n  fault_thread_nice: -21\n",
        "key 'migration.fault_thread_nice' (line 4): must be an integer from -20 to 19"},
+      {kMinimal + "migration:\n  source_urgent_thread_nice: 20\n",
+       "key 'migration.source_urgent_thread_nice' (line 4): must be an integer from -20 to 19"},
   };
   for (const auto& c : cases) {
     auto msg = errorOf(c.yaml);

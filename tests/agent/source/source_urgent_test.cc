@@ -7,6 +7,7 @@
 #include <future>
 
 #include "agent/source/source_migration.h"
+#include "sys/thread_priority.h"
 #include "tests/agent/source/source_migration_fixture.h"
 
 namespace lazymig::agent {
@@ -68,6 +69,25 @@ TEST_F(SourceUrgentTest, AnswersDemandWhileThePeerLoopIsBusy) {
   ASSERT_TRUE(reply);
   expectPage(*reply, 9);
   EXPECT_EQ(progress()["served_demand_pages"], 1);
+}
+
+// migration.source_urgent_thread_nice reaches the urgent thread alone: the status shows the
+// value it runs at (or why it could not be had), and the demand reply comes from it.
+TEST_F(SourceUrgentTest, TheUrgentThreadRunsAtItsConfiguredNice) {
+  config_.migration.source_urgent_thread_nice = -5;
+  createMigration();
+  auto urgent = attached(ChannelKind::kUrgent);
+  urgent->send(transport::encodePageRequest({{2}}));
+  ASSERT_TRUE(urgent->waitFor(FrameType::kPageData));
+  auto status = migration_->toJson();
+  if (sys::mayUseNice(-5)) {
+    EXPECT_EQ(status["urgent_thread"]["nice"], -5) << status.dump();
+  } else {
+    EXPECT_TRUE(status["urgent_thread"].contains("error")) << status.dump();
+  }
+  int peer_nice = 99;
+  runOnLoop(*peer_loop_, [&] { peer_nice = sys::thisThreadNice(); });
+  EXPECT_EQ(peer_nice, sys::thisThreadNice()) << "the peer loop keeps the agent's own nice";
 }
 
 // The ending too: Complete is persisted and acknowledged from the urgent thread while the peer
