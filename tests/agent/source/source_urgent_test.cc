@@ -30,6 +30,14 @@ class SourceUrgentTest : public source_test::SourceMigrationFixture {
     std::memcpy(&first_word, data->data.data(), sizeof first_word);
     EXPECT_EQ(first_word, page);
   }
+  // Stops the peer loop as the agent's stop does last, after what the test itself keeps there.
+  void stopPeerLoop() {
+    runOnLoop(*peer_loop_, [&] {
+      accepted_.clear();
+      server_.reset();
+    });
+    peer_loop_->stop();
+  }
   // `count` requests of one page each in one write, as a destination with many faulting vCPUs
   // sends them.
   static std::string manyRequests(int count) {
@@ -144,7 +152,7 @@ TEST_F(SourceUrgentTest, ShutdownWithRequestsInFlightClosesTheChannel) {
   ASSERT_TRUE(urgent->waitFor(FrameType::kPageData));
   migration_->shutdown();
   EXPECT_TRUE(urgent->waitClosed());
-  peer_loop_->stop();
+  stopPeerLoop();
 }
 
 // The peer loop stopped first (what the urgent thread posts to it is dropped), then the
@@ -154,7 +162,7 @@ TEST_F(SourceUrgentTest, ShutdownAfterThePeerLoopStoppedClosesTheChannel) {
   auto urgent = attached(ChannelKind::kUrgent);
   urgent->send(manyRequests(500));
   ASSERT_TRUE(urgent->waitFor(FrameType::kPageData));
-  peer_loop_->stop();
+  stopPeerLoop();
   migration_->shutdown();
   EXPECT_TRUE(urgent->waitClosed());
 }
