@@ -2,8 +2,6 @@
 
 #include <sys/stat.h>
 
-#include <cassert>
-
 #include "agent/core/loop_sync.h"
 #include "agent/source/source_ending.h"
 #include "loop/assert_on_loop.h"
