@@ -132,6 +132,9 @@ void SourceMigration::onUrgentFrame(const transport::FrameHeader& h,
 
 void SourceMigration::serveDemandPage(
     std::uint64_t page, std::optional<std::chrono::steady_clock::time_point> arrived) {
+  LAZYMIG_ASSERT_ON_LOOP(*urgent_loop_);
+  // Reads guest memory beside the peer loop's bulk batches: SourceMemory's reads are const and
+  // the mapping read-only, so the two threads share nothing they write.
   const auto started = std::chrono::steady_clock::now();
   sendPageRun(*urgent_, kUrgent, urgent_memory_, {page, 1}, recorder_);
   if (!arrived || !serve_times_) return;
@@ -154,6 +157,7 @@ void SourceMigration::demandServed(const std::vector<std::uint64_t>& pages) {
 }
 
 void SourceMigration::dropUrgent() {
+  LAZYMIG_ASSERT_ON_LOOP(*urgent_loop_);
   urgent_->close();
   urgent_.reset();
   held_pages_.clear();
