@@ -4,6 +4,8 @@
 #include "sys/truncation_guard.h"
 
 #include <gtest/gtest.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -47,6 +49,11 @@ TEST(TruncationGuard, ACopyFromPagesPastTheEndIsAnErrorNotACrash) {
   EXPECT_EQ(gone.error().code, Errc::kClosed);
   EXPECT_NE(gone.error().message().find("page 2 of the test memfd"), std::string::npos);
   EXPECT_NE(gone.error().message().find("truncated"), std::string::npos);
+  // The jump out of the handler leaves the thread's mask as it was: SIGBUS not blocked, or the
+  // next one would end the process whatever the handler.
+  sigset_t mask;
+  ASSERT_EQ(pthread_sigmask(SIG_BLOCK, nullptr, &mask), 0);
+  EXPECT_FALSE(sigismember(&mask, SIGBUS));
   // A copy that starts before the end and runs past it fails as a whole.
   EXPECT_FALSE(guardedCopy(out.data(), m.map.data() + kPage / 2, kPage, "straddling"));
 }
