@@ -155,4 +155,34 @@ Result<bool> guardedIsZero(const void* src, std::size_t n, const char* what) {
   return zero;
 }
 
+Result<std::uint64_t> guardedLoad(const std::uint64_t* word, const char* what) {
+  installOnce();
+  rememberMask();
+  GuardFrame f = frameFor(word, sizeof *word, word, sizeof *word);
+  if (sigsetjmp(f.jump, 0) != 0) {
+    jumpedBack();
+    return std::unexpected(gone(what, word, sizeof *word));
+  }
+  enter(&f);
+  // atomic_ref wants a mutable object; a load writes nothing.
+  const std::uint64_t v = std::atomic_ref<std::uint64_t>(*const_cast<std::uint64_t*>(word))
+                              .load(std::memory_order_acquire);
+  leave();
+  return v;
+}
+
+Status guardedClearBits(std::uint64_t* word, std::uint64_t bits, const char* what) {
+  installOnce();
+  rememberMask();
+  GuardFrame f = frameFor(word, sizeof *word, word, sizeof *word);
+  if (sigsetjmp(f.jump, 0) != 0) {
+    jumpedBack();
+    return std::unexpected(gone(what, word, sizeof *word));
+  }
+  enter(&f);
+  std::atomic_ref<std::uint64_t>(*word).fetch_and(~bits, std::memory_order_release);
+  leave();
+  return {};
+}
+
 }  // namespace lazymig::sys

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "base/error.h"
 
@@ -25,5 +26,10 @@ Status guardedZero(void* dst, std::size_t n, const char* what);
 
 // Whether n bytes at src are all zero; the same error if they are gone.
 Result<bool> guardedIsZero(const void* src, std::size_t n, const char* what);
+
+// One word of a bitmap another process maps too (KVM's userfault bitmap): an acquire load, and
+// an atomic release clear of `bits`; the same error if the word is gone.
+Result<std::uint64_t> guardedLoad(const std::uint64_t* word, const char* what);
+Status guardedClearBits(std::uint64_t* word, std::uint64_t bits, const char* what);
 
 }  // namespace lazymig::sys

@@ -82,6 +82,19 @@ TEST(TruncationGuard, ZeroScansSayZeroNonZeroOrGone) {
   EXPECT_FALSE(guardedIsZero(m.map.data() + kPage, kPage, "page 1"));
 }
 
+TEST(TruncationGuard, BitmapWordsLoadAndClearOrAreGone) {
+  auto m = shrunkToOnePage();
+  auto* words = reinterpret_cast<std::uint64_t*>(m.map.data());
+  words[1] = 0b1011;
+  EXPECT_TRUE(guardedClearBits(&words[1], 0b0010, "word 1"));
+  auto w = guardedLoad(&words[1], "word 1");
+  ASSERT_TRUE(w);
+  EXPECT_EQ(*w, 0b1001u);
+  auto* gone_word = words + (2 * kPage) / sizeof(std::uint64_t);
+  EXPECT_FALSE(guardedLoad(gone_word, "a word past the end"));
+  EXPECT_FALSE(guardedClearBits(gone_word, 1, "a word past the end"));
+}
+
 TEST(TruncationGuard, EveryThreadGetsItsOwnErrorEveryTime) {
   auto m = shrunkToOnePage();
   std::vector<std::thread> threads;

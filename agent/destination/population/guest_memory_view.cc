@@ -4,6 +4,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -53,7 +54,6 @@ Result<GuestMemoryView> GuestMemoryView::map(const sys::UniqueFd& memory, std::u
                                 MAP_SHARED);
     if (!b) return std::unexpected(b.error());
     v.bitmap_ = std::move(*b);
-    v.bits_ = AtomicBitmapView(reinterpret_cast<std::uint64_t*>(v.bitmap_.data()), v.pages_);
   }
   return v;
 }
@@ -85,6 +85,29 @@ Result<WriteOutcome> GuestMemoryView::write(PageIndex first, std::uint64_t count
     done += static_cast<std::uint64_t>(w);
   }
   return WriteOutcome{};
+}
+
+Result<bool> GuestMemoryView::bitSet(PageIndex p) const {
+  auto word = sys::guardedLoad(bitmapWord(p), "the VMM's userfault bitmap");
+  if (!word) return std::unexpected(word.error());
+  return (*word & Bitmap::maskOf(p.value)) != 0;
+}
+
+Status GuestMemoryView::clearBit(PageIndex p) const {
+  return sys::guardedClearBits(bitmapWord(p), Bitmap::maskOf(p.value),
+                               "the VMM's userfault bitmap");
+}
+
+Result<std::uint64_t> GuestMemoryView::bitsSet() const {
+  if (!hasBitmap()) return 0;
+  std::uint64_t n = 0;
+  for (std::uint64_t w = 0; w < Bitmap::wordsFor(pages_); ++w) {
+    auto word = sys::guardedLoad(bitmapWord(PageIndex{w * Bitmap::kBitsPerWord}),
+                                 "the VMM's userfault bitmap");
+    if (!word) return std::unexpected(word.error());
+    n += static_cast<std::uint64_t>(std::popcount(*word & Bitmap::validMask(pages_, w)));
+  }
+  return n;
 }
 
 std::string describeMemoryFd(int fd) {

@@ -32,5 +32,29 @@ TEST(GuestMemoryView, WritingPagesTheVmmTruncatedAwayIsAnErrorNotACrash) {
   EXPECT_FALSE(view->write(PageIndex{6}, 1, nullptr)) << "a zero run past the end, likewise";
 }
 
+// The guest_memfd userfault bitmap is the VMM's file too (KVM reads it): once truncated, each
+// bit test and clear, and the status count, is an error.
+TEST(GuestMemoryView, ATruncatedUserfaultBitmapIsAnErrorNotACrash) {
+  auto fd = sys::createMemfd("guest", Bytes{64 * 1024 * kPage});
+  ASSERT_TRUE(fd) << fd.error().message();
+  auto bitmap = sys::createMemfd("bitmap", Bytes{8 * 1024});  // one bit a page, two 4 KiB pages
+  ASSERT_TRUE(bitmap) << bitmap.error().message();
+  auto view = GuestMemoryView::map(*fd, 64 * 1024 * kPage, kPage, &*bitmap);
+  ASSERT_TRUE(view) << view.error().message();
+  ASSERT_TRUE(view->bitsSet());
+  EXPECT_EQ(*view->bitsSet(), 0u);
+  ASSERT_EQ(::ftruncate(bitmap->get(), 4096), 0);  // pages 32768 and up lose their bits
+  auto low = view->bitSet(PageIndex{3});
+  ASSERT_TRUE(low) << low.error().message();
+  EXPECT_FALSE(*low);
+  EXPECT_TRUE(view->clearBit(PageIndex{3}));
+  auto high = view->bitSet(PageIndex{40000});
+  ASSERT_FALSE(high);
+  EXPECT_NE(high.error().message().find("userfault bitmap"), std::string::npos)
+      << high.error().message();
+  EXPECT_FALSE(view->clearBit(PageIndex{40000}));
+  EXPECT_FALSE(view->bitsSet());
+}
+
 }  // namespace
 }  // namespace lazymig::agent
