@@ -72,7 +72,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 cc -O2 -o "$work/tsc_hz" bench/tsc_hz.c
 tsc_hz=$("$work/tsc_hz")
@@ -103,7 +104,14 @@ echo "qemu_compare: $version, -accel $accel, $size, $pattern touches every ~${to
 mkdir -p "$(dirname "$json_out")"
 meta=$(printf '{"qemu": "%s", "pattern": "%s", "touch_us": %s, "stall_us": %s}' \
   "$version" "$pattern" "$touch_us" "$stall_us")
+# In the background so that a SIGTERM to this script reaches the driver at once (bash runs a
+# trap only after its foreground child ends); the driver stops its QEMUs, then the EXIT trap
+# catches any left.
 python3 bench/qemu_compare.py --qemu "$qemu" --guest "$work/guest.elf" --size "${qemu_mib}M" \
   --runs "$runs" --modes "$modes" --accel "$accel" --switch "${SWITCH:-pass}" \
   --tsc-hz "$tsc_hz" --timeout "${TIMEOUT:-180}" --workdir "$work" --json "$json_out" \
-  --meta "$meta"
+  --meta "$meta" &
+driver=$!
+trap 'kill -TERM $driver 2>/dev/null; wait $driver; exit 143' TERM
+trap 'kill -INT $driver 2>/dev/null; wait $driver; exit 130' INT
+wait $driver
