@@ -284,6 +284,7 @@ SUMMARY = [  # (key in the table, header, how to get it from a run)
     ("dst_stalls", "dst stalls", lambda r: r["dst_stalls"]),
     ("dst_stall_p50_us", "stall p50 us", lambda r: r["dst_stall_us"]["p50"]),
     ("dst_stall_p99_us", "stall p99 us", lambda r: r["dst_stall_us"]["p99"]),
+    ("src_stalls_during", "src stalls", lambda r: r["src_stalls_during"]),
 ]
 
 
