@@ -370,7 +370,7 @@ def main():
         doc = {"size": args.size, "runs": args.runs, "accel": args.accel, "switch": args.switch,
                "started": started, "tsc_hz": args.tsc_hz,
                "host": {"loadavg_start": list(load_start), "loadavg_end": list(load_end),
-                        "cpus": os.cpu_count()},
+                        "cpus": os.cpu_count(), "kernel": os.uname().release},
                "results": results}
         doc.update(json.loads(args.meta))
         with open(args.json, "w") as f:

@@ -102,8 +102,9 @@ version=$("$qemu" --version | head -1)
 echo "qemu_compare: $version, -accel $accel, $size, $pattern touches every ~${touch_us} us, TSC $tsc_hz Hz" >&2
 
 mkdir -p "$(dirname "$json_out")"
-meta=$(printf '{"qemu": "%s", "pattern": "%s", "touch_us": %s, "stall_us": %s}' \
-  "$version" "$pattern" "$touch_us" "$stall_us")
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+meta=$(printf '{"qemu": "%s", "git": "%s", "pattern": "%s", "touch_us": %s, "stall_us": %s}' \
+  "$version" "$rev" "$pattern" "$touch_us" "$stall_us")
 # In the background so that a SIGTERM to this script reaches the driver at once (bash runs a
 # trap only after its foreground child ends); the driver stops its QEMUs, then the EXIT trap
 # catches any left.

@@ -35,7 +35,7 @@ python3 - "$work/q.json" <<'PY' || fail "JSON file: $(cat "$work/q.json")"
 import json, sys
 d = json.load(open(sys.argv[1]))
 assert d["size"] == "64M" and d["runs"] == 1 and d["accel"] == "tcg" and d["qemu"].startswith("QEMU"), d
-assert len(d["host"]["loadavg_start"]) == 3 and d["tsc_hz"] > 0
+assert len(d["host"]["loadavg_start"]) == 3 and d["host"]["kernel"] and d["git"] and d["tsc_hz"] > 0
 assert [(r["mode"], len(r["runs"]), r["failed_runs"]) for r in d["results"]] == \
     [("precopy", 1, 0), ("postcopy", 1, 0)], d["results"]
 pre, post = (r["runs"][0] for r in d["results"])
