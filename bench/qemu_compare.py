@@ -175,6 +175,13 @@ def stalls_us(lines, tsc_hz):
     return sorted(int(l[1:], 16) * 1e6 / tsc_hz for l in lines if l.startswith("S") and len(l) == 9)
 
 
+# The demo's CDF quantiles (kLatencyCdfQuantiles in base/latency_histogram.h), so that
+# bench/plot_cdf.py --metric vcpu_stall draws QEMU's guest stalls beside lazymig's.
+CDF_QUANTILES = [0.01, 0.02, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50, 0.55,
+                 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998,
+                 0.999]
+
+
 def quantile(xs, q):  # the same rank as the demo's CDFs: floor(q * (n - 1))
     return xs[int(q * (len(xs) - 1))] if xs else None
 
@@ -269,6 +276,9 @@ def one_run(args, mode, workdir):
         "dst_stalls": len(dst_stalls),
         "dst_stall_us": {"p50": quantile(dst_stalls, 0.5), "p90": quantile(dst_stalls, 0.9),
                          "p99": quantile(dst_stalls, 0.99), "max": quantile(dst_stalls, 1.0)},
+        "vcpus": f"qemu-{args.accel}",
+        "vcpu_stall_cdf_us": [{"q": q, "us": round(quantile(dst_stalls, q), 1)}
+                              for q in CDF_QUANTILES] if dst_stalls else [],
         "src_stalls_during": len(src_stalls),
         "src_stall_us_p50": quantile(src_stalls, 0.5),
     }
@@ -364,10 +374,10 @@ def main():
         pc = sum(r["postcopy"] for r in runs[m])
         print(f"{m:<17}{len(runs[m]):>3} {pc:>8} " +
               " ".join(f"{fmt(summary[k]):>15}" for k, _, _ in SUMMARY))
-        results.append({"mode": m, "summary": summary, "runs": runs[m],
+        results.append({"mode": m, "scenario": f"qemu-{m}", "summary": summary, "runs": runs[m],
                         "failed_runs": len(failures[m]), "failures": failures[m]})
     if args.json:
-        doc = {"size": args.size, "runs": args.runs, "accel": args.accel, "switch": args.switch,
+        doc = {"bench": "bench/qemu_compare.sh", "size": args.size, "runs": args.runs, "accel": args.accel, "switch": args.switch,
                "started": started, "tsc_hz": args.tsc_hz,
                "host": {"loadavg_start": list(load_start), "loadavg_end": list(load_end),
                         "cpus": os.cpu_count(), "kernel": os.uname().release},

@@ -46,7 +46,16 @@ for r in (pre, post):
     assert r["guest_touches_per_s"] > 0, r  # the guest ran and touched memory
 assert post["postcopy_mib"] > 0 and post["postcopy_requests"] is not None, post
 assert post["postcopy_blocktime_ms"] is not None, post
+cdf = post["vcpu_stall_cdf_us"]  # the demo's form: plot_cdf.py draws it beside lazymig's
+if post["dst_stalls"]:  # nearly always: the destination's guest faults on missing pages
+    assert len(cdf) == 27 and cdf[11]["q"] == 0.5 and cdf[11]["us"] == round(post["dst_stall_us"]["p50"], 1), cdf
+else:
+    assert cdf == [], cdf
 s = d["results"][1]["summary"]["total_ms"]
 assert s["q1"] <= s["median"] <= s["q3"], s
 PY
+python3 "$root/bench/plot_cdf.py" --metric vcpu_stall -o "$work/stalls.svg" "$work/q.json=qemu" \
+  2>"$work/err" || fail "plot_cdf.py cannot draw its stalls: $(cat "$work/err")"
+grep -q 'data-label="qemu qemu-postcopy \[qemu-tcg\]"' "$work/stalls.svg" || grep -q 'no run with' "$work/err" ||
+  fail "no postcopy stall curve: $(cat "$work/err")"
 echo "ok    bench/qemu_compare.sh: precopy and postcopy between two QEMUs, table and JSON"
