@@ -374,7 +374,7 @@ def main():
         pc = sum(r["postcopy"] for r in runs[m])
         print(f"{m:<17}{len(runs[m]):>3} {pc:>8} " +
               " ".join(f"{fmt(summary[k]):>15}" for k, _, _ in SUMMARY))
-        results.append({"mode": m, "scenario": f"qemu-{m}", "summary": summary, "runs": runs[m],
+        results.append({"mode": m, "scenario": m, "summary": summary, "runs": runs[m],
                         "failed_runs": len(failures[m]), "failures": failures[m]})
     if args.json:
         doc = {"bench": "bench/qemu_compare.sh", "size": args.size, "runs": args.runs, "accel": args.accel, "switch": args.switch,

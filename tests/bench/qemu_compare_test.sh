@@ -56,6 +56,6 @@ assert s["q1"] <= s["median"] <= s["q3"], s
 PY
 python3 "$root/bench/plot_cdf.py" --metric vcpu_stall -o "$work/stalls.svg" "$work/q.json=qemu" \
   2>"$work/err" || fail "plot_cdf.py cannot draw its stalls: $(cat "$work/err")"
-grep -q 'data-label="qemu qemu-postcopy \[qemu-tcg\]"' "$work/stalls.svg" || grep -q 'no run with' "$work/err" ||
+grep -q 'data-label="qemu postcopy \[qemu-tcg\]"' "$work/stalls.svg" || grep -q 'no run with' "$work/err" ||
   fail "no postcopy stall curve: $(cat "$work/err")"
 echo "ok    bench/qemu_compare.sh: precopy and postcopy between two QEMUs, table and JSON"
