@@ -186,15 +186,14 @@ def quantile(xs, q):  # the same rank as the demo's CDFs: floor(q * (n - 1))
     return xs[int(q * (len(xs) - 1))] if xs else None
 
 
-def one_run(args, mode, workdir):
-    caps = MODES[mode]
-    port = free_port()
+def start_pair(args, caps, workdir):
+    """A destination waiting for a migration and a source whose guest has filled its memory;
+    returns them and the guest's touch rate before the migration (from its progress marks)."""
     t = args.timeout
     dst = Vm(args, "dst", workdir, ["-incoming", "defer"], t)
     src = Vm(args, "src", workdir, ["-mem-prealloc"], t)
     wait_for("the source guest to fill its memory (its debug console says R)",
              lambda: "R" in debugcon_lines(src.debugcon), t)
-    # The guest's touch rate before the migration, from its progress marks.
     marks0 = debugcon_lines(src.debugcon).count("T")
     time.sleep(args.rate_window)
     touch_rate = (debugcon_lines(src.debugcon).count("T") - marks0) * 4096 / args.rate_window
@@ -202,16 +201,21 @@ def one_run(args, mode, workdir):
     set_capabilities(src, caps, "source")
     # QEMU's default bandwidth cap (32 MiB/s) would measure the cap: lift it.
     src.qmp.command("migrate-set-parameters", **{"max-bandwidth": args.max_bandwidth})
-    params = src.qmp.command("query-migrate-parameters")
+    return src, dst, touch_rate
+
+
+def migrate(args, mode, src, dst):
+    """Runs the migration to completion on both sides; returns the source's and the
+    destination's last `query-migrate`, the source's statuses and when postcopy was asked for."""
+    caps, t = MODES[mode], args.timeout
+    port = free_port()
     dst.qmp.command("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
-    src_offset = os.path.getsize(src.debugcon)
     started = time.monotonic()
     src.qmp.command("migrate", uri=f"tcp:127.0.0.1:{port}")
     switched_at = None
     if caps and args.switch == "now":
         src.qmp.command("migrate-start-postcopy")
         switched_at = 0.0
-    deadline = started + t
     statuses = []
     while True:
         info = src.qmp.command("query-migrate")
@@ -222,60 +226,64 @@ def one_run(args, mode, workdir):
             break
         if status in ("failed", "cancelled"):
             raise BenchError(f"{mode}: migration {status}: {info.get('error-desc', '')}")
-        if time.monotonic() > deadline:
+        elapsed = time.monotonic() - started
+        if elapsed > t:
             src.qmp.command("migrate_cancel")
             raise BenchError(f"{mode}: migration not completed after {t}s (status {status})")
-        elapsed = time.monotonic() - started
         if caps and switched_at is None and status == "active" and (
                 (args.switch == "pass" and info.get("ram", {}).get("dirty-sync-count", 0) >= 2) or
                 (args.switch not in ("pass", "now") and elapsed >= float(args.switch))):
             src.qmp.command("migrate-start-postcopy")
             switched_at = elapsed
         time.sleep(0.01)
-    dst_info = wait_for("the destination to complete and run", lambda: (
-        (lambda i: i if i.get("status") == "completed" and
-         dst.qmp.command("query-status").get("status") == "running" else None)(
-            dst.qmp.command("query-migrate"))), t)
+
+    def destination_done():
+        i = dst.qmp.command("query-migrate")
+        running = dst.qmp.command("query-status").get("status") == "running"
+        return i if i.get("status") == "completed" and running else None
+    return info, wait_for("the destination to complete and run", destination_done, t), \
+        statuses, switched_at
+
+
+def stall_figures(prefix, stalls):
+    return {f"{prefix}_stalls": len(stalls),
+            f"{prefix}_stall_us": {"p50": quantile(stalls, 0.5), "p90": quantile(stalls, 0.9),
+                                   "p99": quantile(stalls, 0.99), "max": quantile(stalls, 1.0)}}
+
+
+def one_run(args, mode, workdir):
+    src, dst, touch_rate = start_pair(args, MODES[mode], workdir)
+    limit = src.qmp.command("query-migrate-parameters").get("downtime-limit")
+    src_offset = os.path.getsize(src.debugcon)
+    info, dst_info, statuses, switched_at = migrate(args, mode, src, dst)
     time.sleep(args.tail)  # the guest keeps touching on the destination a moment
-    src_lines = debugcon_lines(src.debugcon, src_offset)
-    dst_lines = debugcon_lines(dst.debugcon)
+    src_stalls = stalls_us(debugcon_lines(src.debugcon, src_offset), args.tsc_hz)
+    dst_stalls = stalls_us(debugcon_lines(dst.debugcon), args.tsc_hz)
     dst.stop()
     src.stop()
-    ram = info.get("ram", {})
-    total_ms = info.get("total-time", 0)
+    ram, total_ms = info.get("ram", {}), info.get("total-time", 0)
     # QEMU 7.2 times a postcopy switch in whole milliseconds and, when that rounds to 0, takes
     # the downtime as "now - the start of a pre-copy stop" that never happened: the clock since
     # boot, longer than the whole migration. Such a switch took under a millisecond.
     downtime = info.get("downtime")
     downtime_under_1ms = downtime is not None and downtime > total_ms
-    if downtime_under_1ms:
-        downtime = 0
-    dst_stalls = stalls_us(dst_lines, args.tsc_hz)
-    src_stalls = stalls_us(src_lines, args.tsc_hz)
+    mib = lambda key: ram.get(key, 0) / 2**20
     return {
-        "mode": mode,
-        "postcopy": "postcopy-active" in statuses,
-        "switched_after_s": switched_at,
-        "statuses": statuses,
-        "total_ms": total_ms,
-        "setup_ms": info.get("setup-time"),
-        "downtime_ms": downtime,
-        "downtime_under_1ms": downtime_under_1ms,
-        "downtime_reported_ms": info.get("downtime"),
-        "downtime_limit_ms": params.get("downtime-limit"),
-        "transferred_mib": ram.get("transferred", 0) / 2**20,
-        "throughput_mib_s": ram.get("transferred", 0) / 2**20 / (total_ms / 1000) if total_ms else 0,
-        "qemu_mbps_last": ram.get("mbps"),
-        "dirty_sync_count": ram.get("dirty-sync-count"),
-        "precopy_mib": ram.get("precopy-bytes", 0) / 2**20,
-        "downtime_mib": ram.get("downtime-bytes", 0) / 2**20,
-        "postcopy_mib": ram.get("postcopy-bytes", 0) / 2**20,
+        "mode": mode, "postcopy": "postcopy-active" in statuses,
+        "switched_after_s": switched_at, "statuses": statuses,
+        "total_ms": total_ms, "setup_ms": info.get("setup-time"),
+        "downtime_ms": 0 if downtime_under_1ms else downtime,
+        "downtime_under_1ms": downtime_under_1ms, "downtime_reported_ms": downtime,
+        "downtime_limit_ms": limit,
+        "transferred_mib": mib("transferred"),
+        "throughput_mib_s": mib("transferred") / (total_ms / 1000) if total_ms else 0,
+        "qemu_mbps_last": ram.get("mbps"), "dirty_sync_count": ram.get("dirty-sync-count"),
+        "precopy_mib": mib("precopy-bytes"), "downtime_mib": mib("downtime-bytes"),
+        "postcopy_mib": mib("postcopy-bytes"),
         "postcopy_requests": ram.get("postcopy-requests"),
         "postcopy_blocktime_ms": dst_info.get("postcopy-blocktime"),
         "guest_touches_per_s": round(touch_rate),
-        "dst_stalls": len(dst_stalls),
-        "dst_stall_us": {"p50": quantile(dst_stalls, 0.5), "p90": quantile(dst_stalls, 0.9),
-                         "p99": quantile(dst_stalls, 0.99), "max": quantile(dst_stalls, 1.0)},
+        **stall_figures("dst", dst_stalls),
         "vcpus": f"qemu-{args.accel}",
         "vcpu_stall_cdf_us": [{"q": q, "us": round(quantile(dst_stalls, q), 1)}
                               for q in CDF_QUANTILES] if dst_stalls else [],
@@ -314,7 +322,7 @@ def fmt(s):
     return f"{s['median']:.0f} ({s['q1']:.0f}-{s['q3']:.0f})"
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--qemu", required=True)
     ap.add_argument("--guest", required=True)
@@ -333,10 +341,57 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--meta", default="{}", help="JSON merged into the file's top level")
     args = ap.parse_args()
-    modes = args.modes.split(",")
-    for m in modes:
+    args.modes = args.modes.split(",")
+    for m in args.modes:
         if m not in MODES:
             sys.exit(f"qemu_compare: unknown mode '{m}' (modes: {', '.join(MODES)})")
+    if args.switch not in ("pass", "now"):
+        try:
+            float(args.switch)
+        except ValueError:
+            sys.exit(f"qemu_compare: SWITCH must be pass, now or seconds, got '{args.switch}'")
+    return args
+
+
+def run_all(args):
+    """Every run of every mode, interleaved (run 1 of each mode, then run 2, ...) so that the
+    machine's load drifts over all modes alike; a failed run is kept with its reason."""
+    runs = {m: [] for m in args.modes}
+    failures = {m: [] for m in args.modes}
+    try:
+        for i in range(args.runs):
+            for m in args.modes:
+                try:
+                    r = one_run(args, m, args.workdir)
+                    runs[m].append(r)
+                    print(json.dumps(r), flush=True)
+                except (BenchError, OSError, ValueError) as e:  # QEMU gone, QMP garbled
+                    failures[m].append(str(e))
+                    print(f"qemu_compare: {m} run {i + 1}: {e}", file=sys.stderr, flush=True)
+                finally:
+                    Vm.stop_all()
+    finally:
+        Vm.stop_all()
+    return runs, failures
+
+
+def summarise(args, runs, failures, load_start, load_end):
+    results = []
+    print(f"\nQEMU {args.size}, accel={args.accel}, postcopy switch={args.switch}, "
+          f"medians (IQR) of {args.runs} runs; load {load_start[0]:.2f} -> {load_end[0]:.2f}")
+    print(f"{'mode':<17}{'ok':>3} {'postcopy':>8} " + " ".join(f"{h:>15}" for _, h, _ in SUMMARY))
+    for m in args.modes:
+        summary = {k: spread([get(r) for r in runs[m]]) for k, _, get in SUMMARY}
+        pc = sum(r["postcopy"] for r in runs[m])
+        print(f"{m:<17}{len(runs[m]):>3} {pc:>8} " +
+              " ".join(f"{fmt(summary[k]):>15}" for k, _, _ in SUMMARY))
+        results.append({"mode": m, "scenario": m, "summary": summary, "runs": runs[m],
+                        "failed_runs": len(failures[m]), "failures": failures[m]})
+    return results
+
+
+def main():
+    args = parse_args()
 
     def on_signal(signum, _frame):
         Vm.stop_all()
@@ -346,39 +401,13 @@ def main():
 
     load_start = os.getloadavg()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    runs = {m: [] for m in modes}
-    failures = {m: [] for m in modes}
-    try:
-        # Interleaved (run 1 of every mode, then run 2, ...) so that load drifts evenly.
-        for i in range(args.runs):
-            for m in modes:
-                try:
-                    r = one_run(args, m, args.workdir)
-                    runs[m].append(r)
-                    print(json.dumps(r), flush=True)
-                except BenchError as e:
-                    failures[m].append(str(e))
-                    print(f"qemu_compare: {m} run {i + 1}: {e}", file=sys.stderr, flush=True)
-                finally:
-                    Vm.stop_all()
-    finally:
-        Vm.stop_all()
+    runs, failures = run_all(args)
     load_end = os.getloadavg()
-
-    results = []
-    print(f"\nQEMU {args.size}, accel={args.accel}, postcopy switch={args.switch}, "
-          f"medians (IQR) of {args.runs} runs; load {load_start[0]:.2f} -> {load_end[0]:.2f}")
-    print(f"{'mode':<17}{'ok':>3} {'postcopy':>8} " + " ".join(f"{h:>15}" for _, h, _ in SUMMARY))
-    for m in modes:
-        summary = {k: spread([get(r) for r in runs[m]]) for k, _, get in SUMMARY}
-        pc = sum(r["postcopy"] for r in runs[m])
-        print(f"{m:<17}{len(runs[m]):>3} {pc:>8} " +
-              " ".join(f"{fmt(summary[k]):>15}" for k, _, _ in SUMMARY))
-        results.append({"mode": m, "scenario": m, "summary": summary, "runs": runs[m],
-                        "failed_runs": len(failures[m]), "failures": failures[m]})
+    results = summarise(args, runs, failures, load_start, load_end)
     if args.json:
-        doc = {"bench": "bench/qemu_compare.sh", "size": args.size, "runs": args.runs, "accel": args.accel, "switch": args.switch,
-               "started": started, "tsc_hz": args.tsc_hz,
+        doc = {"bench": "bench/qemu_compare.sh", "size": args.size, "runs": args.runs,
+               "accel": args.accel, "switch": args.switch, "started": started,
+               "tsc_hz": args.tsc_hz,
                "host": {"loadavg_start": list(load_start), "loadavg_end": list(load_end),
                         "cpus": os.cpu_count(), "kernel": os.uname().release},
                "results": results}
@@ -386,7 +415,7 @@ def main():
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1)
         print(f"results: {args.json}", file=sys.stderr)
-    return 0 if all(runs[m] for m in modes) else 1
+    return 0 if all(runs[m] for m in args.modes) else 1
 
 
 if __name__ == "__main__":
