@@ -1,10 +1,12 @@
 # The guest of bench/qemu_compare.sh: a multiboot (v1) ELF that QEMU's `-kernel` loads and
 # enters in 32-bit protected mode, flat segments, paging off. It fills every 4 KiB page from
 # 2 MiB to the end of the memory below the PCI hole (a non-zero word in each, so none travels
-# as a zero page), says "R" on the debug console, then touches one page at a time forever, paced by
-# the TSC, timing each touch: a touch that took longer than STALL_TICKS is reported as
-# "S<hex ticks>\n" on the debug console (port 0xe9, `-debugcon`). The script converts ticks
+# as a zero page), says "R" on the debug console, then touches one page at a time forever,
+# paced by the TSC, timing each touch: a touch that took longer than STALL_TICKS is reported as
+# "S<hex ticks>\n" on the debug console (port 0xe9, `-debugcon`), and every 4096th touch as
+# "T\n" (its progress, from which the script takes its touch rate). The script converts ticks
 # with the TSC rate it measured on the host: under TCG the guest's RDTSC is the host's TSC.
+# One word of stack (below 640 KiB, outside the pages it touches) holds the touch count.
 #
 # Assembled at bench time with GNU as; the script passes the knobs with --defsym:
 #   PATTERN      0 random (every page alike), 1 hot (nine touches in ten in the first tenth)
