@@ -140,12 +140,21 @@ void PrecopySource::endRound(Clock::time_point now) {
   in_round_ = false;
   round_ended_ = now;
   auto reason = rounds_->endRound();
+  const PrecopyRound& ended = rounds_->rounds().back();
   std::lock_guard lock(status_mu_);
-  round_status_.back().duration_ms = millis(rounds_->rounds().back().duration);
+  RoundStatus& round = round_status_.back();
+  round.duration_ms = millis(ended.duration);
+  if (recorder_) {
+    // Round 1's pages are every page, not what the guest wrote: it has no dirty rate.
+    recorder_->precopyRound(
+        round.pages_sent, ended.duration,
+        ended.number > 1 ? std::optional(round.dirty_pages_per_s) : std::nullopt);
+  }
   if (reason && state_ == State::kRounds) {
     state_ = State::kReadyToPause;
     state_name_ = std::string(stateName(state_));
     switch_reason_ = std::string(switchReasonName(*reason));
+    ready_after_round_ = ended.number;
   }
 }
 
@@ -204,6 +213,11 @@ const Bitmap& PrecopySource::pause() {
   state_name_ = std::string(stateName(state_));
   stale_pages_ = stale_.count();
   hot_pages_ = hot_.count();
+  if (recorder_) {
+    recorder_->precopySourceSwitch(
+        switch_reason_.empty() ? std::string_view("paused_before_ready") : switch_reason_,
+        stale_pages_);
+  }
   return stale_;
 }
 
@@ -245,6 +259,7 @@ nlohmann::json PrecopySource::status() const {
                      {"round", round_status_.empty() ? 0u : round_status_.back().number},
                      {"rounds", rounds}};
   if (!switch_reason_.empty()) out["switch_reason"] = switch_reason_;
+  if (ready_after_round_ > 0) out["ready_after_round"] = ready_after_round_;
   if (!tracking_error_.empty()) out["tracking_error"] = tracking_error_;
   if (state_name_ == "switched") {
     out["stale_pages"] = stale_pages_;

@@ -27,6 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/core/transfer_recorder.h"
 #include "agent/source/bulk_schedule.h"
 #include "agent/source/precopy_rounds.h"
 #include "base/bitmap.h"
@@ -56,6 +57,10 @@ class PrecopySource {
   static std::unique_ptr<PrecopySource> restarted(transport::EventLoop& peer_loop,
                                                   std::uint64_t page_count, bool switched);
 
+  // Where each ended round and the switch are counted (the agent's Prometheus families). Set
+  // before the memory is served, so before any round; without it nothing is counted.
+  void recordInto(TransferRecorder recorder) { recorder_ = recorder; }
+
   // A bulk channel's Resume: the pages the destination holds some copy of.
   void resumed(const Bitmap& has);
   // Before the switch: the next run to send of the current round (marked sent), starting the
@@ -81,7 +86,8 @@ class PrecopySource {
   const Bitmap& hotSet() const { return hot_; }
   const Bitmap& stale() const { return stale_; }
 
-  // {state, round, rounds[], switch_reason, stale_pages, ...} for the migration's status.
+  // {state, round, rounds[], switch_reason, ready_after_round, stale_pages, ...} for the
+  // migration's status.
   nlohmann::json status() const;
 
   // A round is begun at most this often once the rounds wait for the pause.
@@ -94,6 +100,7 @@ class PrecopySource {
   void addWritten(const std::vector<GuestPageRun>& runs, Bitmap* also);
 
   transport::EventLoop& peer_loop_;
+  std::optional<TransferRecorder> recorder_;
   std::optional<PrecopyRounds> rounds_;
   std::uint64_t page_count_;
   State state_ = State::kWaitingForDestination;
@@ -124,6 +131,7 @@ class PrecopySource {
   std::string tracking_error_;
   std::uint64_t stale_pages_ = 0;
   std::uint64_t hot_pages_ = 0;
+  unsigned ready_after_round_ = 0;  // the round whose end said ready_to_pause (0: none yet)
 };
 
 }  // namespace lazymig::agent

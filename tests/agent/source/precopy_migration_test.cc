@@ -195,6 +195,38 @@ class PrecopyMigrationTest : public source_test::SourcePeer {
     EXPECT_EQ(different, 0u) << "pages older than the paused memory";
   }
 
+  double metric(const std::string& family) { return metricValue(family, "node=\"n\""); }
+  double switches(const std::string& reason) {
+    return metricValue("lazymig_precopy_source_switches_total", "reason=\"" + reason + "\"");
+  }
+  // The Prometheus families per round agree with the migration's status: every ended round
+  // counted once with the pages it sent (a round the pause cut short never ended), a dirty
+  // rate for every ended round but the first, and one switch with its reason and stale pages.
+  void expectRoundMetricsMatch(const nlohmann::json& status, const std::string& reason) {
+    const auto& rounds = status["rounds"];
+    double ended = 0, sent = 0;
+    for (const auto& round : rounds) {
+      if (round["duration_ms"].get<double>() <= 0) continue;  // cut short by the pause
+      ++ended;
+      sent += round["pages_sent"].get<double>();
+    }
+    EXPECT_GE(ended, 1);
+    EXPECT_EQ(metric("lazymig_precopy_source_rounds_total"), ended) << status;
+    EXPECT_EQ(metric("lazymig_precopy_source_round_pages_count"), ended);
+    EXPECT_EQ(metric("lazymig_precopy_source_round_pages_sum"), sent) << status;
+    EXPECT_EQ(metric("lazymig_precopy_source_round_duration_seconds_count"), ended);
+    EXPECT_EQ(metric("lazymig_precopy_source_dirty_pages_per_second_count"), ended - 1);
+    EXPECT_EQ(switches(reason), 1) << status;
+    for (auto other : metrics::kPrecopySwitchReasons) {
+      if (other != reason) {
+        EXPECT_EQ(switches(std::string(other)), 0) << other;
+      }
+    }
+    EXPECT_EQ(metric("lazymig_precopy_source_stale_pages_count"), 1);
+    EXPECT_EQ(metric("lazymig_precopy_source_stale_pages_sum"),
+              status["stale_pages"].get<double>());
+  }
+
   LiveVmm vmm_;
 };
 
@@ -217,6 +249,7 @@ TEST_F(PrecopyMigrationTest, RoundsRaceAWriterAndTheSwitchLeavesTheCopyEqualToTh
   ASSERT_TRUE(precopyUntil([](const nlohmann::json& p) { return p["state"] == "ready_to_pause"; }))
       << precopy();
   EXPECT_EQ(precopy()["switch_reason"], "rounds_done");
+  EXPECT_EQ(precopy()["ready_after_round"], 6) << "exactly the rounds asked for, then ready";
   EXPECT_EQ(count(framesOf(*urgent), FrameType::kPageData), 0u)
       << "a page served while the source VM still runs";
   writer.pause();
@@ -245,6 +278,7 @@ TEST_F(PrecopyMigrationTest, RoundsRaceAWriterAndTheSwitchLeavesTheCopyEqualToTh
   EXPECT_GT(copy.staged_frames, 0u);
   EXPECT_GT(writer.writes(), 0u);
   EXPECT_EQ(count(framesOf(*bulk), FrameType::kStalePages), 1u);
+  expectRoundMetricsMatch(status, "rounds_done");
 }
 
 // The pause cuts round 2 short: pages its scan reported and that were not sent again are stale
@@ -282,6 +316,9 @@ TEST_F(PrecopyMigrationTest, APauseThatCutsARoundShortNamesItsUnsentPagesStale) 
   EXPECT_GT(copy.dropped, 0u);
   EXPECT_EQ(status["stale_pages"].get<std::uint64_t>(), copy.resent_after_switch)
       << "every stale page is sent once after the switch";
+  // Round 2 never ended: one round counted, and a switch with no reason to switch yet.
+  expectRoundMetricsMatch(status, "paused_before_ready");
+  EXPECT_EQ(metric("lazymig_precopy_source_rounds_total"), 1);
 }
 
 // The bulk link is cut during a round and again right after the switch: each new channel
@@ -367,6 +404,9 @@ TEST_F(PrecopyMigrationTest, ARestartedSourceVouchesForNoPrecopiedPage) {
   EXPECT_EQ(copy.dropped, 128u);
   expectCopyEqualsMemory(copy);
   EXPECT_EQ(precopy()["stale_pages"], 128);
+  EXPECT_EQ(metric("lazymig_precopy_source_rounds_total"), 0) << "no round without tracking";
+  EXPECT_EQ(switches("no_write_tracking"), 1);
+  EXPECT_EQ(metric("lazymig_precopy_source_stale_pages_sum"), 128);
   auto record = db_->getMigration("m1");
   ASSERT_TRUE(record && *record);
   auto saved = SavedMigration::fromJson((*record)->spec_json, "m1");
