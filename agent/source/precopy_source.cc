@@ -37,6 +37,7 @@ PrecopySource::PrecopySource(transport::EventLoop& peer_loop, std::optional<Prec
       sent_once_(page_count),
       stale_(page_count),
       hot_(page_count),
+      resent_(page_count),
       written_last_(page_count),
       written_before_(page_count),
       tracking_error_(std::move(why)) {
@@ -74,10 +75,14 @@ void PrecopySource::resumed(const Bitmap& has) {
   if (switched()) return;
   // Pages the destination lacks go again; pages it has may be older than ours (we cannot tell
   // whose copy it is), so they count as sent and stay to send when they were.
+  // A page resent on the channel before this one may be staged in its older copy (the newer
+  // one lost with the link): it goes again.
   for (std::size_t w = 0; w < has.words().size(); ++w) {
-    to_send_.mutableWords()[w] |= ~has.words()[w] & Bitmap::validMask(page_count_, w);
+    to_send_.mutableWords()[w] |=
+        (~has.words()[w] | resent_.words()[w]) & Bitmap::validMask(page_count_, w);
     sent_once_.mutableWords()[w] |= has.words()[w];
   }
+  resent_ = Bitmap(page_count_);
   cursor_ = 0;
   if (state_ == State::kWaitingForDestination) {
     std::lock_guard lock(status_mu_);
@@ -178,6 +183,7 @@ PrecopySource::Next PrecopySource::next(std::uint64_t max_pages, Clock::time_poi
   std::uint64_t end = first;
   while (end < page_count_ && end - first < max_pages && to_send_.test(end)) {
     to_send_.clear(end);
+    if (sent_once_.test(end)) resent_.set(end);
     sent_once_.set(end);
     ++end;
   }
@@ -223,11 +229,19 @@ const Bitmap& PrecopySource::pause() {
 
 Bitmap PrecopySource::resumedAfterSwitch(const Bitmap& has) {
   assert(peer_loop_.inLoopThread());
-  if (vouch_nothing_) {
-    // StalePages drops staged copies only: pages installed after the switch stay installed.
-    stale_.merge(has);
+  // StalePages drops staged copies only: pages installed after the switch stay installed (a
+  // destination that heard `last` on the lost channel heard every page sent before it).
+  Bitmap also_stale = vouch_nothing_ ? has : resent_;
+  resent_ = Bitmap(page_count_);
+  for (std::size_t w = 0; w < also_stale.words().size(); ++w) {
+    also_stale.mutableWords()[w] &= has.words()[w];
+  }
+  if (also_stale.count() > 0) {
+    stale_.merge(also_stale);
+    hot_.merge(also_stale);
     std::lock_guard lock(status_mu_);
     stale_pages_ = stale_.count();
+    hot_pages_ = hot_.count();
   }
   Bitmap out = has;
   for (std::size_t w = 0; w < out.words().size(); ++w) {

@@ -9,9 +9,14 @@
 //   sent_once_ the destination may hold some copy (we sent it, or a Resume said so).
 // A round is one pass over to_send_ after a scan (PrecopyRounds) added what was written: every
 // page is read after the scan that reported it, so a later write is reported by a later scan.
+//   resent_    sent again on the current bulk channel: if the channel is lost, that copy may
+//              have been lost with it while the destination still holds an older one, which its
+//              Resume reports like any other.
 // At the pause the stale set is (to_send_ ∪ the final scan) ∩ sent_once_; every other page the
 // destination holds is as current as the paused memory. A Resume never vouches for a page (a
-// restarted agent cannot tell an older copy from a current one): it only adds to both sets.
+// restarted agent cannot tell an older copy from a current one): it only adds to both sets,
+// and puts the pages resent on the lost channel back into to_send_ (after the switch: into the
+// stale set).
 //
 // Threads: every method runs on the peer loop (asserted in debug builds), but status(), which
 // runs anywhere (the control API).
@@ -108,6 +113,7 @@ class PrecopySource {
   Bitmap sent_once_;
   Bitmap stale_;
   Bitmap hot_;
+  Bitmap resent_;
   Bitmap written_last_;    // reported by the latest scan (round 2 on)
   Bitmap written_before_;  // by the scan before it
   std::uint64_t cursor_ = 0;
