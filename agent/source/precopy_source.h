@@ -6,12 +6,12 @@
 // Its bookkeeping, one bit per page:
 //   to_send_   the destination holds no current copy: never sent, reported written by a scan
 //              since it was last read, or missing from a reconnecting destination's Resume;
-//   sent_once_ the destination may hold some copy (we sent it, or a Resume said so).
-// A round is one pass over to_send_ after a scan (PrecopyRounds) added what was written: every
-// page is read after the scan that reported it, so a later write is reported by a later scan.
+//   sent_once_ the destination may hold some copy (we sent it, or a Resume said so);
 //   resent_    sent again on the current bulk channel: if the channel is lost, that copy may
 //              have been lost with it while the destination still holds an older one, which its
 //              Resume reports like any other.
+// A round is one pass over to_send_ after a scan (PrecopyRounds) added what was written: every
+// page is read after the scan that reported it, so a later write is reported by a later scan.
 // At the pause the stale set is (to_send_ ∪ the final scan) ∩ sent_once_; every other page the
 // destination holds is as current as the paused memory. A Resume never vouches for a page (a
 // restarted agent cannot tell an older copy from a current one): it only adds to both sets,
