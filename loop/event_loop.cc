@@ -28,6 +28,38 @@ std::vector<EventLoop::BaseFinalizer> g_finalizers;
 
 // The thread's CPU clock is valid only while the thread lives (its id may be reused after),
 // so the thread records its total under mu before it ends and readers take the lock.
+// SIGPIPE blocked on this thread for the scope, and one it raised meanwhile taken away before
+// the old mask comes back. finish() runs on whichever thread stopped the loop, and what it
+// frees writes: a TLS connection's close_notify, a queued callback's flush. To a peer that has
+// gone, write(2) raises SIGPIPE, which would end a program that does not ignore it (the agent
+// does; a test binary or another embedder need not), where the loop thread keeps it blocked.
+class SigpipeHeldBack {
+ public:
+  SigpipeHeldBack() {
+    sigemptyset(&pipe_);
+    sigaddset(&pipe_, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_, &old_);
+    sigset_t pending;
+    sigpending(&pending);
+    was_pending_ = sigismember(&pending, SIGPIPE) == 1;
+  }
+  ~SigpipeHeldBack() {
+    if (!was_pending_) {
+      timespec now{};
+      while (sigtimedwait(&pipe_, nullptr, &now) == SIGPIPE) {
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  SigpipeHeldBack(const SigpipeHeldBack&) = delete;
+  SigpipeHeldBack& operator=(const SigpipeHeldBack&) = delete;
+
+ private:
+  sigset_t pipe_;
+  sigset_t old_;
+  bool was_pending_ = false;
+};
+
 struct ThreadCpu {
   mutable std::mutex mu;
   clockid_t clock{};
@@ -104,6 +136,7 @@ struct EventLoop::Impl {
 
   // Frees everything the loop owns; its thread has finished running callbacks.
   void finish() {
+    SigpipeHeldBack no_sigpipe;
     std::deque<std::function<void()>> left;
     {
       std::lock_guard lock(mu);

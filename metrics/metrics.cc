@@ -33,6 +33,16 @@ const Histogram::BucketBoundaries kStoreBuckets = {10e-6,  25e-6, 50e-6,  100e-6
                                                    500e-6, 1e-3,  2.5e-3, 5e-3,   10e-3,
                                                    25e-3,  50e-3, 100e-3, 1};
 
+// Pre-copy rounds: a round sends anything from nothing (the guest wrote nothing since the last
+// scan) to a whole guest (round 1: 4 Mi pages are 16 GiB of 4 KiB pages); it lasts from a
+// millisecond (a scan that found little) to a minute (round 1 of a large guest on a slow link).
+const Histogram::BucketBoundaries kPrecopyPagesBuckets = {
+    0, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304};
+const Histogram::BucketBoundaries kPrecopyRoundBuckets = {
+    1e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+const Histogram::BucketBoundaries kDirtyRateBuckets = {10,    100,    1000,    10000,
+                                                       50000, 100000, 1000000, 10000000};
+
 double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }
 
 class PrometheusMetrics final : public AgentMetrics {
@@ -166,6 +176,7 @@ class PrometheusMetrics final : public AgentMetrics {
                     .Register(*registry_)
                     .Add({});
     registerCpuFamilies();
+    registerPrecopySourceFamilies();
     prometheus::BuildGauge()
         .Name("lazymig_build_info")
         .Help("lazymig build information")
@@ -240,6 +251,20 @@ class PrometheusMetrics final : public AgentMetrics {
     precopy_pages_[static_cast<int>(what)]->Increment(static_cast<double>(pages));
   }
   void addPrecopySwitch() override { precopy_switches_->Increment(); }
+  void observePrecopyRound(std::uint64_t pages_sent, std::chrono::nanoseconds duration,
+                           std::optional<double> dirty_pages_per_s) override {
+    precopy_rounds_->Increment();
+    precopy_round_pages_->Observe(static_cast<double>(pages_sent));
+    precopy_round_seconds_->Observe(seconds(duration));
+    if (dirty_pages_per_s) precopy_dirty_rate_->Observe(*dirty_pages_per_s);
+  }
+  void addPrecopySourceSwitch(std::string_view reason, std::uint64_t stale_pages) override {
+    {
+      std::lock_guard lock(mu_);
+      precopy_source_switches_->Add({{"reason", std::string(reason)}}).Increment();
+    }
+    precopy_stale_pages_->Observe(static_cast<double>(stale_pages));
+  }
   void addMigrationCpu(std::string_view role, double cpu_seconds,
                        std::uint64_t bytes_moved) override {
     std::lock_guard lock(mu_);
@@ -280,6 +305,53 @@ class PrometheusMetrics final : public AgentMetrics {
     }
   }
 
+  // Pre-copy at a live source (issue 19): per round and per switch, never per migration or
+  // per round number (a migration's own rounds are in its status).
+  void registerPrecopySourceFamilies() {
+    auto histogram = [this](const char* name, const char* help,
+                            const Histogram::BucketBoundaries& buckets) {
+      return &prometheus::BuildHistogram()
+                  .Name(name)
+                  .Help(help)
+                  .Labels(labels_)
+                  .Register(*registry_)
+                  .Add({}, buckets);
+    };
+    precopy_rounds_ = &prometheus::BuildCounter()
+                           .Name("lazymig_precopy_source_rounds_total")
+                           .Help("Pre-copy rounds a live source ended")
+                           .Labels(labels_)
+                           .Register(*registry_)
+                           .Add({});
+    precopy_round_pages_ =
+        histogram("lazymig_precopy_source_round_pages",
+                  "Pages each pre-copy round sent (round 1: every page; later rounds: the pages "
+                  "written since the scan before)",
+                  kPrecopyPagesBuckets);
+    precopy_round_seconds_ =
+        histogram("lazymig_precopy_source_round_duration_seconds",
+                  "How long each pre-copy round took, scan to last page", kPrecopyRoundBuckets);
+    precopy_dirty_rate_ =
+        histogram("lazymig_precopy_source_dirty_pages_per_second",
+                  "The guest's write rate each pre-copy round's scan found (round 2 on): pages "
+                  "written since the scan before, over the time since it",
+                  kDirtyRateBuckets);
+    precopy_stale_pages_ =
+        histogram("lazymig_precopy_source_stale_pages",
+                  "Pages stale at each pre-copy switch: the destination held a copy the guest "
+                  "wrote since, so post-copy sends them again",
+                  kPrecopyPagesBuckets);
+    precopy_source_switches_ =
+        &prometheus::BuildCounter()
+             .Name("lazymig_precopy_source_switches_total")
+             .Help("Pre-copy switches to post-copy at a live source's pause, by switch reason")
+             .Labels(labels_)
+             .Register(*registry_);
+    for (auto reason : kPrecopySwitchReasons) {
+      precopy_source_switches_->Add({{"reason", std::string(reason)}});
+    }
+  }
+
   std::shared_ptr<prometheus::Registry> registry_;
   std::map<std::string, std::string> labels_;
   std::unique_ptr<prometheus::Exposer> exposer_;
@@ -299,6 +371,12 @@ class PrometheusMetrics final : public AgentMetrics {
   std::array<Counter*, 3> precopy_pages_{};
   Counter* precopy_switches_ = nullptr;
   Counter* blocked_ = nullptr;
+  Counter* precopy_rounds_ = nullptr;
+  Histogram* precopy_round_pages_ = nullptr;
+  Histogram* precopy_round_seconds_ = nullptr;
+  Histogram* precopy_dirty_rate_ = nullptr;
+  Histogram* precopy_stale_pages_ = nullptr;
+  prometheus::Family<Counter>* precopy_source_switches_ = nullptr;
   prometheus::Family<Counter>* cpu_seconds_ = nullptr;
   prometheus::Family<Counter>* moved_bytes_ = nullptr;
   prometheus::Family<Histogram>* cpu_per_gib_ = nullptr;

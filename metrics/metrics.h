@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -69,6 +70,12 @@ inline constexpr std::string_view kMigrationStates[] = {
     "completing",      "completed",          "failed",  "cancelled"};
 inline constexpr std::string_view kMigrationOutcomes[] = {"completed", "failed", "cancelled"};
 inline constexpr std::string_view kRoles[] = {"source", "destination"};
+// Why a live source's pre-copy switched to post-copy when the orchestrator paused it: the
+// migration's `switch_reason` (agent/core/precopy_policy.h, agent/source/precopy_source.h), or
+// paused_before_ready when the pause came before any reason to switch.
+inline constexpr std::string_view kPrecopySwitchReasons[] = {
+    "few_pages_left",    "not_shrinking",   "rounds_done",        "deadline",
+    "no_write_tracking", "tracking_failed", "paused_before_ready"};
 // Why a migration is degraded (its durable state lags, it carries on from memory).
 inline constexpr std::string_view kDegradedReasons[] = {"store_full", "store_error"};
 
@@ -106,6 +113,13 @@ class AgentMetrics {
   // StalePages frame with `last`).
   virtual void addPrecopyPages(PrecopyPages what, std::uint64_t pages) = 0;
   virtual void addPrecopySwitch() = 0;
+  // Pre-copy at a live source, one round ended: the pages it sent, how long it took, and the
+  // rate at which its scan found pages written (absent for round 1, whose pages are every page).
+  virtual void observePrecopyRound(std::uint64_t pages_sent, std::chrono::nanoseconds duration,
+                                   std::optional<double> dirty_pages_per_s) = 0;
+  // Pre-copy at a live source, the switch at the pause: why (one of kPrecopySwitchReasons) and
+  // how many pages the destination held a copy of that the guest wrote since (stale).
+  virtual void addPrecopySourceSwitch(std::string_view reason, std::uint64_t stale_pages) = 0;
   // A migration reached its final state: the CPU seconds of its threads (their own clocks)
   // and the guest memory it moved. `role` is one of kRoles.
   virtual void addMigrationCpu(std::string_view role, double cpu_seconds,

@@ -1,79 +1,17 @@
 #include "transport/frame.h"
 
 #include "base/bitmap.h"
+#include "transport/frame_codec.h"
 
 #include <cstring>
 
 namespace lazymig::transport {
 namespace {
 
-// Little-endian writer/reader over a byte buffer. The reader never reads past the end: every
-// read reports failure instead, and the caller turns that into an error naming the field.
-class Writer {
- public:
-  explicit Writer(std::string& out) : out_(out) {}
-  void u8(std::uint8_t v) { out_.push_back(static_cast<char>(v)); }
-  void u16(std::uint16_t v) { put(v, 2); }
-  void u32(std::uint32_t v) { put(v, 4); }
-  void u64(std::uint64_t v) { put(v, 8); }
-  void str16(std::string_view s) {
-    u16(static_cast<std::uint16_t>(s.size()));
-    out_.append(s);
-  }
-
- private:
-  void put(std::uint64_t v, int n) {
-    for (int i = 0; i < n; ++i) out_.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-  }
-  std::string& out_;
-};
-
-class Reader {
- public:
-  explicit Reader(std::span<const std::byte> in) : in_(in) {}
-  bool u8(std::uint8_t& v) { return get(v, 1); }
-  bool u16(std::uint16_t& v) { return get(v, 2); }
-  bool u32(std::uint32_t& v) { return get(v, 4); }
-  bool u64(std::uint64_t& v) { return get(v, 8); }
-  bool str16(std::string& s) {
-    std::uint16_t n;
-    if (!u16(n) || remaining() < n) return false;
-    s.assign(reinterpret_cast<const char*>(in_.data() + pos_), n);
-    pos_ += n;
-    return true;
-  }
-  std::size_t remaining() const { return in_.size() - pos_; }
-  std::span<const std::byte> rest() const { return in_.subspan(pos_); }
-
- private:
-  template <class T>
-  bool get(T& v, std::size_t n) {
-    if (remaining() < n) return false;
-    std::uint64_t x = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      x |= static_cast<std::uint64_t>(std::to_integer<std::uint8_t>(in_[pos_ + i])) << (8 * i);
-    }
-    pos_ += n;
-    v = static_cast<T>(x);
-    return true;
-  }
-  std::span<const std::byte> in_;
-  std::size_t pos_ = 0;
-};
-
-std::unexpected<Error> bad(FrameType type, const std::string& what) {
-  return std::unexpected(
-      Error::make(Errc::kProtocol, "frame decode", std::string(frameTypeName(type)) + ": " + what));
-}
-
-std::string frame(FrameType type, const std::string& payload) {
-  std::string out(kHeaderSize, '\0');
-  encodeHeader(
-      type, static_cast<std::uint32_t>(payload.size()),
-      std::span<std::byte, kHeaderSize>(reinterpret_cast<std::byte*>(out.data()), kHeaderSize));
-  out += payload;
-  return out;
-}
+using codec::bad;
+using codec::frame;
+using codec::Reader;
+using codec::Writer;
 
 bool validId(std::string_view id) {
   if (id.empty() || id.size() > 128) return false;
@@ -330,73 +268,6 @@ Result<ZeroRange> decodeZeroRange(std::span<const std::byte> payload, const Layo
     return bad(FrameType::kZeroRange, rangeText(m.first_page, m.count, layout.page_count));
   }
   return m;
-}
-
-namespace {
-
-// Resume and StalePages share one layout: a chunk of the page bitmap starting on a word.
-struct BitmapChunk {
-  std::uint64_t first_page = 0;
-  bool last = false;
-  std::vector<std::uint64_t> words;
-};
-
-std::string encodeBitmapChunk(FrameType type, std::uint64_t first_page, bool last,
-                              const std::vector<std::uint64_t>& words) {
-  std::string p;
-  Writer w(p);
-  w.u64(first_page);
-  w.u8(last ? 1 : 0);
-  w.u32(static_cast<std::uint32_t>(words.size()));
-  for (auto word : words) w.u64(word);
-  return frame(type, p);
-}
-
-Result<BitmapChunk> decodeBitmapChunk(FrameType type, std::span<const std::byte> payload,
-                                      const Layout& layout) {
-  Reader r(payload);
-  BitmapChunk m;
-  std::uint8_t last = 0;
-  std::uint32_t n = 0;
-  if (!r.u64(m.first_page) || !r.u8(last) || !r.u32(n)) return bad(type, "truncated");
-  if (last > 1) return bad(type, "last must be 0 or 1");
-  m.last = last == 1;
-  // Whole words of the page bitmap (base/bitmap.h's layout), so a frame starts on a word.
-  if (m.first_page % Bitmap::kBitsPerWord != 0) {
-    return bad(type, "first_page must be a multiple of 64");
-  }
-  const std::uint64_t words_total = Bitmap::wordsFor(layout.page_count);
-  const std::uint64_t first_word = Bitmap::wordOf(m.first_page);
-  if (n == 0 || m.first_page >= layout.page_count || n > words_total - first_word) {
-    return bad(type, "bitmap words " + std::to_string(first_word) + "+" + std::to_string(n) +
-                         " out of range (" + std::to_string(words_total) + " words)");
-  }
-  if (r.remaining() != std::size_t{n} * 8) return bad(type, "bitmap length mismatch");
-  m.words.resize(n);
-  for (auto& word : m.words) r.u64(word);
-  return m;
-}
-
-}  // namespace
-
-std::string encodeResume(const Resume& m) {
-  return encodeBitmapChunk(FrameType::kResume, m.first_page, m.last, m.words);
-}
-
-Result<Resume> decodeResume(std::span<const std::byte> payload, const Layout& layout) {
-  auto c = decodeBitmapChunk(FrameType::kResume, payload, layout);
-  if (!c) return std::unexpected(c.error());
-  return Resume{c->first_page, c->last, std::move(c->words)};
-}
-
-std::string encodeStalePages(const StalePages& m) {
-  return encodeBitmapChunk(FrameType::kStalePages, m.first_page, m.last, m.words);
-}
-
-Result<StalePages> decodeStalePages(std::span<const std::byte> payload, const Layout& layout) {
-  auto c = decodeBitmapChunk(FrameType::kStalePages, payload, layout);
-  if (!c) return std::unexpected(c.error());
-  return StalePages{c->first_page, c->last, std::move(c->words)};
 }
 
 std::string encodeBulkDone(const BulkDone& m) {

@@ -86,4 +86,14 @@ void TransferRecorder::precopySwitch() const {
   if (metrics_) metrics_->addPrecopySwitch();
 }
 
+void TransferRecorder::precopyRound(std::uint64_t pages_sent, std::chrono::nanoseconds duration,
+                                    std::optional<double> dirty_pages_per_s) const {
+  if (metrics_) metrics_->observePrecopyRound(pages_sent, duration, dirty_pages_per_s);
+}
+
+void TransferRecorder::precopySourceSwitch(std::string_view reason,
+                                           std::uint64_t stale_pages) const {
+  if (metrics_) metrics_->addPrecopySourceSwitch(reason, stale_pages);
+}
+
 }  // namespace lazymig::agent

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string_view>
 
 #include "agent/core/migration_stats.h"
@@ -53,6 +54,12 @@ class TransferRecorder {
   // Metrics only: the migration's status reads its staging (PrecopyStaging) directly.
   void precopyPages(metrics::PrecopyPages what, std::uint64_t pages) const;
   void precopySwitch() const;
+  // Source, pre-copy: one round ended (its pages sent, duration, and the dirty rate its scan
+  // found, none for round 1), and the switch at the pause (why, and the stale pages). Metrics
+  // only: the migration's status reads PrecopySource directly.
+  void precopyRound(std::uint64_t pages_sent, std::chrono::nanoseconds duration,
+                    std::optional<double> dirty_pages_per_s) const;
+  void precopySourceSwitch(std::string_view reason, std::uint64_t stale_pages) const;
   // A refusal (one of metrics::kRefusalReasons); metrics only.
   void refusal(std::string_view reason) const;
 

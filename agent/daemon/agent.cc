@@ -10,6 +10,7 @@
 
 #include "agent/core/loop_sync.h"
 #include "agent/core/migration_spec.h"
+#include "agent/daemon/migration_history.h"
 #include "agent/destination/destination_migration.h"
 #include "agent/source/source_migration.h"
 #include "base/version.h"
@@ -60,17 +61,6 @@ std::string_view degradedLabel(const std::string& reason) {
   bool full = reason.find("No space left") != std::string::npos ||
               reason.find("bytes free") != std::string::npos;
   return full ? "store_full" : "store_error";
-}
-
-// What a finished source migration needs to tell its destination the outcome later.
-std::optional<FinishedSource> finishedSourceOf(const nlohmann::json& spec, std::string state) {
-  // Read field by field, not validated again: a spec an older agent accepted still counts.
-  auto text = [&spec](const char* key) {
-    auto it = spec.find(key);
-    return it != spec.end() && it->is_string() ? it->get<std::string>() : std::string();
-  };
-  if (!spec.is_object() || text("role") != "source") return std::nullopt;
-  return FinishedSource{text("peer_identity"), text("token"), std::move(state)};
 }
 
 }  // namespace
@@ -183,39 +173,6 @@ Status Agent::startControlApi() {
   return status;
 }
 
-namespace {
-
-// A finished migration as GET /v1/migrations/{id} showed it before the restart: the report
-// the record keeps, or for records written before reports were kept, what their counters say
-// (then named "pages_done" for what the API calls "pages_installed").
-nlohmann::json finishedMigrationJson(const store::MigrationRecord& r) {
-  auto report = nlohmann::json::parse(r.report_json, nullptr, false);
-  auto isString = [&report](const char* key) {
-    return report.contains(key) && report[key].is_string();
-  };
-  // The history is read by key and type (the registry sorts it by updated_at): a report
-  // without them is not used, the counters say the same.
-  if (report.is_object() && report.contains("progress") && report["progress"].is_object() &&
-      isString("id") && isString("state") && isString("updated_at"))
-    return report;
-  nlohmann::json j{{"id", r.id},
-                   {"role", r.role},
-                   {"state", r.state},
-                   {"peer", r.peer},
-                   {"reason", r.reason},
-                   {"created_at", isoTime(r.created_unix_ms)},
-                   {"updated_at", isoTime(r.updated_unix_ms)}};
-  nlohmann::json progress = nlohmann::json::object();
-  for (const auto& [k, v] : r.counters) progress[k == "pages_done" ? "pages_installed" : k] = v;
-  const std::uint64_t total = progress.value("pages_total", std::uint64_t{0});
-  const std::uint64_t installed = progress.value("pages_installed", std::uint64_t{0});
-  progress["pages_remaining"] = total - std::min(total, installed);
-  j["progress"] = std::move(progress);
-  return j;
-}
-
-}  // namespace
-
 void Agent::loadMigrations() {
   auto stored = db_->listMigrations();
   if (!stored) {
@@ -225,7 +182,7 @@ void Agent::loadMigrations() {
   for (const auto& bad : stored->unreadable) reportUnreadable(bad);
   for (auto& r : stored->records) {
     if (r.state == "completed" || r.state == "failed" || r.state == "cancelled") {
-      registry_.addHistory(r.id, finishedMigrationJson(r));
+      registry_.addHistory(r.id, historyOfFinishedRecord(r));
       auto saved = SavedMigration::fromJson(r.spec_json, r.id);
       if (auto f = saved ? finishedSourceOf(saved->spec, r.state) : std::nullopt)
         registry_.addFinishedSource(r.id, std::move(*f));
@@ -236,20 +193,9 @@ void Agent::loadMigrations() {
 }
 
 void Agent::reportUnreadable(const store::UnreadableRecord& bad) {
-  // Kept as it is in RocksDB, for whoever investigates; shown as failed so that the
-  // orchestrator sees it, and its id is not taken by a new migration by mistake.
   log_.error("cannot read a migration record after restart; the migration is not resumed",
              {{"migration", bad.key}, {"error", bad.error.message()}});
-  const std::string now = isoTime(unixMillisNow());
-  nlohmann::json shown{
-      {"id", bad.key},
-      {"state", "failed"},
-      {"peer", ""},
-      {"reason", "agent restarted and could not read the record: " + bad.error.message()},
-      {"created_at", now},
-      {"updated_at", now}};
-  if (!bad.role.empty()) shown["role"] = bad.role;
-  registry_.addHistory(bad.key, std::move(shown));
+  registry_.addHistory(bad.key, historyOfUnreadableRecord(bad, unixMillisNow()));
 }
 
 void Agent::resumeMigration(store::MigrationRecord r) {
@@ -264,21 +210,10 @@ void Agent::resumeMigration(store::MigrationRecord r) {
     r.updated_unix_ms = unixMillisNow();
     (void)db_->putMigration(r);
     if (auto f = finishedSourceOf(spec_json, r.state)) registry_.addFinishedSource(r.id, *f);
-    registry_.addHistory(r.id, {{"id", r.id},
-                                {"role", r.role},
-                                {"state", r.state},
-                                {"peer", r.peer},
-                                {"reason", r.reason},
-                                {"created_at", isoTime(r.created_unix_ms)},
-                                {"updated_at", isoTime(r.updated_unix_ms)}});
+    registry_.addHistory(r.id, recordSummary(r));
   };
   if (!spec) return failed(spec.error().message());
-  std::shared_ptr<Migration> m;
-  if (auto* s = std::get_if<SourceSpec>(&*spec)) {
-    m = std::make_shared<SourceMigration>(*s, *ctx_, *peer_loop_);
-  } else {
-    m = std::make_shared<DestinationMigration>(std::get<DestinationSpec>(*spec), *ctx_);
-  }
+  std::shared_ptr<Migration> m = newMigration(*spec);
   bool added = false;
   registry_.addIfAbsent(m, added);
   log_.info("resuming migration after restart",
@@ -288,6 +223,13 @@ void Agent::resumeMigration(store::MigrationRecord r) {
     registry_.remove(r.id);
     failed(ok.error().message());
   }
+}
+
+std::shared_ptr<Migration> Agent::newMigration(const MigrationSpec& spec) {
+  if (const auto* s = std::get_if<SourceSpec>(&spec)) {
+    return std::make_shared<SourceMigration>(*s, *ctx_, *peer_loop_);
+  }
+  return std::make_shared<DestinationMigration>(std::get<DestinationSpec>(spec), *ctx_);
 }
 
 std::expected<std::shared_ptr<Migration>, ApiError> Agent::create(const nlohmann::json& body,
@@ -321,12 +263,7 @@ std::expected<std::shared_ptr<Migration>, ApiError> Agent::create(const nlohmann
                                     "no new migration while state_dir '" + config_.state_dir +
                                         "' cannot persist it: " + room.error().context});
   }
-  std::shared_ptr<Migration> m;
-  if (auto* s = std::get_if<SourceSpec>(&*spec)) {
-    m = std::make_shared<SourceMigration>(*s, *ctx_, *peer_loop_);
-  } else {
-    m = std::make_shared<DestinationMigration>(std::get<DestinationSpec>(*spec), *ctx_);
-  }
+  std::shared_ptr<Migration> m = newMigration(*spec);
   auto registered = registry_.addIfAbsent(m, created);
   if (!created) return registered;
   if (auto ok = m->start(); !ok) {

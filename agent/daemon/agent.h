@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "agent/core/migration.h"
+#include "agent/core/migration_spec.h"
 #include "agent/daemon/control_api.h"
 #include "agent/daemon/registry.h"
 #include "agent/source/peer_listener.h"
@@ -36,6 +37,7 @@ class Agent {
   void resumeMigration(store::MigrationRecord record);
   // A record the store cannot read: logged with its id and shown as failed; nothing else.
   void reportUnreadable(const store::UnreadableRecord& bad);
+  std::shared_ptr<Migration> newMigration(const MigrationSpec& spec);
   // A finished migration keeps its threads, fds and mappings (a minor-mode or guest_memfd
   // destination maps the guest's memory) until retired: after a grace period that lets its
   // channels close cleanly, it is shut down and only its report stays, as history.

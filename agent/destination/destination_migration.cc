@@ -381,7 +381,11 @@ void DestinationMigration::addDetails(nlohmann::json& out) const {
                              {"population", population_.details}};
     if (!population_.backing.empty()) memory["backing"] = population_.backing;
     if (memory_fd_.valid()) memory["write_method"] = std::string(view_.methodName());
-    if (view_.hasBitmap()) memory["userfault_bits_set"] = view_.bitsSet();
+    if (view_.hasBitmap()) {
+      auto bits = view_.bitsSet();
+      memory["userfault_bits_set"] = bits ? nlohmann::json(*bits) : nlohmann::json(nullptr);
+      if (!bits) memory["userfault_bitmap_error"] = bits.error().message();
+    }
     out["memory"] = std::move(memory);
   }
   if (staging_) out["precopy"] = precopyStatus();

@@ -37,6 +37,7 @@ PrecopySource::PrecopySource(transport::EventLoop& peer_loop, std::optional<Prec
       sent_once_(page_count),
       stale_(page_count),
       hot_(page_count),
+      resent_(page_count),
       written_last_(page_count),
       written_before_(page_count),
       tracking_error_(std::move(why)) {
@@ -74,10 +75,14 @@ void PrecopySource::resumed(const Bitmap& has) {
   if (switched()) return;
   // Pages the destination lacks go again; pages it has may be older than ours (we cannot tell
   // whose copy it is), so they count as sent and stay to send when they were.
+  // A page resent on the channel before this one may be staged in its older copy (the newer
+  // one lost with the link): it goes again.
   for (std::size_t w = 0; w < has.words().size(); ++w) {
-    to_send_.mutableWords()[w] |= ~has.words()[w] & Bitmap::validMask(page_count_, w);
+    to_send_.mutableWords()[w] |=
+        (~has.words()[w] | resent_.words()[w]) & Bitmap::validMask(page_count_, w);
     sent_once_.mutableWords()[w] |= has.words()[w];
   }
+  resent_ = Bitmap(page_count_);
   cursor_ = 0;
   if (state_ == State::kWaitingForDestination) {
     std::lock_guard lock(status_mu_);
@@ -140,12 +145,21 @@ void PrecopySource::endRound(Clock::time_point now) {
   in_round_ = false;
   round_ended_ = now;
   auto reason = rounds_->endRound();
+  const PrecopyRound& ended = rounds_->rounds().back();
   std::lock_guard lock(status_mu_);
-  round_status_.back().duration_ms = millis(rounds_->rounds().back().duration);
+  RoundStatus& round = round_status_.back();
+  round.duration_ms = millis(ended.duration);
+  if (recorder_) {
+    // Round 1's pages are every page, not what the guest wrote: it has no dirty rate.
+    recorder_->precopyRound(
+        round.pages_sent, ended.duration,
+        ended.number > 1 ? std::optional(round.dirty_pages_per_s) : std::nullopt);
+  }
   if (reason && state_ == State::kRounds) {
     state_ = State::kReadyToPause;
     state_name_ = std::string(stateName(state_));
     switch_reason_ = std::string(switchReasonName(*reason));
+    ready_after_round_ = ended.number;
   }
 }
 
@@ -169,6 +183,7 @@ PrecopySource::Next PrecopySource::next(std::uint64_t max_pages, Clock::time_poi
   std::uint64_t end = first;
   while (end < page_count_ && end - first < max_pages && to_send_.test(end)) {
     to_send_.clear(end);
+    if (sent_once_.test(end)) resent_.set(end);
     sent_once_.set(end);
     ++end;
   }
@@ -204,16 +219,29 @@ const Bitmap& PrecopySource::pause() {
   state_name_ = std::string(stateName(state_));
   stale_pages_ = stale_.count();
   hot_pages_ = hot_.count();
+  if (recorder_) {
+    recorder_->precopySourceSwitch(
+        switch_reason_.empty() ? std::string_view("paused_before_ready") : switch_reason_,
+        stale_pages_);
+  }
   return stale_;
 }
 
 Bitmap PrecopySource::resumedAfterSwitch(const Bitmap& has) {
   assert(peer_loop_.inLoopThread());
-  if (vouch_nothing_) {
-    // StalePages drops staged copies only: pages installed after the switch stay installed.
-    stale_.merge(has);
+  // StalePages drops staged copies only: pages installed after the switch stay installed (a
+  // destination that heard `last` on the lost channel heard every page sent before it).
+  Bitmap also_stale = vouch_nothing_ ? has : resent_;
+  resent_ = Bitmap(page_count_);
+  for (std::size_t w = 0; w < also_stale.words().size(); ++w) {
+    also_stale.mutableWords()[w] &= has.words()[w];
+  }
+  if (also_stale.count() > 0) {
+    stale_.merge(also_stale);
+    hot_.merge(also_stale);
     std::lock_guard lock(status_mu_);
     stale_pages_ = stale_.count();
+    hot_pages_ = hot_.count();
   }
   Bitmap out = has;
   for (std::size_t w = 0; w < out.words().size(); ++w) {
@@ -245,6 +273,7 @@ nlohmann::json PrecopySource::status() const {
                      {"round", round_status_.empty() ? 0u : round_status_.back().number},
                      {"rounds", rounds}};
   if (!switch_reason_.empty()) out["switch_reason"] = switch_reason_;
+  if (ready_after_round_ > 0) out["ready_after_round"] = ready_after_round_;
   if (!tracking_error_.empty()) out["tracking_error"] = tracking_error_;
   if (state_name_ == "switched") {
     out["stale_pages"] = stale_pages_;

@@ -6,12 +6,17 @@
 // Its bookkeeping, one bit per page:
 //   to_send_   the destination holds no current copy: never sent, reported written by a scan
 //              since it was last read, or missing from a reconnecting destination's Resume;
-//   sent_once_ the destination may hold some copy (we sent it, or a Resume said so).
+//   sent_once_ the destination may hold some copy (we sent it, or a Resume said so);
+//   resent_    sent again on the current bulk channel: if the channel is lost, that copy may
+//              have been lost with it while the destination still holds an older one, which its
+//              Resume reports like any other.
 // A round is one pass over to_send_ after a scan (PrecopyRounds) added what was written: every
 // page is read after the scan that reported it, so a later write is reported by a later scan.
 // At the pause the stale set is (to_send_ ∪ the final scan) ∩ sent_once_; every other page the
 // destination holds is as current as the paused memory. A Resume never vouches for a page (a
-// restarted agent cannot tell an older copy from a current one): it only adds to both sets.
+// restarted agent cannot tell an older copy from a current one): it only adds to both sets,
+// and puts the pages resent on the lost channel back into to_send_ (after the switch: into the
+// stale set).
 //
 // Threads: every method runs on the peer loop (asserted in debug builds), but status(), which
 // runs anywhere (the control API).
@@ -27,6 +32,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/core/transfer_recorder.h"
 #include "agent/source/bulk_schedule.h"
 #include "agent/source/precopy_rounds.h"
 #include "base/bitmap.h"
@@ -56,6 +62,10 @@ class PrecopySource {
   static std::unique_ptr<PrecopySource> restarted(transport::EventLoop& peer_loop,
                                                   std::uint64_t page_count, bool switched);
 
+  // Where each ended round and the switch are counted (the agent's Prometheus families). Set
+  // before the memory is served, so before any round; without it nothing is counted.
+  void recordInto(TransferRecorder recorder) { recorder_ = recorder; }
+
   // A bulk channel's Resume: the pages the destination holds some copy of.
   void resumed(const Bitmap& has);
   // Before the switch: the next run to send of the current round (marked sent), starting the
@@ -81,7 +91,8 @@ class PrecopySource {
   const Bitmap& hotSet() const { return hot_; }
   const Bitmap& stale() const { return stale_; }
 
-  // {state, round, rounds[], switch_reason, stale_pages, ...} for the migration's status.
+  // {state, round, rounds[], switch_reason, ready_after_round, stale_pages, ...} for the
+  // migration's status.
   nlohmann::json status() const;
 
   // A round is begun at most this often once the rounds wait for the pause.
@@ -94,6 +105,7 @@ class PrecopySource {
   void addWritten(const std::vector<GuestPageRun>& runs, Bitmap* also);
 
   transport::EventLoop& peer_loop_;
+  std::optional<TransferRecorder> recorder_;
   std::optional<PrecopyRounds> rounds_;
   std::uint64_t page_count_;
   State state_ = State::kWaitingForDestination;
@@ -101,6 +113,7 @@ class PrecopySource {
   Bitmap sent_once_;
   Bitmap stale_;
   Bitmap hot_;
+  Bitmap resent_;
   Bitmap written_last_;    // reported by the latest scan (round 2 on)
   Bitmap written_before_;  // by the scan before it
   std::uint64_t cursor_ = 0;
@@ -124,6 +137,7 @@ class PrecopySource {
   std::string tracking_error_;
   std::uint64_t stale_pages_ = 0;
   std::uint64_t hot_pages_ = 0;
+  unsigned ready_after_round_ = 0;  // the round whose end said ready_to_pause (0: none yet)
 };
 
 }  // namespace lazymig::agent

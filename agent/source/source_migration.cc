@@ -162,6 +162,7 @@ Status SourceMigration::useMemory(std::unique_ptr<SourceMemory> memory) {
   page_count_.store(memory->pageCount());
   page_size_.store(memory->pageSize());
   memory_ = std::move(memory);
+  if (precopy_) precopy_->recordInto(recorder_);
   cpu_.count(peer_loop_);
   cpu_.count(*urgent_loop_);
   ready_.store(true, std::memory_order_release);

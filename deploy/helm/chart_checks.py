@@ -195,6 +195,9 @@ def dashboard_checks(board):
     exprs = [t["expr"] for p in board.get("panels", []) for t in p.get("targets", [])]
     check("dashboard shows where a demand fault's time goes (lazymig_fault_phase_seconds by phase)",
           any("lazymig_fault_phase_seconds" in e and "phase" in e for e in exprs), exprs)
+    check("dashboard shows pre-copy rounds and switches (lazymig_precopy_source_*)",
+          all(any(f in e for e in exprs) for f in ("lazymig_precopy_source_round_pages", "lazymig_precopy_source_dirty_pages_per_second",
+                                                   "lazymig_precopy_source_switches_total", "lazymig_precopy_source_stale_pages")), exprs)
     unscoped = [e for e in exprs if 'cluster=~"$cluster"' not in e or 'node=~"$node"' not in e]
     check("every panel query is scoped by $cluster and $node", not unscoped, unscoped)
     sources = [json.dumps(p.get("datasource")) for p in board.get("panels", [])]

@@ -4,10 +4,14 @@
 # become the test VM (no guest can run here); each one needs a stand-in below, so a new
 # Firecracker step in the guide fails this test until it has one.
 #
-# usage: orchestrator_guide_test.sh BINDIR GUIDE
+# With MODE precopy it runs the "# precopy:" blocks instead (the steps with the pause), the
+# "# vmm:" blocks becoming a live source test VM whose vCPUs write throughout.
+#
+# usage: orchestrator_guide_test.sh BINDIR GUIDE [postcopy|precopy]
 set -euo pipefail
 BIN=$(cd "$1" && pwd)
 GUIDE=$2
+MODE=${3:-postcopy}
 for tool in curl jq openssl ip python3; do
   command -v "$tool" >/dev/null || { echo "guide test: $tool is missing (scripts/install-deps.sh)" >&2; exit 1; }
 done
@@ -18,11 +22,12 @@ AGENTS=()
 cleanup() {
   local rc=$?
   for pid in "${AGENTS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [[ -f $W/src-vm.pid ]] && kill "$(cat "$W/src-vm.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
   ip netns del "$NS_A" 2>/dev/null || true
   ip netns del "$NS_B" 2>/dev/null || true
   if [[ $rc -ne 0 ]]; then
-    for f in "$W"/a.log "$W"/b.log "$W"/vm.log; do
+    for f in "$W"/a.log "$W"/b.log "$W"/vm.log "$W"/src-vm.log; do
       [[ -f $f ]] && { echo "---- $f (tail)"; tail -n 30 "$f"; }
     done
   fi
@@ -92,23 +97,47 @@ firecracker_restore() {
   echo \$! >"$W/vm.pid"
 }
 firecracker_clean-up-source() { rm -f "\$MEM_FILE" "\$VMSTATE_FILE"; }
+# Pre-copy: VMM A is a live source test VM, paused by SIGUSR1; VMM B checks the stamps.
+HANDOVER=$W/vm-42-handover.sock
+vmm_live-handover() {
+  "$BIN/lazymig-testvm" source "\${VM[@]}" --handover-socket "\$HANDOVER" --live \
+    --live-vcpus 2 --live-writes-per-s 2000 --stamps-file "$W/stamps.json" >"$W/src-vm.log" 2>&1 &
+  echo \$! >"$W/src-vm.pid"
+}
+vmm_pause() {
+  kill -USR1 "\$(cat "$W/src-vm.pid")"
+  for _ in \$(seq 1 300); do grep -q '"paused":true' "$W/src-vm.log" && return 0; sleep 0.1; done
+  echo "guide test: the source VM did not pause" >&2; return 1
+}
+vmm_restore() {
+  "$BIN/lazymig-testvm" dest "\${VM[@]}" --handshake-socket "\$HS" --vcpus 2 --pattern random \
+    --accesses 20000 --source-stamps "$W/stamps.json" --control "unix:\$DST_API" \
+    --migration "\$MIG" --timeout-s 120 >"$W/vm.json" 2>"$W/vm.log" &
+  echo \$! >"$W/vm.pid"
+}
+vmm_stop-source() { kill "\$(cat "$W/src-vm.pid")"; }
 PRELUDE
 
-python3 - "$GUIDE" >>"$W/guide.sh" <<'PY'
+python3 - "$GUIDE" "$MODE" >>"$W/guide.sh" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
+# Post-copy: "# orchestrator:" blocks run, "# firecracker:" blocks are stand-ins. Pre-copy:
+# "# precopy:" blocks run, "# vmm:" blocks are stand-ins.
+run_kind, vmm_kind = ("precopy", "vmm") if sys.argv[2] == "precopy" else ("orchestrator", "firecracker")
+required = ["watch", "restore"] + (["live-handover", "wait-ready-to-pause", "pause", "paused"] if sys.argv[2] == "precopy" else [])
 steps = []
 for block in re.findall(r"^```sh\n(.*?)^```", text, re.S | re.M):
     first, _, body = block.partition("\n")
-    m = re.match(r"# (orchestrator|firecracker): (\S+)$", first)
+    m = re.match(rf"# ({run_kind}|{vmm_kind}): (\S+)$", first)
     if not m:
         continue
     kind, name = m.groups()
     steps.append(name)
     print(f'echo "guide: {kind}: {name}" >&2')
-    print(body if kind == "orchestrator" else f"firecracker_{name}")
-if "watch" not in steps or "restore" not in steps:
-    sys.exit(f"guide test: expected watch and restore steps, found {steps}")
+    print(body if kind == run_kind else f"{vmm_kind}_{name}")
+missing = [s for s in required if s not in steps]
+if missing:
+    sys.exit(f"guide test: expected the steps {missing}, found {steps}")
 PY
 
 echo "guide test: running $(grep -c '^echo "guide:' "$W/guide.sh") steps of $GUIDE" >&2
@@ -121,4 +150,11 @@ wait "$vm_pid" 2>/dev/null || true
 cat "$W/vm.json"
 jq -e '.verified == true and .mismatches == 0' "$W/vm.json" >/dev/null \
   || { echo "guide test: the test VM did not verify its memory" >&2; exit 1; }
+if [[ $MODE == precopy ]]; then
+  # The source's writes were live (the stamps were checked), the rounds ran and switched.
+  grep -q '"paused":true' "$W/src-vm.log" || { echo "guide test: no paused source VM" >&2; exit 1; }
+  curl -sf --unix-socket "$W/a-control.sock" "http://lazymig/v1/migrations/vm-42-to-b" \
+    | jq -e '.precopy.state == "switched" and .precopy.round >= 1' >/dev/null \
+    || { echo "guide test: agent A did not run pre-copy rounds and switch" >&2; exit 1; }
+fi
 echo "guide test: passed"

@@ -15,7 +15,7 @@ cxx=${LAZYMIG_FUZZ_CXX:-clang++-16}
 command -v "$cxx" >/dev/null || { echo "fuzz: $cxx is missing (scripts/install-deps.sh installs clang-16)" >&2; exit 1; }
 
 case $target in
-  frame) sources=(transport/frame.cc base/error.cc); libs=() ;;
+  frame) sources=(transport/frame.cc transport/bitmap_frames.cc base/error.cc); libs=() ;;
   handshake) sources=(vmm/handshake.cc vmm/source_handover.cc base/strict_json.cc sys/unix_socket.cc sys/unique_fd.cc sys/uffd.cc sys/memory_fd.cc sys/kvm.cc sys/mapping.cc sys/write_tracker.cc base/error.cc); libs=() ;;
   config) sources=(config/config.cc base/error.cc base/log.cc); libs=(-lyaml-cpp) ;;
   *) echo "fuzz: unknown target '$target' (frame, handshake, config)" >&2; exit 2 ;;

@@ -6,7 +6,11 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
+#include <cerrno>
 
 #include <atomic>
 #include <chrono>
@@ -145,6 +149,37 @@ TEST(EventLoop, BaseFinalizersSeeTheBaseBeforeItIsFreed) {
   event_base* base = loop->base();
   loop->stop();
   EXPECT_EQ(g_finalized, base);
+}
+
+// What finish() frees on the stopping thread may write to a peer that has gone (a TLS
+// connection's close_notify). That write must fail with EPIPE, not raise SIGPIPE, which would
+// end this test binary (it does not ignore the signal, as the agent does); the thread's mask
+// is left as it was, with nothing pending.
+int g_gone_peer = -1;
+event_base* g_writes_at_finish = nullptr;
+int g_write_errno = 0;
+void writeToAGonePeer(event_base* base) {
+  if (base != g_writes_at_finish) return;
+  g_write_errno = ::write(g_gone_peer, "x", 1) < 0 ? errno : 0;
+}
+
+TEST(EventLoop, StoppingFromAnotherThreadSurvivesAWriteToAGonePeer) {
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+  ::close(fds[1]);
+  g_gone_peer = fds[0];
+  EventLoop::addBaseFinalizer(&writeToAGonePeer);
+  auto loop = startLoop();
+  g_writes_at_finish = loop->base();
+  loop->stop();
+  EXPECT_EQ(g_write_errno, EPIPE);
+  sigset_t mask, pending;
+  pthread_sigmask(SIG_BLOCK, nullptr, &mask);
+  sigpending(&pending);
+  EXPECT_FALSE(sigismember(&mask, SIGPIPE));
+  EXPECT_FALSE(sigismember(&pending, SIGPIPE));
+  g_writes_at_finish = nullptr;
+  ::close(fds[0]);
 }
 
 // A bufferevent freed in the loop's last turn while one of its deferred callbacks is queued

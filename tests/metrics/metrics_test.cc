@@ -41,6 +41,9 @@ void touchEverything(AgentMetrics& m) {
   m.addPrecopyPages(PrecopyPages::kStaleDropped, 2);
   m.addPrecopyPages(PrecopyPages::kInstalledFromStaging, 3);
   m.addPrecopySwitch();
+  m.observePrecopyRound(16384, 400ms, std::nullopt);
+  m.observePrecopyRound(900, 30ms, 30000.0);
+  m.addPrecopySourceSwitch("few_pages_left", 12);
 }
 
 TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
@@ -66,7 +69,13 @@ TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
                              "lazymig_migration_moved_bytes_total",
                              "lazymig_migration_cpu_seconds_per_gib_bucket",
                              "lazymig_precopy_destination_pages_total",
-                             "lazymig_precopy_destination_switches_total"}) {
+                             "lazymig_precopy_destination_switches_total",
+                             "lazymig_precopy_source_rounds_total",
+                             "lazymig_precopy_source_round_pages_bucket",
+                             "lazymig_precopy_source_round_duration_seconds_bucket",
+                             "lazymig_precopy_source_dirty_pages_per_second_bucket",
+                             "lazymig_precopy_source_stale_pages_bucket",
+                             "lazymig_precopy_source_switches_total"}) {
     EXPECT_NE(text.find(family), std::string::npos) << family;
   }
   EXPECT_NE(text.find(R"(lazymig_pages_total{node="node-a",path="bulk"} 64)"), std::string::npos)
@@ -88,6 +97,19 @@ TEST(Metrics, EveryFamilyIsExposedWithBoundedLabels) {
   EXPECT_NE(text.find(R"(lazymig_vcpu_blocked_seconds_total{node="node-a"} 0.000242)"),
             std::string::npos)
       << text;
+  // Per round: no round number, no migration; round 1 has no dirty rate.
+  for (const char* series :
+       {R"(lazymig_precopy_source_rounds_total{node="node-a"} 2)",
+        R"(lazymig_precopy_source_round_pages_sum{node="node-a"} 17284)",
+        R"(lazymig_precopy_source_round_pages_bucket{node="node-a",le="1024"} 1)",
+        R"(lazymig_precopy_source_round_duration_seconds_count{node="node-a"} 2)",
+        R"(lazymig_precopy_source_dirty_pages_per_second_count{node="node-a"} 1)",
+        R"(lazymig_precopy_source_stale_pages_sum{node="node-a"} 12)",
+        R"(lazymig_precopy_source_switches_total{node="node-a",reason="few_pages_left"} 1)",
+        R"(lazymig_precopy_source_switches_total{node="node-a",reason="deadline"} 0)"}) {
+    EXPECT_NE(text.find(series), std::string::npos) << series << "\n" << text;
+  }
+  EXPECT_EQ(text.find("round=\""), std::string::npos) << "no per-round label";
   EXPECT_EQ(text.find("migration=\""), std::string::npos)
       << "no per-migration label on fleet series";
 }
@@ -117,6 +139,12 @@ TEST(Metrics, AlertedSeriesExistAtZeroBeforeTheFirstEvent) {
         << reason;
   }
   EXPECT_NE(text.find(R"(lazymig_store_writable{node="n"} 1)"), std::string::npos);
+  for (auto reason : kPrecopySwitchReasons) {
+    EXPECT_NE(text.find("lazymig_precopy_source_switches_total{node=\"n\",reason=\"" +
+                        std::string(reason) + "\"} 0"),
+              std::string::npos)
+        << reason;
+  }
   for (auto role : kRoles) {
     EXPECT_NE(text.find("lazymig_migration_cpu_seconds_total{node=\"n\",role=\"" +
                         std::string(role) + "\"} 0"),

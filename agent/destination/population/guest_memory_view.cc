@@ -4,11 +4,13 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <vector>
 
 #include "sys/memory_fd.h"
+#include "sys/truncation_guard.h"
 
 namespace lazymig::agent {
 
@@ -52,7 +54,6 @@ Result<GuestMemoryView> GuestMemoryView::map(const sys::UniqueFd& memory, std::u
                                 MAP_SHARED);
     if (!b) return std::unexpected(b.error());
     v.bitmap_ = std::move(*b);
-    v.bits_ = AtomicBitmapView(reinterpret_cast<std::uint64_t*>(v.bitmap_.data()), v.pages_);
   }
   return v;
 }
@@ -64,11 +65,12 @@ Result<WriteOutcome> GuestMemoryView::write(PageIndex first, std::uint64_t count
   if (method_ == WriteMethod::kMmap) {
     // One MADV_POPULATE_WRITE for the run instead of a page fault per page.
     (void)memory_.populate(sys::Mapping::Populate::kWrite, off, len);
-    if (src != nullptr) {
-      std::memcpy(memory_.data() + off, src, len);
-    } else {
-      std::memset(memory_.data() + off, 0, len);
-    }
+    // Guarded: the VMM may have truncated the file since the handover, and a write past its
+    // end would be a SIGBUS that ends every migration of this agent.
+    auto ok = src != nullptr
+                  ? sys::guardedCopy(memory_.data() + off, src, len, "the VMM's guest memory")
+                  : sys::guardedZero(memory_.data() + off, len, "the VMM's guest memory");
+    if (!ok) return std::unexpected(ok.error());
     return WriteOutcome{};
   }
   static const std::vector<std::byte> zeros(1 << 20, std::byte{0});
@@ -83,6 +85,29 @@ Result<WriteOutcome> GuestMemoryView::write(PageIndex first, std::uint64_t count
     done += static_cast<std::uint64_t>(w);
   }
   return WriteOutcome{};
+}
+
+Result<bool> GuestMemoryView::bitSet(PageIndex p) const {
+  auto word = sys::guardedLoad(bitmapWord(p), "the VMM's userfault bitmap");
+  if (!word) return std::unexpected(word.error());
+  return (*word & Bitmap::maskOf(p.value)) != 0;
+}
+
+Status GuestMemoryView::clearBit(PageIndex p) const {
+  return sys::guardedClearBits(bitmapWord(p), Bitmap::maskOf(p.value),
+                               "the VMM's userfault bitmap");
+}
+
+Result<std::uint64_t> GuestMemoryView::bitsSet() const {
+  if (!hasBitmap()) return 0;
+  std::uint64_t n = 0;
+  for (std::uint64_t w = 0; w < Bitmap::wordsFor(pages_); ++w) {
+    auto word = sys::guardedLoad(bitmapWord(PageIndex{w * Bitmap::kBitsPerWord}),
+                                 "the VMM's userfault bitmap");
+    if (!word) return std::unexpected(word.error());
+    n += static_cast<std::uint64_t>(std::popcount(*word & Bitmap::validMask(pages_, w)));
+  }
+  return n;
 }
 
 std::string describeMemoryFd(int fd) {

@@ -50,11 +50,13 @@ class GuestMemoryView {
   std::byte* page(PageIndex p) const { return memory_.data() + p.value * page_size_; }
   std::uint64_t pageSize() const { return page_size_; }
   bool hasBitmap() const { return bitmap_.valid(); }
+  // The bitmap is the VMM's file, which it may truncate: each access is guarded
+  // (sys/truncation_guard.h), an error rather than a SIGBUS.
   // Acquire: a clear bit means the page's bytes were written before it was cleared.
-  bool bitSet(PageIndex p) const { return bits_.test(p.value); }
+  Result<bool> bitSet(PageIndex p) const;
   // Release: the page's bytes are written before any vCPU can see the bit clear.
-  void clearBit(PageIndex p) const { bits_.clear(p.value); }
-  std::uint64_t bitsSet() const { return hasBitmap() ? bits_.count() : 0; }
+  Status clearBit(PageIndex p) const;
+  Result<std::uint64_t> bitsSet() const;
   // What the memory fd is, for the status ("guest_memfd", "memfd", "hugetlbfs", "file").
   const std::string& backing() const { return backing_; }
 
@@ -63,7 +65,9 @@ class GuestMemoryView {
   WriteMethod method_ = WriteMethod::kMmap;
   sys::Mapping memory_;
   sys::Mapping bitmap_;
-  AtomicBitmapView bits_;  // over bitmap_, shared with KVM and the VMM
+  std::uint64_t* bitmapWord(PageIndex p) const {
+    return reinterpret_cast<std::uint64_t*>(bitmap_.data()) + Bitmap::wordOf(p.value);
+  }
   std::uint64_t page_size_ = 4096;
   std::uint64_t pages_ = 0;
   std::string backing_;

@@ -169,24 +169,27 @@ Result<PageInstaller::Step> PageInstaller::writeRun(PageIndex first, std::uint64
   const bool guest_memfd = path_ == PopulationPath::kGuestMemfd;
   std::lock_guard lock(write_mu_);
   enum class Page { kWrite, kSkip, kPresent };
-  auto classify = [&](PageIndex page) {
+  auto classify = [&](PageIndex page) -> Result<Page> {
     PageState s = pages_.state(page);
     bool wanted = only_removed ? s == PageState::kRemoved
                                : (s == PageState::kMissing || s == PageState::kRequested);
     if (!wanted) return Page::kSkip;
+    if (!guest_memfd) return Page::kWrite;
     // A clear bit: the VMM or an earlier agent populated the page, and a vCPU may have
     // written it since. It is present; it is never written again.
-    if (guest_memfd && !view_->bitSet(page)) return Page::kPresent;
-    return Page::kWrite;
+    auto set = view_->bitSet(page);
+    if (!set) return std::unexpected(set.error());
+    return *set ? Page::kWrite : Page::kPresent;
   };
   auto source = [&](PageIndex page) {
     return data_base ? data_base + (page.value - data_first.value) * page_size : nullptr;
   };
   for (std::uint64_t i = 0; i < n;) {
     PageIndex page{first.value + i};
-    Page kind = classify(page);
-    if (kind != Page::kWrite) {
-      if (kind == Page::kPresent) {
+    auto kind = classify(page);
+    if (!kind) return std::unexpected(kind.error());
+    if (*kind != Page::kWrite) {
+      if (*kind == Page::kPresent) {
         pages_.markInstalled(page);
         ++counts.already_present;
       } else {
@@ -196,7 +199,11 @@ Result<PageInstaller::Step> PageInstaller::writeRun(PageIndex first, std::uint64
       continue;
     }
     std::uint64_t j = i + 1;
-    while (j < n && classify(PageIndex{first.value + j}) == Page::kWrite) ++j;
+    for (; j < n; ++j) {
+      auto next = classify(PageIndex{first.value + j});
+      if (!next) return std::unexpected(next.error());
+      if (*next != Page::kWrite) break;
+    }
     auto w = view_->write(page, j - i, source(page));
     if (!w) return std::unexpected(w.error());
     if (w->already_populated) {
@@ -205,7 +212,9 @@ Result<PageInstaller::Step> PageInstaller::writeRun(PageIndex first, std::uint64
       w = view_->write(page, 1, source(page));
       if (!w) return std::unexpected(w.error());
       if (w->already_populated) {
-        if (guest_memfd) view_->clearBit(page);
+        if (guest_memfd) {
+          if (auto ok = view_->clearBit(page); !ok) return std::unexpected(ok.error());
+        }
         pages_.markInstalled(page);
         ++counts.already_present;
         ++i;
@@ -214,7 +223,9 @@ Result<PageInstaller::Step> PageInstaller::writeRun(PageIndex first, std::uint64
     }
     if (guest_memfd) {
       for (std::uint64_t k = i; k < j; ++k) {
-        view_->clearBit(PageIndex{first.value + k});
+        if (auto ok = view_->clearBit(PageIndex{first.value + k}); !ok) {
+          return std::unexpected(ok.error());
+        }
         pages_.markInstalled(PageIndex{first.value + k});
       }
       counts.installed += j - i;

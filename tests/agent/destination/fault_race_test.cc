@@ -233,7 +233,7 @@ void hammer(Mode mode, Write write = Write::kPwrite) {
     }
     EXPECT_GT(requests.load(), 0u);
     EXPECT_EQ(replies.load(), requests.load());
-    EXPECT_EQ(view.bitsSet(), 0u);
+    EXPECT_EQ(view.bitsSet().value_or(1), 0u);
   }
   runOnLoop(**loop, [&] { faults->stop(); });
   EXPECT_FALSE(fatal.load());
