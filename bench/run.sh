@@ -8,7 +8,8 @@
 # post-copy, the same guest in the same run (run_precopy_pair below).
 #   bench/run.sh [runs=3] [size=256MiB] [scenarios=.]   (scenarios: a regex of the names to run)
 #   JSON=FILE bench/run.sh ...   (default build/bench/run-<UTC time>.json)
-# The scenarios are bench/scenarios.sh's, shared with bench/ab_compare.sh.
+# The scenarios are bench/scenarios.sh's, shared with bench/ab_compare.sh. Last, the tail bar
+# (bench/tail_bar.py): each saturated-bulk scenario's p90 and p99 against its quiet twin's p50.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/scenarios.sh
@@ -199,4 +200,6 @@ with open(out, "w") as f:
     json.dump(doc, f, indent=1)
     f.write("\n")
 PY
+# Issue 14's bar for the tail: each saturated scenario against its capped twin of this run.
+python3 bench/tail_bar.py "$json_out" || echo "tail bar: could not read $json_out" >&2
 echo "results: $json_out" >&2

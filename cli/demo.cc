@@ -16,6 +16,7 @@
 #include <random>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "cli/precopy_demo.h"
 #include "client/control_client.h"
@@ -29,17 +30,56 @@ namespace {
 
 const char* name(Side s) { return s == Side::kSource ? "source" : "destination"; }
 
-Result<std::uint16_t> freePort() {
-  // Agents restarted by a test must come back on the same address the destination dials,
-  // so each gets a fixed port rather than port 0.
+// The low end of the kernel's ephemeral port range (net.ipv4.ip_local_port_range).
+std::uint16_t ephemeralPortsStart() {
+  std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+  unsigned low = 0;
+  if (!(in >> low) || low <= 2048 || low > 65535) return 32768;
+  return static_cast<std::uint16_t>(low);
+}
+
+bool portIsFree(std::uint16_t port) {
   sys::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return failSys("bind");
-  socklen_t len = sizeof a;
-  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len);
-  return ntohs(a.sin_port);
+  a.sin_port = htons(port);
+  return fd && ::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+}
+
+// Agents restarted by a test must come back on the same address the destination dials, so each
+// gets a fixed port rather than port 0. It is drawn below the ephemeral range: a port from that
+// range (what binding port 0 gives) can be taken as the local end of any outgoing connection --
+// the other agent's dial, a parallel demo's -- between this check and the agent's bind.
+Result<std::uint16_t> freePort() {
+  const std::uint16_t high = ephemeralPortsStart();
+  const std::uint16_t low = high > 12000 ? high - 12000 : 1024;
+  std::mt19937 pick{std::random_device{}()};
+  std::uniform_int_distribution<unsigned> in_range(low, high - 1u);
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    auto port = static_cast<std::uint16_t>(in_range(pick));
+    if (portIsFree(port)) return port;
+  }
+  return fail(Errc::kSystem, "demo",
+              "no free loopback port below the ephemeral range (" + std::to_string(low) + "-" +
+                  std::to_string(high - 1) + ") after 64 tries");
+}
+
+// The last lines of an agent's log: a start-up failure says its cause there.
+std::string logTail(const std::string& path, std::size_t lines) {
+  std::ifstream in(path);
+  std::vector<std::string> tail;
+  for (std::string line; std::getline(in, line);) {
+    tail.push_back(line);
+    if (tail.size() > lines) tail.erase(tail.begin());
+  }
+  std::string out;
+  for (const auto& line : tail) out += (out.empty() ? "" : "\n") + line;
+  return out;
+}
+
+bool addressWasTaken(const Error& e) {
+  return e.message().find("Address already in use") != std::string::npos;
 }
 
 std::string randomHex(std::size_t bytes) {
@@ -142,11 +182,18 @@ Result<DemoRun> DemoRun::prepare(DemoOptions options) {
   run.token_ = randomHex(32);
   if (auto ok = run.writePki(); !ok) return std::unexpected(ok.error());
   for (Side s : {Side::kSource, Side::kDestination}) {
-    auto port = freePort();
-    if (!port) return std::unexpected(port.error());
-    run.ports_[static_cast<int>(s)] = *port;
-    if (auto ok = run.writeConfig(s); !ok) return std::unexpected(ok.error());
-    if (auto ok = run.startAgent(s); !ok) return std::unexpected(ok.error());
+    // Another process may still bind the port between freePort() and the agent: pick again.
+    for (int attempt = 1;; ++attempt) {
+      auto port = freePort();
+      if (!port) return std::unexpected(port.error());
+      run.ports_[static_cast<int>(s)] = *port;
+      if (auto ok = run.writeConfig(s); !ok) return std::unexpected(ok.error());
+      auto ok = run.startAgent(s);
+      if (ok) break;
+      if (attempt == 3 || !addressWasTaken(ok.error())) return std::unexpected(ok.error());
+      run.say(std::string(name(s)) + " agent: port " + std::to_string(*port) +
+              " was taken before it bound it; trying another");
+    }
   }
   run.started_ = std::chrono::steady_clock::now();
   return run;
@@ -220,7 +267,8 @@ Status DemoRun::startAgent(Side s) {
     if (r && r->status == 200) return {};
     if (auto st = slot->wait(std::chrono::milliseconds(20))) {
       return fail(Errc::kState, std::string(name(s)) + " agent",
-                  "exited at start-up (" + describeStatus(*st) + "); see " + logPath(s));
+                  "exited at start-up (" + describeStatus(*st) + "); see " + logPath(s) +
+                      ", which ends:\n" + logTail(logPath(s), 3));
     }
   }
   return fail(Errc::kTimeout, std::string(name(s)) + " agent",

@@ -1,8 +1,10 @@
 #include "cli/huge_pages.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -33,6 +35,21 @@ Status writeNrHugepages(std::uint64_t n) {
   return {};
 }
 
+Result<sys::UniqueFd> lockHugePages(bool verbose) {
+  sys::UniqueFd fd(::open(kHugePageLockFile, O_RDWR | O_CREAT | O_CLOEXEC, 0666));
+  if (!fd) return failSys("open", kHugePageLockFile);
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) return fd;
+  if (errno != EWOULDBLOCK) return failSys("flock", kHugePageLockFile);
+  if (verbose) {
+    std::fprintf(stderr, "demo: waiting for another demo to give its huge pages back (%s)\n",
+                 kHugePageLockFile);
+  }
+  while (::flock(fd.get(), LOCK_EX) != 0) {
+    if (errno != EINTR) return failSys("flock", kHugePageLockFile);
+  }
+  return fd;
+}
+
 }  // namespace
 
 Result<HugePageReservation> HugePageReservation::ensureFree(std::uint64_t pages, bool verbose) {
@@ -46,6 +63,11 @@ Result<HugePageReservation> HugePageReservation::ensureFree(std::uint64_t pages,
   }
   HugePageReservation r;
   r.verbose_ = verbose;
+  auto lock = lockHugePages(verbose);
+  if (!lock) return std::unexpected(lock.error());
+  r.lock_ = std::move(*lock);
+  pool = sys::defaultHugePagePool();  // again: another demo may have put its pages back
+  if (!pool) return std::unexpected(pool.error());
   if (pool->free >= pages) return r;
   const std::uint64_t shortfall = pages - pool->free;
   auto before = readNrHugepages();
@@ -82,13 +104,16 @@ Result<HugePageReservation> HugePageReservation::ensureFree(std::uint64_t pages,
 }
 
 HugePageReservation::HugePageReservation(HugePageReservation&& other) noexcept
-    : restore_to_(std::exchange(other.restore_to_, std::nullopt)), verbose_(other.verbose_) {}
+    : restore_to_(std::exchange(other.restore_to_, std::nullopt)),
+      verbose_(other.verbose_),
+      lock_(std::move(other.lock_)) {}
 
 HugePageReservation& HugePageReservation::operator=(HugePageReservation&& other) noexcept {
   if (this != &other) {
     HugePageReservation old(std::move(*this));  // restores on leaving this scope
     restore_to_ = std::exchange(other.restore_to_, std::nullopt);
     verbose_ = other.verbose_;
+    lock_ = std::move(other.lock_);
   }
   return *this;
 }

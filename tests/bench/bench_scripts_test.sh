@@ -12,7 +12,7 @@ trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL  $*"; exit 1; }
 
 mkdir -p "$work/tree/bench" "$work/tree/build/bin"
-cp "$root/bench/run.sh" "$root/bench/scenarios.sh" "$work/tree/bench/"
+cp "$root/bench/run.sh" "$root/bench/scenarios.sh" "$root/bench/tail_bar.py" "$work/tree/bench/"
 cat > "$work/tree/build/bin/lazymig" <<'EOF'
 #!/usr/bin/env bash
 echo "$*" >> "$(dirname "$0")/args"
@@ -24,7 +24,7 @@ elif [[ " $* " == *" --precopy off "* ]]; then
   echo '{"verified":true,"mismatches":0,"vcpus":"kvm","demand_faults_after_switch":800,"demand_pages":600,"degradation":0.3,"total_seconds":2.0,"downtime_ms":15,"precopy":{"mode":"off"}}'
   exit 0
 fi
-echo '{"verified":true,"mismatches":0,"vcpus":"kvm","fault_latency_us":{"p50":50,"p99":900},"vcpu_access_latency_us":{"p50":60,"p99":1000},"throughput_mib_s":300,"fault_latency_cdf_us":[{"q":0.5,"us":50},{"q":0.99,"us":900}],"vcpu_stall_cdf_us":[]}'
+echo '{"verified":true,"mismatches":0,"vcpus":"kvm","fault_latency_us":{"p50":50,"p99":900},"vcpu_access_latency_us":{"p50":60,"p99":1000},"throughput_mib_s":300,"fault_latency_cdf_us":[{"q":0.5,"us":50},{"q":0.9,"us":70},{"q":0.99,"us":900}],"vcpu_stall_cdf_us":[]}'
 EOF
 cat > "$work/tree/build/bin/lazymig-floors" <<'EOF'
 #!/usr/bin/env bash
@@ -33,21 +33,25 @@ EOF
 chmod +x "$work/tree/build/bin/"*
 
 # run.sh: its table and JSON lines as before, and the file.
-out=$(JSON="$work/run.json" bash "$work/tree/bench/run.sh" 2 64MiB '^(quiet-bulk-random|hugetlb-write-4vcpu)$' 2>"$work/err")
+out=$(JSON="$work/run.json" bash "$work/tree/bench/run.sh" 2 64MiB '^(quiet-bulk-random|saturated-bulk-random|hugetlb-write-4vcpu)$' 2>"$work/err")
 grep -q '^quiet-bulk-random \[kvm\] .*verified=True mismatches=0' <<<"$out" || fail "run.sh table: $out"
 grep -q '^{"scenario": "quiet-bulk-random"' <<<"$out" || fail "run.sh JSON lines: $out"
 grep -q '^hugetlb-write-4vcpu \[none\] .*verified=False' <<<"$out" || fail "a failed demo is not verified: $out"
+# The tail bar of the pair: saturated p90 70 (1.4x the capped p50 of 50), p99 900 (18x).
+grep -q '^tail bar random \[kvm\] *fault .*( *1\.4x).*( *18\.0x) fail$' <<<"$out" || fail "run.sh tail bar: $out"
+grep -q '^tail bar random \[kvm\] *vcpu_stall *no vcpu_stall_cdf_us$' <<<"$out" || fail "tail bar without stalls: $out"
 [[ $(tail -1 "$work/err") == "results: $work/run.json" ]] || fail "run.sh names its file: $(cat "$work/err")"
 python3 - "$work/run.json" <<'PY' || fail "run.sh JSON file"
 import json, sys
 d = json.load(open(sys.argv[1]))
 got = [(r["scenario"], r["vcpus_asked"], len(r["runs"]), r["failed_runs"]) for r in d["results"]]
 want = [("quiet-bulk-random", "kvm", 2, 0), ("quiet-bulk-random", "threads", 2, 0),
+        ("saturated-bulk-random", "kvm", 2, 0), ("saturated-bulk-random", "threads", 2, 0),
         ("hugetlb-write-4vcpu", "kvm", 0, 2), ("hugetlb-write-4vcpu", "threads", 0, 2)]
 assert got == want, got
 assert d["floors"]["uffd_copy_64page_mib_s"] == 2000 and d["size"] == "64MiB" and d["runs"] == 2
 assert d["results"][0]["condition"] == "idle" and d["results"][2]["condition"] == "busy"
-assert d["results"][0]["runs"][0]["fault_latency_cdf_us"][1] == {"q": 0.99, "us": 900}
+assert d["results"][0]["runs"][0]["fault_latency_cdf_us"][2] == {"q": 0.99, "us": 900}
 assert len(d["host"]["loadavg_start"]) == 3, d["host"]
 PY
 

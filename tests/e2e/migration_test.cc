@@ -1,5 +1,8 @@
 // Whole migrations between two real agent processes over TLS, with a real test VM faulting
 // on real userfaultfd, every byte verified.
+#include <unistd.h>
+
+#include <filesystem>
 #include <thread>
 
 #include "tests/e2e/e2e.h"
@@ -43,6 +46,40 @@ TEST(Migration, OnePage) {
   auto r = cli::runDemo(o);
   ASSERT_TRUE(r) << r.error().message();
   expectVerified(*r, o.size);
+}
+
+// An agent's port can be taken between the demo's check and the agent's bind (a parallel
+// test's outgoing connection): the demo picks another port and starts it again. The stand-in
+// in front of the first agent plays that, once, with the agent's own error line.
+TEST(Migration, DemoStartsAnAgentAgainOnAnotherPortWhenItsPortWasTaken) {
+  char dir[] = "/tmp/lazymig-port-taken-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  const std::string once = std::string(dir) + "/taken";
+  auto o = baseOptions();
+  o.size = 1 << 20;
+  o.agent_prefix = {"/bin/sh", "-c",
+                    "if [ ! -e " + once + " ]; then touch " + once +
+                        "; echo 'msg=\"agent failed to start\" error=\"listen: 127.0.0.1:1: "
+                        "Address already in use (errno 98)\"' >&2; exit 1; fi; exec \"$@\"",
+                    "taken-port-stand-in"};
+  auto r = cli::runDemo(o);
+  ASSERT_TRUE(r) << r.error().message();
+  expectVerified(*r, o.size);
+  EXPECT_EQ(::access(once.c_str(), F_OK), 0) << "the stand-in never refused a start";
+  std::filesystem::remove_all(dir);
+}
+
+// Any other start-up failure is not retried, and its error carries the agent log's last lines.
+TEST(Migration, AnAgentThatCannotStartIsReportedWithTheEndOfItsLog) {
+  auto o = baseOptions();
+  o.size = 1 << 20;
+  o.agent_prefix = {"/bin/sh", "-c", "echo 'the cause, in the log' >&2; exit 1", "stand-in"};
+  auto r = cli::runDemo(o);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("exited at start-up"), std::string::npos)
+      << r.error().message();
+  EXPECT_NE(r.error().message().find("the cause, in the log"), std::string::npos)
+      << r.error().message();
 }
 
 TEST(Migration, OneMiB) {

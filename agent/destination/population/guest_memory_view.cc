@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "sys/memory_fd.h"
+#include "sys/truncation_guard.h"
 
 namespace lazymig::agent {
 
@@ -64,11 +65,12 @@ Result<WriteOutcome> GuestMemoryView::write(PageIndex first, std::uint64_t count
   if (method_ == WriteMethod::kMmap) {
     // One MADV_POPULATE_WRITE for the run instead of a page fault per page.
     (void)memory_.populate(sys::Mapping::Populate::kWrite, off, len);
-    if (src != nullptr) {
-      std::memcpy(memory_.data() + off, src, len);
-    } else {
-      std::memset(memory_.data() + off, 0, len);
-    }
+    // Guarded: the VMM may have truncated the file since the handover, and a write past its
+    // end would be a SIGBUS that ends every migration of this agent.
+    auto ok = src != nullptr
+                  ? sys::guardedCopy(memory_.data() + off, src, len, "the VMM's guest memory")
+                  : sys::guardedZero(memory_.data() + off, len, "the VMM's guest memory");
+    if (!ok) return std::unexpected(ok.error());
     return WriteOutcome{};
   }
   static const std::vector<std::byte> zeros(1 << 20, std::byte{0});
