@@ -176,7 +176,9 @@ print(f"{'precopy vs postcopy (hot)':38s} demand faults after the switch {fmt(pr
       f"total {fmt(pre['total_seconds'], '.2f')} vs {fmt(post['total_seconds'], '.2f')} s; "
       f"downtime_ms {fmt(pre['downtime_ms'], '.0f')} vs {fmt(post['downtime_ms'], '.0f')}")
 print(json.dumps(pair))
-results.write(json.dumps({"scenario": "precopy-vs-postcopy-hot", "summary": pair}) + "\n")
+results.write(json.dumps({"scenario": "precopy-vs-postcopy-hot", "condition": "busy", "vcpus_asked": "kvm",
+                          "failed_runs": 2 * runs_asked - pre["runs"] - post["runs"], "summary": pair,
+                          "runs": []}) + "\n")
 PY
 }
 

@@ -65,6 +65,7 @@ grep -q '^postcopy-hot \[kvm\]  *demand faults after the switch 800 (fetched ove
   fail "run.sh post-copy side: $pair"
 grep -q "^precopy vs postcopy (hot)  *demand faults after the switch 40 vs 800 = 5.0% of pure post-copy's (bar 10%: met); fetched over the network 0.0%; guest lost 10% vs 30%; total 2.50 vs 2.00 s; downtime_ms 20 vs 15$" <<<"$pair" ||
   fail "run.sh pair line: $pair"
+! grep -q "tail bar: could not read" "$work/err" || fail "bench/tail_bar.py reads the pair's JSON: $(cat "$work/err")"
 modes=$(grep -o -- '--precopy [a-z]*' "$work/tree/build/bin/args" | tr '\n' ' ')
 [[ $modes == "--precopy auto --precopy off --precopy auto --precopy off " ]] || fail "the pair's runs interleave: $modes"
 [[ $(sed 's/--precopy [a-z]*//' "$work/tree/build/bin/args" | sort -u | wc -l) == 1 ]] ||
@@ -76,6 +77,7 @@ got = [(r["scenario"], len(r.get("runs", []))) for r in d["results"]]
 assert got == [("precopy-auto-hot", 2), ("postcopy-hot", 2), ("precopy-vs-postcopy-hot", 0)], got
 pair = d["results"][2]["summary"]
 assert pair["faults_ratio"] == 0.05 and pair["faults_within_bar"], pair
+assert all("vcpus_asked" in r for r in d["results"]), d["results"]  # bench/tail_bar.py reads it
 assert pair["precopy"]["downtime_ms"] == 20 and pair["postcopy"]["downtime_ms"] == 15, pair
 PY
 
