@@ -117,22 +117,32 @@ std::uint64_t sendPageRun(transport::Connection& conn, metrics::Channel channel,
                           const std::shared_ptr<SourceMemory>& memory, PageRun run,
                           const TransferRecorder& recorder,
                           const std::shared_ptr<RunBuffers>& buffers) {
-  FrameWriter out(conn, channel, memory, recorder);
-  if (buffers && channel == metrics::Channel::kBulk) {
-    out.pack(buffers->take(packedRunBytes(run.count, memory->pageSize())));
-  }
+  // The run split into zero and data spans first: one span is one frame, sent as before (a
+  // data frame's bytes referenced, not copied); only a run of several frames is packed.
+  struct Span {
+    std::uint64_t first, count;
+    bool zero;
+  };
+  std::vector<Span> spans;
   const std::uint64_t end = run.first + run.count;
   if (run.count > 1 && memory->prefaultHelps()) memory->prefault(run.first, run.count);
   for (std::uint64_t p = run.first; p < end;) {
     const bool zero = memory->isZero(p);
     std::uint64_t q = p + 1;
     while (q < end && memory->isZero(q) == zero) ++q;
-    if (zero) {
-      out.zeros(p, q - p);
-    } else {
-      out.data(p, q - p);
-    }
+    spans.push_back({p, q - p, zero});
     p = q;
+  }
+  FrameWriter out(conn, channel, memory, recorder);
+  if (buffers && channel == metrics::Channel::kBulk && spans.size() > 1) {
+    out.pack(buffers->take(packedRunBytes(run.count, memory->pageSize())));
+  }
+  for (const Span& span : spans) {
+    if (span.zero) {
+      out.zeros(span.first, span.count);
+    } else {
+      out.data(span.first, span.count);
+    }
   }
   return out.finish();
 }

@@ -38,10 +38,11 @@ class RunBuffers : public std::enable_shared_from_this<RunBuffers> {
 std::size_t packedRunBytes(std::uint64_t pages, std::uint64_t page_size);
 
 // Runs on `conn`'s loop. Urgent replies go out as one buffer per frame (one TLS record: a
-// vCPU waits on it). Bulk runs, with `buffers`, are packed whole into one buffer (frames and
-// page bytes, copied from the memory), so that the TLS layer cuts full 16 KiB records from it
-// instead of one small record per frame header and per zero range (a run of random pages had
-// about 40 records instead of 16). Without `buffers`, bulk frames reference the mapping
+// vCPU waits on it). Bulk runs of several frames, with `buffers`, are packed whole into one
+// buffer (frames and page bytes, copied from the memory), so that the TLS layer cuts full
+// 16 KiB records from it instead of one small record per frame header and per zero range (a
+// run of random pages had about 40 records instead of 16); a run that is one frame is sent as
+// before, its bytes referenced, not copied. Without `buffers`, bulk frames reference the mapping
 // (`memory` keeps it alive while they are queued). Returns the bytes queued on the wire.
 std::uint64_t sendPageRun(transport::Connection& conn, metrics::Channel channel,
                           const std::shared_ptr<SourceMemory>& memory, PageRun run,

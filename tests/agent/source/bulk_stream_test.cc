@@ -22,9 +22,10 @@ TEST_F(BulkStreamTest, SendsEveryPageNotHeldOnceWithTheSnapshotsBytes) {
   ASSERT_TRUE(bulk->connected());
   bulk->send(transport::encodeHello(bulk->hello(ChannelKind::kBulk, kBytes)));
   ASSERT_TRUE(bulk->waitFor(FrameType::kHelloOk));
-  // The destination holds pages 1, 70 and 128..191: runs around them split.
+  // The destination holds pages 1, 4, 8, 70 and 128..191: runs around them split, and
+  // [0], [2, 3] and [5, 7] are runs of one frame (zero, data, data), sent unpacked.
   std::vector<std::uint64_t> held(kPages / 64, 0);
-  held[0] = 1ull << 1;
+  held[0] = 1ull << 1 | 1ull << 4 | 1ull << 8;
   held[1] = 1ull << 6;
   held[2] = ~0ull;
   bulk->send(transport::encodeResume({0, true, held}));
