@@ -1,5 +1,6 @@
 #include "agent/source/page_frames.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace lazymig::agent {
