@@ -87,7 +87,8 @@ cp "$work/tree/build/bin/lazymig" "$work/before/"
 table=$(SCEN=quiet-bulk-random JSON="$work/ab.json" bash "$root/bench/ab_compare.sh" \
   "$work/before" "$work/tree/build/bin" 1 64MiB)
 grep -q '^scenario  *side  *fault p50' <<<"$table" || fail "ab_compare header: $table"
-grep -q '^quiet-bulk-random  *before  *50  *50-50  *900  *300  *0 1$' <<<"$table" || fail "ab_compare row: $table"
+grep -q '^quiet-bulk-random  *before  *50  *50-50  *900  *900-900  *300  *300-300  *-  *-  *0 1$' <<<"$table" || fail "ab_compare row: $table"
+grep -q '^load average (1, 5, 15 min): start .*, end ' <<<"$table" || fail "ab_compare load average: $table"
 flags() { grep -- '--pattern random --vcpus 1' "$1" | head -1 | sed 's/--extra-yaml [^ ]*quiet.yaml/CONFIG/'; }
 [[ -n $(flags "$work/before/args") && $(flags "$work/before/args") == $(flags "$work/tree/build/bin/args") ]] ||
   fail "run.sh and ab_compare.sh ran quiet-bulk-random differently"
