@@ -69,12 +69,20 @@ def g(j, *path):
 def q(xs):  # the middle half of the runs: whether two medians differ by more than the noise
     xs = sorted(xs)
     return f"{xs[len(xs) // 4]:.0f}-{xs[(3 * len(xs)) // 4]:.0f}" if xs else "-"
-print(f"{'scenario':28s} {'side':7s} {'fault p50':>10s} {'(IQR)':>10s} {'p99':>9s} {'MiB/s':>7s} {'mismatch':>8s} n")
+print(f"{'scenario':28s} {'side':7s} {'fault p50':>10s} {'(IQR)':>10s} {'p99':>9s} {'(IQR)':>12s} "
+      f"{'MiB/s':>7s} {'(IQR)':>10s} {'src CPU/GiB':>16s} {'dst CPU/GiB':>16s} {'mismatch':>8s} n")
+def cpu(js, side):  # the agent's CPU seconds per GiB moved, median (IQR)
+    xs = [g(j, 'cpu_seconds_per_gib', side) for j in js]
+    xs = sorted(x for x in xs if x == x)
+    if not xs: return "-"
+    return f"{st.median(xs):.2f} ({xs[len(xs) // 4]:.2f}-{xs[(3 * len(xs)) // 4]:.2f})"
 for (s, side), js in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1] != 'before')):
     p50s = [g(j, 'fault_latency_us', 'p50') for j in js]
-    p50 = st.median(p50s)
-    p99 = st.median(g(j, 'fault_latency_us', 'p99') for j in js)
-    thr = st.median(g(j, 'throughput_mib_s') for j in js)
+    p99s = [g(j, 'fault_latency_us', 'p99') for j in js]
+    thrs = [g(j, 'throughput_mib_s') for j in js]
     mm = sum(int(j.get('mismatches', -1)) for j in js)
-    print(f"{s:28s} {side:7s} {p50:10.0f} {q(p50s):>10s} {p99:9.0f} {thr:7.0f} {mm:8d} {len(js)}")
+    print(f"{s:28s} {side:7s} {st.median(p50s):10.0f} {q(p50s):>10s} {st.median(p99s):9.0f} "
+          f"{q(p99s):>12s} {st.median(thrs):7.0f} {q(thrs):>10s} {cpu(js, 'source'):>16s} "
+          f"{cpu(js, 'destination'):>16s} {mm:8d} {len(js)}")
 PY
+echo "load average (1, 5, 15 min): start $load_start, end $(cut -d' ' -f1-3 /proc/loadavg)"

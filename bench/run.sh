@@ -4,7 +4,8 @@
 # or busy CPUs), and both agents' CPU seconds per GiB against lazymig-floors' CPU floor. Prints a table and one JSON object per scenario and vCPU kind (KVM
 # vCPUs, host threads standing in); medians of N runs. Writes everything to one JSON file
 # (the floors, and per scenario and vCPU kind the summary and every run's demo JSON), which
-# bench/plot_cdf.py draws from; its path is the last line on stderr.
+# bench/plot_cdf.py draws from; its path is the last line on stderr. Then pre-copy against pure
+# post-copy, the same guest in the same run (run_precopy_pair below).
 #   bench/run.sh [runs=3] [size=256MiB] [scenarios=.]   (scenarios: a regex of the names to run)
 #   JSON=FILE bench/run.sh ...   (default build/bench/run-<UTC time>.json)
 # The scenarios are bench/scenarios.sh's, shared with bench/ab_compare.sh. Last, the tail bar
@@ -109,9 +110,82 @@ for asked in ("kvm", "threads"):
 PY
 }
 
+# Pre-copy against pure post-copy (bench/scenarios.sh's BENCH_PRECOPY_PAIR): the same guest,
+# the two modes' runs interleaved so that a shared machine's drift hits both alike; each side's
+# medians, then their ratios: demand faults after the switch (the issue's bar: pre-copy's at
+# most 10% of pure post-copy's), the pages fetched over the network for them, the guest's
+# work lost, total time and downtime (the source VM's pause to the destination VM's resume).
+run_precopy_pair() {
+  local pair=("${BENCH_PRECOPY_PAIR[@]}") name
+  [[ ${pair[0]} =~ $only || ${pair[1]} =~ $only ]] || return 0
+  for name in "${pair[@]}"; do : > "$tmp/$name.jsonl"; done
+  for ((i = 0; i < runs; i++)); do
+    for name in "${pair[@]}"; do
+      bench_scenario "$name" "$tmp"
+      { $bin/lazymig demo --size "$size" --extra-yaml "$scenario_config" "${scenario_flags[@]}" \
+          2>/dev/null | tail -1 || true; } >> "$tmp/$name.jsonl"
+    done
+  done
+  python3 - "$tmp" "$tmp/results.jsonl" "$runs" "${pair[@]}" <<'PY'
+import json, statistics, sys
+tmp, results, runs_asked, names = sys.argv[1], open(sys.argv[2], "a"), int(sys.argv[3]), sys.argv[4:]
+def parse(line):
+    try:
+        j = json.loads(line)
+        return j if isinstance(j, dict) else None
+    except ValueError:
+        return None
+med = lambda xs: statistics.median(xs) if xs else None
+fmt = lambda x, spec: "n/a" if x is None else format(x, spec)
+sides = {}
+for name in names:
+    rows = [j for j in map(parse, open(f"{tmp}/{name}.jsonl")) if j is not None]
+    pick = lambda key: med([r[key] for r in rows if isinstance(r.get(key), (int, float))])
+    pre = [r.get("precopy") or {} for r in rows]
+    s = {"scenario": name, "vcpus": "/".join(sorted({r.get("vcpus", "threads") for r in rows})) or "none",
+         "runs": len(rows), "mode": pre[0].get("mode") if pre else None,
+         "demand_faults_after_switch": pick("demand_faults_after_switch"),
+         "demand_pages": pick("demand_pages"), "degradation": pick("degradation"),
+         "total_seconds": pick("total_seconds"), "downtime_ms": pick("downtime_ms"),
+         "rounds": med([p["rounds"] for p in pre if isinstance(p.get("rounds"), int)]),
+         "stale_pages": med([p["stale_pages"] for p in pre if isinstance(p.get("stale_pages"), int)]),
+         "verified": bool(rows) and len(rows) == runs_asked and all(r.get("verified") for r in rows),
+         "mismatches": sum(r.get("mismatches", 0) + r.get("guest_mismatches", 0) for r in rows)}
+    sides[name] = s
+    print(f"{name + ' [' + s['vcpus'] + ']':38s} demand faults after the switch {fmt(s['demand_faults_after_switch'], '.0f')} "
+          f"(fetched over the network {fmt(s['demand_pages'], '.0f')})  guest lost {fmt(s['degradation'] and 100 * s['degradation'], '.0f')}%  "
+          f"total {fmt(s['total_seconds'], '.2f')} s  downtime_ms {fmt(s['downtime_ms'], '.0f')}  "
+          f"rounds {fmt(s['rounds'], '.0f')} stale {fmt(s['stale_pages'], '.0f')}  "
+          f"verified={s['verified']} mismatches={s['mismatches']}")
+    print(json.dumps(s))
+    results.write(json.dumps({"scenario": name, "condition": "busy", "vcpus_asked": "kvm",
+                              "failed_runs": runs_asked - len(rows), "summary": s, "runs": rows}) + "\n")
+pre, post = sides[names[0]], sides[names[1]]
+def ratio(key):
+    a, b = pre[key], post[key]
+    return a / b if a is not None and b else None
+pair = {"pair": names, "faults_ratio": ratio("demand_faults_after_switch"),
+        "network_pages_ratio": ratio("demand_pages"), "faults_bar": 0.10,
+        "precopy": pre, "postcopy": post}
+pair["faults_within_bar"] = pair["faults_ratio"] is not None and pair["faults_ratio"] <= 0.10
+pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"
+print(f"{'precopy vs postcopy (hot)':38s} demand faults after the switch {fmt(pre['demand_faults_after_switch'], '.0f')} vs "
+      f"{fmt(post['demand_faults_after_switch'], '.0f')} = {pct(pair['faults_ratio'])} of pure post-copy's (bar 10%: "
+      f"{'met' if pair['faults_within_bar'] else 'NOT met'}); fetched over the network {pct(pair['network_pages_ratio'])}; "
+      f"guest lost {fmt(pre['degradation'] and 100 * pre['degradation'], '.0f')}% vs {fmt(post['degradation'] and 100 * post['degradation'], '.0f')}%; "
+      f"total {fmt(pre['total_seconds'], '.2f')} vs {fmt(post['total_seconds'], '.2f')} s; "
+      f"downtime_ms {fmt(pre['downtime_ms'], '.0f')} vs {fmt(post['downtime_ms'], '.0f')}")
+print(json.dumps(pair))
+results.write(json.dumps({"scenario": "precopy-vs-postcopy-hot", "condition": "busy", "vcpus_asked": "kvm",
+                          "failed_runs": 2 * runs_asked - pre["runs"] - post["runs"], "summary": pair,
+                          "runs": []}) + "\n")
+PY
+}
+
 for name in "${BENCH_SCENARIOS[@]}"; do
   run_scenario "$name"
 done
+run_precopy_pair
 
 python3 - "$json_out" "$tmp/results.jsonl" "$floors" "$started" "$runs" "$size" "$only" \
   "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$load_start" <<'PY'

@@ -5,6 +5,7 @@
 # against.
 #   bench_write_configs DIR      writes the agent configs the scenarios name into DIR
 #   bench_scenario NAME DIR      sets scenario_condition, scenario_config, scenario_flags (array)
+# BENCH_SCENARIOS run one by one; BENCH_PRECOPY_PAIR runs as a pair (bench/run.sh).
 #
 # `condition` names the floors a scenario is read against (lazymig-floors measures both): "busy"
 # while the bulk stream saturates (the agents keep the CPUs running, so wake-ups are cheap),
@@ -20,6 +21,11 @@ BENCH_TAIL_SCENARIOS=(quiet-bulk-hot-4vcpu quiet-bulk-hot saturated-bulk-hot
 # vm.nr_hugepages for the run and puts it back).
 BENCH_MEMORY_SCENARIOS=(memfd-write-4vcpu memfd-minor-write-4vcpu guest_memfd-write-4vcpu
                         hugetlb-write-4vcpu hugetlb-minor-write-4vcpu)
+# Pre-copy against pure post-copy (issue 19): the same guest (memfd, a hot working set, KVM
+# vCPUs), the first with `--precopy auto` (the source VM's vCPUs writing while the rounds run,
+# then paused), the second paused from the start. bench/run.sh runs them as a pair, their runs
+# interleaved, and prints the ratio of their demand faults after the switch.
+BENCH_PRECOPY_PAIR=(precopy-auto-hot postcopy-hot)
 BENCH_SCENARIOS=("${BENCH_BASE_SCENARIOS[@]}" "${BENCH_TAIL_SCENARIOS[@]}"
                  "${BENCH_MEMORY_SCENARIOS[@]}")
 
@@ -48,8 +54,13 @@ bench_scenario() {  # name dir
       hugetlb-minor-write-4vcpu)
       scenario_condition=busy scenario_config=$dir/none.yaml
       scenario_flags=(--memory "${name%-write-4vcpu}" --pattern write --vcpus 4 --accesses 5000) ;;
+    precopy-auto-hot | postcopy-hot)
+      local mode=auto
+      [[ $name == postcopy-hot ]] && mode=off
+      scenario_condition=busy scenario_config=$dir/none.yaml
+      scenario_flags=(--memory memfd --pattern hot --vcpus 2 --accesses 20000 --precopy "$mode") ;;
     *)
-      echo "unknown scenario '$name'; known: ${BENCH_SCENARIOS[*]}" >&2
+      echo "unknown scenario '$name'; known: ${BENCH_SCENARIOS[*]} ${BENCH_PRECOPY_PAIR[*]}" >&2
       return 1 ;;
   esac
 }

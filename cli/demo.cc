@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "cli/precopy_demo.h"
 #include "client/control_client.h"
 #include "sys/kvm.h"
 #include "sys/memory_fd.h"
@@ -143,7 +144,7 @@ Status checkDemoOptions(const DemoOptions& o) {
   if (o.memfd_standin && o.require_kvm) {
     return fail(Errc::kInvalidArgument, "--memfd-standin", "contradicts --require-kvm");
   }
-  return {};
+  return checkDemoPrecopy(o);
 }
 
 bool demoUsesHandover(const std::string& memory) { return memory != "anon" && memory != "hugetlb"; }
@@ -309,10 +310,11 @@ Result<nlohmann::json> DemoRun::migration(Side s) const {
 
 Status DemoRun::prepareSourceMemory() {
   const auto& o = options_;
+  const std::string memory = demoSourceMemory(o);
   std::vector<std::string> argv = {o.bindir + "/lazymig-testvm",
                                    "source",
                                    "--memory",
-                                   o.memory,
+                                   memory,
                                    "--size",
                                    std::to_string(o.size),
                                    "--seed",
@@ -323,9 +325,11 @@ Status DemoRun::prepareSourceMemory() {
                                    std::to_string(o.regions)};
   if (o.require_kvm) argv.push_back("--require-kvm");
   if (o.memfd_standin) argv.push_back("--memfd-standin");
-  const bool handover = demoUsesHandover(o.memory);
+  const bool handover = demoUsesHandover(memory);
   if (handover) {
-    argv.insert(argv.end(), {"--handover-socket", dir_ + "/source-vmm.sock", "--hold"});
+    argv.insert(argv.end(), {"--handover-socket", dir_ + "/source-vmm.sock"});
+    const auto running = liveSourceArgs(o, sourceStampsPath());  // else paused: --hold
+    argv.insert(argv.end(), running.begin(), running.end());
   } else {
     argv.insert(argv.end(), {"--snapshot-file", dir_ + "/guest.mem"});
   }
@@ -348,13 +352,14 @@ Status DemoRun::createMigrations(const std::string& source_address) {
                      {"role", "source"},
                      {"token", token_},
                      {"peer_identity", identity(Side::kDestination)}};
-  if (demoUsesHandover(options_.memory)) {
+  if (demoUsesHandover(demoSourceMemory(options_))) {
     src["memory"] = nlohmann::json{{"handover_socket", dir_ + "/source-vmm.sock"}};
   } else {
     src["memory"] = nlohmann::json{{"snapshot_file", dir_ + "/guest.mem"}};
     // A snapshot file does not say its page size; the handover's mappings do.
     if (demoUsesHugetlb(options_.memory)) src["memory"]["page_size"] = kHugePage;
   }
+  src.update(demoPrecopySpec(options_));
   if (auto r = call(Side::kSource, "POST", "/v1/migrations", src.dump()); !r)
     return std::unexpected(r.error());
   nlohmann::json dst{
@@ -364,6 +369,7 @@ Status DemoRun::createMigrations(const std::string& source_address) {
       {"peer_identity", identity(Side::kSource)},
       {"source_address", source_address.empty() ? agentAddress(Side::kSource) : source_address},
       {"handshake_socket", dir_ + "/destination-vmm/" + kMigrationId + ".sock"}};
+  dst.update(demoPrecopySpec(options_));
   started_ = std::chrono::steady_clock::now();
   if (auto r = call(Side::kDestination, "POST", "/v1/migrations", dst.dump()); !r)
     return std::unexpected(r.error());
@@ -424,6 +430,7 @@ Status DemoRun::startDestinationVm(const std::vector<std::string>& extra_args) {
   if (o.memfd_standin) argv.push_back("--memfd-standin");
   if (o.vcpus_as_threads) argv.push_back("--vcpus-as-threads");
   if (o.guest_baseline) argv.push_back("--baseline");
+  if (demoPrecopy(o)) argv.insert(argv.end(), {"--source-stamps", sourceStampsPath()});
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   auto child = ChildProcess::spawn(argv, dir_ + "/destination-vm.log", true);
   if (!child) return std::unexpected(child.error());
@@ -451,6 +458,16 @@ Result<nlohmann::json> DemoRun::waitDestinationVm() {
                 describeStatus(*st) + ", no result; see " + dir_ + "/destination-vm.log");
   }
   return j;
+}
+
+void DemoRun::signalSourceVm(int sig) const {
+  if (source_vm_) source_vm_->signal(sig);
+}
+
+std::string DemoRun::sourceVmOutput() { return source_vm_ ? source_vm_->output() : ""; }
+
+bool DemoRun::sourceVmExited() {
+  return source_vm_ && source_vm_->wait(std::chrono::milliseconds(0)).has_value();
 }
 
 bool DemoRun::destinationVmExited() {
@@ -516,6 +533,7 @@ nlohmann::json DemoRun::report(const nlohmann::json& vm, double total_seconds) {
   const nlohmann::json view = vm.value("guest_view", nlohmann::json::object());
   out.update(guestRateJson(view));
   out.update(agentCpuJson(src, dst));
+  out.update(precopyReportJson(options_, src, d, vm, sourceVmOutput()));
   // The share of the vCPUs' time spent waiting in accesses that faulted: unlike the rate, it
   // does not depend on how much CPU the host gives the guest meanwhile.
   const double vcpu_seconds = vm.value("workload_seconds", 0.0) * options_.vcpus;
@@ -566,7 +584,9 @@ Result<nlohmann::json> runDemo(const DemoOptions& options) {
                run->agentAddress(Side::kDestination).c_str(), run->dir().c_str());
   if (auto ok = run->prepareSourceMemory(); !ok) return failWith(ok.error());
   if (auto ok = run->createMigrations(); !ok) return failWith(ok.error());
-  if (auto ok = run->waitSourceServing(); !ok) return failWith(ok.error());
+  // With pre-copy the source VM runs until the rounds are done and the demo pauses it.
+  if (auto ok = demoPrecopy(options) ? switchLiveSource(*run) : run->waitSourceServing(); !ok)
+    return failWith(ok.error());
   auto t0 = std::chrono::steady_clock::now();
   if (auto ok = run->startDestinationVm(); !ok) return failWith(ok.error());
   if (options.progress) {

@@ -51,6 +51,12 @@ struct DemoOptions {
   bool vcpus_as_threads = false;  // --vcpus-as-threads: host threads stand in for KVM vCPUs
   bool guest_baseline = true;     // run the guest again unmigrated, for guest_rate.before
   std::string plot;               // --plot FILE.svg: guest throughput over time
+
+  // Pre-copy (cli/precopy_demo.h): the spec key's values, off | auto | rounds N. Not off: the
+  // source VM runs live (its vCPUs writing) until the rounds are done and the demo pauses it.
+  std::string precopy = "off";
+  std::uint64_t precopy_deadline_ms = 60000;
+  std::uint64_t source_writes_per_s = 2000;  // per live source vCPU; 0: as fast as it can
 };
 
 // Checks the options that lazymig-testvm would refuse, before anything starts: the memory
@@ -82,6 +88,12 @@ class DemoRun {
   Status waitSourceServing();
   // `extra_args` go to lazymig-testvm dest after the demo's own (e.g. `--source-stamps FILE`).
   Status startDestinationVm(const std::vector<std::string>& extra_args = {});
+  // The source test VM (prepareSourceMemory): a signal (SIGUSR1 pauses a live one), what it
+  // printed on stdout so far, whether it exited, and where a live one writes its stamps.
+  void signalSourceVm(int sig) const;
+  std::string sourceVmOutput();
+  bool sourceVmExited();
+  std::string sourceStampsPath() const { return dir_ + "/source-stamps.json"; }
   // Waits for the destination test VM; returns its final JSON line.
   Result<nlohmann::json> waitDestinationVm();
   // True once the destination test VM has exited (verified, failed or killed).

@@ -9,6 +9,7 @@
 #include <iterator>
 
 #include "cli/demo.h"
+#include "cli/precopy_demo.h"
 #include "cli/progress_line.h"
 
 namespace lazymig::cli {
@@ -101,6 +102,7 @@ void printSummary(const DemoOptions& o, const std::string& size_text, const json
                 static_cast<unsigned long long>(r.value("bitmap_bits_set", 0)));
   }
   printGuestSummary(r);
+  printPrecopySummary(r);
   std::printf("  time             %.2f s, %.0f MiB/s\n", r.value("total_seconds", 0.0),
               r.value("throughput_mib_s", 0.0));
   const json per_gib = r.value("cpu_seconds_per_gib", json::object());
@@ -180,6 +182,23 @@ DemoCommand::DemoCommand(CLI::App& app) {
                    "write FILE.svg: guest throughput over time, migrating and not, with the "
                    "demand fault rate and the bulk rate below")
       ->type_name("FILE.svg");
+  // Pre-copy (docs/precopy.md): the source VM runs live and the demo pauses it, as an
+  // orchestrator would, once the source agent's rounds are done.
+  demo->add_option("--precopy", o.precopy,
+                   "copy memory in rounds while the source VM runs, then post-copy: off, auto or "
+                   "'rounds N' (the migration spec's precopy); not off, the source VM's vCPUs "
+                   "write until the demo pauses it")
+      ->type_name("MODE")
+      ->capture_default_str();
+  demo->add_option("--precopy-deadline-ms", o.precopy_deadline_ms,
+                   "with --precopy: the source agent is ready to pause after this long at most")
+      ->check(kWholeNumber)
+      ->capture_default_str();
+  demo->add_option("--source-writes-per-s", o.source_writes_per_s,
+                   "with --precopy: pages each of the source VM's 2 vCPUs writes per second "
+                   "(nine in ten into the hot set; 0: as fast as it can)")
+      ->check(kWholeNumber)
+      ->capture_default_str();
   demo->add_option("--extra-yaml", extra_yaml_file_,
                    "appended to both agents' configs (e.g. a migration: block)")
       ->check(CLI::ExistingFile)

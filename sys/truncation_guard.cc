@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -15,6 +16,7 @@ namespace {
 
 struct GuardFrame {
   sigjmp_buf jump;
+  const void* volatile fault_address = nullptr;  // set by the handler before it jumps
   std::uintptr_t begin[2];
   std::uintptr_t end[2];
 };
@@ -50,6 +52,7 @@ bool guards(const GuardFrame& f, std::uintptr_t address) {
 void onSigbus(int sig, siginfo_t* info, void*) {
   GuardFrame* f = t_frame;
   if (f != nullptr && guards(*f, reinterpret_cast<std::uintptr_t>(info->si_addr))) {
+    f->fault_address = info->si_addr;
     siglongjmp(f->jump, 1);
   }
   // Not ours: the default action, on the same access when this handler returns.
@@ -80,11 +83,12 @@ GuardFrame frameFor(const void* a, std::size_t an, const void* b, std::size_t bn
 }
 
 Error gone(const char* what, const void* at, std::size_t n) {
+  char address[32];
+  std::snprintf(address, sizeof address, "%p", at);
   return Error::make(Errc::kClosed, "guest memory access",
-                     std::string(what) + ": the pages at " +
-                         std::to_string(reinterpret_cast<std::uintptr_t>(at)) + " (+" +
+                     std::string(what) + ": the page at " + address + " (in an access of " +
                          std::to_string(n) +
-                         " bytes) are gone: the file behind them was truncated (SIGBUS)");
+                         " bytes) is gone: the file behind it was truncated (SIGBUS)");
 }
 
 // The stores to t_frame must be where the program puts them relative to the guarded accesses:
@@ -120,90 +124,71 @@ std::atomic_ref<std::uint64_t> atomicWord(const std::uint64_t* word) {
   return std::atomic_ref<std::uint64_t>(*const_cast<std::uint64_t*>(word));
 }
 
+// Runs `body` (plain copies and scans: nothing to unwind) with a SIGBUS on [a, a+an) or
+// [b, b+bn) turned into an error naming `what`. The handler jumps into this frame, which is live
+// for as long as `body` runs.
+template <class Body>
+Status guarded(const void* a, std::size_t an, const void* b, std::size_t bn, const char* what,
+               Body&& body) {
+  installOnce();
+  rememberMask();
+  GuardFrame f = frameFor(a, an, b, bn);
+  if (sigsetjmp(f.jump, 0) != 0) {
+    jumpedBack();
+    return std::unexpected(gone(what, f.fault_address, an));
+  }
+  enter(&f);
+  body();
+  leave();
+  return {};
+}
+
 }  // namespace
 
 Status guardedCopy(void* dst, const void* src, std::size_t n, const char* what) {
-  installOnce();
-  rememberMask();
-  GuardFrame f = frameFor(dst, n, src, n);
-  if (sigsetjmp(f.jump, 0) != 0) {
-    jumpedBack();
-    return std::unexpected(gone(what, src, n));
-  }
-  enter(&f);
-  std::memcpy(dst, src, n);
-  leave();
-  return {};
+  return guarded(dst, n, src, n, what, [&] { std::memcpy(dst, src, n); });
 }
 
 Status guardedZero(void* dst, std::size_t n, const char* what) {
-  installOnce();
-  rememberMask();
-  GuardFrame f = frameFor(dst, n, dst, n);
-  if (sigsetjmp(f.jump, 0) != 0) {
-    jumpedBack();
-    return std::unexpected(gone(what, dst, n));
-  }
-  enter(&f);
-  std::memset(dst, 0, n);
-  leave();
-  return {};
+  return guarded(dst, n, dst, n, what, [&] { std::memset(dst, 0, n); });
 }
 
 Result<bool> guardedIsZero(const void* src, std::size_t n, const char* what) {
-  installOnce();
-  rememberMask();
-  GuardFrame f = frameFor(src, n, src, n);
-  if (sigsetjmp(f.jump, 0) != 0) {
-    jumpedBack();
-    return std::unexpected(gone(what, src, n));
-  }
-  enter(&f);
-  const auto* p = static_cast<const unsigned char*>(src);
   bool zero = true;
-  for (std::size_t i = 0; i + sizeof(std::uint64_t) <= n && zero; i += sizeof(std::uint64_t)) {
-    std::uint64_t word;
-    std::memcpy(&word, p + i, sizeof word);
-    zero = word == 0;
-  }
-  for (std::size_t i = n & ~(sizeof(std::uint64_t) - 1); i < n && zero; ++i) zero = p[i] == 0;
-  leave();
+  auto ok = guarded(src, n, src, n, what, [&] {
+    const auto* p = static_cast<const unsigned char*>(src);
+    for (std::size_t i = 0; i + sizeof(std::uint64_t) <= n && zero; i += sizeof(std::uint64_t)) {
+      std::uint64_t word;
+      std::memcpy(&word, p + i, sizeof word);
+      zero = word == 0;
+    }
+    for (std::size_t i = n & ~(sizeof(std::uint64_t) - 1); i < n && zero; ++i) zero = p[i] == 0;
+  });
+  if (!ok) return std::unexpected(ok.error());
   return zero;
 }
 
 Result<std::uint64_t> guardedLoad(const std::uint64_t* word, const char* what) {
-  installOnce();
-  rememberMask();
-  GuardFrame f = frameFor(word, sizeof *word, word, sizeof *word);
-  if (sigsetjmp(f.jump, 0) != 0) {
-    jumpedBack();
-    return std::unexpected(gone(what, word, sizeof *word));
-  }
-  enter(&f);
-  std::uint64_t v = kAtomicsTakeRuntimeLocks ? *static_cast<const volatile std::uint64_t*>(word)
-                                             : atomicWord(word).load(std::memory_order_acquire);
-  leave();
+  std::uint64_t v = 0;
+  auto ok = guarded(word, sizeof *word, word, sizeof *word, what, [&] {
+    v = kAtomicsTakeRuntimeLocks ? *static_cast<const volatile std::uint64_t*>(word)
+                                 : atomicWord(word).load(std::memory_order_acquire);
+  });
+  if (!ok) return std::unexpected(ok.error());
   if (kAtomicsTakeRuntimeLocks) v = atomicWord(word).load(std::memory_order_acquire);
   return v;
 }
 
 Status guardedClearBits(std::uint64_t* word, std::uint64_t bits, const char* what) {
-  installOnce();
-  rememberMask();
-  GuardFrame f = frameFor(word, sizeof *word, word, sizeof *word);
-  if (sigsetjmp(f.jump, 0) != 0) {
-    jumpedBack();
-    return std::unexpected(gone(what, word, sizeof *word));
-  }
-  enter(&f);
-  if (kAtomicsTakeRuntimeLocks) {
-    (void)*static_cast<const volatile std::uint64_t*>(word);
-  } else {
-    atomicWord(word).fetch_and(~bits, std::memory_order_release);
-  }
-  leave();
-  if (kAtomicsTakeRuntimeLocks) atomicWord(word).fetch_and(~bits, std::memory_order_release);
-  return {};
+  auto ok = guarded(word, sizeof *word, word, sizeof *word, what, [&] {
+    if (kAtomicsTakeRuntimeLocks) {
+      (void)*static_cast<const volatile std::uint64_t*>(word);
+    } else {
+      atomicWord(word).fetch_and(~bits, std::memory_order_release);
+    }
+  });
+  if (ok && kAtomicsTakeRuntimeLocks) atomicWord(word).fetch_and(~bits, std::memory_order_release);
+  return ok;
 }
 
 }  // namespace lazymig::sys

@@ -61,6 +61,9 @@ int runLiveSource(const GuestMemory& memory,
   int sig = 0;
   sigwait(&signals, &sig);
   const auto pause_start = std::chrono::steady_clock::now();
+  // The pause as the orchestrator sees it, on the clock the destination VM stamps its resume
+  // with (the demo's downtime is the difference).
+  const double paused_unix_ms = unixNowMs();
   LiveWrites writes = vcpus.pause();
   const double pause_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - pause_start)
@@ -76,7 +79,8 @@ int runLiveSource(const GuestMemory& memory,
              {"live_writes", writes.writes},
              {"stamped_pages", writes.stamps.size()},
              {"live_seconds", std::round(writes.seconds * 1000) / 1000},
-             {"pause_ms", std::round(pause_ms * 1000) / 1000}});
+             {"pause_ms", std::round(pause_ms * 1000) / 1000},
+             {"paused_unix_ms", paused_unix_ms}});
   // A paused VM keeps its memory (and the tracking) until the orchestrator ends it.
   while (sig == SIGUSR1) sigwait(&signals, &sig);
   return 0;

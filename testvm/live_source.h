@@ -4,6 +4,7 @@
 // the orchestrator says so (SIGUSR1).
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <string>
 
@@ -19,6 +20,14 @@ struct LiveSourceOptions {
   LiveWriteOptions writes;
   std::string stamps_file;  // where the pause writes the stamps; empty: nowhere
 };
+
+// Now on the wall clock, in milliseconds: a source VM's pause and a destination VM's resume
+// are stamped by two processes, and the demo's downtime is their difference.
+inline double unixNowMs() {
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 // Runs the live source to its end and returns the exit code. Prints `ready` (plus "live":
 // true) once the memory is handed over, a second JSON line when paused, and returns on SIGTERM

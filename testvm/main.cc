@@ -303,6 +303,8 @@ int sourceMain(int argc, char** argv) {
     std::fprintf(stderr, "lazymig-testvm: memory handed over on %s\n",
                  f.get("--handover-socket").c_str());
   }
+  // This VM never runs: it is paused from the moment its memory is written or handed over.
+  out["paused_unix_ms"] = unixNowMs();
   std::printf("%s\n", out.dump().c_str());
   std::fflush(stdout);
   if (f.has("--hold")) {

@@ -52,7 +52,10 @@ Result<SSL_CTX*> buildContext(TlsContext::Side side, const TlsFiles& files) {
   SSL_CTX_set_verify_depth(ctx, 4);
   // No SSL_CTX_set_read_ahead: libevent's OpenSSL bufferevent then leaves records inside
   // the SSL object with no socket event to fetch them, and the connection stalls.
-  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  // No SSL_MODE_RELEASE_BUFFERS: it frees a connection's record buffers (about 34 KiB) each
+  // time they drain and allocates them again for the next record, which a bulk stream or a
+  // stream of demand replies does thousands of times a second (malloc / free was 4-6% of
+  // each agent's CPU, docs/performance.md); an agent holds a handful of connections.
   return owned.release();
 }
 

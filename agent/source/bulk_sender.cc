@@ -22,6 +22,10 @@ void BulkSender::attach(std::unique_ptr<transport::Connection> conn,
   }
   conn_ = std::move(conn);
   memory_ = std::move(memory);
+  if (const auto bytes = packedRunBytes(batchPages(), memory_->pageSize());
+      !buffers_ || buffers_->bufferBytes() != bytes) {
+    buffers_ = std::make_shared<RunBuffers>(bytes);
+  }
   schedule_ = &schedule;
   resumed_ = false;
   resume_bitmap_.assign(Bitmap::wordsFor(memory_->pageCount()), 0);
@@ -88,13 +92,17 @@ void BulkSender::onFrame(const transport::FrameHeader& h, std::span<const std::b
   conn_.reset();
 }
 
+std::uint64_t BulkSender::batchPages() const {
+  // batch_pages counts 4 KiB pages: a batch of huge pages is as many bytes, at least one page,
+  // so that a frame stays under the transport's payload limit.
+  return std::max<std::uint64_t>(1,
+                                 std::uint64_t{options_.batch_pages} * 4096 / memory_->pageSize());
+}
+
 void BulkSender::pump() {
   assert(peer_loop_.inLoopThread());
   if (!conn_ || !resumed_ || finished_() || rate_timer_.pending()) return;
-  // batch_pages counts 4 KiB pages: a batch of huge pages is as many bytes, at least one page,
-  // so that a frame stays under the transport's payload limit.
-  const std::uint64_t batch_pages =
-      std::max<std::uint64_t>(1, std::uint64_t{options_.batch_pages} * 4096 / memory_->pageSize());
+  const std::uint64_t batch_pages = batchPages();
   const double batch_bytes = static_cast<double>(batch_pages * memory_->pageSize());
   while (conn_->pendingOutputBytes() < options_.window_bytes) {
     if (auto wait = limiter_.limited()
@@ -119,7 +127,8 @@ void BulkSender::pump() {
       }
       return;
     }
-    limiter_.charge(static_cast<double>(sendPageRun(*conn_, kBulk, memory_, *run, recorder_)));
+    limiter_.charge(
+        static_cast<double>(sendPageRun(*conn_, kBulk, memory_, *run, recorder_, buffers_)));
   }
 }
 

@@ -19,6 +19,7 @@
 #include "agent/core/transfer_recorder.h"
 #include "agent/source/bulk_rate_limiter.h"
 #include "agent/source/bulk_schedule.h"
+#include "agent/source/page_frames.h"
 #include "agent/source/precopy_source.h"
 #include "agent/source/source_memory.h"
 #include "base/log.h"
@@ -59,6 +60,7 @@ class BulkSender {
  private:
   void onFrame(const transport::FrameHeader& h, std::span<const std::byte> payload);
   void pump();
+  std::uint64_t batchPages() const;  // in pages of the memory's size
   std::optional<PageRun> nextPrecopyRun(std::uint64_t max_pages);
   // After the switch, on a channel whose destination holds `current`: StalePages, post-copy.
   void startPostCopy(const Bitmap& current);
@@ -73,6 +75,7 @@ class BulkSender {
 
   std::unique_ptr<transport::Connection> conn_;
   std::shared_ptr<SourceMemory> memory_;
+  std::shared_ptr<RunBuffers> buffers_;  // what batches are packed into (page_frames.h)
   BulkSchedule* schedule_ = nullptr;
   std::vector<std::uint64_t> resume_bitmap_;  // the Resume frames received so far
   bool resumed_ = false;

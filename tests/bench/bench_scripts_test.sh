@@ -17,6 +17,13 @@ cat > "$work/tree/build/bin/lazymig" <<'EOF'
 #!/usr/bin/env bash
 echo "$*" >> "$(dirname "$0")/args"
 [[ " $* " == *" --memory hugetlb "* ]] && { echo "demo: FAILED: stand-in" >&2; exit 1; }
+if [[ " $* " == *" --precopy auto "* ]]; then
+  echo '{"verified":true,"mismatches":0,"vcpus":"kvm","demand_faults_after_switch":40,"demand_pages":0,"degradation":0.1,"total_seconds":2.5,"downtime_ms":20,"precopy":{"mode":"auto","rounds":3,"pages_per_round":[16384,900,60],"stale_pages":12}}'
+  exit 0
+elif [[ " $* " == *" --precopy off "* ]]; then
+  echo '{"verified":true,"mismatches":0,"vcpus":"kvm","demand_faults_after_switch":800,"demand_pages":600,"degradation":0.3,"total_seconds":2.0,"downtime_ms":15,"precopy":{"mode":"off"}}'
+  exit 0
+fi
 echo '{"verified":true,"mismatches":0,"vcpus":"kvm","fault_latency_us":{"p50":50,"p99":900},"vcpu_access_latency_us":{"p50":60,"p99":1000},"throughput_mib_s":300,"fault_latency_cdf_us":[{"q":0.5,"us":50},{"q":0.9,"us":70},{"q":0.99,"us":900}],"vcpu_stall_cdf_us":[]}'
 EOF
 cat > "$work/tree/build/bin/lazymig-floors" <<'EOF'
@@ -48,13 +55,40 @@ assert d["results"][0]["runs"][0]["fault_latency_cdf_us"][2] == {"q": 0.99, "us"
 assert len(d["host"]["loadavg_start"]) == 3, d["host"]
 PY
 
+# run.sh's pre-copy pair: the same guest in both modes, runs interleaved, each side's line and
+# their ratios (demand faults after the switch against the issue's 10% bar; downtime_ms).
+: > "$work/tree/build/bin/args"
+pair=$(JSON="$work/pair.json" bash "$work/tree/bench/run.sh" 2 64MiB '^(precopy-auto-hot|postcopy-hot)$' 2>"$work/err")
+grep -q '^precopy-auto-hot \[kvm\]  *demand faults after the switch 40 (fetched over the network 0)  guest lost 10%  total 2.50 s  downtime_ms 20  rounds 3 stale 12  verified=True mismatches=0$' <<<"$pair" ||
+  fail "run.sh pre-copy side: $pair"
+grep -q '^postcopy-hot \[kvm\]  *demand faults after the switch 800 (fetched over the network 600)  guest lost 30%  total 2.00 s  downtime_ms 15  rounds n/a stale n/a  verified=True' <<<"$pair" ||
+  fail "run.sh post-copy side: $pair"
+grep -q "^precopy vs postcopy (hot)  *demand faults after the switch 40 vs 800 = 5.0% of pure post-copy's (bar 10%: met); fetched over the network 0.0%; guest lost 10% vs 30%; total 2.50 vs 2.00 s; downtime_ms 20 vs 15$" <<<"$pair" ||
+  fail "run.sh pair line: $pair"
+! grep -q "tail bar: could not read" "$work/err" || fail "bench/tail_bar.py reads the pair's JSON: $(cat "$work/err")"
+modes=$(grep -o -- '--precopy [a-z]*' "$work/tree/build/bin/args" | tr '\n' ' ')
+[[ $modes == "--precopy auto --precopy off --precopy auto --precopy off " ]] || fail "the pair's runs interleave: $modes"
+[[ $(sed 's/--precopy [a-z]*//' "$work/tree/build/bin/args" | sort -u | wc -l) == 1 ]] ||
+  fail "the pair runs the same guest: $(cat "$work/tree/build/bin/args")"
+python3 - "$work/pair.json" <<'PY' || fail "run.sh pair in the JSON file"
+import json, sys
+d = json.load(open(sys.argv[1]))
+got = [(r["scenario"], len(r.get("runs", []))) for r in d["results"]]
+assert got == [("precopy-auto-hot", 2), ("postcopy-hot", 2), ("precopy-vs-postcopy-hot", 0)], got
+pair = d["results"][2]["summary"]
+assert pair["faults_ratio"] == 0.05 and pair["faults_within_bar"], pair
+assert all("vcpus_asked" in r for r in d["results"]), d["results"]  # bench/tail_bar.py reads it
+assert pair["precopy"]["downtime_ms"] == 20 and pair["postcopy"]["downtime_ms"] == 15, pair
+PY
+
 # ab_compare.sh: the same scenario, the same flags; its table as before; JSON=FILE.
 mkdir -p "$work/before"
 cp "$work/tree/build/bin/lazymig" "$work/before/"
 table=$(SCEN=quiet-bulk-random JSON="$work/ab.json" bash "$root/bench/ab_compare.sh" \
   "$work/before" "$work/tree/build/bin" 1 64MiB)
 grep -q '^scenario  *side  *fault p50' <<<"$table" || fail "ab_compare header: $table"
-grep -q '^quiet-bulk-random  *before  *50  *50-50  *900  *300  *0 1$' <<<"$table" || fail "ab_compare row: $table"
+grep -q '^quiet-bulk-random  *before  *50  *50-50  *900  *900-900  *300  *300-300  *-  *-  *0 1$' <<<"$table" || fail "ab_compare row: $table"
+grep -q '^load average (1, 5, 15 min): start .*, end ' <<<"$table" || fail "ab_compare load average: $table"
 flags() { grep -- '--pattern random --vcpus 1' "$1" | head -1 | sed 's/--extra-yaml [^ ]*quiet.yaml/CONFIG/'; }
 [[ -n $(flags "$work/before/args") && $(flags "$work/before/args") == $(flags "$work/tree/build/bin/args") ]] ||
   fail "run.sh and ab_compare.sh ran quiet-bulk-random differently"

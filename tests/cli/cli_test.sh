@@ -82,6 +82,12 @@ expect 2 "lazymig demo --vcpus 0" "$BIN/lazymig" demo --vcpus 0
 expect 2 "lazymig demo --memory floppy" "$BIN/lazymig" demo --memory floppy
 expect 2 "lazymig demo --size 12parsecs" "$BIN/lazymig" demo --size 12parsecs
 says "--size" "the demo's size error names the flag"
+expect 2 "lazymig demo --precopy sometimes" "$BIN/lazymig" demo --precopy sometimes
+says "--precopy" "the demo's pre-copy error names the flag"
+expect 2 "lazymig demo --precopy 'rounds 0'" "$BIN/lazymig" demo --precopy "rounds 0"
+says "--precopy" "a pre-copy round count out of range names the flag"
+expect 2 "lazymig demo --precopy auto --memory guest_memfd" "$BIN/lazymig" demo --precopy auto --memory guest_memfd
+says "--memory anon, memfd, memfd-minor" "the demo says which memory kinds run pre-copy"
 expect 2 "lazymig -o yaml list" "$BIN/lazymig" "${T[@]}" -o yaml list
 expect 2 "lazymig-agent --bogus" "$BIN/lazymig-agent" --bogus
 expect 2 "lazymig-agent (no --config)" "$BIN/lazymig-agent"

@@ -10,6 +10,7 @@
 #include <iterator>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "cli/demo.h"
 #include "client/control_client.h"
@@ -131,6 +132,31 @@ inline void expectVerified(const nlohmann::json& r, std::uint64_t size, bool one
             r.value("demand_faults", std::uint64_t{1}))
       << "fault latency samples vs faults: " << r.dump();
   expectPhasesAddUp(r);
+}
+
+// lazymig-chaos-proxy between the agents (the destination dials `address`), cutting or stalling
+// the connections through it as `extra` says.
+struct Proxy {
+  cli::ChildProcess process;
+  std::string address;
+};
+
+inline Proxy startProxy(const cli::DemoRun& run, const std::vector<std::string>& extra) {
+  const std::string port_file = run.dir() + "/proxy.port";
+  std::vector<std::string> argv = {std::string(LAZYMIG_BIN_DIR) + "/lazymig-chaos-proxy",
+                                   "--listen",
+                                   "127.0.0.1:0",
+                                   "--target",
+                                   run.agentAddress(cli::Side::kSource),
+                                   "--port-file",
+                                   port_file};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  auto p = cli::ChildProcess::spawn(argv, "", true);
+  EXPECT_TRUE(p) << p.error().message();
+  std::string port;
+  EXPECT_TRUE(waitUntil([&] { return static_cast<bool>(std::ifstream(port_file) >> port); },
+                        std::chrono::seconds(10)));
+  return Proxy{std::move(*p), "127.0.0.1:" + port};
 }
 
 }  // namespace lazymig::e2e

@@ -168,30 +168,6 @@ class PrecopyResilience : public ::testing::Test {
   std::optional<cli::ChildProcess> source_vm_;
 };
 
-// A chaos proxy between the agents, cutting every connection through it now and then.
-struct Proxy {
-  cli::ChildProcess process;
-  std::string address;
-};
-
-Proxy startProxy(const cli::DemoRun& run, const std::vector<std::string>& extra) {
-  const std::string port_file = run.dir() + "/proxy.port";
-  std::vector<std::string> argv = {std::string(LAZYMIG_BIN_DIR) + "/lazymig-chaos-proxy",
-                                   "--listen",
-                                   "127.0.0.1:0",
-                                   "--target",
-                                   run.agentAddress(Side::kSource),
-                                   "--port-file",
-                                   port_file};
-  argv.insert(argv.end(), extra.begin(), extra.end());
-  auto p = cli::ChildProcess::spawn(argv, "", true);
-  EXPECT_TRUE(p) << p.error().message();
-  std::string port;
-  EXPECT_TRUE(
-      waitUntil([&] { return static_cast<bool>(std::ifstream(port_file) >> port); }, seconds(10)));
-  return Proxy{std::move(*p), "127.0.0.1:" + port};
-}
-
 // The link between the agents is cut again and again while the rounds run (the destination's
 // memory here is anonymous: its staged pages go in by UFFDIO_COPY after the handshake).
 TEST_F(PrecopyResilience, LinkCutDuringTheRoundsEndsVerified) {

@@ -26,29 +26,6 @@ cli::DemoOptions slowOptions() {
   return o;
 }
 
-struct Proxy {
-  cli::ChildProcess process;
-  std::string address;
-};
-
-Proxy startProxy(const cli::DemoRun& run, const std::vector<std::string>& extra) {
-  std::string port_file = run.dir() + "/proxy.port";
-  std::vector<std::string> argv = {std::string(LAZYMIG_BIN_DIR) + "/lazymig-chaos-proxy",
-                                   "--listen",
-                                   "127.0.0.1:0",
-                                   "--target",
-                                   run.agentAddress(Side::kSource),
-                                   "--port-file",
-                                   port_file};
-  argv.insert(argv.end(), extra.begin(), extra.end());
-  auto p = cli::ChildProcess::spawn(argv, "", true);
-  EXPECT_TRUE(p) << p.error().message();
-  std::string port;
-  EXPECT_TRUE(waitUntil([&] { return static_cast<bool>(std::ifstream(port_file) >> port); },
-                        std::chrono::seconds(10)));
-  return Proxy{std::move(*p), "127.0.0.1:" + port};
-}
-
 nlohmann::json finish(cli::DemoRun& run) {
   auto vm = run.waitDestinationVm();
   EXPECT_TRUE(vm) << (vm ? "" : vm.error().message());
