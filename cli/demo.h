@@ -117,6 +117,9 @@ class DemoRun {
 
  private:
   explicit DemoRun(DemoOptions options) : options_(std::move(options)) {}
+  // cli/demo_agents.cc: each agent on a free port below the ephemeral range, started again on
+  // another when its port was taken before it bound it.
+  Status startAgents();
   Status writePki();
   Status writeConfig(Side side);
   Result<nlohmann::json> call(Side side, const std::string& method, const std::string& path,
