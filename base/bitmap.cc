@@ -26,6 +26,17 @@ void Bitmap::merge(const Bitmap& other) {
   for (std::size_t w = 0; w < n; ++w) words_[w] |= other.words_[w];
 }
 
+void Bitmap::intersect(const Bitmap& other) {
+  for (std::size_t w = 0; w < words_.size(); ++w) {
+    words_[w] &= w < other.words_.size() ? other.words_[w] : 0;
+  }
+}
+
+void Bitmap::subtract(const Bitmap& other) {
+  const std::size_t n = std::min(words_.size(), other.words_.size());
+  for (std::size_t w = 0; w < n; ++w) words_[w] &= ~other.words_[w];
+}
+
 std::uint64_t Bitmap::count() const {
   std::uint64_t n = 0;
   for (auto w : words_) n += static_cast<std::uint64_t>(std::popcount(w));

@@ -45,6 +45,10 @@ class Bitmap {
   void setAll();
   // Every bit set in `other` (of the same size) is set here too.
   void merge(const Bitmap& other);
+  // Only the bits set in `other` too stay set (bits past `other`'s words are cleared).
+  void intersect(const Bitmap& other);
+  // Every bit set in `other` is cleared here.
+  void subtract(const Bitmap& other);
   std::uint64_t count() const;
   // The first set (clear) bit at or after `from`; size() when there is none.
   std::uint64_t findNextSet(std::uint64_t from) const;

@@ -207,9 +207,7 @@ const Bitmap& PrecopySource::pause() {
   }
   // Stale: what the destination may hold a copy of that is not current.
   stale_ = to_send_;
-  for (std::size_t w = 0; w < stale_.words().size(); ++w) {
-    stale_.mutableWords()[w] &= sent_once_.words()[w];
-  }
+  stale_.intersect(sent_once_);
   hot_ = stale_;
   hot_.merge(written_last_);
   hot_.merge(written_before_);
@@ -233,9 +231,7 @@ Bitmap PrecopySource::resumedAfterSwitch(const Bitmap& has) {
   // destination that heard `last` on the lost channel heard every page sent before it).
   Bitmap also_stale = vouch_nothing_ ? has : resent_;
   resent_ = Bitmap(page_count_);
-  for (std::size_t w = 0; w < also_stale.words().size(); ++w) {
-    also_stale.mutableWords()[w] &= has.words()[w];
-  }
+  also_stale.intersect(has);
   if (also_stale.count() > 0) {
     stale_.merge(also_stale);
     hot_.merge(also_stale);
@@ -244,9 +240,7 @@ Bitmap PrecopySource::resumedAfterSwitch(const Bitmap& has) {
     hot_pages_ = hot_.count();
   }
   Bitmap out = has;
-  for (std::size_t w = 0; w < out.words().size(); ++w) {
-    out.mutableWords()[w] &= ~stale_.words()[w];
-  }
+  out.subtract(stale_);
   return out;
 }
 

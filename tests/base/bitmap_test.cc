@@ -80,6 +80,23 @@ TEST(Bitmap, FromWordsPadsShortInputAndDropsBitsPastTheSize) {
   EXPECT_EQ(std::move(merged).takeWords().size(), 3u);
 }
 
+TEST(Bitmap, IntersectKeepsCommonBitsAndSubtractClearsTheOthers) {
+  Bitmap a(130), b(130);
+  for (auto bit : {0u, 64u, 65u, 129u}) a.set(bit);
+  for (auto bit : {1u, 64u, 129u}) b.set(bit);
+  Bitmap both = a;
+  both.intersect(b);
+  EXPECT_EQ(both.count(), 2u);
+  EXPECT_TRUE(both.test(64) && both.test(129));
+  Bitmap only_a = a;
+  only_a.subtract(b);
+  EXPECT_EQ(only_a.count(), 2u);
+  EXPECT_TRUE(only_a.test(0) && only_a.test(65));
+  Bitmap cut = a;
+  cut.intersect(Bitmap(64, true));
+  EXPECT_EQ(cut.count(), 1u) << "words past the other's are cleared";
+}
+
 TEST(AtomicBitmapView, SameLayoutOverWordsItDoesNotOwn) {
   std::vector<std::uint64_t> words(Bitmap::wordsFor(100), ~0ull);
   AtomicBitmapView v(words.data(), 100);
