@@ -53,6 +53,12 @@ Result<sys::UniqueFd> lockHugePages(bool verbose) {
 }  // namespace
 
 Result<HugePageReservation> HugePageReservation::ensureFree(std::uint64_t pages, bool verbose) {
+  HugePageReservation r;
+  r.verbose_ = verbose;
+  auto lock = lockHugePages(verbose);
+  if (!lock) return std::unexpected(lock.error());
+  r.lock_ = std::move(*lock);
+  // Read under the lock: what another demo had raised is back by now.
   auto pool = sys::defaultHugePagePool();
   if (!pool) return std::unexpected(pool.error());
   if (pool->page_size.value != kHugePage) {
@@ -61,13 +67,6 @@ Result<HugePageReservation> HugePageReservation::ensureFree(std::uint64_t pages,
                     " bytes, not 2 MiB, so " + kNrHugepages +
                     " does not size the pool the hugetlb VMs use");
   }
-  HugePageReservation r;
-  r.verbose_ = verbose;
-  auto lock = lockHugePages(verbose);
-  if (!lock) return std::unexpected(lock.error());
-  r.lock_ = std::move(*lock);
-  pool = sys::defaultHugePagePool();  // again: another demo may have put its pages back
-  if (!pool) return std::unexpected(pool.error());
   if (pool->free >= pages) return r;
   const std::uint64_t shortfall = pages - pool->free;
   auto before = readNrHugepages();
